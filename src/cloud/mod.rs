@@ -1,0 +1,294 @@
+//! The seam between snapferry and AWS: the [`Cloud`] trait, spoken in domain types
+//! only, and its two implementations, [`aws`] (the SDK, the only place `aws_sdk_*`
+//! appears) and [`sim`] (an in-memory AWS for rehearsals and tests).
+//!
+//! Architecture Invariant: no SDK type crosses this module's boundary; errors are
+//! [`CloudError`] values with a [`ErrorKind`] plus the AWS code, message and request id.
+
+pub mod aws;
+pub mod sim;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use async_trait::async_trait;
+use zeroize::Zeroizing;
+
+use crate::ids::{AccountId, AvailabilityZone, KeyArn, KeyRef, Region, SnapshotId, VolumeId};
+
+/// Which credentials a call is made with: the caller's own (source account) or the
+/// role assumed in the target account. Same-account plans use `Source` throughout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    Source,
+    Target,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Source => "source",
+            Side::Target => "target",
+        })
+    }
+}
+
+/// Where a call goes: whose credentials, which region.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Loc {
+    pub side: Side,
+    pub region: Region,
+}
+
+impl Loc {
+    pub fn new(side: Side, region: &Region) -> Self {
+        Loc { side, region: region.clone() }
+    }
+}
+
+impl fmt::Display for Loc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} account in {}", self.side, self.region)
+    }
+}
+
+/// Tags as AWS stores them: key to value.
+pub type Tags = BTreeMap<String, String>;
+
+/// What kind of failure a cloud call met; the runner decides retry or fail on this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// RequestLimitExceeded, ThrottlingException: retry with back-off.
+    Throttled,
+    /// The resource does not exist (or is not visible yet).
+    NotFound,
+    /// Missing permission in IAM or a key policy.
+    AccessDenied,
+    /// A quota: ResourceLimitExceeded, SnapshotCreationPerVolumeRateExceeded.
+    LimitExceeded,
+    /// The resource is in a state that does not allow the call (key disabled, ...).
+    InvalidState,
+    /// The request was refused as malformed or invalid: a plan or code problem.
+    Invalid,
+    /// No answer: a timeout or a broken connection. The call may or may not have
+    /// taken effect.
+    Transport,
+    Other,
+}
+
+/// A failed cloud call, carrying what AWS said.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[error("{message}{}{}", code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default(), request_id.as_deref().map(|r| format!(" [request id {r}]")).unwrap_or_default())]
+pub struct CloudError {
+    pub kind: ErrorKind,
+    pub code: Option<String>,
+    pub message: String,
+    pub request_id: Option<String>,
+}
+
+impl CloudError {
+    pub fn new(kind: ErrorKind, code: impl Into<String>, message: impl Into<String>) -> Self {
+        CloudError { kind, code: Some(code.into()), message: message.into(), request_id: None }
+    }
+
+    /// True when the request certainly did not take effect and may be sent again as is.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.kind, ErrorKind::Throttled | ErrorKind::LimitExceeded | ErrorKind::Transport)
+    }
+
+    /// True when AWS answered, so the call is known not to have taken effect.
+    /// A transport failure leaves the outcome unknown.
+    pub fn outcome_known(&self) -> bool {
+        self.kind != ErrorKind::Transport
+    }
+}
+
+pub type CloudResult<T> = Result<T, CloudError>;
+
+/// The caller behind a set of credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub account: AccountId,
+    pub arn: String,
+}
+
+/// Who manages a KMS key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyManager {
+    Customer,
+    Aws,
+}
+
+/// What DescribeKey tells about a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub arn: KeyArn,
+    pub account: AccountId,
+    pub enabled: bool,
+    /// `SYMMETRIC_DEFAULT` for keys EBS can use.
+    pub spec: String,
+    pub manager: KeyManager,
+}
+
+impl KeyInfo {
+    pub fn is_symmetric(&self) -> bool {
+        self.spec == "SYMMETRIC_DEFAULT"
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotState {
+    Pending,
+    Completed,
+    Error,
+    /// Recoverable / recovering / anything newer than this code.
+    Other,
+}
+
+/// One snapshot as DescribeSnapshots shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub id: SnapshotId,
+    pub volume_id: Option<String>,
+    pub owner: Option<AccountId>,
+    pub state: SnapshotState,
+    /// 0..=100 while pending, when reported.
+    pub progress: Option<u8>,
+    pub state_message: Option<String>,
+    pub encrypted: bool,
+    pub kms_key_id: Option<String>,
+    pub size_gib: Option<i32>,
+    pub tags: Tags,
+    /// Milliseconds since the Unix epoch.
+    pub start_time_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VolumeState {
+    Creating,
+    Available,
+    InUse,
+    Deleting,
+    Deleted,
+    Error,
+    Other,
+}
+
+/// One volume as DescribeVolumes shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    pub id: VolumeId,
+    pub state: VolumeState,
+    pub availability_zone: String,
+    pub size_gib: i32,
+    pub encrypted: bool,
+    pub kms_key_id: Option<String>,
+    pub volume_type: Option<String>,
+    pub iops: Option<i32>,
+    pub throughput: Option<i32>,
+    pub snapshot_id: Option<String>,
+    pub tags: Tags,
+    pub attachments: usize,
+    /// Milliseconds since the Unix epoch.
+    pub create_time_ms: Option<i64>,
+}
+
+/// CreateSnapshot in the source account and region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateSnapshotReq {
+    pub volume: VolumeId,
+    pub description: String,
+    pub tags: Tags,
+}
+
+/// CopySnapshot, sent to the destination `Loc`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopySnapshotReq {
+    pub source_region: Region,
+    pub source_snapshot: SnapshotId,
+    /// Re-encrypt under this key (always set by snapferry: `Encrypted=true`).
+    pub kms_key: KeyArn,
+    pub description: String,
+    pub tags: Tags,
+}
+
+/// CreateVolume from a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateVolumeReq {
+    pub snapshot: SnapshotId,
+    pub availability_zone: AvailabilityZone,
+    pub volume_type: Option<String>,
+    pub iops: Option<u32>,
+    pub throughput: Option<u32>,
+    pub kms_key: KeyArn,
+    pub tags: Tags,
+    /// Idempotency token, at most 64 ASCII characters.
+    pub client_token: String,
+}
+
+/// A data key from GenerateDataKey: the plaintext (zeroized on drop) and the same key
+/// encrypted under the KMS key.
+pub struct DataKey {
+    pub plaintext: Zeroizing<Vec<u8>>,
+    pub ciphertext: Vec<u8>,
+    pub key_arn: KeyArn,
+}
+
+/// A data key encrypted under a KMS key, for a party that will encrypt later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrappedKey {
+    pub ciphertext: Vec<u8>,
+    pub key_arn: KeyArn,
+}
+
+/// Everything snapferry asks of AWS. Implementations: [`aws::AwsCloud`] and
+/// [`sim::SimCloud`]. Every method is one AWS request (or one paginated listing)
+/// from the runner's point of view; retries of throttled calls are the runner's.
+#[async_trait]
+pub trait Cloud: Send + Sync {
+    /// STS GetCallerIdentity with the side's credentials (for the target side this
+    /// proves the role can be assumed).
+    async fn caller_identity(&self, side: Side) -> CloudResult<Identity>;
+
+    /// KMS DescribeKey: resolves aliases to the key ARN.
+    async fn describe_key(&self, loc: &Loc, key: &KeyRef) -> CloudResult<KeyInfo>;
+    /// KMS GetKeyPolicy (policy name `default`), by key ARN.
+    async fn get_key_policy(&self, loc: &Loc, key: &KeyArn) -> CloudResult<String>;
+    /// KMS PutKeyPolicy, never with BypassPolicyLockoutSafetyCheck.
+    async fn put_key_policy(&self, loc: &Loc, key: &KeyArn, policy: &str) -> CloudResult<()>;
+
+    /// DescribeVolumes by id; ids that do not exist are left out of the answer.
+    async fn describe_volumes(&self, loc: &Loc, ids: &[VolumeId]) -> CloudResult<Vec<Volume>>;
+    /// DescribeVolumes filtered by tags (all must match), every page.
+    async fn find_volumes(&self, loc: &Loc, tags: &Tags) -> CloudResult<Vec<Volume>>;
+    async fn create_volume(&self, loc: &Loc, req: &CreateVolumeReq) -> CloudResult<VolumeId>;
+    async fn delete_volume(&self, loc: &Loc, id: &VolumeId) -> CloudResult<()>;
+
+    async fn create_snapshot(&self, loc: &Loc, req: &CreateSnapshotReq) -> CloudResult<Snapshot>;
+    async fn copy_snapshot(&self, loc: &Loc, req: &CopySnapshotReq) -> CloudResult<SnapshotId>;
+    /// DescribeSnapshots by id (callers pass at most 1,000); missing ids are left out.
+    async fn describe_snapshots(&self, loc: &Loc, ids: &[SnapshotId]) -> CloudResult<Vec<Snapshot>>;
+    /// DescribeSnapshots owned by the caller with all these tags, every page.
+    async fn find_snapshots(&self, loc: &Loc, tags: &Tags) -> CloudResult<Vec<Snapshot>>;
+    async fn delete_snapshot(&self, loc: &Loc, id: &SnapshotId) -> CloudResult<()>;
+    /// ModifySnapshotAttribute createVolumePermission add for one account.
+    async fn share_snapshot(&self, loc: &Loc, id: &SnapshotId, with: &AccountId) -> CloudResult<()>;
+    /// ModifySnapshotAttribute createVolumePermission remove for one account.
+    async fn unshare_snapshot(&self, loc: &Loc, id: &SnapshotId, with: &AccountId) -> CloudResult<()>;
+    /// DescribeSnapshotAttribute createVolumePermission: the accounts it is shared with.
+    async fn snapshot_shared_with(&self, loc: &Loc, id: &SnapshotId) -> CloudResult<Vec<AccountId>>;
+
+    /// KMS GenerateDataKey (AES_256).
+    async fn generate_data_key(&self, loc: &Loc, key: &KeyRef) -> CloudResult<DataKey>;
+    /// KMS GenerateDataKeyWithoutPlaintext (AES_256).
+    async fn generate_data_key_without_plaintext(&self, loc: &Loc, key: &KeyRef) -> CloudResult<WrappedKey>;
+    /// KMS Decrypt of a data key; returns the plaintext and the key that wrapped it.
+    async fn decrypt(&self, loc: &Loc, ciphertext: &[u8]) -> CloudResult<(Zeroizing<Vec<u8>>, KeyArn)>;
+    /// KMS GenerateRandom.
+    async fn generate_random(&self, loc: &Loc, bytes: u32) -> CloudResult<Vec<u8>>;
+}

@@ -1,0 +1,4 @@
+//! snapferry.
+pub mod cloud;
+pub mod ids;
+pub mod plan;

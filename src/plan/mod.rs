@@ -1,0 +1,3 @@
+//! The plan: YAML text -> raw structs -> a validated [`Plan`] of newtypes.
+pub mod model;
+pub use model::*;

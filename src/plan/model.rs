@@ -1,0 +1,126 @@
+//! The validated plan: what a run is allowed to rely on. Built only by
+//! [`crate::plan::parse`], so every value here has passed every check.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::ids::{AccountId, AvailabilityZone, KeyRef, PlanName, Region, RoleArn, VolumeId};
+
+/// A checked plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub name: PlanName,
+    pub source: Source,
+    pub target: Target,
+    pub volumes: Vec<VolumeSpec>,
+    pub options: Options,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Source {
+    pub region: Region,
+    /// When given, checked against the caller identity in preflight.
+    pub account: Option<AccountId>,
+    /// A named profile from the shared AWS config files.
+    pub profile: Option<String>,
+    /// Customer managed symmetric key the shared snapshot is under.
+    pub kms_key: KeyRef,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub region: Region,
+    /// `None` or equal to the source account: a same-account copy, no share, no role.
+    pub account: Option<AccountId>,
+    /// Required when the accounts differ; lives in the target account.
+    pub role_arn: Option<RoleArn>,
+    pub external_id: Option<String>,
+    pub kms_key: KeyRef,
+    /// Always inside `region`.
+    pub availability_zone: AvailabilityZone,
+}
+
+/// One entry of `volumes:`: which source volumes it picks, and how their target
+/// volumes should look.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VolumeSpec {
+    pub pick: Pick,
+    pub target: TargetVolume,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Pick {
+    /// One volume by id.
+    Id(VolumeId),
+    /// Every volume in the source region carrying all these tags (at least one).
+    Selector(BTreeMap<String, String>),
+}
+
+/// Overrides for the target volume; `None` means "same as the source volume".
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TargetVolume {
+    pub volume_type: Option<String>,
+    pub iops: Option<u32>,
+    pub throughput: Option<u32>,
+    /// Tags on the target volume, besides the run's tags.
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Options {
+    /// Tags put on every resource a run creates.
+    pub tags: BTreeMap<String, String>,
+    /// Copies in flight per destination region. AWS allows 20 (EBS quota "Concurrent
+    /// snapshot copies per destination Region").
+    pub max_concurrent_copies: u32,
+    /// After success: unshare and delete the intermediate source-side snapshots.
+    pub cleanup: bool,
+    /// False: stop at the target snapshot (scheduled replication without volumes).
+    pub create_volume: bool,
+    /// Retention: per source volume, keep the newest N target snapshots and volumes
+    /// this plan made.
+    pub keep: Option<u32>,
+    pub timeouts: Timeouts,
+}
+
+/// The longest each kind of wait may take before its volume fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub snapshot: Duration,
+    pub copy: Duration,
+    pub volume: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        // Snapshots of large volumes take hours and cross-region copies longer still; the
+        // 10-minute defaults of other tools are what broke long copies.
+        Timeouts {
+            snapshot: Duration::from_secs(6 * 3600),
+            copy: Duration::from_secs(24 * 3600),
+            volume: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            tags: BTreeMap::new(),
+            max_concurrent_copies: 20,
+            cleanup: true,
+            create_volume: true,
+            keep: None,
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+impl Plan {
+    /// True when the copy crosses accounts, given the source account the caller
+    /// identity resolved: the snapshot is shared, the key policy gets a grant and the
+    /// target side works through the role.
+    pub fn cross_account(&self, source_account: &AccountId) -> bool {
+        self.target.account.as_ref().is_some_and(|t| t != source_account)
+    }
+}
