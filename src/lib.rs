@@ -1,4 +1,27 @@
-//! snapferry.
+//! snapferry copies EBS volumes across AWS accounts and regions, encrypted all the
+//! way, resumably. A YAML plan drives a step machine per volume: snapshot, re-encrypt
+//! under a shareable customer managed key, grant and share, copy into the target
+//! account and region under the target key, create the volume, clean up.
+//!
+//! Layout:
+//! - [`plan`]: YAML -> raw structs -> a validated [`plan::Plan`] of newtypes. Pure.
+//! - [`ids`]: the identifier newtypes every layer shares. Pure.
+//! - [`policy`]: key policies and IAM documents as values. Pure.
+//! - [`engine`]: the per-volume step machine. Pure.
+//! - [`exec`]: the async runner: actions to cloud calls, checkpoints, resume.
+//! - [`cloud`]: the `Cloud` trait, the AWS SDK adapter and the simulated AWS.
+//! - [`checkpoint`]: the on-disk state of runs, versioned, atomic, locked.
+//! - [`clock`]: wall or virtual time for the runner.
+//! - [`envelope`]: envelope encryption of files with KMS data keys.
+//! - [`cli`]: commands, rendering, exit codes.
+
+pub mod checkpoint;
+pub mod cli;
+pub mod clock;
 pub mod cloud;
+pub mod engine;
+pub mod envelope;
+pub mod exec;
 pub mod ids;
 pub mod plan;
+pub mod policy;

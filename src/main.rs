@@ -1,1 +1,5 @@
-fn main(){}
+//! The `snapferry` binary: everything happens in [`snapferry::cli`].
+
+fn main() -> std::process::ExitCode {
+    snapferry::cli::main()
+}

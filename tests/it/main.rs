@@ -1,1 +1,8 @@
+//! The integration tests, one binary so the crate links once: the plan parser, policy
+//! editing, envelope encryption, the engine against the simulated AWS, crash safety,
+//! and the binary end to end against moto's server.
 
+mod envelope;
+mod plan;
+mod policy;
+mod support;

@@ -1,0 +1,120 @@
+//! Chooses and builds the cloud a command talks to: the simulated AWS (its world
+//! kept in the state dir between invocations) or AWS through the SDK adapter.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::clock::{Clock, WallClock};
+use crate::cloud::Cloud;
+use crate::cloud::aws::{AwsCloud, AwsConfig, check_endpoint};
+use crate::cloud::sim::{SimCloud, SimSides, World, seed_from_plan};
+use crate::ids::{AccountId, Region, RoleArn};
+use crate::plan::Plan;
+
+use super::args::Common;
+use super::{Failure, exit};
+
+/// A cloud and the clock that goes with it.
+pub struct Connected {
+    pub cloud: Arc<dyn Cloud>,
+    pub clock: Arc<dyn Clock>,
+    /// Set under `--simulate`: where to save the world when the command ends.
+    pub sim: Option<(SimCloud, PathBuf)>,
+}
+
+impl Connected {
+    /// Saves the simulated world, so the next `--simulate` invocation (a resume, a
+    /// cleanup, a status) sees what this one made.
+    pub fn save(&self) -> Result<(), Failure> {
+        if let Some((sim, path)) = &self.sim {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| Failure::new(exit::FAILED, format!("cannot create {}: {e}", dir.display())))?;
+            }
+            sim.with_world(|w| crate::checkpoint::write_atomic(path, w))
+                .map_err(|e| Failure::new(exit::FAILED, e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Where the simulated world of a plan lives in the state dir.
+pub fn sim_world_path(state_dir: &Path, plan: &str) -> PathBuf {
+    state_dir.join("simulated-aws").join(format!("{plan}.json"))
+}
+
+/// The endpoint to use, from `--endpoint-url` or AWS_ENDPOINT_URL, after the
+/// loopback rule: plain http only to this machine.
+pub fn endpoint(common: &Common) -> Result<Option<String>, Failure> {
+    let url = common.endpoint_url.clone().or_else(|| std::env::var("AWS_ENDPOINT_URL").ok()).filter(|u| !u.is_empty());
+    if let Some(u) = &url {
+        check_endpoint(u).map_err(|m| Failure::new(exit::USAGE, m))?;
+    }
+    Ok(url)
+}
+
+/// What a command needs to know to reach AWS.
+pub struct Reach<'a> {
+    pub common: &'a Common,
+    /// The plan's name, for the simulated world's file.
+    pub plan_name: &'a str,
+    pub source_region: Region,
+    pub source_profile: Option<String>,
+    pub target_role: Option<RoleArn>,
+    pub external_id: Option<String>,
+    pub session_name: String,
+    /// Under `--simulate`, the plan to seed a new world from.
+    pub seed: Option<&'a Plan>,
+}
+
+/// Connects to the simulated AWS or to AWS.
+pub async fn connect(reach: Reach<'_>) -> Result<Connected, Failure> {
+    if reach.common.simulate {
+        let path = sim_world_path(&reach.common.state_dir, reach.plan_name);
+        let sides = SimSides {
+            source_account: reach
+                .seed
+                .and_then(|p| p.source.account.clone())
+                .unwrap_or_else(|| AccountId::parse(crate::cloud::sim::DEFAULT_SOURCE_ACCOUNT).expect("valid")),
+            target_role: reach.target_role.clone(),
+            external_id: reach.external_id.clone(),
+        };
+        let world = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice::<World>(&bytes).map_err(|e| {
+                Failure::new(
+                    exit::FAILED,
+                    format!("simulated world {} is damaged ({e}); delete it to start afresh", path.display()),
+                )
+            })?,
+            Err(_) => match reach.seed {
+                Some(plan) => seed_from_plan(plan, WallClock.now_ms()).0,
+                None => World::new(WallClock.now_ms()),
+            },
+        };
+        let sim = SimCloud::new(world, sides);
+        return Ok(Connected { cloud: Arc::new(sim.clone()), clock: Arc::new(sim.clone()), sim: Some((sim, path)) });
+    }
+    let endpoint_url = endpoint(reach.common)?;
+    let cfg = AwsConfig {
+        source_region: reach.source_region,
+        source_profile: reach.source_profile,
+        endpoint_url,
+        target_role: reach.target_role,
+        external_id: reach.external_id,
+        session_name: reach.session_name,
+    };
+    let aws = AwsCloud::connect(cfg)
+        .await
+        .map_err(|e| Failure::new(exit::FAILED, format!("cannot set up AWS clients: {e}")))?;
+    Ok(Connected { cloud: Arc::new(aws), clock: Arc::new(WallClock), sim: None })
+}
+
+/// A session name for the assumed role: names the run, fits STS's 64 characters.
+pub fn session_name(run: &str) -> String {
+    let mut s: String = format!("snapferry-{run}")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "+=,.@-_".contains(c) { c } else { '-' })
+        .collect();
+    s.truncate(64);
+    s
+}

@@ -1,0 +1,193 @@
+//! Rendering of results: text for people, JSON for CI, and the Prometheus textfile.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use crate::checkpoint::RunRecord;
+use crate::engine::Step;
+use crate::exec::RunReport;
+use crate::exec::cleanup::CleanupSummary;
+use crate::plan::Plan;
+
+fn ts(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms).map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_default()
+}
+
+pub fn report_text(r: &RunReport) -> String {
+    let mut s = String::new();
+    let ok = r.volumes.iter().filter(|v| v.status == "succeeded").count();
+    let _ = writeln!(
+        s,
+        "run {} of plan {}: {} ({ok}/{} volumes succeeded){}",
+        r.run_id,
+        r.plan,
+        r.status,
+        r.volumes.len(),
+        if r.simulated { " [simulated]" } else { "" }
+    );
+    for v in &r.volumes {
+        let _ = writeln!(
+            s,
+            "  {}  {:<9} snapshot {}  shared {}  copy {}  volume {}",
+            v.source_volume,
+            v.status,
+            v.source_snapshot.as_deref().unwrap_or("-"),
+            v.shared_snapshot.as_deref().unwrap_or("-"),
+            v.target_snapshot.as_deref().unwrap_or("-"),
+            v.target_volume.as_deref().unwrap_or("-"),
+        );
+        if let Some(e) = &v.error {
+            let _ = writeln!(s, "      error at {}: {e}", v.step);
+        }
+        if let Some(h) = &v.hint {
+            let _ = writeln!(s, "      what to do: {h}");
+        }
+    }
+    match r.status.as_str() {
+        "failed" => {
+            let _ = writeln!(s, "fix what is named above, then run the same command again: done volumes are kept");
+        }
+        "interrupted" => {
+            let _ = writeln!(s, "interrupted: run the same command again to resume");
+        }
+        _ => {}
+    }
+    s
+}
+
+fn counts(r: &RunRecord) -> Value {
+    let c = |f: fn(Step) -> bool| r.volumes.iter().filter(|v| f(v.step)).count();
+    json!({
+        "total": r.volumes.len(),
+        "succeeded": c(|s| s == Step::Done),
+        "failed": c(|s| s == Step::Failed),
+        "pending": c(|s| !s.is_terminal()),
+    })
+}
+
+pub fn runs_json(runs: &[RunRecord]) -> Value {
+    json!({"runs": runs.iter().map(|r| json!({
+        "run_id": r.meta.run_id,
+        "plan": r.meta.plan,
+        "status": r.meta.status.as_str(),
+        "created": ts(r.meta.created_ms),
+        "updated": ts(r.meta.updated_ms),
+        "finished": r.meta.finished_ms.map(ts),
+        "simulated": r.meta.simulated,
+        "cleaned_up": r.meta.cleaned_up,
+        "volumes": counts(r),
+    })).collect::<Vec<_>>()})
+}
+
+pub fn runs_text(runs: &[RunRecord]) -> String {
+    if runs.is_empty() {
+        return "no runs in the state dir\n".into();
+    }
+    let mut s = String::new();
+    let _ = writeln!(s, "{:<48} {:<12} {:>6} {:>6} {:>6}  updated", "run", "status", "done", "failed", "total");
+    for r in runs {
+        let c = counts(r);
+        let _ = writeln!(
+            s,
+            "{:<48} {:<12} {:>6} {:>6} {:>6}  {}{}",
+            r.meta.run_id,
+            r.meta.status.as_str(),
+            c["succeeded"],
+            c["failed"],
+            c["total"],
+            ts(r.meta.updated_ms),
+            if r.meta.cleaned_up { " (cleaned up)" } else { "" }
+        );
+    }
+    s
+}
+
+pub fn run_status_json(r: &RunRecord) -> Value {
+    let mut v = serde_json::to_value(RunReport::from_record(r)).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut v {
+        m.insert("created".into(), json!(ts(r.meta.created_ms)));
+        m.insert("updated".into(), json!(ts(r.meta.updated_ms)));
+        m.insert("source_account".into(), json!(r.meta.source_account));
+        m.insert("target_account".into(), json!(r.meta.target_account));
+        m.insert("source_key_arn".into(), json!(r.meta.source_key_arn));
+        m.insert("target_key_arn".into(), json!(r.meta.target_key_arn));
+        m.insert("grant".into(), serde_json::to_value(&r.meta.grant).unwrap_or(Value::Null));
+        m.insert("cleaned_up".into(), json!(r.meta.cleaned_up));
+        m.insert("volumes_by_status".into(), counts(r));
+    }
+    v
+}
+
+pub fn run_status_text(r: &RunRecord) -> String {
+    let mut s = report_text(&RunReport::from_record(r));
+    let _ = writeln!(s, "  created {}  updated {}", ts(r.meta.created_ms), ts(r.meta.updated_ms));
+    for v in r.volumes.iter().filter(|v| !v.step.is_terminal()) {
+        let _ = writeln!(
+            s,
+            "  {} at step {}{}",
+            v.source_volume,
+            v.step.as_str(),
+            v.progress.map(|p| format!(" ({p}%)")).unwrap_or_default()
+        );
+    }
+    s
+}
+
+pub fn cleanup_text(c: &CleanupSummary) -> String {
+    let mut s = format!(
+        "cleanup of run {}: deleted {} snapshot(s), key-policy statement {}\n",
+        c.run_id,
+        c.deleted_snapshots.len(),
+        c.grant
+    );
+    for e in &c.errors {
+        let _ = writeln!(s, "  error: {e}");
+    }
+    s
+}
+
+/// Writes a Prometheus textfile (for node_exporter's textfile collector) with, per
+/// source volume of the plan, the time of its last successful copy, the duration
+/// and the outcome of its latest attempt. Written atomically.
+pub fn write_metrics(path: &Path, plan: &Plan, runs: &[RunRecord]) -> std::io::Result<()> {
+    use std::collections::BTreeMap;
+    let mut last_success: BTreeMap<String, i64> = BTreeMap::new();
+    let mut latest: BTreeMap<String, (i64, i64, bool)> = BTreeMap::new();
+    for r in runs.iter().filter(|r| r.meta.plan == plan.name.as_str()) {
+        for v in &r.volumes {
+            let id = v.source_volume.to_string();
+            if let (Step::Done, Some(f)) = (v.step, v.finished_ms) {
+                let e = last_success.entry(id.clone()).or_default();
+                *e = (*e).max(f);
+            }
+            if let (Some(start), Some(end)) = (v.started_ms, v.finished_ms) {
+                let e = latest.entry(id).or_insert((0, 0, false));
+                if end >= e.0 {
+                    *e = (end, end - start, v.step == Step::Done);
+                }
+            }
+        }
+    }
+    let p = plan.name.as_str();
+    let mut s = String::new();
+    let _ = writeln!(s, "# HELP snapferry_last_success_timestamp_seconds When the volume's last successful copy finished.");
+    let _ = writeln!(s, "# TYPE snapferry_last_success_timestamp_seconds gauge");
+    for (v, t) in &last_success {
+        let _ = writeln!(s, "snapferry_last_success_timestamp_seconds{{plan=\"{p}\",volume=\"{v}\"}} {}", t / 1000);
+    }
+    let _ = writeln!(s, "# HELP snapferry_last_duration_seconds How long the volume's latest copy took.");
+    let _ = writeln!(s, "# TYPE snapferry_last_duration_seconds gauge");
+    for (v, (_, d, _)) in &latest {
+        let _ = writeln!(s, "snapferry_last_duration_seconds{{plan=\"{p}\",volume=\"{v}\"}} {:.3}", *d as f64 / 1000.0);
+    }
+    let _ = writeln!(s, "# HELP snapferry_last_success Whether the volume's latest copy succeeded (1) or failed (0).");
+    let _ = writeln!(s, "# TYPE snapferry_last_success gauge");
+    for (v, (_, _, ok)) in &latest {
+        let _ = writeln!(s, "snapferry_last_success{{plan=\"{p}\",volume=\"{v}\"}} {}", u8::from(*ok));
+    }
+    let tmp = path.with_extension("prom.tmp");
+    std::fs::write(&tmp, s)?;
+    std::fs::rename(tmp, path)
+}

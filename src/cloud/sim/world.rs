@@ -1,0 +1,766 @@
+//! The simulated world's state and the AWS rules it keeps. Every method is one
+//! request's effect, run under the world's lock; time is the virtual `now_ms`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::cloud::{
+    CloudError, CloudResult, CopySnapshotReq, CreateSnapshotReq, CreateVolumeReq, ErrorKind, Identity, KeyInfo,
+    KeyManager, Snapshot, SnapshotState, Tags, Volume, VolumeState,
+};
+use crate::ids::{AccountId, KeyArn, KeyRef, Region, RoleArn, SnapshotId, VolumeId};
+
+/// EBS quota "Concurrent snapshot copies per destination Region" (default 20).
+pub const MAX_CONCURRENT_COPIES: usize = 20;
+
+/// Faults a test or rehearsal can switch on.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Faults {
+    /// Fraction (0..1) of calls answered with a throttling error, deterministically.
+    pub throttle_rate: f64,
+    /// A new snapshot is invisible to Describe calls for this long after creation.
+    pub invisible_ms: i64,
+    /// Copies of this source volume's snapshots behave as if the key grant were
+    /// missing (a concurrent policy edit, an SCP, a Deny the run cannot see).
+    pub key_inaccessible_for: Option<VolumeId>,
+    /// After this many calls in total, the next call takes effect and its caller
+    /// hangs forever: a crash between the call and the checkpoint of its outcome.
+    pub halt_after_calls: Option<u64>,
+}
+
+/// How long things take, as functions of size (milliseconds).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Timing {
+    pub snapshot_base_ms: i64,
+    pub snapshot_per_gib_ms: i64,
+    pub copy_base_ms: i64,
+    pub copy_per_gib_ms: i64,
+    pub volume_base_ms: i64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        // Rough figures of real EBS: a first snapshot of 100 GiB takes minutes, a
+        // cross-region copy about twice that, a volume from a snapshot under a minute.
+        Timing {
+            snapshot_base_ms: 30_000,
+            snapshot_per_gib_ms: 3_000,
+            copy_base_ms: 60_000,
+            copy_per_gib_ms: 6_000,
+            volume_base_ms: 20_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SimKey {
+    pub arn: KeyArn,
+    pub account: AccountId,
+    pub region: Region,
+    pub aliases: Vec<String>,
+    pub manager: KeyManager,
+    pub enabled: bool,
+    pub spec: String,
+    pub policy: String,
+    /// Wraps data keys in this simulation; not real cryptography.
+    pub secret: [u8; 32],
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SimSnapshot {
+    pub id: SnapshotId,
+    pub owner: AccountId,
+    pub region: Region,
+    pub volume_id: Option<String>,
+    pub size_gib: i32,
+    pub kms_key: Option<KeyArn>,
+    pub tags: Tags,
+    pub created_ms: i64,
+    pub ready_ms: i64,
+    /// Set when the snapshot will end in `error`, with its StateMessage.
+    pub fails_with: Option<String>,
+    pub shared_with: BTreeSet<AccountId>,
+    /// For copies: the destination's copy slot is held until ready.
+    pub is_copy: bool,
+    /// The source volume a snapshot descends from (to apply per-volume faults).
+    pub origin_volume: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SimVolume {
+    pub id: VolumeId,
+    pub owner: AccountId,
+    pub region: Region,
+    pub availability_zone: String,
+    pub size_gib: i32,
+    pub kms_key: Option<KeyArn>,
+    pub volume_type: String,
+    pub iops: Option<i32>,
+    pub throughput: Option<i32>,
+    pub snapshot_id: Option<String>,
+    pub tags: Tags,
+    pub created_ms: i64,
+    pub ready_ms: i64,
+    pub attachments: usize,
+    pub client_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SimRole {
+    pub arn: RoleArn,
+    /// Accounts allowed to assume it (its trust policy).
+    pub trusted: Vec<AccountId>,
+    pub external_id: Option<String>,
+}
+
+/// The whole simulated AWS.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct World {
+    pub now_ms: i64,
+    pub keys: Vec<SimKey>,
+    pub snapshots: BTreeMap<String, SimSnapshot>,
+    pub volumes: BTreeMap<String, SimVolume>,
+    pub roles: Vec<SimRole>,
+    pub faults: Faults,
+    pub timing: Timing,
+    /// Calls by `service:Action`.
+    pub calls: BTreeMap<String, u64>,
+    pub total_calls: u64,
+    #[serde(default)]
+    pub halted: bool,
+    next_id: u64,
+    rng: u64,
+}
+
+fn err(kind: ErrorKind, code: &str, message: impl Into<String>) -> CloudError {
+    CloudError { kind, code: Some(code.to_owned()), message: message.into(), request_id: None }
+}
+
+pub fn has_tags(have: &Tags, want: &Tags) -> bool {
+    want.iter().all(|(k, v)| have.get(k) == Some(v))
+}
+
+/// The default key policy KMS gives a key: its own account's root may do anything.
+pub fn default_key_policy(account: &AccountId, partition: &str) -> String {
+    serde_json::to_string_pretty(&serde_json::json!({
+        "Version": "2012-10-17",
+        "Id": "key-default-1",
+        "Statement": [{
+            "Sid": "Enable IAM User Permissions",
+            "Effect": "Allow",
+            "Principal": {"AWS": format!("arn:{partition}:iam::{account}:root")},
+            "Action": "kms:*",
+            "Resource": "*"
+        }]
+    }))
+    .unwrap_or_default()
+}
+
+impl World {
+    pub fn new(now_ms: i64) -> Self {
+        World {
+            now_ms,
+            keys: vec![],
+            snapshots: BTreeMap::new(),
+            volumes: BTreeMap::new(),
+            roles: vec![],
+            faults: Faults::default(),
+            timing: Timing::default(),
+            calls: BTreeMap::new(),
+            total_calls: 0,
+            halted: false,
+            next_id: 1,
+            rng: 0x9e37_79b9_7f4a_7c15,
+        }
+    }
+
+    pub fn count(&mut self, action: &str) {
+        *self.calls.entry(action.to_owned()).or_default() += 1;
+        self.total_calls += 1;
+    }
+
+    fn next_rand(&mut self) -> u64 {
+        // xorshift64*: deterministic, so a failing test replays the same faults.
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn throttle(&mut self, action: &str) -> Option<CloudError> {
+        if self.faults.throttle_rate <= 0.0 {
+            return None;
+        }
+        let r = (self.next_rand() >> 11) as f64 / (1u64 << 53) as f64;
+        if r >= self.faults.throttle_rate {
+            return None;
+        }
+        Some(if action.starts_with("kms:") {
+            err(ErrorKind::Throttled, "ThrottlingException", "Rate exceeded")
+        } else {
+            err(ErrorKind::Throttled, "RequestLimitExceeded", "Request limit exceeded.")
+        })
+    }
+
+    fn new_hex(&mut self) -> String {
+        // 17 hex digits like AWS's ids; drawn from the world's generator so a seeded
+        // world makes the same ids every time.
+        self.next_id += 1;
+        format!("0{:016x}", self.next_rand())
+    }
+
+    pub fn new_volume_id(&mut self) -> VolumeId {
+        loop {
+            let id = VolumeId::parse(&format!("vol-{}", self.new_hex())).expect("valid id");
+            if !self.volumes.contains_key(id.as_str()) {
+                return id;
+            }
+        }
+    }
+
+    fn new_snapshot_id(&mut self) -> SnapshotId {
+        loop {
+            let id = SnapshotId::parse(&format!("snap-{}", self.new_hex())).expect("valid id");
+            if !self.snapshots.contains_key(id.as_str()) {
+                return id;
+            }
+        }
+    }
+
+    /// Adds a key and returns its ARN.
+    pub fn add_key(&mut self, account: &AccountId, region: &Region, alias: Option<&str>, manager: KeyManager) -> KeyArn {
+        let mut b = [0u8; 16];
+        for c in b.chunks_mut(8) {
+            c.copy_from_slice(&self.next_rand().to_be_bytes());
+        }
+        let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        let id = format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]);
+        let arn = KeyArn::parse(&format!("arn:{}:kms:{region}:{account}:key/{id}", region.partition())).expect("valid arn");
+        let mut secret = [0u8; 32];
+        for c in secret.chunks_mut(8) {
+            c.copy_from_slice(&self.next_rand().to_be_bytes());
+        }
+        self.keys.push(SimKey {
+            arn: arn.clone(),
+            account: account.clone(),
+            region: region.clone(),
+            aliases: alias.map(|a| vec![a.trim_start_matches("alias/").to_owned()]).unwrap_or_default(),
+            manager,
+            enabled: true,
+            spec: "SYMMETRIC_DEFAULT".into(),
+            policy: default_key_policy(account, region.partition()),
+            secret,
+        });
+        arn
+    }
+
+    /// The AWS managed EBS key of an account and region, created on first use as AWS does.
+    pub fn aws_ebs_key(&mut self, account: &AccountId, region: &Region) -> KeyArn {
+        if let Some(k) = self.keys.iter().find(|k| {
+            &k.account == account && &k.region == region && k.aliases.iter().any(|a| a == "aws/ebs")
+        }) {
+            return k.arn.clone();
+        }
+        self.add_key(account, region, Some("alias/aws/ebs"), KeyManager::Aws)
+    }
+
+    fn find_key(&self, account: &AccountId, region: &Region, key: &KeyRef) -> Option<&SimKey> {
+        let s = key.as_str();
+        if let Some(alias) = s.strip_prefix("alias/") {
+            return self
+                .keys
+                .iter()
+                .find(|k| &k.account == account && &k.region == region && k.aliases.iter().any(|a| a == alias));
+        }
+        if s.starts_with("arn:") {
+            if let Some((_, alias)) = s.split_once(":alias/") {
+                let (acct, reg) = (key.arn_account()?, key.arn_region()?);
+                return self
+                    .keys
+                    .iter()
+                    .find(|k| k.account == acct && k.region == reg && k.aliases.iter().any(|a| a == alias));
+            }
+            return self.keys.iter().find(|k| k.arn.as_str() == s);
+        }
+        self.keys
+            .iter()
+            .find(|k| &k.account == account && &k.region == region && k.arn.as_str().ends_with(&format!("/{s}")))
+    }
+
+    fn key_missing(key: &str) -> CloudError {
+        err(ErrorKind::NotFound, "NotFoundException", format!("Key '{key}' does not exist"))
+    }
+
+    pub fn describe_key(&mut self, account: &AccountId, region: &Region, key: &KeyRef) -> CloudResult<KeyInfo> {
+        if key.as_str() == "alias/aws/ebs" {
+            self.aws_ebs_key(account, region);
+        }
+        let k = self.find_key(account, region, key).ok_or_else(|| Self::key_missing(key.as_str()))?;
+        if &k.account != account && !crate::policy::allows(&k.policy, account, "kms:DescribeKey", None) {
+            return Err(err(
+                ErrorKind::AccessDenied,
+                "AccessDeniedException",
+                format!("User in account {account} is not authorized to perform: kms:DescribeKey on resource: {}", k.arn),
+            ));
+        }
+        Ok(KeyInfo {
+            arn: k.arn.clone(),
+            account: k.account.clone(),
+            enabled: k.enabled,
+            spec: k.spec.clone(),
+            manager: k.manager,
+        })
+    }
+
+    /// A key the caller owns (GetKeyPolicy and PutKeyPolicy only work in the key's account).
+    pub fn key_own(&self, account: &AccountId, key: &KeyArn) -> CloudResult<&SimKey> {
+        let k = self.keys.iter().find(|k| &k.arn == key).ok_or_else(|| Self::key_missing(key.as_str()))?;
+        if &k.account != account {
+            return Err(err(
+                ErrorKind::AccessDenied,
+                "AccessDeniedException",
+                format!("key policies can only be read and written from the key's own account ({})", k.account),
+            ));
+        }
+        Ok(k)
+    }
+
+    pub fn put_key_policy(&mut self, account: &AccountId, key: &KeyArn, policy: &str) -> CloudResult<()> {
+        self.key_own(account, key)?;
+        if policy.len() > 32 * 1024 {
+            return Err(err(ErrorKind::LimitExceeded, "LimitExceededException", "policy is larger than 32 KB"));
+        }
+        if serde_json::from_str::<serde_json::Value>(policy).is_err() {
+            return Err(err(ErrorKind::Invalid, "MalformedPolicyDocumentException", "the policy is not valid JSON"));
+        }
+        if let Some(k) = self.keys.iter_mut().find(|k| &k.arn == key) {
+            k.policy = policy.to_owned();
+        }
+        Ok(())
+    }
+
+    pub fn assume(&self, role: &RoleArn, caller: &AccountId, external_id: Option<&str>) -> CloudResult<AccountId> {
+        let denied = || {
+            err(
+                ErrorKind::AccessDenied,
+                "AccessDenied",
+                format!("User: arn:aws:iam::{caller}:user/snapferry is not authorized to perform: sts:AssumeRole on resource: {role}"),
+            )
+        };
+        let r = self.roles.iter().find(|r| &r.arn == role).ok_or_else(denied)?;
+        if !r.trusted.contains(caller) || r.external_id.as_deref().is_some_and(|e| Some(e) != external_id) {
+            return Err(denied());
+        }
+        Ok(role.account())
+    }
+
+    fn volume_view(&self, v: &SimVolume) -> Volume {
+        let state = if self.now_ms >= v.ready_ms {
+            if v.attachments > 0 { VolumeState::InUse } else { VolumeState::Available }
+        } else {
+            VolumeState::Creating
+        };
+        Volume {
+            id: v.id.clone(),
+            state,
+            availability_zone: v.availability_zone.clone(),
+            size_gib: v.size_gib,
+            encrypted: v.kms_key.is_some(),
+            kms_key_id: v.kms_key.as_ref().map(|k| k.to_string()),
+            volume_type: Some(v.volume_type.clone()),
+            iops: v.iops,
+            throughput: v.throughput,
+            snapshot_id: v.snapshot_id.clone(),
+            tags: v.tags.clone(),
+            attachments: v.attachments,
+            create_time_ms: Some(v.created_ms),
+        }
+    }
+
+    pub fn describe_volumes(&self, account: &AccountId, region: &Region, pick: impl Fn(&SimVolume) -> bool) -> Vec<Volume> {
+        self.volumes
+            .values()
+            .filter(|v| &v.owner == account && &v.region == region && pick(v))
+            .map(|v| self.volume_view(v))
+            .collect()
+    }
+
+    fn snapshot_view(&self, s: &SimSnapshot) -> Snapshot {
+        let (state, progress, message) = if self.now_ms >= s.ready_ms {
+            match &s.fails_with {
+                Some(m) => (SnapshotState::Error, None, Some(m.clone())),
+                None => (SnapshotState::Completed, Some(100), None),
+            }
+        } else {
+            let total = (s.ready_ms - s.created_ms).max(1);
+            let done = ((self.now_ms - s.created_ms) * 100 / total).clamp(0, 99) as u8;
+            (SnapshotState::Pending, Some(done), None)
+        };
+        Snapshot {
+            id: s.id.clone(),
+            volume_id: s.volume_id.clone(),
+            owner: Some(s.owner.clone()),
+            state,
+            progress,
+            state_message: message,
+            encrypted: s.kms_key.is_some(),
+            kms_key_id: s.kms_key.as_ref().map(|k| k.to_string()),
+            size_gib: Some(s.size_gib),
+            tags: s.tags.clone(),
+            start_time_ms: Some(s.created_ms),
+        }
+    }
+
+    fn visible(&self, s: &SimSnapshot) -> bool {
+        self.now_ms >= s.created_ms + self.faults.invisible_ms
+    }
+
+    /// Snapshots the caller owns (and, by id, those shared with it).
+    pub fn describe_snapshots(
+        &self,
+        account: &AccountId,
+        region: &Region,
+        pick: impl Fn(&SimSnapshot) -> bool,
+        include_shared: bool,
+    ) -> Vec<Snapshot> {
+        self.snapshots
+            .values()
+            .filter(|s| {
+                &s.region == region
+                    && (&s.owner == account || (include_shared && s.shared_with.contains(account)))
+                    && self.visible(s)
+                    && pick(s)
+            })
+            .map(|s| self.snapshot_view(s))
+            .collect()
+    }
+
+    fn snapshot_missing(id: &str) -> CloudError {
+        err(ErrorKind::NotFound, "InvalidSnapshot.NotFound", format!("The snapshot '{id}' does not exist."))
+    }
+
+    pub fn create_snapshot(&mut self, account: &AccountId, region: &Region, req: &CreateSnapshotReq) -> CloudResult<Snapshot> {
+        let v = self
+            .volumes
+            .get(req.volume.as_str())
+            .filter(|v| &v.owner == account && &v.region == region)
+            .ok_or_else(|| {
+                err(ErrorKind::NotFound, "InvalidVolume.NotFound", format!("The volume '{}' does not exist.", req.volume))
+            })?
+            .clone();
+        let id = self.new_snapshot_id();
+        let duration = self.timing.snapshot_base_ms + self.timing.snapshot_per_gib_ms * i64::from(v.size_gib);
+        let s = SimSnapshot {
+            id: id.clone(),
+            owner: account.clone(),
+            region: region.clone(),
+            volume_id: Some(v.id.to_string()),
+            size_gib: v.size_gib,
+            kms_key: v.kms_key.clone(),
+            tags: req.tags.clone(),
+            created_ms: self.now_ms,
+            ready_ms: self.now_ms + duration,
+            fails_with: None,
+            shared_with: BTreeSet::new(),
+            is_copy: false,
+            origin_volume: Some(v.id.to_string()),
+        };
+        let view = self.snapshot_view(&s);
+        self.snapshots.insert(id.to_string(), s);
+        Ok(view)
+    }
+
+    fn copies_in_flight(&self, account: &AccountId, region: &Region) -> usize {
+        self.snapshots
+            .values()
+            .filter(|s| s.is_copy && &s.owner == account && &s.region == region && self.now_ms < s.ready_ms)
+            .count()
+    }
+
+    pub fn copy_snapshot(&mut self, account: &AccountId, region: &Region, req: &CopySnapshotReq) -> CloudResult<SnapshotId> {
+        let src = self
+            .snapshots
+            .get(req.source_snapshot.as_str())
+            .filter(|s| s.region == req.source_region && (&s.owner == account || s.shared_with.contains(account)))
+            .ok_or_else(|| Self::snapshot_missing(req.source_snapshot.as_str()))?
+            .clone();
+        if self.now_ms < src.ready_ms || src.fails_with.is_some() {
+            return Err(err(
+                ErrorKind::InvalidState,
+                "IncorrectState",
+                format!("Snapshot '{}' is not in a completed state.", src.id),
+            ));
+        }
+        if self.copies_in_flight(account, region) >= MAX_CONCURRENT_COPIES {
+            return Err(err(
+                ErrorKind::LimitExceeded,
+                "ResourceLimitExceeded",
+                format!("You have reached the limit of {MAX_CONCURRENT_COPIES} concurrent snapshot copies in {region}."),
+            ));
+        }
+        // Key checks happen later, in the background, as in AWS: the copy is accepted
+        // and ends in `error`.
+        let inaccessible = "Given key ID is not accessible".to_owned();
+        let mut fails_with = None;
+        if let Some(k) = &src.kms_key {
+            let key = self.keys.iter().find(|x| &x.arn == k);
+            let usable = match key {
+                None => false,
+                Some(key) if &key.account == account => key.enabled,
+                Some(key) => {
+                    key.enabled
+                        && key.manager == KeyManager::Customer
+                        && ["kms:Decrypt", "kms:ReEncryptFrom", "kms:DescribeKey"]
+                            .iter()
+                            .all(|a| crate::policy::allows(&key.policy, account, a, None))
+                        && crate::policy::allows(&key.policy, account, "kms:CreateGrant", Some(true))
+                }
+            };
+            let blocked_by_fault = src.origin_volume.is_some()
+                && self.faults.key_inaccessible_for.as_ref().map(|v| v.to_string()) == src.origin_volume;
+            if !usable || (blocked_by_fault && &src.owner != account) {
+                fails_with = Some(inaccessible.clone());
+            }
+        }
+        let dest_key = self
+            .keys
+            .iter()
+            .find(|k| k.arn == req.kms_key && &k.account == account && &k.region == region && k.enabled)
+            .map(|k| k.arn.clone());
+        if dest_key.is_none() {
+            fails_with = Some(inaccessible);
+        }
+        let id = self.new_snapshot_id();
+        let cross_region = src.region != *region;
+        let per_gib = if cross_region { self.timing.copy_per_gib_ms } else { self.timing.snapshot_per_gib_ms };
+        let base = if cross_region { self.timing.copy_base_ms } else { self.timing.snapshot_base_ms };
+        let s = SimSnapshot {
+            id: id.clone(),
+            owner: account.clone(),
+            region: region.clone(),
+            // AWS reports a fixed placeholder volume id on copies.
+            volume_id: Some("vol-ffffffff".into()),
+            size_gib: src.size_gib,
+            kms_key: Some(req.kms_key.clone()),
+            tags: req.tags.clone(),
+            created_ms: self.now_ms,
+            ready_ms: self.now_ms + base + per_gib * i64::from(src.size_gib),
+            fails_with,
+            shared_with: BTreeSet::new(),
+            is_copy: true,
+            origin_volume: src.origin_volume.clone(),
+        };
+        self.snapshots.insert(id.to_string(), s);
+        Ok(id)
+    }
+
+    pub fn delete_snapshot(&mut self, account: &AccountId, region: &Region, id: &SnapshotId) -> CloudResult<()> {
+        match self.snapshots.get(id.as_str()) {
+            Some(s) if &s.owner == account && &s.region == region => {
+                self.snapshots.remove(id.as_str());
+                Ok(())
+            }
+            _ => Err(Self::snapshot_missing(id.as_str())),
+        }
+    }
+
+    pub fn set_share(&mut self, account: &AccountId, region: &Region, id: &SnapshotId, with: &AccountId, add: bool) -> CloudResult<()> {
+        let aws_managed: BTreeSet<KeyArn> =
+            self.keys.iter().filter(|k| k.manager == KeyManager::Aws).map(|k| k.arn.clone()).collect();
+        let s = self
+            .snapshots
+            .get_mut(id.as_str())
+            .filter(|s| &s.owner == account && &s.region == region)
+            .ok_or_else(|| Self::snapshot_missing(id.as_str()))?;
+        if add {
+            if s.kms_key.as_ref().is_some_and(|k| aws_managed.contains(k)) {
+                return Err(err(
+                    ErrorKind::Invalid,
+                    "InvalidParameter",
+                    "Snapshots encrypted with the AWS Managed CMK can't be shared. Specify another snapshot.",
+                ));
+            }
+            s.shared_with.insert(with.clone());
+        } else {
+            s.shared_with.remove(with);
+        }
+        Ok(())
+    }
+
+    pub fn shared_with(&self, account: &AccountId, region: &Region, id: &SnapshotId) -> CloudResult<Vec<AccountId>> {
+        self.snapshots
+            .get(id.as_str())
+            .filter(|s| &s.owner == account && &s.region == region)
+            .map(|s| s.shared_with.iter().cloned().collect())
+            .ok_or_else(|| Self::snapshot_missing(id.as_str()))
+    }
+
+    pub fn create_volume(&mut self, account: &AccountId, region: &Region, req: &CreateVolumeReq) -> CloudResult<crate::ids::VolumeId> {
+        if let Some(v) = self
+            .volumes
+            .values()
+            .find(|v| &v.owner == account && &v.region == region && v.client_token.as_deref() == Some(&req.client_token))
+        {
+            return Ok(v.id.clone());
+        }
+        if req.availability_zone.region() != *region {
+            return Err(err(
+                ErrorKind::Invalid,
+                "InvalidParameterValue",
+                format!("Invalid availability zone: [{}]", req.availability_zone),
+            ));
+        }
+        let snap = self
+            .snapshots
+            .get(req.snapshot.as_str())
+            .filter(|s| &s.region == region && (&s.owner == account || s.shared_with.contains(account)))
+            .filter(|s| self.visible(s))
+            .ok_or_else(|| Self::snapshot_missing(req.snapshot.as_str()))?
+            .clone();
+        if self.now_ms < snap.ready_ms || snap.fails_with.is_some() {
+            return Err(err(
+                ErrorKind::InvalidState,
+                "IncorrectState",
+                format!("Snapshot '{}' is not in a completed state.", snap.id),
+            ));
+        }
+        if !self.keys.iter().any(|k| k.arn == req.kms_key && &k.account == account && k.enabled) {
+            return Err(err(
+                ErrorKind::InvalidState,
+                "InvalidKMSKey.NotFound",
+                format!("The KMS key {} does not exist or is not usable", req.kms_key),
+            ));
+        }
+        let id = self.new_volume_id();
+        let v = SimVolume {
+            id: id.clone(),
+            owner: account.clone(),
+            region: region.clone(),
+            availability_zone: req.availability_zone.to_string(),
+            size_gib: snap.size_gib,
+            kms_key: Some(req.kms_key.clone()),
+            volume_type: req.volume_type.clone().unwrap_or_else(|| "gp3".into()),
+            iops: req.iops.map(|x| x as i32),
+            throughput: req.throughput.map(|x| x as i32),
+            snapshot_id: Some(snap.id.to_string()),
+            tags: req.tags.clone(),
+            created_ms: self.now_ms,
+            ready_ms: self.now_ms + self.timing.volume_base_ms,
+            attachments: 0,
+            client_token: Some(req.client_token.clone()),
+        };
+        self.volumes.insert(id.to_string(), v);
+        Ok(id)
+    }
+
+    pub fn delete_volume(&mut self, account: &AccountId, region: &Region, id: &VolumeId) -> CloudResult<()> {
+        match self.volumes.get(id.as_str()) {
+            Some(v) if &v.owner == account && &v.region == region => {
+                if v.attachments > 0 {
+                    return Err(err(ErrorKind::InvalidState, "VolumeInUse", format!("Volume {id} is currently attached")));
+                }
+                self.volumes.remove(id.as_str());
+                Ok(())
+            }
+            _ => Err(err(ErrorKind::NotFound, "InvalidVolume.NotFound", format!("The volume '{id}' does not exist."))),
+        }
+    }
+
+    /// Adds a source volume (seeding and tests).
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_volume(
+        &mut self,
+        id: Option<VolumeId>,
+        account: &AccountId,
+        az: &crate::ids::AvailabilityZone,
+        size_gib: i32,
+        kms_key: Option<KeyArn>,
+        tags: Tags,
+    ) -> VolumeId {
+        let id = id.unwrap_or_else(|| self.new_volume_id());
+        self.volumes.insert(
+            id.to_string(),
+            SimVolume {
+                id: id.clone(),
+                owner: account.clone(),
+                region: az.region(),
+                availability_zone: az.to_string(),
+                size_gib,
+                kms_key,
+                volume_type: "gp3".into(),
+                iops: Some(3000),
+                throughput: Some(125),
+                snapshot_id: None,
+                tags,
+                created_ms: self.now_ms,
+                ready_ms: self.now_ms,
+                attachments: 1,
+                client_token: None,
+            },
+        );
+        id
+    }
+
+    pub fn generate_data_key(
+        &mut self,
+        account: &AccountId,
+        region: &Region,
+        key: &KeyRef,
+    ) -> CloudResult<(Zeroizing<Vec<u8>>, Vec<u8>, KeyArn)> {
+        let k = self.find_key(account, region, key).ok_or_else(|| Self::key_missing(key.as_str()))?.clone();
+        if !k.enabled {
+            return Err(err(ErrorKind::InvalidState, "DisabledException", format!("{} is disabled.", k.arn)));
+        }
+        let mut plain = Zeroizing::new(vec![0u8; 32]);
+        aws_lc_rs::rand::fill(&mut plain).map_err(|_| err(ErrorKind::Other, "InternalError", "no randomness"))?;
+        Ok((plain.clone(), wrap(&k, &plain), k.arn.clone()))
+    }
+
+    pub fn decrypt(&self, account: &AccountId, _region: &Region, blob: &[u8]) -> CloudResult<(Zeroizing<Vec<u8>>, KeyArn)> {
+        let invalid = || err(ErrorKind::Invalid, "InvalidCiphertextException", "the ciphertext is not valid");
+        let rest = blob.strip_prefix(WRAP_MAGIC).ok_or_else(invalid)?;
+        let (&len, rest) = rest.split_first().ok_or_else(invalid)?;
+        let arn = rest.get(..len as usize).and_then(|b| std::str::from_utf8(b).ok()).ok_or_else(invalid)?;
+        let k = self.keys.iter().find(|k| k.arn.as_str() == arn).ok_or_else(invalid)?;
+        if &k.account != account && !crate::policy::allows(&k.policy, account, "kms:Decrypt", None) {
+            return Err(err(
+                ErrorKind::AccessDenied,
+                "AccessDeniedException",
+                format!("User in account {account} is not authorized to perform: kms:Decrypt on resource: {arn}"),
+            ));
+        }
+        if wrap(k, &unwrap_raw(k, rest.get(len as usize..).ok_or_else(invalid)?)) != blob {
+            return Err(invalid());
+        }
+        Ok((Zeroizing::new(unwrap_raw(k, &rest[len as usize..])), k.arn.clone()))
+    }
+
+    /// Who the caller of a side is, for identity answers.
+    pub fn identity(account: &AccountId) -> Identity {
+        Identity { account: account.clone(), arn: format!("arn:aws:iam::{account}:user/snapferry") }
+    }
+}
+
+const WRAP_MAGIC: &[u8] = b"SIMKMS1";
+
+// The simulated KMS wraps a data key by XOR with the key's secret plus a checksum:
+// enough to tell keys and tampering apart in a rehearsal, not real cryptography.
+fn wrap(k: &SimKey, plain: &[u8]) -> Vec<u8> {
+    let mut out = WRAP_MAGIC.to_vec();
+    out.push(k.arn.as_str().len() as u8);
+    out.extend_from_slice(k.arn.as_str().as_bytes());
+    let body: Vec<u8> = plain.iter().zip(k.secret.iter().cycle()).map(|(p, s)| p ^ s).collect();
+    let sum = body.iter().fold(0u32, |a, b| a.rotate_left(5) ^ u32::from(*b)) ^ u32::from_be_bytes([k.secret[0], k.secret[1], k.secret[2], k.secret[3]]);
+    out.extend_from_slice(&body);
+    out.extend_from_slice(&sum.to_be_bytes());
+    out
+}
+
+fn unwrap_raw(k: &SimKey, body_and_sum: &[u8]) -> Vec<u8> {
+    let body = &body_and_sum[..body_and_sum.len().saturating_sub(4)];
+    body.iter().zip(k.secret.iter().cycle()).map(|(p, s)| p ^ s).collect()
+}

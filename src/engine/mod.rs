@@ -1,0 +1,568 @@
+//! The per-volume step machine. Pure: no I/O, no clock, no AWS types; the time is
+//! passed in as milliseconds since the Unix epoch.
+//!
+//! Each source volume has a [`VolumeRun`]: the step it is at, the resources made so
+//! far and whether a call that changes AWS was issued without its outcome being
+//! recorded (`in_flight`). [`next_action`] says what to do next; [`apply`] takes the
+//! outcome of that action and returns the next state, or refuses an outcome that does
+//! not belong to the current step. The runner in `exec` performs the actions and
+//! checkpoints every state this module returns.
+//!
+//! The steps of one volume:
+//!
+//! ```text
+//! Snapshot -> WaitSnapshot -> [Reencrypt -> WaitReencrypt] -> [Share] -> Copy -> WaitCopy
+//!   -> [CreateVolume -> WaitVolume] -> [Cleanup] -> Done        (any step -> Failed)
+//! ```
+//!
+//! Reencrypt runs when the snapshot is not under the source key; Share when the copy
+//! crosses accounts; CreateVolume unless `create_volume: false`; Cleanup with
+//! `cleanup: true`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{KeyArn, SnapshotId, VolumeId};
+
+/// How many times a lookup after an unknown outcome may miss before the call is
+/// issued again. A just-created snapshot can be invisible for a moment (eventual
+/// consistency), so one miss does not prove the call never took effect.
+pub const RECONCILE_LOOKUPS: u8 = 3;
+
+/// Where a volume is in its copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    Snapshot,
+    WaitSnapshot,
+    Reencrypt,
+    WaitReencrypt,
+    Share,
+    Copy,
+    WaitCopy,
+    CreateVolume,
+    WaitVolume,
+    Cleanup,
+    Done,
+    Failed,
+}
+
+impl Step {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Step::Done | Step::Failed)
+    }
+
+    /// The `snapferry:step` tag value of what this step creates, if it creates one.
+    pub fn tag(self) -> Option<&'static str> {
+        match self {
+            Step::Snapshot => Some("snapshot"),
+            Step::Reencrypt => Some("reencrypt"),
+            Step::Copy => Some("copy"),
+            Step::CreateVolume => Some("volume"),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Snapshot => "snapshot",
+            Step::WaitSnapshot => "wait-snapshot",
+            Step::Reencrypt => "reencrypt",
+            Step::WaitReencrypt => "wait-reencrypt",
+            Step::Share => "share",
+            Step::Copy => "copy",
+            Step::WaitCopy => "wait-copy",
+            Step::CreateVolume => "create-volume",
+            Step::WaitVolume => "wait-volume",
+            Step::Cleanup => "cleanup",
+            Step::Done => "done",
+            Step::Failed => "failed",
+        }
+    }
+}
+
+/// Why a volume failed: the step, what AWS said, and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub step: Step,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+/// The checkpointed state of one source volume in one run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRun {
+    pub source_volume: VolumeId,
+    pub step: Step,
+    /// A call that changes AWS was issued for `step` and its outcome is not recorded:
+    /// look the resource up before issuing it again.
+    #[serde(default)]
+    pub in_flight: bool,
+    /// Lookups that found nothing since the call went in flight.
+    #[serde(default)]
+    pub lookups_missed: u8,
+    pub source_snapshot: Option<SnapshotId>,
+    pub reencrypted_snapshot: Option<SnapshotId>,
+    #[serde(default)]
+    pub shared: bool,
+    pub target_snapshot: Option<SnapshotId>,
+    pub target_volume: Option<VolumeId>,
+    /// Bumped when a failed target volume is given up, so a retry uses a new token.
+    #[serde(default)]
+    pub volume_attempt: u32,
+    /// When the current wait began (ms since epoch), for the step's timeout.
+    pub wait_started_ms: Option<i64>,
+    /// The last Progress AWS reported for the snapshot being waited on.
+    pub progress: Option<u8>,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+    pub failure: Option<Failure>,
+}
+
+impl VolumeRun {
+    pub fn new(source_volume: VolumeId) -> Self {
+        VolumeRun {
+            source_volume,
+            step: Step::Snapshot,
+            in_flight: false,
+            lookups_missed: 0,
+            source_snapshot: None,
+            reencrypted_snapshot: None,
+            shared: false,
+            target_snapshot: None,
+            target_volume: None,
+            volume_attempt: 0,
+            wait_started_ms: None,
+            progress: None,
+            started_ms: None,
+            finished_ms: None,
+            failure: None,
+        }
+    }
+
+    /// The snapshot that is (or will be) shared and copied: the re-encrypted one when
+    /// there is one, else the source snapshot.
+    pub fn shared_snapshot(&self) -> Option<&SnapshotId> {
+        self.reencrypted_snapshot.as_ref().or(self.source_snapshot.as_ref())
+    }
+
+    /// Source-side snapshots this run made that are no longer needed once the target
+    /// snapshot exists.
+    pub fn intermediates(&self) -> Vec<SnapshotId> {
+        self.source_snapshot.iter().chain(self.reencrypted_snapshot.iter()).cloned().collect()
+    }
+
+    /// Puts a failed volume back at the step that failed, for a resumed run. A target
+    /// volume or copy that ended in `error` is forgotten (the runner deletes it first),
+    /// so the step issues a fresh one.
+    pub fn revive(&mut self) {
+        if self.step != Step::Failed {
+            return;
+        }
+        let at = self.failure.as_ref().map(|f| f.step).unwrap_or(Step::Snapshot);
+        self.step = match at {
+            Step::WaitSnapshot | Step::Snapshot => {
+                self.source_snapshot = None;
+                Step::Snapshot
+            }
+            Step::WaitReencrypt | Step::Reencrypt => {
+                self.reencrypted_snapshot = None;
+                Step::Reencrypt
+            }
+            Step::WaitCopy | Step::Copy => {
+                self.target_snapshot = None;
+                Step::Copy
+            }
+            Step::WaitVolume | Step::CreateVolume => {
+                if self.target_volume.take().is_some() {
+                    self.volume_attempt += 1;
+                }
+                Step::CreateVolume
+            }
+            other => other,
+        };
+        self.in_flight = false;
+        self.lookups_missed = 0;
+        self.failure = None;
+        self.finished_ms = None;
+        self.wait_started_ms = None;
+        self.progress = None;
+    }
+}
+
+/// What the machine needs to know about the run to choose a volume's next step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ctx {
+    pub cross_account: bool,
+    /// The key the shared snapshot must be under.
+    pub source_key: KeyArn,
+    pub create_volume: bool,
+    pub cleanup: bool,
+    pub timeouts_ms: TimeoutsMs,
+}
+
+/// Per-wait timeouts in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeoutsMs {
+    pub snapshot: i64,
+    pub copy: i64,
+    pub volume: i64,
+}
+
+/// Which snapshot a wait or lookup is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Which {
+    /// The source snapshot, source account and region.
+    Source,
+    /// The re-encrypted snapshot, source account and region.
+    Reencrypted,
+    /// The copy, target account and region.
+    Target,
+}
+
+/// The next thing to do for a volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// CreateSnapshot of the source volume.
+    CreateSnapshot,
+    /// CopySnapshot in the source account and region under the source key.
+    Reencrypt { from: SnapshotId },
+    /// Share the snapshot with the target account.
+    Share { snapshot: SnapshotId },
+    /// CopySnapshot into the target account and region under the target key.
+    Copy { from: SnapshotId },
+    /// CreateVolume from the copy, with an idempotency token.
+    CreateVolume { snapshot: SnapshotId, client_token: String },
+    /// Look up, by tags, what an in-flight call of this step may have created.
+    LookUpSnapshot { which: Which },
+    LookUpVolume,
+    /// DescribeSnapshots / DescribeVolumes until the resource is ready.
+    PollSnapshot { which: Which, id: SnapshotId },
+    PollVolume { id: VolumeId },
+    /// Delete the intermediate source-side snapshots (deleting also ends the share).
+    Cleanup { delete: Vec<SnapshotId> },
+    /// Terminal: nothing to do.
+    Nothing,
+}
+
+impl Action {
+    /// True for calls that change AWS: an intent is recorded before they are issued.
+    pub fn is_mutating(&self) -> bool {
+        matches!(
+            self,
+            Action::CreateSnapshot
+                | Action::Reencrypt { .. }
+                | Action::Share { .. }
+                | Action::Copy { .. }
+                | Action::CreateVolume { .. }
+                | Action::Cleanup { .. }
+        )
+    }
+}
+
+/// What came of an action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A create or copy returned the new snapshot's id (or a lookup found it).
+    SnapshotCreated(SnapshotId),
+    VolumeCreated(VolumeId),
+    /// A lookup after an unknown outcome found nothing.
+    NotFound,
+    SnapshotPending { progress: Option<u8> },
+    /// The snapshot is complete; `kms_key` is the key ARN it is under.
+    SnapshotCompleted { kms_key: Option<String> },
+    /// The snapshot went to `error`; the message is AWS's StateMessage.
+    SnapshotError { message: String },
+    /// A poll did not see the resource (it may not be visible yet).
+    Missing,
+    Shared,
+    VolumePending,
+    VolumeAvailable,
+    VolumeError,
+    CleanedUp,
+    /// The call failed for good; the volume fails with this message and hint.
+    Fatal { message: String, hint: Option<String> },
+    /// The wait for this step exceeded its timeout.
+    TimedOut,
+}
+
+/// An outcome that does not belong to the volume's current step.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("volume {volume}: outcome {outcome} is not valid at step {step}")]
+pub struct IllegalTransition {
+    pub volume: VolumeId,
+    pub step: &'static str,
+    pub outcome: String,
+}
+
+/// The deterministic CreateVolume ClientToken for a volume in a run: the same after
+/// any resume, so CreateVolume returns the first volume instead of a second one.
+/// AWS allows at most 64 ASCII characters.
+pub fn client_token(run_id: &str, volume: &VolumeId, attempt: u32) -> String {
+    // FNV-1a over the parts, twice with different offsets, gives 32 hex digits: short,
+    // stable across platforms and releases, and unique enough for one run's volumes.
+    fn fnv(seed: u64, parts: &[&[u8]]) -> u64 {
+        let mut h = seed;
+        for p in parts {
+            for b in p.iter().chain(b"\x1f") {
+                h ^= u64::from(*b);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+        h
+    }
+    let attempt = attempt.to_string();
+    let parts: [&[u8]; 3] = [run_id.as_bytes(), volume.as_str().as_bytes(), attempt.as_bytes()];
+    let a = fnv(0xcbf2_9ce4_8422_2325, &parts);
+    let b = fnv(0x8422_2325_cbf2_9ce4, &parts);
+    format!("snapferry-{}-{a:016x}{b:016x}", volume.as_str())
+}
+
+/// What to do next for `v`. `run_id` feeds the CreateVolume token. A state that lacks
+/// the id its step needs cannot come from [`apply`], only from a damaged checkpoint:
+/// it yields [`Action::Nothing`] and the runner reports it.
+pub fn next_action(v: &VolumeRun, run_id: &str) -> Action {
+    match v.step {
+        Step::Snapshot if v.in_flight => Action::LookUpSnapshot { which: Which::Source },
+        Step::Snapshot => Action::CreateSnapshot,
+        Step::WaitSnapshot => poll(v.source_snapshot.as_ref(), Which::Source),
+        Step::Reencrypt if v.in_flight => Action::LookUpSnapshot { which: Which::Reencrypted },
+        Step::Reencrypt => match &v.source_snapshot {
+            Some(s) => Action::Reencrypt { from: s.clone() },
+            None => Action::Nothing,
+        },
+        Step::WaitReencrypt => poll(v.reencrypted_snapshot.as_ref(), Which::Reencrypted),
+        Step::Share => match v.shared_snapshot() {
+            Some(s) => Action::Share { snapshot: s.clone() },
+            None => Action::Nothing,
+        },
+        Step::Copy if v.in_flight => Action::LookUpSnapshot { which: Which::Target },
+        Step::Copy => match v.shared_snapshot() {
+            Some(s) => Action::Copy { from: s.clone() },
+            None => Action::Nothing,
+        },
+        Step::WaitCopy => poll(v.target_snapshot.as_ref(), Which::Target),
+        Step::CreateVolume if v.in_flight => Action::LookUpVolume,
+        Step::CreateVolume => match &v.target_snapshot {
+            Some(s) => Action::CreateVolume {
+                snapshot: s.clone(),
+                client_token: client_token(run_id, &v.source_volume, v.volume_attempt),
+            },
+            None => Action::Nothing,
+        },
+        Step::WaitVolume => match &v.target_volume {
+            Some(id) => Action::PollVolume { id: id.clone() },
+            None => Action::Nothing,
+        },
+        Step::Cleanup => Action::Cleanup { delete: v.intermediates() },
+        Step::Done | Step::Failed => Action::Nothing,
+    }
+}
+
+fn poll(id: Option<&SnapshotId>, which: Which) -> Action {
+    match id {
+        Some(id) => Action::PollSnapshot { which, id: id.clone() },
+        None => Action::Nothing,
+    }
+}
+
+/// Marks the start of a call that changes AWS. The runner checkpoints the result
+/// before it issues the call.
+pub fn begin(v: &VolumeRun, now_ms: i64) -> VolumeRun {
+    let mut n = v.clone();
+    if matches!(n.step, Step::Snapshot | Step::Reencrypt | Step::Copy | Step::CreateVolume) {
+        n.in_flight = true;
+        n.lookups_missed = 0;
+    }
+    if n.started_ms.is_none() {
+        n.started_ms = Some(now_ms);
+    }
+    n
+}
+
+/// The step after the shared snapshot is ready.
+fn after_shared_ready(ctx: &Ctx) -> Step {
+    if ctx.cross_account { Step::Share } else { Step::Copy }
+}
+
+fn after_copy(ctx: &Ctx) -> Step {
+    if ctx.create_volume {
+        Step::CreateVolume
+    } else if ctx.cleanup {
+        Step::Cleanup
+    } else {
+        Step::Done
+    }
+}
+
+fn hint_for_snapshot_error(step: Step, message: &str) -> Option<String> {
+    let m = message.to_ascii_lowercase();
+    if step == Step::WaitCopy && (m.contains("key") || m.contains("kms")) {
+        Some(
+            "the target account cannot use the source key or the target key: check the source key \
+             policy grants the target account (run with --dry-run to see the statement), that the \
+             target role's IAM policy allows kms actions on both keys, and that target.kms_key exists \
+             in the target region; then run the same command again"
+                .to_owned(),
+        )
+    } else {
+        Some("the snapshot failed in AWS; run the same command again to retry this step".to_owned())
+    }
+}
+
+/// Applies the outcome of the current step's action.
+pub fn apply(v: &VolumeRun, outcome: &Outcome, ctx: &Ctx, now_ms: i64) -> Result<VolumeRun, IllegalTransition> {
+    let illegal = || IllegalTransition {
+        volume: v.source_volume.clone(),
+        step: v.step.as_str(),
+        outcome: format!("{outcome:?}"),
+    };
+    if v.step.is_terminal() {
+        // Terminal states absorb late or duplicate outcomes unchanged.
+        return Ok(v.clone());
+    }
+    let mut n = v.clone();
+    let wait_timeout = |step: Step| match step {
+        Step::WaitSnapshot | Step::WaitReencrypt => ctx.timeouts_ms.snapshot,
+        Step::WaitCopy => ctx.timeouts_ms.copy,
+        _ => ctx.timeouts_ms.volume,
+    };
+    let fail = |mut n: VolumeRun, message: String, hint: Option<String>| {
+        n.failure = Some(Failure { step: n.step, message, hint });
+        n.step = Step::Failed;
+        n.in_flight = false;
+        n.finished_ms = Some(now_ms);
+        n
+    };
+    let start_wait = |mut n: VolumeRun, step: Step| {
+        n.step = step;
+        n.in_flight = false;
+        n.lookups_missed = 0;
+        n.wait_started_ms = Some(now_ms);
+        n.progress = None;
+        n
+    };
+    match (v.step, outcome) {
+        (_, Outcome::Fatal { message, hint }) => Ok(fail(n, message.clone(), hint.clone())),
+        (Step::WaitSnapshot | Step::WaitReencrypt | Step::WaitCopy | Step::WaitVolume, Outcome::TimedOut) => {
+            let limit = wait_timeout(v.step) / 1000;
+            let message = format!("gave up after waiting {}s at step {}", limit, v.step.as_str());
+            Ok(fail(
+                n,
+                message,
+                Some("raise options.timeouts in the plan if this is expected, then run the same command again to keep waiting".to_owned()),
+            ))
+        }
+
+        (Step::Snapshot, Outcome::SnapshotCreated(id)) => {
+            n.source_snapshot = Some(id.clone());
+            Ok(start_wait(n, Step::WaitSnapshot))
+        }
+        (Step::Reencrypt, Outcome::SnapshotCreated(id)) => {
+            n.reencrypted_snapshot = Some(id.clone());
+            Ok(start_wait(n, Step::WaitReencrypt))
+        }
+        (Step::Copy, Outcome::SnapshotCreated(id)) => {
+            n.target_snapshot = Some(id.clone());
+            Ok(start_wait(n, Step::WaitCopy))
+        }
+        (Step::CreateVolume, Outcome::VolumeCreated(id)) => {
+            n.target_volume = Some(id.clone());
+            Ok(start_wait(n, Step::WaitVolume))
+        }
+        (Step::Snapshot | Step::Reencrypt | Step::Copy | Step::CreateVolume, Outcome::NotFound) if v.in_flight => {
+            n.lookups_missed = n.lookups_missed.saturating_add(1);
+            if n.lookups_missed >= RECONCILE_LOOKUPS {
+                // The call never took effect: issue it again.
+                n.in_flight = false;
+                n.lookups_missed = 0;
+            }
+            Ok(n)
+        }
+
+        (Step::WaitSnapshot | Step::WaitReencrypt | Step::WaitCopy, Outcome::SnapshotPending { progress }) => {
+            n.progress = *progress;
+            Ok(n)
+        }
+        (Step::WaitSnapshot | Step::WaitReencrypt | Step::WaitCopy | Step::WaitVolume, Outcome::Missing) => {
+            // Not visible yet right after creation; the runner bounds how long this may last.
+            Ok(n)
+        }
+        (Step::WaitSnapshot, Outcome::SnapshotCompleted { kms_key }) => {
+            n.progress = Some(100);
+            n.wait_started_ms = None;
+            let under_source_key = kms_key.as_deref().is_some_and(|k| k == ctx.source_key.as_str());
+            n.step = if under_source_key { after_shared_ready(ctx) } else { Step::Reencrypt };
+            Ok(n)
+        }
+        (Step::WaitReencrypt, Outcome::SnapshotCompleted { .. }) => {
+            n.progress = Some(100);
+            n.wait_started_ms = None;
+            n.step = after_shared_ready(ctx);
+            Ok(n)
+        }
+        (Step::WaitCopy, Outcome::SnapshotCompleted { .. }) => {
+            n.progress = Some(100);
+            n.wait_started_ms = None;
+            n.step = after_copy(ctx);
+            if n.step == Step::Done {
+                n.finished_ms = Some(now_ms);
+            }
+            Ok(n)
+        }
+        (Step::WaitSnapshot | Step::WaitReencrypt | Step::WaitCopy, Outcome::SnapshotError { message }) => {
+            let hint = hint_for_snapshot_error(v.step, message);
+            let which = match v.step {
+                Step::WaitSnapshot => v.source_snapshot.as_ref(),
+                Step::WaitReencrypt => v.reencrypted_snapshot.as_ref(),
+                _ => v.target_snapshot.as_ref(),
+            };
+            let id = which.map(|s| s.as_str()).unwrap_or("?");
+            Ok(fail(n, format!("snapshot {id} went to state error: {message}"), hint))
+        }
+
+        (Step::Share, Outcome::Shared) => {
+            n.shared = true;
+            n.step = Step::Copy;
+            Ok(n)
+        }
+
+        (Step::WaitVolume, Outcome::VolumePending) => Ok(n),
+        (Step::WaitVolume, Outcome::VolumeAvailable) => {
+            n.wait_started_ms = None;
+            n.step = if ctx.cleanup { Step::Cleanup } else { Step::Done };
+            if n.step == Step::Done {
+                n.finished_ms = Some(now_ms);
+            }
+            Ok(n)
+        }
+        (Step::WaitVolume, Outcome::VolumeError) => {
+            let id = v.target_volume.as_ref().map(|s| s.as_str()).unwrap_or("?");
+            Ok(fail(
+                n,
+                format!("volume {id} went to state error"),
+                Some("check the target key is enabled and usable by the target role, then run the same command again".to_owned()),
+            ))
+        }
+
+        (Step::Cleanup, Outcome::CleanedUp) => {
+            n.step = Step::Done;
+            n.finished_ms = Some(now_ms);
+            Ok(n)
+        }
+        _ => Err(illegal()),
+    }
+}
+
+/// True when a wait that began at `started_ms` has run past the step's timeout.
+pub fn wait_expired(v: &VolumeRun, ctx: &Ctx, now_ms: i64) -> bool {
+    let limit = match v.step {
+        Step::WaitSnapshot | Step::WaitReencrypt => ctx.timeouts_ms.snapshot,
+        Step::WaitCopy => ctx.timeouts_ms.copy,
+        Step::WaitVolume => ctx.timeouts_ms.volume,
+        _ => return false,
+    };
+    v.wait_started_ms.is_some_and(|s| now_ms - s > limit)
+}
+
+#[cfg(test)]
+mod tests;

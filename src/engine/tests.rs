@@ -1,0 +1,326 @@
+//! The transition table of the step machine, checked row by row, plus the rules
+//! around it: illegal outcomes are refused, terminal states absorb duplicates, and an
+//! in-flight call is looked up before it is issued again.
+
+use super::*;
+
+fn snap(n: u8) -> SnapshotId {
+    SnapshotId::parse(&format!("snap-{:017x}", n)).unwrap()
+}
+
+fn vol(n: u8) -> VolumeId {
+    VolumeId::parse(&format!("vol-{:017x}", n)).unwrap()
+}
+
+const SOURCE_KEY: &str = "arn:aws:kms:us-east-1:111111111111:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+
+fn ctx(cross: bool, create_volume: bool, cleanup: bool) -> Ctx {
+    Ctx {
+        cross_account: cross,
+        source_key: KeyArn::parse(SOURCE_KEY).unwrap(),
+        create_volume,
+        cleanup,
+        timeouts_ms: TimeoutsMs { snapshot: 1000, copy: 2000, volume: 500 },
+    }
+}
+
+/// Drives a volume with the given outcomes, returning every step it passed through.
+fn drive(c: &Ctx, outcomes: &[Outcome]) -> (VolumeRun, Vec<Step>) {
+    let mut v = VolumeRun::new(vol(1));
+    let mut steps = vec![v.step];
+    for o in outcomes {
+        if next_action(&v, "run").is_mutating() {
+            v = begin(&v, 0);
+        }
+        v = apply(&v, o, c, 10).unwrap_or_else(|e| panic!("{e}"));
+        steps.push(v.step);
+    }
+    (v, steps)
+}
+
+fn completed(key: &str) -> Outcome {
+    Outcome::SnapshotCompleted { kms_key: Some(key.to_owned()) }
+}
+
+#[test]
+fn cross_account_under_source_key_with_volume_and_cleanup() {
+    let c = ctx(true, true, true);
+    let (v, steps) = drive(
+        &c,
+        &[
+            Outcome::SnapshotCreated(snap(1)),
+            Outcome::SnapshotPending { progress: Some(40) },
+            completed(SOURCE_KEY),
+            Outcome::Shared,
+            Outcome::SnapshotCreated(snap(2)),
+            completed("arn:aws:kms:eu-west-1:222222222222:key/x"),
+            Outcome::VolumeCreated(vol(9)),
+            Outcome::VolumePending,
+            Outcome::VolumeAvailable,
+            Outcome::CleanedUp,
+        ],
+    );
+    use Step::*;
+    assert_eq!(
+        steps,
+        vec![
+            Snapshot, WaitSnapshot, WaitSnapshot, Share, Copy, WaitCopy, CreateVolume, WaitVolume, WaitVolume, Cleanup,
+            Done
+        ]
+    );
+    assert_eq!(v.source_snapshot, Some(snap(1)));
+    assert_eq!(v.target_snapshot, Some(snap(2)));
+    assert_eq!(v.target_volume, Some(vol(9)));
+    assert!(v.shared);
+    assert_eq!(v.finished_ms, Some(10));
+}
+
+#[test]
+fn snapshot_under_another_key_is_reencrypted_first() {
+    let c = ctx(true, true, false);
+    let (v, steps) = drive(
+        &c,
+        &[
+            Outcome::SnapshotCreated(snap(1)),
+            completed("arn:aws:kms:us-east-1:111111111111:key/aws-ebs"),
+            Outcome::SnapshotCreated(snap(3)),
+            completed(SOURCE_KEY),
+            Outcome::Shared,
+        ],
+    );
+    use Step::*;
+    assert_eq!(steps, vec![Snapshot, WaitSnapshot, Reencrypt, WaitReencrypt, Share, Copy]);
+    assert_eq!(v.shared_snapshot(), Some(&snap(3)));
+    assert_eq!(next_action(&v, "r"), Action::Copy { from: snap(3) });
+    assert_eq!(v.intermediates(), vec![snap(1), snap(3)]);
+}
+
+#[test]
+fn unencrypted_snapshot_has_no_key_and_is_reencrypted() {
+    let c = ctx(false, true, true);
+    let (_, steps) = drive(
+        &c,
+        &[Outcome::SnapshotCreated(snap(1)), Outcome::SnapshotCompleted { kms_key: None }],
+    );
+    assert_eq!(*steps.last().unwrap(), Step::Reencrypt);
+}
+
+#[test]
+fn same_account_skips_share() {
+    let c = ctx(false, true, true);
+    let (_, steps) = drive(&c, &[Outcome::SnapshotCreated(snap(1)), completed(SOURCE_KEY)]);
+    assert_eq!(*steps.last().unwrap(), Step::Copy);
+}
+
+#[test]
+fn without_create_volume_stops_at_target_snapshot() {
+    let c = ctx(false, false, false);
+    let (v, _) = drive(
+        &c,
+        &[
+            Outcome::SnapshotCreated(snap(1)),
+            completed(SOURCE_KEY),
+            Outcome::SnapshotCreated(snap(2)),
+            completed("k"),
+        ],
+    );
+    assert_eq!(v.step, Step::Done);
+    assert_eq!(v.target_volume, None);
+    let c = ctx(false, false, true);
+    let (v, _) = drive(
+        &c,
+        &[
+            Outcome::SnapshotCreated(snap(1)),
+            completed(SOURCE_KEY),
+            Outcome::SnapshotCreated(snap(2)),
+            completed("k"),
+        ],
+    );
+    assert_eq!(v.step, Step::Cleanup);
+}
+
+#[test]
+fn next_action_per_step() {
+    let mut v = VolumeRun::new(vol(1));
+    assert_eq!(next_action(&v, "r"), Action::CreateSnapshot);
+    v.in_flight = true;
+    assert_eq!(next_action(&v, "r"), Action::LookUpSnapshot { which: Which::Source });
+    v.in_flight = false;
+    v.step = Step::WaitSnapshot;
+    v.source_snapshot = Some(snap(1));
+    assert_eq!(next_action(&v, "r"), Action::PollSnapshot { which: Which::Source, id: snap(1) });
+    v.step = Step::Share;
+    assert_eq!(next_action(&v, "r"), Action::Share { snapshot: snap(1) });
+    v.step = Step::Copy;
+    v.in_flight = true;
+    assert_eq!(next_action(&v, "r"), Action::LookUpSnapshot { which: Which::Target });
+    v.in_flight = false;
+    v.target_snapshot = Some(snap(2));
+    v.step = Step::CreateVolume;
+    let a = next_action(&v, "r");
+    let Action::CreateVolume { snapshot, client_token } = a else { panic!("{a:?}") };
+    assert_eq!(snapshot, snap(2));
+    assert!(client_token.len() <= 64 && client_token.is_ascii());
+    v.in_flight = true;
+    assert_eq!(next_action(&v, "r"), Action::LookUpVolume);
+    v.step = Step::Done;
+    assert_eq!(next_action(&v, "r"), Action::Nothing);
+}
+
+#[test]
+fn client_token_is_stable_and_changes_with_run_volume_and_attempt() {
+    let t = client_token("run-a", &vol(1), 0);
+    assert_eq!(t, client_token("run-a", &vol(1), 0));
+    assert_ne!(t, client_token("run-b", &vol(1), 0));
+    assert_ne!(t, client_token("run-a", &vol(2), 0));
+    assert_ne!(t, client_token("run-a", &vol(1), 1));
+    assert!(t.len() <= 64, "{} chars", t.len());
+}
+
+#[test]
+fn lookups_must_miss_several_times_before_reissuing() {
+    let c = ctx(true, true, true);
+    let mut v = begin(&VolumeRun::new(vol(1)), 0);
+    for i in 1..RECONCILE_LOOKUPS {
+        v = apply(&v, &Outcome::NotFound, &c, 0).unwrap();
+        assert!(v.in_flight, "still in flight after {i} misses");
+    }
+    v = apply(&v, &Outcome::NotFound, &c, 0).unwrap();
+    assert!(!v.in_flight);
+    assert_eq!(next_action(&v, "r"), Action::CreateSnapshot);
+}
+
+#[test]
+fn lookup_that_finds_the_resource_resumes_the_wait() {
+    let c = ctx(true, true, true);
+    let v = begin(&VolumeRun::new(vol(1)), 0);
+    let v = apply(&v, &Outcome::SnapshotCreated(snap(5)), &c, 0).unwrap();
+    assert_eq!(v.step, Step::WaitSnapshot);
+    assert_eq!(v.source_snapshot, Some(snap(5)));
+    assert!(!v.in_flight);
+}
+
+#[test]
+fn illegal_transitions_are_refused() {
+    let c = ctx(true, true, true);
+    let v = VolumeRun::new(vol(1));
+    for o in [
+        Outcome::Shared,
+        Outcome::VolumeAvailable,
+        Outcome::SnapshotCompleted { kms_key: None },
+        Outcome::CleanedUp,
+        Outcome::VolumeCreated(vol(2)),
+        Outcome::TimedOut,
+        // A miss without an in-flight call is no lookup answer.
+        Outcome::NotFound,
+    ] {
+        let e = apply(&v, &o, &c, 0).unwrap_err();
+        assert_eq!(e.step, "snapshot");
+    }
+    let mut w = v.clone();
+    w.step = Step::Share;
+    w.source_snapshot = Some(snap(1));
+    assert!(apply(&w, &Outcome::SnapshotCreated(snap(2)), &c, 0).is_err());
+    w.step = Step::WaitCopy;
+    assert!(apply(&w, &Outcome::VolumeAvailable, &c, 0).is_err());
+}
+
+#[test]
+fn terminal_states_absorb_duplicates() {
+    let c = ctx(true, true, true);
+    for step in [Step::Done, Step::Failed] {
+        let mut v = VolumeRun::new(vol(1));
+        v.step = step;
+        for o in [Outcome::Shared, Outcome::SnapshotCreated(snap(1)), Outcome::CleanedUp, Outcome::TimedOut] {
+            assert_eq!(apply(&v, &o, &c, 5).unwrap(), v);
+        }
+    }
+}
+
+#[test]
+fn snapshot_error_fails_the_volume_with_state_message_and_hint() {
+    let c = ctx(true, true, true);
+    let (v, _) = drive(
+        &c,
+        &[
+            Outcome::SnapshotCreated(snap(1)),
+            completed(SOURCE_KEY),
+            Outcome::Shared,
+            Outcome::SnapshotCreated(snap(2)),
+            Outcome::SnapshotError { message: "Given key ID is not accessible".into() },
+        ],
+    );
+    assert_eq!(v.step, Step::Failed);
+    let f = v.failure.clone().unwrap();
+    assert_eq!(f.step, Step::WaitCopy);
+    assert!(f.message.contains("Given key ID is not accessible"), "{}", f.message);
+    assert!(f.message.contains(snap(2).as_str()));
+    assert!(f.hint.unwrap().contains("key policy"));
+}
+
+#[test]
+fn fatal_fails_from_any_live_step_and_timeouts_only_from_waits() {
+    let c = ctx(true, true, true);
+    let v = VolumeRun::new(vol(1));
+    let f = apply(&v, &Outcome::Fatal { message: "denied".into(), hint: None }, &c, 3).unwrap();
+    assert_eq!(f.step, Step::Failed);
+    assert_eq!(f.failure.unwrap().step, Step::Snapshot);
+    let mut w = v.clone();
+    w.step = Step::WaitVolume;
+    w.target_volume = Some(vol(2));
+    let t = apply(&w, &Outcome::TimedOut, &c, 3).unwrap();
+    assert_eq!(t.step, Step::Failed);
+}
+
+#[test]
+fn waits_expire_after_their_step_timeout() {
+    let c = ctx(true, true, true);
+    let mut v = VolumeRun::new(vol(1));
+    v.step = Step::WaitCopy;
+    v.wait_started_ms = Some(0);
+    assert!(!wait_expired(&v, &c, 2000));
+    assert!(wait_expired(&v, &c, 2001));
+    v.step = Step::WaitVolume;
+    assert!(wait_expired(&v, &c, 501));
+    v.step = Step::Share;
+    assert!(!wait_expired(&v, &c, 1_000_000));
+}
+
+#[test]
+fn revive_returns_a_failed_volume_to_its_failed_step() {
+    let c = ctx(true, true, true);
+    let (mut v, _) = drive(
+        &c,
+        &[
+            Outcome::SnapshotCreated(snap(1)),
+            completed(SOURCE_KEY),
+            Outcome::Shared,
+            Outcome::SnapshotCreated(snap(2)),
+            Outcome::SnapshotError { message: "Given key ID is not accessible".into() },
+        ],
+    );
+    v.revive();
+    assert_eq!(v.step, Step::Copy);
+    assert_eq!(v.target_snapshot, None);
+    assert_eq!(v.source_snapshot, Some(snap(1)));
+    assert!(v.failure.is_none());
+    assert_eq!(next_action(&v, "r"), Action::Copy { from: snap(1) });
+
+    let mut w = VolumeRun::new(vol(1));
+    w.step = Step::Failed;
+    w.target_volume = Some(vol(3));
+    w.failure = Some(Failure { step: Step::WaitVolume, message: "x".into(), hint: None });
+    w.revive();
+    assert_eq!(w.step, Step::CreateVolume);
+    assert_eq!(w.volume_attempt, 1);
+}
+
+#[test]
+fn only_calls_that_change_aws_are_mutating() {
+    assert!(Action::CreateSnapshot.is_mutating());
+    assert!(Action::Copy { from: snap(1) }.is_mutating());
+    assert!(Action::Cleanup { delete: vec![] }.is_mutating());
+    assert!(!Action::LookUpVolume.is_mutating());
+    assert!(!Action::PollSnapshot { which: Which::Source, id: snap(1) }.is_mutating());
+    assert!(!Action::Nothing.is_mutating());
+}

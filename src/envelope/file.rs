@@ -1,0 +1,178 @@
+//! Envelope encryption and decryption between files, all or nothing.
+//!
+//! The output is written to a temporary file in the output's own directory (so the final
+//! rename stays on one file system and is atomic), synced to disk, and renamed over the
+//! output only once every chunk has been written or authenticated. On any error, and on
+//! a panic, the temporary file is removed: the output path is left as it was, never
+//! holding a partial or unauthenticated result. A process killed outright (`kill -9`,
+//! power loss) can leave a temporary file named `.OUT.XXXXXXXXXXXXXXXX.snapferry-tmp`
+//! beside the output; it never appears under the output's name.
+//!
+//! On Unix the output is created with mode 0600: a decrypted file is as sensitive as
+//! the key that protected it, and an encrypted one carries a key reference.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::EnvelopeError;
+use super::format::{Header, KEY_LEN, read_header};
+use super::stream::{Stats, decrypt, encrypt};
+
+/// Reads and checks the envelope header at the start of the file at `path`.
+///
+/// # Errors
+/// As [`read_header`], with I/O failures reported as [`EnvelopeError::File`].
+pub fn read_header_file(path: impl AsRef<Path>) -> Result<Header, EnvelopeError> {
+    let path = path.as_ref();
+    let mut file = open_input(path)?;
+    read_header(&mut file).map_err(|e| with_paths(e, path, path))
+}
+
+/// Encrypts the file at `in_path` into a new envelope file at `out_path`, replacing any
+/// file there only once the whole envelope is on disk.
+///
+/// # Errors
+/// As [`encrypt`], with I/O failures reported as [`EnvelopeError::File`] naming the file.
+/// On error nothing is left at `out_path` that was not there before.
+pub fn encrypt_file(
+    in_path: impl AsRef<Path>,
+    out_path: impl AsRef<Path>,
+    key: &[u8; KEY_LEN],
+    header: &Header,
+) -> Result<Stats, EnvelopeError> {
+    let in_path = in_path.as_ref();
+    let input = open_input(in_path)?;
+    let mut temp = TempOutput::create(out_path.as_ref())?;
+    let stats = encrypt(input, temp.file(), key, header).map_err(|e| with_paths(e, in_path, &temp.path))?;
+    temp.commit(out_path.as_ref())?;
+    Ok(stats)
+}
+
+/// Decrypts the envelope file at `in_path` into `out_path`, replacing any file there
+/// only once every chunk has been authenticated.
+///
+/// `header` is the one read earlier with [`read_header_file`] to get the data key from
+/// KMS; the file's header is read again and must be identical, so the key was obtained
+/// for exactly this file.
+///
+/// # Errors
+/// As [`read_header`] and [`decrypt`], plus [`EnvelopeError::HeaderMismatch`], with I/O
+/// failures reported as [`EnvelopeError::File`] naming the file. On error nothing is
+/// left at `out_path` that was not there before.
+pub fn decrypt_file(
+    in_path: impl AsRef<Path>,
+    out_path: impl AsRef<Path>,
+    key: &[u8; KEY_LEN],
+    header: &Header,
+) -> Result<Stats, EnvelopeError> {
+    let in_path = in_path.as_ref();
+    let mut input = open_input(in_path)?;
+    let found = read_header(&mut input).map_err(|e| with_paths(e, in_path, in_path))?;
+    if &found != header {
+        return Err(EnvelopeError::HeaderMismatch { path: in_path.to_path_buf() });
+    }
+    let mut temp = TempOutput::create(out_path.as_ref())?;
+    let stats = decrypt(input, temp.file(), key, header).map_err(|e| with_paths(e, in_path, &temp.path))?;
+    temp.commit(out_path.as_ref())?;
+    Ok(stats)
+}
+
+fn open_input(path: &Path) -> Result<File, EnvelopeError> {
+    File::open(path).map_err(|error| EnvelopeError::File { action: "open", path: path.to_path_buf(), error })
+}
+
+/// Gives stream I/O errors the path they happened on.
+fn with_paths(e: EnvelopeError, read_path: &Path, write_path: &Path) -> EnvelopeError {
+    match e {
+        EnvelopeError::Read(error) => EnvelopeError::File { action: "read", path: read_path.to_path_buf(), error },
+        EnvelopeError::Write(error) => EnvelopeError::File { action: "write", path: write_path.to_path_buf(), error },
+        other => other,
+    }
+}
+
+/// A temporary file beside the output that is removed when dropped, unless
+/// [`commit`](Self::commit) renamed it into place.
+struct TempOutput {
+    file: Option<File>,
+    path: PathBuf,
+}
+
+impl TempOutput {
+    fn create(out_path: &Path) -> Result<Self, EnvelopeError> {
+        let name = out_path.file_name().ok_or_else(|| EnvelopeError::File {
+            action: "write to",
+            path: out_path.to_path_buf(),
+            error: io::Error::new(io::ErrorKind::InvalidInput, "not a file name"),
+        })?;
+        let dir = parent_dir(out_path);
+        // A random suffix so that two runs writing the same output never share a
+        // temporary file; `create_new` refuses to open anything that already exists.
+        let mut suffix = [0u8; 8];
+        aws_lc_rs::rand::fill(&mut suffix).map_err(|_| EnvelopeError::Random)?;
+        let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+        let mut temp_name = std::ffi::OsString::from(".");
+        temp_name.push(name);
+        temp_name.push(format!(".{suffix}.snapferry-tmp"));
+        let path = dir.join(temp_name);
+
+        let mut options = OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options.open(&path).map_err(|error| EnvelopeError::File {
+            action: "create a temporary file in",
+            path: dir.to_path_buf(),
+            error,
+        })?;
+        Ok(Self { file: Some(file), path })
+    }
+
+    fn file(&mut self) -> &mut File {
+        self.file.as_mut().expect("file is open until commit")
+    }
+
+    /// Syncs the data, renames the file to `out_path`, and syncs the directory so the
+    /// rename itself survives a crash.
+    fn commit(mut self, out_path: &Path) -> Result<(), EnvelopeError> {
+        let file = self.file.take().expect("file is open until commit");
+        file.sync_all().map_err(|error| EnvelopeError::File { action: "sync", path: self.path.clone(), error })?;
+        drop(file);
+        fs::rename(&self.path, out_path).map_err(|error| EnvelopeError::File {
+            action: "rename the temporary file to",
+            path: out_path.to_path_buf(),
+            error,
+        })?;
+        // From here the temporary name no longer exists; nothing is left to remove.
+        self.path = PathBuf::new();
+        #[cfg(unix)]
+        {
+            let dir = parent_dir(out_path);
+            File::open(dir).and_then(|d| d.sync_all()).map_err(|error| EnvelopeError::File {
+                action: "sync the directory",
+                path: dir.to_path_buf(),
+                error,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TempOutput {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            // Close before removing, for file systems that refuse to remove open files.
+            self.file.take();
+            // Best effort: the error being reported matters more than a leftover file.
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// The directory a path's file lives in (`.` for a bare file name).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}

@@ -1,0 +1,223 @@
+//! Performs one volume action against the cloud and turns the answer into an
+//! [`Outcome`] for the step machine. Polls are not here: they are batched across
+//! volumes by the runner.
+
+use std::collections::BTreeMap;
+
+use crate::cloud::{
+    Cloud, CloudError, CloudResult, CopySnapshotReq, CreateSnapshotReq, CreateVolumeReq, ErrorKind, Loc, Side,
+    Snapshot, SnapshotState, Tags, Volume, VolumeState,
+};
+use crate::engine::{Action, Outcome, VolumeRun, Which};
+use crate::ids::{AccountId, AvailabilityZone, KeyArn, Region, SnapshotId};
+use crate::plan::TargetVolume;
+
+/// What every action of a run needs to know.
+#[derive(Debug, Clone)]
+pub struct ActCtx {
+    pub plan: String,
+    pub run_id: String,
+    pub source_region: Region,
+    pub target_region: Region,
+    pub target_account: Option<AccountId>,
+    pub source_key: KeyArn,
+    pub target_key: KeyArn,
+    pub availability_zone: AvailabilityZone,
+    /// `options.tags` of the plan.
+    pub extra_tags: Tags,
+}
+
+pub const TAG_PLAN: &str = "snapferry:plan";
+pub const TAG_RUN: &str = "snapferry:run";
+pub const TAG_SOURCE_VOLUME: &str = "snapferry:source-volume";
+pub const TAG_STEP: &str = "snapferry:step";
+
+impl ActCtx {
+    pub fn src(&self) -> Loc {
+        Loc::new(Side::Source, &self.source_region)
+    }
+
+    pub fn dst(&self) -> Loc {
+        Loc::new(Side::Target, &self.target_region)
+    }
+
+    pub fn loc(&self, which: Which) -> Loc {
+        match which {
+            Which::Source | Which::Reencrypted => self.src(),
+            Which::Target => self.dst(),
+        }
+    }
+
+    /// The tags that identify what one step of one volume created in this run.
+    pub fn identity_tags(&self, v: &VolumeRun, step: &str) -> Tags {
+        BTreeMap::from([
+            (TAG_PLAN.to_owned(), self.plan.clone()),
+            (TAG_RUN.to_owned(), self.run_id.clone()),
+            (TAG_SOURCE_VOLUME.to_owned(), v.source_volume.to_string()),
+            (TAG_STEP.to_owned(), step.to_owned()),
+        ])
+    }
+
+    /// Everything put on a created resource: `options.tags`, then the identity tags
+    /// (which win, so a plan cannot break resume by overriding them).
+    pub fn tags(&self, v: &VolumeRun, step: &str, own: Option<&Tags>) -> Tags {
+        let mut t = self.extra_tags.clone();
+        if let Some(own) = own {
+            t.extend(own.clone());
+        }
+        t.extend(self.identity_tags(v, step));
+        t
+    }
+
+    fn description(&self, v: &VolumeRun, what: &str) -> String {
+        format!("snapferry {} run {}: {what} of {}", self.plan, self.run_id, v.source_volume)
+    }
+}
+
+fn which_step(which: Which) -> &'static str {
+    match which {
+        Which::Source => "snapshot",
+        Which::Reencrypted => "reencrypt",
+        Which::Target => "copy",
+    }
+}
+
+/// The outcome a snapshot's description stands for.
+pub fn snapshot_outcome(s: &Snapshot) -> Outcome {
+    match s.state {
+        SnapshotState::Completed => Outcome::SnapshotCompleted { kms_key: s.kms_key_id.clone() },
+        SnapshotState::Error => Outcome::SnapshotError {
+            message: s.state_message.clone().unwrap_or_else(|| "no state message".to_owned()),
+        },
+        SnapshotState::Pending | SnapshotState::Other => Outcome::SnapshotPending { progress: s.progress },
+    }
+}
+
+/// The outcome a volume's description stands for.
+pub fn volume_outcome(v: &Volume) -> Outcome {
+    match v.state {
+        VolumeState::Available | VolumeState::InUse => Outcome::VolumeAvailable,
+        VolumeState::Error | VolumeState::Deleting | VolumeState::Deleted => Outcome::VolumeError,
+        VolumeState::Creating | VolumeState::Other => Outcome::VolumePending,
+    }
+}
+
+/// Picks what a lookup found: the oldest match not in error, else the oldest.
+/// Returns it and any later duplicates (which the caller deletes).
+fn pick_snapshot(mut found: Vec<Snapshot>) -> Option<(Snapshot, Vec<Snapshot>)> {
+    found.sort_by_key(|s| (s.state == SnapshotState::Error, s.start_time_ms.unwrap_or(0), s.id.clone()));
+    let mut it = found.into_iter();
+    let first = it.next()?;
+    Some((first, it.collect()))
+}
+
+/// Performs `action` for volume `v` (whose source volume is `source`).
+pub async fn perform(
+    cloud: &dyn Cloud,
+    ctx: &ActCtx,
+    v: &VolumeRun,
+    target: &TargetVolume,
+    source: Option<&Volume>,
+    action: &Action,
+) -> CloudResult<Outcome> {
+    match action {
+        Action::CreateSnapshot => {
+            let req = CreateSnapshotReq {
+                volume: v.source_volume.clone(),
+                description: ctx.description(v, "snapshot"),
+                tags: ctx.tags(v, "snapshot", None),
+            };
+            let s = cloud.create_snapshot(&ctx.src(), &req).await?;
+            Ok(Outcome::SnapshotCreated(s.id))
+        }
+        Action::Reencrypt { from } => {
+            let req = CopySnapshotReq {
+                source_region: ctx.source_region.clone(),
+                source_snapshot: from.clone(),
+                kms_key: ctx.source_key.clone(),
+                description: ctx.description(v, "re-encrypted snapshot"),
+                tags: ctx.tags(v, "reencrypt", None),
+            };
+            Ok(Outcome::SnapshotCreated(cloud.copy_snapshot(&ctx.src(), &req).await?))
+        }
+        Action::Share { snapshot } => {
+            let account = ctx.target_account.as_ref().ok_or_else(|| {
+                CloudError::new(ErrorKind::Invalid, "NoTargetAccount", "the plan has no target account to share with")
+            })?;
+            cloud.share_snapshot(&ctx.src(), snapshot, account).await?;
+            Ok(Outcome::Shared)
+        }
+        Action::Copy { from } => {
+            let req = CopySnapshotReq {
+                source_region: ctx.source_region.clone(),
+                source_snapshot: from.clone(),
+                kms_key: ctx.target_key.clone(),
+                description: ctx.description(v, "copy"),
+                tags: ctx.tags(v, "copy", None),
+            };
+            Ok(Outcome::SnapshotCreated(cloud.copy_snapshot(&ctx.dst(), &req).await?))
+        }
+        Action::CreateVolume { snapshot, client_token } => {
+            let req = CreateVolumeReq {
+                snapshot: snapshot.clone(),
+                availability_zone: ctx.availability_zone.clone(),
+                volume_type: target.volume_type.clone().or_else(|| source.and_then(|s| s.volume_type.clone())),
+                iops: target.iops.or_else(|| {
+                    // Only types with provisioned IOPS take the source's figure.
+                    let ty = target.volume_type.as_deref().or(source.and_then(|s| s.volume_type.as_deref()));
+                    matches!(ty, Some("gp3" | "io1" | "io2")).then(|| source.and_then(|s| s.iops)).flatten().map(|x| x as u32)
+                }),
+                throughput: target.throughput.or_else(|| {
+                    let ty = target.volume_type.as_deref().or(source.and_then(|s| s.volume_type.as_deref()));
+                    (ty == Some("gp3")).then(|| source.and_then(|s| s.throughput)).flatten().map(|x| x as u32)
+                }),
+                kms_key: ctx.target_key.clone(),
+                tags: ctx.tags(v, "volume", Some(&target.tags)),
+                client_token: client_token.clone(),
+            };
+            Ok(Outcome::VolumeCreated(cloud.create_volume(&ctx.dst(), &req).await?))
+        }
+        Action::LookUpSnapshot { which } => {
+            let loc = ctx.loc(*which);
+            let found = cloud.find_snapshots(&loc, &ctx.identity_tags(v, which_step(*which))).await?;
+            match pick_snapshot(found) {
+                None => Ok(Outcome::NotFound),
+                Some((keep, extra)) => {
+                    for dup in extra {
+                        tracing::warn!(volume = %v.source_volume, snapshot = %dup.id, "deleting a duplicate snapshot left by an interrupted run");
+                        delete_snapshot_quietly(cloud, &loc, &dup.id).await?;
+                    }
+                    Ok(Outcome::SnapshotCreated(keep.id))
+                }
+            }
+        }
+        Action::LookUpVolume => {
+            let mut found = cloud.find_volumes(&ctx.dst(), &ctx.identity_tags(v, "volume")).await?;
+            found.retain(|x| !matches!(x.state, VolumeState::Deleting | VolumeState::Deleted));
+            found.sort_by_key(|x| (x.create_time_ms.unwrap_or(0), x.id.clone()));
+            match found.first() {
+                None => Ok(Outcome::NotFound),
+                Some(x) => Ok(Outcome::VolumeCreated(x.id.clone())),
+            }
+        }
+        Action::Cleanup { delete } => {
+            for id in delete {
+                delete_snapshot_quietly(cloud, &ctx.src(), id).await?;
+            }
+            Ok(Outcome::CleanedUp)
+        }
+        Action::PollSnapshot { .. } | Action::PollVolume { .. } | Action::Nothing => Err(CloudError::new(
+            ErrorKind::Other,
+            "NotAnAction",
+            format!("{action:?} is not performed one at a time"),
+        )),
+    }
+}
+
+/// Deletes a snapshot; one that is already gone counts as deleted.
+pub async fn delete_snapshot_quietly(cloud: &dyn Cloud, loc: &Loc, id: &SnapshotId) -> CloudResult<()> {
+    match cloud.delete_snapshot(loc, id).await {
+        Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}

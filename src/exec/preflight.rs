@@ -1,0 +1,282 @@
+//! Preflight: read-only checks of the whole plan against AWS before any change.
+//! Every problem is collected, not just the first, and each names its resource and
+//! what to do about it.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use crate::clock::Clock;
+use crate::cloud::{Cloud, CloudError, ErrorKind, Identity, KeyInfo, KeyManager, Loc, Side, Volume};
+use crate::ids::{KeyRef, VolumeId};
+use crate::plan::{Pick, Plan, TargetVolume};
+
+use super::retry::retrying;
+
+/// One problem preflight found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreflightError {
+    /// The resource it is about: a key, a volume, a role, an account.
+    pub resource: String,
+    pub message: String,
+}
+
+impl fmt::Display for PreflightError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.resource, self.message)
+    }
+}
+
+/// A source volume picked by the plan, with what its target volume should look like.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceVolume {
+    pub volume: Volume,
+    pub target: TargetVolume,
+}
+
+/// What preflight learnt: who the caller is on each side, the keys and the volumes.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub source_identity: Identity,
+    pub target_identity: Option<Identity>,
+    pub cross_account: bool,
+    pub source_key: KeyInfo,
+    pub target_key: KeyInfo,
+    pub volumes: Vec<SourceVolume>,
+}
+
+fn problem(resource: impl Into<String>, message: impl Into<String>) -> PreflightError {
+    PreflightError { resource: resource.into(), message: message.into() }
+}
+
+fn describe_error(e: &CloudError) -> String {
+    match e.kind {
+        ErrorKind::AccessDenied => format!(
+            "access denied: {e}; grant the permission to the identity running snapferry (snapferry run PLAN --dry-run prints the policies)"
+        ),
+        _ => e.to_string(),
+    }
+}
+
+/// Checks that a key is usable for EBS sharing and copying.
+fn check_key(info: &KeyInfo, key: &KeyRef, side: &str) -> Vec<PreflightError> {
+    let mut out = vec![];
+    let name = format!("{side} key {key}");
+    if info.manager != KeyManager::Customer {
+        out.push(problem(
+            &name,
+            "is an AWS managed key, which cannot be shared across accounts; create a customer managed symmetric key and name it in the plan",
+        ));
+    }
+    if !info.enabled {
+        out.push(problem(&name, format!("{} is disabled; enable it (kms enable-key) or name another key", info.arn)));
+    }
+    if !info.is_symmetric() {
+        out.push(problem(
+            &name,
+            format!("{} has key spec {}; EBS only works with symmetric keys (SYMMETRIC_DEFAULT)", info.arn, info.spec),
+        ));
+    }
+    out
+}
+
+/// Runs every preflight check. `Ok` only when the plan can run as written.
+pub async fn preflight(plan: &Plan, cloud: &dyn Cloud, clock: &dyn Clock) -> Result<Resolved, Vec<PreflightError>> {
+    let mut errors = vec![];
+    let src_loc = Loc::new(Side::Source, &plan.source.region);
+    let dst_loc = Loc::new(Side::Target, &plan.target.region);
+
+    let source_identity = match retrying(clock, || cloud.caller_identity(Side::Source)).await {
+        Ok(id) => id,
+        Err(e) => {
+            return Err(vec![problem(
+                "source credentials",
+                format!(
+                    "cannot read the caller identity: {}; check AWS credentials (env, profile, SSO) for the source account",
+                    describe_error(&e)
+                ),
+            )]);
+        }
+    };
+    if let Some(want) = &plan.source.account {
+        if want != &source_identity.account {
+            errors.push(problem(
+                format!("source.account {want}"),
+                format!(
+                    "the credentials belong to account {} ({}); use credentials of account {want} or fix the plan",
+                    source_identity.account, source_identity.arn
+                ),
+            ));
+        }
+    }
+    let cross_account = plan.cross_account(&source_identity.account);
+    if cross_account && plan.target.role_arn.is_none() {
+        errors.push(problem(
+            "target.role_arn",
+            "the target account differs from the caller's account: name a role in the target account to assume",
+        ));
+    }
+
+    let source_key = match retrying(clock, || cloud.describe_key(&src_loc, &plan.source.kms_key)).await {
+        Ok(k) => {
+            errors.extend(check_key(&k, &plan.source.kms_key, "source"));
+            if k.account != source_identity.account {
+                errors.push(problem(
+                    format!("source key {}", plan.source.kms_key),
+                    format!("belongs to account {}, not the source account {}", k.account, source_identity.account),
+                ));
+            }
+            Some(k)
+        }
+        Err(e) if e.kind == ErrorKind::NotFound => {
+            errors.push(problem(
+                format!("source key {}", plan.source.kms_key),
+                format!(
+                    "does not exist in account {} region {}; create it or fix source.kms_key",
+                    source_identity.account, plan.source.region
+                ),
+            ));
+            None
+        }
+        Err(e) => {
+            errors.push(problem(format!("source key {}", plan.source.kms_key), describe_error(&e)));
+            None
+        }
+    };
+
+    let mut target_identity = None;
+    let mut target_reachable = true;
+    if plan.target.role_arn.is_some() {
+        match retrying(clock, || cloud.caller_identity(Side::Target)).await {
+            Ok(id) => {
+                if let Some(want) = &plan.target.account {
+                    if want != &id.account {
+                        errors.push(problem(
+                            format!("target.account {want}"),
+                            format!("the role's credentials belong to account {}", id.account),
+                        ));
+                    }
+                }
+                target_identity = Some(id);
+            }
+            Err(e) => {
+                target_reachable = false;
+                let role = plan.target.role_arn.as_ref().map(|r| r.to_string()).unwrap_or_default();
+                errors.push(problem(
+                    format!("target.role_arn {role}"),
+                    format!(
+                        "cannot be assumed: {e}; its trust policy must allow {} to call sts:AssumeRole{} (snapferry run PLAN --dry-run prints it)",
+                        source_identity.arn,
+                        if plan.target.external_id.is_some() { " with the plan's external_id" } else { "" }
+                    ),
+                ));
+            }
+        }
+    }
+
+    let target_key = if target_reachable {
+        match retrying(clock, || cloud.describe_key(&dst_loc, &plan.target.kms_key)).await {
+            Ok(k) => {
+                errors.extend(check_key(&k, &plan.target.kms_key, "target"));
+                Some(k)
+            }
+            Err(e) if e.kind == ErrorKind::NotFound => {
+                let account = target_identity.as_ref().unwrap_or(&source_identity).account.clone();
+                errors.push(problem(
+                    format!("target key {}", plan.target.kms_key),
+                    format!(
+                        "does not exist in account {account} region {}; create it or fix target.kms_key",
+                        plan.target.region
+                    ),
+                ));
+                None
+            }
+            Err(e) => {
+                errors.push(problem(format!("target key {}", plan.target.kms_key), describe_error(&e)));
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    let volumes = match resolve_volumes(plan, cloud, clock, &src_loc).await {
+        Ok((v, missing)) => {
+            errors.extend(missing);
+            v
+        }
+        Err(e) => {
+            errors.push(problem(format!("volumes in {}", plan.source.region), describe_error(&e)));
+            vec![]
+        }
+    };
+
+    match (source_key, target_key) {
+        (Some(source_key), Some(target_key)) if errors.is_empty() => Ok(Resolved {
+            source_identity,
+            target_identity,
+            cross_account,
+            source_key,
+            target_key,
+            volumes,
+        }),
+        _ => Err(errors),
+    }
+}
+
+/// The plan's volumes, ids and selectors together, each once, in plan order; and a
+/// problem for every id that does not exist and every selector that picks nothing.
+pub async fn resolve_volumes(
+    plan: &Plan,
+    cloud: &dyn Cloud,
+    clock: &dyn Clock,
+    loc: &Loc,
+) -> Result<(Vec<SourceVolume>, Vec<PreflightError>), CloudError> {
+    let ids: Vec<VolumeId> = plan
+        .volumes
+        .iter()
+        .filter_map(|s| match &s.pick {
+            Pick::Id(id) => Some(id.clone()),
+            Pick::Selector(_) => None,
+        })
+        .collect();
+    let mut found = vec![];
+    // DescribeVolumes takes at most 500 ids per call with filters; stay well within.
+    for chunk in ids.chunks(200) {
+        found.extend(retrying(clock, || cloud.describe_volumes(loc, chunk)).await?);
+    }
+    let mut out = vec![];
+    let mut problems = vec![];
+    let mut seen = BTreeSet::new();
+    for spec in &plan.volumes {
+        match &spec.pick {
+            Pick::Id(id) => match found.iter().find(|v| &v.id == id) {
+                Some(v) => {
+                    if seen.insert(v.id.clone()) {
+                        out.push(SourceVolume { volume: v.clone(), target: spec.target.clone() });
+                    }
+                }
+                None => problems.push(problem(
+                    format!("volume {id}"),
+                    format!("does not exist in the source account in {}; fix the id or the source region", loc.region),
+                )),
+            },
+            Pick::Selector(tags) => {
+                let picked = retrying(clock, || cloud.find_volumes(loc, tags)).await?;
+                if picked.is_empty() {
+                    problems.push(problem(
+                        format!("selector {tags:?}"),
+                        format!("picks no volume in {}; check the tags", loc.region),
+                    ));
+                }
+                let mut picked = picked;
+                picked.sort_by(|a, b| a.id.cmp(&b.id));
+                for v in picked {
+                    if seen.insert(v.id.clone()) {
+                        out.push(SourceVolume { volume: v, target: spec.target.clone() });
+                    }
+                }
+            }
+        }
+    }
+    Ok((out, problems))
+}

@@ -1,0 +1,63 @@
+//! The run report: what `--format json` prints when a run ends, and what the text
+//! rendering summarises. Its shape is the contract's.
+
+use serde::Serialize;
+
+use crate::checkpoint::RunRecord;
+use crate::engine::Step;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VolumeReport {
+    pub source_volume: String,
+    pub source_snapshot: Option<String>,
+    pub shared_snapshot: Option<String>,
+    pub target_snapshot: Option<String>,
+    pub target_volume: Option<String>,
+    /// `succeeded`, `failed` or `pending` (the run stopped before this volume ended).
+    pub status: String,
+    /// The step reached (or the one that failed).
+    pub step: String,
+    pub error: Option<String>,
+    pub hint: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunReport {
+    pub run_id: String,
+    pub plan: String,
+    /// `succeeded`, `failed`, `interrupted` or `running`.
+    pub status: String,
+    pub simulated: bool,
+    pub volumes: Vec<VolumeReport>,
+}
+
+impl RunReport {
+    pub fn from_record(r: &RunRecord) -> Self {
+        RunReport {
+            run_id: r.meta.run_id.clone(),
+            plan: r.meta.plan.clone(),
+            status: r.meta.status.as_str().to_owned(),
+            simulated: r.meta.simulated,
+            volumes: r
+                .volumes
+                .iter()
+                .map(|v| VolumeReport {
+                    source_volume: v.source_volume.to_string(),
+                    source_snapshot: v.source_snapshot.as_ref().map(|s| s.to_string()),
+                    shared_snapshot: v.shared_snapshot().map(|s| s.to_string()),
+                    target_snapshot: v.target_snapshot.as_ref().map(|s| s.to_string()),
+                    target_volume: v.target_volume.as_ref().map(|s| s.to_string()),
+                    status: match v.step {
+                        Step::Done => "succeeded",
+                        Step::Failed => "failed",
+                        _ => "pending",
+                    }
+                    .to_owned(),
+                    step: v.failure.as_ref().map(|f| f.step).unwrap_or(v.step).as_str().to_owned(),
+                    error: v.failure.as_ref().map(|f| f.message.clone()),
+                    hint: v.failure.as_ref().and_then(|f| f.hint.clone()),
+                })
+                .collect(),
+        }
+    }
+}
