@@ -451,6 +451,11 @@ impl Runner {
             if v.step.is_terminal() {
                 continue;
             }
+            // A volume queued for a copy slot wakes when a copy ends, which a poll
+            // of that copy notices; it needs no wake-up of its own.
+            if matches!(v.step, Step::Copy | Step::Reencrypt) && !v.in_flight && s.not_before_ms <= now {
+                continue;
+            }
             let t = if matches!(v.step, Step::WaitSnapshot | Step::WaitReencrypt | Step::WaitCopy | Step::WaitVolume) {
                 s.next_poll_ms.max(s.not_before_ms)
             } else {

@@ -5,4 +5,5 @@
 mod envelope;
 mod plan;
 mod policy;
+mod sim;
 mod support;

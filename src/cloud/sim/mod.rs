@@ -68,7 +68,10 @@ impl SimCloud {
     /// A fresh handle on the same world after a halt: halting is switched off so
     /// the next run can go on.
     pub fn resume_after_halt(&self) -> Self {
-        self.with_world(|w| w.faults.halt_after_calls = None);
+        self.with_world(|w| {
+            w.faults.halt_after_calls = None;
+            w.halted = false;
+        });
         SimCloud { world: self.world.clone(), sides: self.sides.clone(), halted: watch::channel(false).0 }
     }
 

@@ -130,6 +130,9 @@ pub struct World {
     pub total_calls: u64,
     #[serde(default)]
     pub halted: bool,
+    /// The most copies ever in flight at once, per `account/region` destination.
+    #[serde(default)]
+    pub peak_copies: BTreeMap<String, usize>,
     next_id: u64,
     rng: u64,
 }
@@ -171,6 +174,7 @@ impl World {
             calls: BTreeMap::new(),
             total_calls: 0,
             halted: false,
+            peak_copies: BTreeMap::new(),
             next_id: 1,
             rng: 0x9e37_79b9_7f4a_7c15,
         }
@@ -555,6 +559,9 @@ impl World {
             origin_volume: src.origin_volume.clone(),
         };
         self.snapshots.insert(id.to_string(), s);
+        let now = self.copies_in_flight(account, region);
+        let peak = self.peak_copies.entry(format!("{account}/{region}")).or_default();
+        *peak = (*peak).max(now);
         Ok(id)
     }
 
