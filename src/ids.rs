@@ -96,18 +96,10 @@ impl Region {
         // us-gov-west-1, cn-north-1, eu-central-2, il-central-1, mx-central-1.
         let parts: Vec<&str> = s.split('-').collect();
         let ok = parts.len() >= 3
-            && parts[..parts.len() - 1]
-                .iter()
-                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
+            && parts[..parts.len() - 1].iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
             && parts[0].len() == 2
-            && parts
-                .last()
-                .is_some_and(|d| !d.is_empty() && d.len() <= 2 && d.bytes().all(|b| b.is_ascii_digit()));
-        if ok {
-            Ok(Self(s.to_owned()))
-        } else {
-            Err(IdError { expected: "an AWS region name like us-east-1" })
-        }
+            && parts.last().is_some_and(|d| !d.is_empty() && d.len() <= 2 && d.bytes().all(|b| b.is_ascii_digit()));
+        if ok { Ok(Self(s.to_owned())) } else { Err(IdError { expected: "an AWS region name like us-east-1" }) }
     }
 
     /// The ARN partition this region belongs to.
@@ -176,9 +168,7 @@ newtype!(
 );
 impl KeyRef {
     pub fn parse(s: &str) -> Result<Self, IdError> {
-        let err = IdError {
-            expected: "a KMS key: alias/NAME, a key id, a key ARN or an alias ARN",
-        };
+        let err = IdError { expected: "a KMS key: alias/NAME, a key id, a key ARN or an alias ARN" };
         let alias_ok = |name: &str| {
             !name.is_empty()
                 && name.len() <= 250
@@ -186,10 +176,12 @@ impl KeyRef {
         };
         let key_id_ok = |id: &str| {
             let uuid = id.len() == 36
-                && id.bytes().enumerate().all(|(i, b)| {
-                    if [8, 13, 18, 23].contains(&i) { b == b'-' } else { b.is_ascii_hexdigit() }
-                });
-            let mrk = id.strip_prefix("mrk-").is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+                && id
+                    .bytes()
+                    .enumerate()
+                    .all(|(i, b)| if [8, 13, 18, 23].contains(&i) { b == b'-' } else { b.is_ascii_hexdigit() });
+            let mrk =
+                id.strip_prefix("mrk-").is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()));
             uuid || mrk
         };
         let ok = if let Some(name) = s.strip_prefix("alias/") {
@@ -334,7 +326,9 @@ mod tests {
         assert!(KeyRef::parse("1234abcd-12ab-34cd-56ef-1234567890ab").is_ok());
         assert!(KeyRef::parse("arn:aws:kms:us-east-1:111111111111:key/1234abcd-12ab-34cd-56ef-1234567890ab").is_ok());
         assert!(KeyRef::parse("arn:aws:kms:us-east-1:111111111111:alias/x").is_ok());
-        assert!(RoleArn::parse("arn:aws:iam::222222222222:role/snapferry-dr").unwrap().account().as_str() == "222222222222");
+        assert!(
+            RoleArn::parse("arn:aws:iam::222222222222:role/snapferry-dr").unwrap().account().as_str() == "222222222222"
+        );
         assert!(PlanName::parse("prod-db-dr").is_ok());
     }
 

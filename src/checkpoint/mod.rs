@@ -284,10 +284,8 @@ impl Journal {
     }
 
     fn write_entry(&mut self, entry: &Entry) -> Result<(), StoreError> {
-        let mut line = serde_json::to_vec(entry).map_err(|e| StoreError::Corrupt {
-            path: self.dir.clone(),
-            message: e.to_string(),
-        })?;
+        let mut line = serde_json::to_vec(entry)
+            .map_err(|e| StoreError::Corrupt { path: self.dir.clone(), message: e.to_string() })?;
         line.push(b'\n');
         let path = self.dir.join("journal.jsonl");
         self.file.write_all(&line).map_err(io(&path))?;
@@ -339,10 +337,7 @@ impl Journal {
 /// new one: temp file in the same dir, fsync, rename, fsync the dir.
 pub fn write_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("checkpoint")
-    ));
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("checkpoint")));
     let bytes = serde_json::to_vec_pretty(value)
         .map_err(|e| StoreError::Corrupt { path: path.to_owned(), message: e.to_string() })?;
     let mut f = File::create(&tmp).map_err(io(&tmp))?;
@@ -384,9 +379,7 @@ mod tests {
                 simulated: true,
                 cleaned_up: false,
             },
-            volumes: (0..n)
-                .map(|i| VolumeRun::new(VolumeId::parse(&format!("vol-{i:017x}")).unwrap()))
-                .collect(),
+            volumes: (0..n).map(|i| VolumeRun::new(VolumeId::parse(&format!("vol-{i:017x}")).unwrap())).collect(),
         }
     }
 

@@ -44,7 +44,11 @@ pub fn load_plan(path: &Path, format: Format) -> Result<Plan, Failure> {
             if format == Format::Text {
                 eprintln!("{:?}", invalid.clone().into_report());
             }
-            Failure { code: exit::USAGE, message: format!("{} is not a valid plan:\n{invalid}", path.display()), json: Some(json) }
+            Failure {
+                code: exit::USAGE,
+                message: format!("{} is not a valid plan:\n{invalid}", path.display()),
+                json: Some(json),
+            }
         }
         other => Failure::new(exit::USAGE, other.to_string()),
     })
@@ -58,7 +62,9 @@ fn validate(path: &Path, format: Format) -> Result<u8, Failure> {
             serde_json::json!({"status": "valid", "plan": plan.name.as_str(), "file": path.display().to_string(),
                 "volumes": plan.volumes.len()})
         ),
-        Format::Text => println!("{}: plan {} is valid ({} volume entries)", path.display(), plan.name, plan.volumes.len()),
+        Format::Text => {
+            println!("{}: plan {} is valid ({} volume entries)", path.display(), plan.name, plan.volumes.len())
+        }
     }
     Ok(exit::OK)
 }
@@ -163,14 +169,18 @@ fn status(run_id: Option<&str>, common: &Common) -> Result<u8, Failure> {
                 e => store_failure(&e),
             })?;
             match common.format {
-                Format::Json => println!("{}", serde_json::to_string_pretty(&render::run_status_json(&r)).unwrap_or_default()),
+                Format::Json => {
+                    println!("{}", serde_json::to_string_pretty(&render::run_status_json(&r)).unwrap_or_default())
+                }
                 Format::Text => print!("{}", render::run_status_text(&r)),
             }
         }
         None => {
             let runs: Vec<RunRecord> = store.list().map_err(|e| store_failure(&e))?;
             match common.format {
-                Format::Json => println!("{}", serde_json::to_string_pretty(&render::runs_json(&runs)).unwrap_or_default()),
+                Format::Json => {
+                    println!("{}", serde_json::to_string_pretty(&render::runs_json(&runs)).unwrap_or_default())
+                }
                 Format::Text => print!("{}", render::runs_text(&runs)),
             }
         }
@@ -181,7 +191,9 @@ fn status(run_id: Option<&str>, common: &Common) -> Result<u8, Failure> {
 async fn cleanup(run_id: &str, plan_path: Option<&Path>, common: &Common) -> Result<u8, Failure> {
     let store = Store::new(&common.state_dir);
     let record = store.load(run_id).map_err(|e| match e {
-        StoreError::NoSuchRun(_) => Failure::new(exit::USAGE, format!("no run {run_id} in {}", common.state_dir.display())),
+        StoreError::NoSuchRun(_) => {
+            Failure::new(exit::USAGE, format!("no run {run_id} in {}", common.state_dir.display()))
+        }
         e => store_failure(&e),
     })?;
     let plan = match plan_path {

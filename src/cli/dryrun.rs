@@ -237,13 +237,26 @@ fn text(doc: &Value) -> String {
     use std::fmt::Write as _;
     let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
     let mut s = String::new();
-    let _ = writeln!(s, "dry run of plan {}{}: nothing was changed", doc["plan"].as_str().unwrap_or(""),
-        if doc["offline"] == json!(true) { " (offline: placeholders in <angle brackets>)" } else { "" });
-    let _ = writeln!(s, "\nsource: account {} region {} key {}", doc["source"]["account"], doc["source"]["region"], doc["source"]["kms_key"]);
-    let _ = writeln!(s, "target: account {} region {} key {}", doc["target"]["account"], doc["target"]["region"], doc["target"]["kms_key"]);
+    let _ = writeln!(
+        s,
+        "dry run of plan {}{}: nothing was changed",
+        doc["plan"].as_str().unwrap_or(""),
+        if doc["offline"] == json!(true) { " (offline: placeholders in <angle brackets>)" } else { "" }
+    );
+    let _ = writeln!(
+        s,
+        "\nsource: account {} region {} key {}",
+        doc["source"]["account"], doc["source"]["region"], doc["source"]["kms_key"]
+    );
+    let _ = writeln!(
+        s,
+        "target: account {} region {} key {}",
+        doc["target"]["account"], doc["target"]["region"], doc["target"]["kms_key"]
+    );
     let _ = writeln!(s, "\n== steps per volume");
     for v in doc["steps"].as_array().into_iter().flatten() {
-        let who = v.get("source_volume").map(|x| x.to_string()).unwrap_or_else(|| format!("selector {}", v["selector"]));
+        let who =
+            v.get("source_volume").map(|x| x.to_string()).unwrap_or_else(|| format!("selector {}", v["selector"]));
         let steps: Vec<&str> = v["steps"].as_array().into_iter().flatten().filter_map(|x| x.as_str()).collect();
         let _ = writeln!(s, "  {who}: {}", steps.join(" -> "));
     }
@@ -263,11 +276,19 @@ fn text(doc: &Value) -> String {
                 }
             }
             None => {
-                let _ = writeln!(s, "statement to add unless an equivalent one is present:\n{}", pretty(&kp["add_statement"]));
+                let _ = writeln!(
+                    s,
+                    "statement to add unless an equivalent one is present:\n{}",
+                    pretty(&kp["add_statement"])
+                );
             }
         }
     }
-    let _ = writeln!(s, "\n== IAM policy for the identity running snapferry (source account)\n{}", pretty(&doc["iam"]["source_caller"]));
+    let _ = writeln!(
+        s,
+        "\n== IAM policy for the identity running snapferry (source account)\n{}",
+        pretty(&doc["iam"]["source_caller"])
+    );
     let _ = writeln!(s, "\n== IAM policy for the target role\n{}", pretty(&doc["iam"]["target_role"]));
     if !doc["iam"]["target_role_trust"].is_null() {
         let _ = writeln!(s, "\n== trust policy of the target role\n{}", pretty(&doc["iam"]["target_role_trust"]));
@@ -276,7 +297,8 @@ fn text(doc: &Value) -> String {
     if !problems.is_empty() {
         let _ = writeln!(s, "\n== problems the run would stop on");
         for p in problems {
-            let _ = writeln!(s, "  - {}: {}", p["resource"].as_str().unwrap_or(""), p["message"].as_str().unwrap_or(""));
+            let _ =
+                writeln!(s, "  - {}: {}", p["resource"].as_str().unwrap_or(""), p["message"].as_str().unwrap_or(""));
         }
     }
     s

@@ -61,7 +61,8 @@ fn ensure_sim_key(c: &Connected, region: &Region, key: &KeyRef) {
         sim.with_world(|w| {
             let exists = w.keys.iter().any(|k| {
                 k.arn.as_str() == key.as_str()
-                    || (&k.region == region && key.as_str().strip_prefix("alias/").is_some_and(|a| k.aliases.iter().any(|x| x == a)))
+                    || (&k.region == region
+                        && key.as_str().strip_prefix("alias/").is_some_and(|a| k.aliases.iter().any(|x| x == a)))
             });
             if !exists && key.as_str().starts_with("alias/") {
                 w.add_key(&account, region, Some(key.as_str()), KeyManager::Customer);
@@ -123,7 +124,12 @@ pub async fn envelope(args: EnvelopeArgs) -> Result<u8, Failure> {
                 common.format,
                 json!({"status": "encrypted", "input": input, "output": output, "key_arn": key_arn,
                        "region": region_used.as_str(), "bytes": stats.plaintext_bytes, "chunks": stats.chunks}),
-                format!("encrypted {} ({} bytes) to {} under {key_arn}", input.display(), stats.plaintext_bytes, output.display()),
+                format!(
+                    "encrypted {} ({} bytes) to {} under {key_arn}",
+                    input.display(),
+                    stats.plaintext_bytes,
+                    output.display()
+                ),
             );
             Ok(exit::OK)
         }
@@ -187,9 +193,15 @@ pub async fn envelope(args: EnvelopeArgs) -> Result<u8, Failure> {
     }
 }
 
-async fn decrypt_key(cloud: &dyn Cloud, region: &Region, wrapped: &[u8]) -> Result<(Zeroizing<Vec<u8>>, String), Failure> {
+async fn decrypt_key(
+    cloud: &dyn Cloud,
+    region: &Region,
+    wrapped: &[u8],
+) -> Result<(Zeroizing<Vec<u8>>, String), Failure> {
     let (plain, arn) = cloud.decrypt(&Loc::new(Side::Source, region), wrapped).await.map_err(|e| {
-        failed(format!("KMS Decrypt of the data key in {region}: {e}; the caller needs kms:Decrypt on the key that wrapped it"))
+        failed(format!(
+            "KMS Decrypt of the data key in {region}: {e}; the caller needs kms:Decrypt on the key that wrapped it"
+        ))
     })?;
     Ok((plain, arn.to_string()))
 }

@@ -69,9 +69,10 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(f) => {
             if format == Format::Json {
-                let doc = f.json.clone().unwrap_or_else(|| {
-                    serde_json::json!({"status": "error", "exit_code": f.code, "error": f.message})
-                });
+                let doc = f
+                    .json
+                    .clone()
+                    .unwrap_or_else(|| serde_json::json!({"status": "error", "exit_code": f.code, "error": f.message}));
                 println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
             }
             eprintln!("error: {}", f.message);

@@ -172,7 +172,8 @@ pub fn write_metrics(path: &Path, plan: &Plan, runs: &[RunRecord]) -> std::io::R
     }
     let p = plan.name.as_str();
     let mut s = String::new();
-    let _ = writeln!(s, "# HELP snapferry_last_success_timestamp_seconds When the volume's last successful copy finished.");
+    let _ =
+        writeln!(s, "# HELP snapferry_last_success_timestamp_seconds When the volume's last successful copy finished.");
     let _ = writeln!(s, "# TYPE snapferry_last_success_timestamp_seconds gauge");
     for (v, t) in &last_success {
         let _ = writeln!(s, "snapferry_last_success_timestamp_seconds{{plan=\"{p}\",volume=\"{v}\"}} {}", t / 1000);

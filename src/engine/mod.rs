@@ -225,21 +225,39 @@ pub enum Action {
     /// CreateSnapshot of the source volume.
     CreateSnapshot,
     /// CopySnapshot in the source account and region under the source key.
-    Reencrypt { from: SnapshotId },
+    Reencrypt {
+        from: SnapshotId,
+    },
     /// Share the snapshot with the target account.
-    Share { snapshot: SnapshotId },
+    Share {
+        snapshot: SnapshotId,
+    },
     /// CopySnapshot into the target account and region under the target key.
-    Copy { from: SnapshotId },
+    Copy {
+        from: SnapshotId,
+    },
     /// CreateVolume from the copy, with an idempotency token.
-    CreateVolume { snapshot: SnapshotId, client_token: String },
+    CreateVolume {
+        snapshot: SnapshotId,
+        client_token: String,
+    },
     /// Look up, by tags, what an in-flight call of this step may have created.
-    LookUpSnapshot { which: Which },
+    LookUpSnapshot {
+        which: Which,
+    },
     LookUpVolume,
     /// DescribeSnapshots / DescribeVolumes until the resource is ready.
-    PollSnapshot { which: Which, id: SnapshotId },
-    PollVolume { id: VolumeId },
+    PollSnapshot {
+        which: Which,
+        id: SnapshotId,
+    },
+    PollVolume {
+        id: VolumeId,
+    },
     /// Delete the intermediate source-side snapshots (deleting also ends the share).
-    Cleanup { delete: Vec<SnapshotId> },
+    Cleanup {
+        delete: Vec<SnapshotId>,
+    },
     /// Terminal: nothing to do.
     Nothing,
 }
@@ -267,11 +285,17 @@ pub enum Outcome {
     VolumeCreated(VolumeId),
     /// A lookup after an unknown outcome found nothing.
     NotFound,
-    SnapshotPending { progress: Option<u8> },
+    SnapshotPending {
+        progress: Option<u8>,
+    },
     /// The snapshot is complete; `kms_key` is the key ARN it is under.
-    SnapshotCompleted { kms_key: Option<String> },
+    SnapshotCompleted {
+        kms_key: Option<String>,
+    },
     /// The snapshot went to `error`; the message is AWS's StateMessage.
-    SnapshotError { message: String },
+    SnapshotError {
+        message: String,
+    },
     /// A poll did not see the resource (it may not be visible yet).
     Missing,
     Shared,
@@ -280,7 +304,10 @@ pub enum Outcome {
     VolumeError,
     CleanedUp,
     /// The call failed for good; the volume fails with this message and hint.
-    Fatal { message: String, hint: Option<String> },
+    Fatal {
+        message: String,
+        hint: Option<String>,
+    },
     /// The wait for this step exceeded its timeout.
     TimedOut,
 }
@@ -540,7 +567,10 @@ pub fn apply(v: &VolumeRun, outcome: &Outcome, ctx: &Ctx, now_ms: i64) -> Result
             Ok(fail(
                 n,
                 format!("volume {id} went to state error"),
-                Some("check the target key is enabled and usable by the target role, then run the same command again".to_owned()),
+                Some(
+                    "check the target key is enabled and usable by the target role, then run the same command again"
+                        .to_owned(),
+                ),
             ))
         }
 

@@ -64,7 +64,16 @@ fn cross_account_under_source_key_with_volume_and_cleanup() {
     assert_eq!(
         steps,
         vec![
-            Snapshot, WaitSnapshot, WaitSnapshot, Share, Copy, WaitCopy, CreateVolume, WaitVolume, WaitVolume, Cleanup,
+            Snapshot,
+            WaitSnapshot,
+            WaitSnapshot,
+            Share,
+            Copy,
+            WaitCopy,
+            CreateVolume,
+            WaitVolume,
+            WaitVolume,
+            Cleanup,
             Done
         ]
     );
@@ -98,10 +107,7 @@ fn snapshot_under_another_key_is_reencrypted_first() {
 #[test]
 fn unencrypted_snapshot_has_no_key_and_is_reencrypted() {
     let c = ctx(false, true, true);
-    let (_, steps) = drive(
-        &c,
-        &[Outcome::SnapshotCreated(snap(1)), Outcome::SnapshotCompleted { kms_key: None }],
-    );
+    let (_, steps) = drive(&c, &[Outcome::SnapshotCreated(snap(1)), Outcome::SnapshotCompleted { kms_key: None }]);
     assert_eq!(*steps.last().unwrap(), Step::Reencrypt);
 }
 
@@ -117,24 +123,14 @@ fn without_create_volume_stops_at_target_snapshot() {
     let c = ctx(false, false, false);
     let (v, _) = drive(
         &c,
-        &[
-            Outcome::SnapshotCreated(snap(1)),
-            completed(SOURCE_KEY),
-            Outcome::SnapshotCreated(snap(2)),
-            completed("k"),
-        ],
+        &[Outcome::SnapshotCreated(snap(1)), completed(SOURCE_KEY), Outcome::SnapshotCreated(snap(2)), completed("k")],
     );
     assert_eq!(v.step, Step::Done);
     assert_eq!(v.target_volume, None);
     let c = ctx(false, false, true);
     let (v, _) = drive(
         &c,
-        &[
-            Outcome::SnapshotCreated(snap(1)),
-            completed(SOURCE_KEY),
-            Outcome::SnapshotCreated(snap(2)),
-            completed("k"),
-        ],
+        &[Outcome::SnapshotCreated(snap(1)), completed(SOURCE_KEY), Outcome::SnapshotCreated(snap(2)), completed("k")],
     );
     assert_eq!(v.step, Step::Cleanup);
 }

@@ -86,9 +86,9 @@ fn which_step(which: Which) -> &'static str {
 pub fn snapshot_outcome(s: &Snapshot) -> Outcome {
     match s.state {
         SnapshotState::Completed => Outcome::SnapshotCompleted { kms_key: s.kms_key_id.clone() },
-        SnapshotState::Error => Outcome::SnapshotError {
-            message: s.state_message.clone().unwrap_or_else(|| "no state message".to_owned()),
-        },
+        SnapshotState::Error => {
+            Outcome::SnapshotError { message: s.state_message.clone().unwrap_or_else(|| "no state message".to_owned()) }
+        }
         SnapshotState::Pending | SnapshotState::Other => Outcome::SnapshotPending { progress: s.progress },
     }
 }
@@ -165,7 +165,10 @@ pub async fn perform(
                 iops: target.iops.or_else(|| {
                     // Only types with provisioned IOPS take the source's figure.
                     let ty = target.volume_type.as_deref().or(source.and_then(|s| s.volume_type.as_deref()));
-                    matches!(ty, Some("gp3" | "io1" | "io2")).then(|| source.and_then(|s| s.iops)).flatten().map(|x| x as u32)
+                    matches!(ty, Some("gp3" | "io1" | "io2"))
+                        .then(|| source.and_then(|s| s.iops))
+                        .flatten()
+                        .map(|x| x as u32)
                 }),
                 throughput: target.throughput.or_else(|| {
                     let ty = target.volume_type.as_deref().or(source.and_then(|s| s.volume_type.as_deref()));
@@ -206,11 +209,9 @@ pub async fn perform(
             }
             Ok(Outcome::CleanedUp)
         }
-        Action::PollSnapshot { .. } | Action::PollVolume { .. } | Action::Nothing => Err(CloudError::new(
-            ErrorKind::Other,
-            "NotAnAction",
-            format!("{action:?} is not performed one at a time"),
-        )),
+        Action::PollSnapshot { .. } | Action::PollVolume { .. } | Action::Nothing => {
+            Err(CloudError::new(ErrorKind::Other, "NotAnAction", format!("{action:?} is not performed one at a time")))
+        }
     }
 }
 

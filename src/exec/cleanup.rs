@@ -26,7 +26,12 @@ pub struct CleanupSummary {
     pub errors: Vec<String>,
 }
 
-pub async fn cleanup(store: &Store, cloud: &dyn Cloud, clock: &dyn Clock, run_id: &str) -> Result<CleanupSummary, RunError> {
+pub async fn cleanup(
+    store: &Store,
+    cloud: &dyn Cloud,
+    clock: &dyn Clock,
+    run_id: &str,
+) -> Result<CleanupSummary, RunError> {
     let mut record = store.load(run_id)?;
     let mut journal = store.reopen(&record)?;
     let mut summary = CleanupSummary { run_id: run_id.to_owned(), grant: "none".into(), ..Default::default() };

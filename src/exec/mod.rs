@@ -25,10 +25,10 @@ mod runner;
 
 use std::sync::Arc;
 
-pub use preflight::{PreflightError, Resolved, SourceVolume};
-pub use report::{RunReport, VolumeReport};
 pub use cleanup::cleanup;
 pub use preflight::preflight;
+pub use preflight::{PreflightError, Resolved, SourceVolume};
+pub use report::{RunReport, VolumeReport};
 pub use runner::{RunConfig, run};
 
 use crate::checkpoint::StoreError;

@@ -211,14 +211,9 @@ pub async fn preflight(plan: &Plan, cloud: &dyn Cloud, clock: &dyn Clock) -> Res
     };
 
     match (source_key, target_key) {
-        (Some(source_key), Some(target_key)) if errors.is_empty() => Ok(Resolved {
-            source_identity,
-            target_identity,
-            cross_account,
-            source_key,
-            target_key,
-            volumes,
-        }),
+        (Some(source_key), Some(target_key)) if errors.is_empty() => {
+            Ok(Resolved { source_identity, target_identity, cross_account, source_key, target_key, volumes })
+        }
         _ => Err(errors),
     }
 }

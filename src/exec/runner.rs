@@ -18,8 +18,13 @@ use super::preflight::{Resolved, SourceVolume, preflight};
 use super::retry::{retrying, volume_backoff_ms};
 use super::{Env, RunError, RunReport};
 
-/// The first poll of a new wait, and the floor of later ones.
+/// The first poll of a new wait, and the floor of later ones, for small runs.
 const MIN_POLL_MS: i64 = 5_000;
+/// The floor when many volumes wait at once: one DescribeSnapshots answers for all of
+/// them, so polling less often costs little latency and saves many calls.
+const FLEET_POLL_MS: i64 = 30_000;
+/// Waiting volumes beyond which the fleet floor applies.
+const FLEET_SIZE: usize = 20;
 /// The ceiling of the poll interval: AWS's own waiters use 15 to 120 s.
 const MAX_POLL_MS: i64 = 120_000;
 /// DescribeSnapshots takes at most 1,000 snapshot ids per call.
@@ -195,6 +200,7 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
         sources: resolved.volumes.iter().map(|s| (s.volume.id.clone(), s.clone())).collect(),
         copy_limit: plan.options.max_concurrent_copies as usize,
         rng: seed(&record.meta.run_id),
+        poll_floor_ms: MIN_POLL_MS,
         record,
         journal,
     };
@@ -270,7 +276,11 @@ async fn ensure_grant(env: &Env, plan: &Plan, resolved: &Resolved, meta: &mut Ru
     else {
         return Ok(());
     };
-    let grant = policy::Grant { plan: plan.name.clone(), target_account: target.clone(), partition: plan.source.region.partition() };
+    let grant = policy::Grant {
+        plan: plan.name.clone(),
+        target_account: target.clone(),
+        partition: plan.source.region.partition(),
+    };
     let cloud_err = |what: &str, e: CloudError| {
         let hint = if e.kind == ErrorKind::AccessDenied {
             "; the caller needs kms:GetKeyPolicy and kms:PutKeyPolicy on the source key (snapferry run PLAN --dry-run prints the statement to add by hand instead)"
@@ -282,17 +292,14 @@ async fn ensure_grant(env: &Env, plan: &Plan, resolved: &Resolved, meta: &mut Ru
     // Another plan may edit the same policy at the same time: re-read, merge and
     // verify, a few times, so neither loses its statement.
     for attempt in 0..5 {
-        let current = retrying(clock, || cloud.get_key_policy(&loc, key)).await.map_err(|e| cloud_err("GetKeyPolicy", e))?;
+        let current =
+            retrying(clock, || cloud.get_key_policy(&loc, key)).await.map_err(|e| cloud_err("GetKeyPolicy", e))?;
         let change = policy::ensure_grant(&current, &grant)
             .map_err(|e| RunError::Other(format!("cannot grant account {target} use of source key {key}: {e}")))?;
         if !change.changed {
             if meta.grant.is_none() {
-                meta.grant = Some(GrantRecord {
-                    key_arn: key.to_string(),
-                    sid: grant.sid(),
-                    added: false,
-                    revoked: false,
-                });
+                meta.grant =
+                    Some(GrantRecord { key_arn: key.to_string(), sid: grant.sid(), added: false, revoked: false });
             }
             tracing::info!(key = %key, account = %target, "key policy already grants the target account");
             return Ok(());
@@ -300,14 +307,10 @@ async fn ensure_grant(env: &Env, plan: &Plan, resolved: &Resolved, meta: &mut Ru
         retrying(clock, || cloud.put_key_policy(&loc, key, &change.new_policy))
             .await
             .map_err(|e| cloud_err("PutKeyPolicy", e))?;
-        let back = retrying(clock, || cloud.get_key_policy(&loc, key)).await.map_err(|e| cloud_err("GetKeyPolicy", e))?;
+        let back =
+            retrying(clock, || cloud.get_key_policy(&loc, key)).await.map_err(|e| cloud_err("GetKeyPolicy", e))?;
         if !policy::ensure_grant(&back, &grant).map(|c| c.changed).unwrap_or(true) {
-            meta.grant = Some(GrantRecord {
-                key_arn: key.to_string(),
-                sid: grant.sid(),
-                added: true,
-                revoked: false,
-            });
+            meta.grant = Some(GrantRecord { key_arn: key.to_string(), sid: grant.sid(), added: true, revoked: false });
             tracing::info!(key = %key, account = %target, "granted the target account use of the source key");
             return Ok(());
         }
@@ -329,6 +332,8 @@ struct Runner {
     sources: HashMap<VolumeId, SourceVolume>,
     copy_limit: usize,
     rng: u64,
+    /// The shortest poll interval now, by how many volumes wait.
+    poll_floor_ms: i64,
 }
 
 /// A unit of work in one tick.
@@ -399,7 +404,8 @@ impl Runner {
             for i in 0..self.record.volumes.len() {
                 let v = &self.record.volumes[i];
                 if engine::wait_expired(v, &self.ctx, now) {
-                    let next = engine::apply(v, &Outcome::TimedOut, &self.ctx, now).map_err(|e| RunError::Other(e.to_string()))?;
+                    let next = engine::apply(v, &Outcome::TimedOut, &self.ctx, now)
+                        .map_err(|e| RunError::Other(e.to_string()))?;
                     self.set(i, next)?;
                 }
             }
@@ -488,14 +494,15 @@ impl Runner {
             }
             let action = engine::next_action(v, &self.actx.run_id);
             let due = self.sched[i].next_poll_ms <= now;
-            // Members not due yet ride along when due within half their interval.
-            let soon = self.sched[i].next_poll_ms <= now + MIN_POLL_MS.max((self.sched[i].next_poll_ms - now) / 2);
             match action {
                 Action::Nothing => {
                     let next = engine::apply(
                         v,
                         &Outcome::Fatal {
-                            message: format!("the checkpoint of this volume is inconsistent at step {}", v.step.as_str()),
+                            message: format!(
+                                "the checkpoint of this volume is inconsistent at step {}",
+                                v.step.as_str()
+                            ),
                             hint: Some("run snapferry cleanup for this run and start a new one".to_owned()),
                         },
                         &self.ctx,
@@ -505,10 +512,10 @@ impl Runner {
                     self.set(i, next)?;
                 }
                 Action::PollSnapshot { which, id } => {
-                    snap_polls.entry(self.actx.loc(which)).or_default().push((i, id, due || soon));
+                    snap_polls.entry(self.actx.loc(which)).or_default().push((i, id, due));
                 }
                 Action::PollVolume { id } => {
-                    vol_polls.entry(self.actx.dst()).or_default().push((i, id, due || soon));
+                    vol_polls.entry(self.actx.dst()).or_default().push((i, id, due));
                 }
                 a if a.is_mutating() => {
                     if matches!(a, Action::Reencrypt { .. } | Action::Copy { .. }) {
@@ -526,18 +533,22 @@ impl Runner {
                 a => jobs.push(Job::One { index: i, action: a }),
             }
         }
+        // When any member of a group is due, the whole group is asked about in one
+        // call: a poll costs the same for one id as for a thousand.
+        let waiting: usize =
+            snap_polls.values().map(Vec::len).sum::<usize>() + vol_polls.values().map(Vec::len).sum::<usize>();
+        self.poll_floor_ms = if waiting > FLEET_SIZE { FLEET_POLL_MS } else { MIN_POLL_MS };
         for (loc, members) in snap_polls {
-            if members.iter().any(|(i, _, _)| self.sched[*i].next_poll_ms <= now) {
-                let picked: Vec<(usize, SnapshotId)> =
-                    members.into_iter().filter(|m| m.2).map(|(i, id, _)| (i, id)).collect();
+            if members.iter().any(|m| m.2) {
+                let picked: Vec<(usize, SnapshotId)> = members.into_iter().map(|(i, id, _)| (i, id)).collect();
                 for chunk in picked.chunks(DESCRIBE_BATCH) {
                     jobs.push(Job::PollSnapshots { loc: loc.clone(), members: chunk.to_vec() });
                 }
             }
         }
         for (loc, members) in vol_polls {
-            if members.iter().any(|(i, _, _)| self.sched[*i].next_poll_ms <= now) {
-                let picked: Vec<(usize, VolumeId)> = members.into_iter().filter(|m| m.2).map(|(i, id, _)| (i, id)).collect();
+            if members.iter().any(|m| m.2) {
+                let picked: Vec<(usize, VolumeId)> = members.into_iter().map(|(i, id, _)| (i, id)).collect();
                 for chunk in picked.chunks(DESCRIBE_BATCH / 2) {
                     jobs.push(Job::PollVolumes { loc: loc.clone(), members: chunk.to_vec() });
                 }
@@ -548,7 +559,13 @@ impl Runner {
 
     /// Applies one result to its volume: the machine's next state, or a retry or
     /// failure for an error.
-    fn absorb(&mut self, i: usize, action: &Action, result: Result<Outcome, CloudError>, now: i64) -> Result<(), RunError> {
+    fn absorb(
+        &mut self,
+        i: usize,
+        action: &Action,
+        result: Result<Outcome, CloudError>,
+        now: i64,
+    ) -> Result<(), RunError> {
         let v = self.record.volumes[i].clone();
         let polled = matches!(action, Action::PollSnapshot { .. } | Action::PollVolume { .. });
         match result {
@@ -559,7 +576,10 @@ impl Runner {
                     if now - since > MISSING_GRACE_MS {
                         Outcome::Fatal {
                             message: format!("the resource waited on at step {} disappeared", v.step.as_str()),
-                            hint: Some("someone deleted it outside snapferry; run the same command again to redo the step".into()),
+                            hint: Some(
+                                "someone deleted it outside snapferry; run the same command again to redo the step"
+                                    .into(),
+                            ),
                         }
                     } else {
                         Outcome::Missing
@@ -609,7 +629,7 @@ impl Runner {
             Some(p) if p > 0 && p < 100 => elapsed * i64::from(100 - p) / i64::from(p) / 2,
             _ => elapsed / 4,
         };
-        s.next_poll_ms = now + interval.clamp(MIN_POLL_MS, MAX_POLL_MS);
+        s.next_poll_ms = now + interval.clamp(self.poll_floor_ms, MAX_POLL_MS);
     }
 }
 
@@ -639,9 +659,13 @@ fn log_step(v: &VolumeRun, before: Step) {
 fn explain(v: &VolumeRun, action: &Action, e: &CloudError, actx: &ActCtx) -> (String, Option<String>) {
     let what = match action {
         Action::CreateSnapshot => format!("CreateSnapshot of volume {} in {}", v.source_volume, actx.source_region),
-        Action::Reencrypt { from } => format!("CopySnapshot of {from} under source key {} in {}", actx.source_key, actx.source_region),
+        Action::Reencrypt { from } => {
+            format!("CopySnapshot of {from} under source key {} in {}", actx.source_key, actx.source_region)
+        }
         Action::Share { snapshot } => format!("sharing snapshot {snapshot} with the target account"),
-        Action::Copy { from } => format!("CopySnapshot of {from} into {} under target key {}", actx.target_region, actx.target_key),
+        Action::Copy { from } => {
+            format!("CopySnapshot of {from} into {} under target key {}", actx.target_region, actx.target_key)
+        }
         Action::CreateVolume { snapshot, .. } => format!("CreateVolume from {snapshot} in {}", actx.availability_zone),
         Action::Cleanup { delete } => format!("deleting intermediate snapshots {delete:?}"),
         other => format!("{other:?}"),
@@ -688,7 +712,8 @@ async fn perform_job(
                         } else {
                             Which::Source
                         };
-                        let outcome = found.iter().find(|s| s.id == id).map(act::snapshot_outcome).unwrap_or(Outcome::Missing);
+                        let outcome =
+                            found.iter().find(|s| s.id == id).map(act::snapshot_outcome).unwrap_or(Outcome::Missing);
                         (i, Action::PollSnapshot { which, id }, Ok(outcome))
                     })
                     .collect(),
@@ -704,7 +729,8 @@ async fn perform_job(
                 Ok(found) => members
                     .into_iter()
                     .map(|(i, id)| {
-                        let outcome = found.iter().find(|x| x.id == id).map(act::volume_outcome).unwrap_or(Outcome::Missing);
+                        let outcome =
+                            found.iter().find(|x| x.id == id).map(act::volume_outcome).unwrap_or(Outcome::Missing);
                         (i, Action::PollVolume { id }, Ok(outcome))
                     })
                     .collect(),

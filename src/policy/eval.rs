@@ -44,10 +44,7 @@ impl Tri {
 /// Whether an IAM action pattern matches an action: case-insensitive, `*` matches any
 /// run of characters and `?` any one character, as in IAM.
 pub fn action_matches(pattern: &str, action: &str) -> bool {
-    glob_match(
-        &pattern.to_ascii_lowercase().into_bytes(),
-        &action.to_ascii_lowercase().into_bytes(),
-    )
+    glob_match(&pattern.to_ascii_lowercase().into_bytes(), &action.to_ascii_lowercase().into_bytes())
 }
 
 /// Iterative glob matching with backtracking to the last `*`: linear in practice and
@@ -179,23 +176,10 @@ fn bool_values(v: &Value) -> Vec<bool> {
 }
 
 /// Whether one statement applies to a request by `account` for `action`.
-fn statement_applies(
-    stmt: &Value,
-    account: &AccountId,
-    action: &str,
-    grant_is_for_aws_resource: Option<bool>,
-) -> Tri {
+fn statement_applies(stmt: &Value, account: &AccountId, action: &str, grant_is_for_aws_resource: Option<bool>) -> Tri {
     let principal = match (stmt.get("Principal"), stmt.get("NotPrincipal")) {
-        (Some(p), None) => Tri::from_bool(
-            aws_principals(p)
-                .iter()
-                .any(|p| principal_in_account(p, account)),
-        ),
-        (None, Some(np)) => Tri::from_bool(
-            !aws_principals(np)
-                .iter()
-                .any(|p| principal_in_account(p, account)),
-        ),
+        (Some(p), None) => Tri::from_bool(aws_principals(p).iter().any(|p| principal_in_account(p, account))),
+        (None, Some(np)) => Tri::from_bool(!aws_principals(np).iter().any(|p| principal_in_account(p, account))),
         // A key policy statement without a principal is malformed, and one with both
         // is ambiguous: neither grants nor denies anything we can vouch for.
         (None, None) | (Some(_), Some(_)) => Tri::Unknown,
@@ -207,11 +191,7 @@ fn statement_applies(
     };
     // In a key policy, Resource names the key the policy is attached to ("*" by
     // convention), so any Resource matches. NotResource has no sensible meaning there.
-    let resource = if stmt.get("NotResource").is_some() {
-        Tri::Unknown
-    } else {
-        Tri::Yes
-    };
+    let resource = if stmt.get("NotResource").is_some() { Tri::Unknown } else { Tri::Yes };
     let condition = eval_condition(stmt.get("Condition"), grant_is_for_aws_resource);
     principal.and(action).and(resource).and(condition)
 }
@@ -227,12 +207,7 @@ fn statement_applies(
 /// statement with any other condition operator or key does not apply when it allows
 /// and does apply when it denies, so the answer errs towards "denied". A policy that
 /// is not valid JSON allows nothing.
-pub fn allows(
-    policy_json: &str,
-    account: &AccountId,
-    action: &str,
-    grant_is_for_aws_resource: Option<bool>,
-) -> bool {
+pub fn allows(policy_json: &str, account: &AccountId, action: &str, grant_is_for_aws_resource: Option<bool>) -> bool {
     let Ok(policy) = serde_json::from_str::<Value>(policy_json) else {
         return false;
     };
@@ -266,10 +241,7 @@ mod tests {
         assert!(action_matches("kms:Re?ncrypt*", "kms:ReEncryptTo"));
         assert!(action_matches("kms:*Key*", "kms:GenerateDataKeyPair"));
         assert!(!action_matches("kms:Encrypt", "kms:ReEncryptFrom"));
-        assert!(!action_matches(
-            "kms:GenerateDataKey",
-            "kms:GenerateDataKeyPair"
-        ));
+        assert!(!action_matches("kms:GenerateDataKey", "kms:GenerateDataKeyPair"));
         assert!(!action_matches("ec2:*", "kms:Decrypt"));
     }
 

@@ -110,11 +110,7 @@ pub fn source_caller_policy(ctx: &IamContext) -> Value {
             "Action": "ec2:CopySnapshot",
             "Resource": snapshots,
         }),
-        tag_on_create(
-            "SnapferryTagOnCreate",
-            &[&snapshots],
-            &["CreateSnapshot", "CopySnapshot"],
-        ),
+        tag_on_create("SnapferryTagOnCreate", &[&snapshots], &["CreateSnapshot", "CopySnapshot"]),
     ];
     if ctx.cross_account {
         stmts.push(json!({
@@ -213,11 +209,7 @@ pub fn target_role_policy(ctx: &IamContext) -> Value {
         tagged.push(&volumes);
         create_actions.push("CreateVolume");
     }
-    stmts.push(tag_on_create(
-        "SnapferryTagOnCreate",
-        &tagged,
-        &create_actions,
-    ));
+    stmts.push(tag_on_create("SnapferryTagOnCreate", &tagged, &create_actions));
     if ctx.keep {
         let mut actions = vec!["ec2:DeleteSnapshot"];
         if ctx.create_volume {
@@ -252,10 +244,8 @@ pub fn target_role_trust(ctx: &IamContext) -> Option<Value> {
     if !ctx.cross_account {
         return None;
     }
-    let principal = ctx
-        .caller_arn
-        .clone()
-        .unwrap_or_else(|| format!("arn:{}:iam::{}:root", ctx.partition, ctx.source_account));
+    let principal =
+        ctx.caller_arn.clone().unwrap_or_else(|| format!("arn:{}:iam::{}:root", ctx.partition, ctx.source_account));
     let mut stmt = json!({
         "Sid": "SnapferryAssumeFromSource",
         "Effect": "Allow",
@@ -263,10 +253,7 @@ pub fn target_role_trust(ctx: &IamContext) -> Option<Value> {
         "Action": "sts:AssumeRole",
     });
     if let (Some(id), Some(obj)) = (&ctx.external_id, stmt.as_object_mut()) {
-        obj.insert(
-            "Condition".to_owned(),
-            json!({ "StringEquals": { "sts:ExternalId": id } }),
-        );
+        obj.insert("Condition".to_owned(), json!({ "StringEquals": { "sts:ExternalId": id } }));
     }
     Some(document(vec![stmt]))
 }

@@ -13,8 +13,7 @@ use crate::ids::{AccountId, PlanName, Region};
 
 use super::PolicyError;
 use super::eval::{
-    GRANT_IS_FOR_AWS_RESOURCE, Tri, action_matches, aws_principals, eval_condition, statements,
-    str_list,
+    GRANT_IS_FOR_AWS_RESOURCE, Tri, action_matches, aws_principals, eval_condition, statements, str_list,
 };
 
 /// KMS quota "Key policy document size": 32 KB (32,768 bytes), counted on the document
@@ -24,13 +23,8 @@ pub const MAX_KEY_POLICY_BYTES: usize = 32 * 1024;
 /// What the target account needs on the source key to copy a snapshot encrypted under
 /// it (EBS user guide, "Share a KMS key"): read the key, decrypt the snapshot's data
 /// key, re-encrypt it under the target key, and let EBS create grants for the copy.
-pub const GRANT_ACTIONS: [&str; 5] = [
-    "kms:DescribeKey",
-    "kms:Decrypt",
-    "kms:ReEncrypt*",
-    "kms:GenerateDataKey*",
-    "kms:CreateGrant",
-];
+pub const GRANT_ACTIONS: [&str; 5] =
+    ["kms:DescribeKey", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:CreateGrant"];
 
 /// The concrete KMS actions `GRANT_ACTIONS` stand for once their wildcards are
 /// expanded, each with the value of `kms:GrantIsForAWSResource` in the requests our
@@ -64,11 +58,7 @@ pub struct Grant {
 impl Grant {
     /// A grant for the key in `source_region`, whose partition the principal ARN uses.
     pub fn new(plan: PlanName, target_account: AccountId, source_region: &Region) -> Self {
-        Self {
-            plan,
-            target_account,
-            partition: source_region.partition(),
-        }
+        Self { plan, target_account, partition: source_region.partition() }
     }
 
     /// `SnapferryShare-<plan>-<account>`: one statement per plan and target account, so
@@ -130,9 +120,7 @@ pub fn ensure_grant(policy_json: &str, g: &Grant) -> Result<GrantChange, PolicyE
     let already_present = grant_covered(&statements(&policy)?, g);
 
     let mut changed = false;
-    let slot = policy
-        .get_mut("Statement")
-        .ok_or(PolicyError::NoStatement)?;
+    let slot = policy.get_mut("Statement").ok_or(PolicyError::NoStatement)?;
     match slot {
         Value::Array(items) => {
             match items.iter().position(|s| has_sid(s, &sid)) {
@@ -173,18 +161,9 @@ pub fn ensure_grant(policy_json: &str, g: &Grant) -> Result<GrantChange, PolicyE
 
     let new_policy = render(&policy);
     if changed && new_policy.len() > MAX_KEY_POLICY_BYTES {
-        return Err(PolicyError::TooLarge {
-            sid,
-            bytes: new_policy.len(),
-            limit: MAX_KEY_POLICY_BYTES,
-        });
+        return Err(PolicyError::TooLarge { sid, bytes: new_policy.len(), limit: MAX_KEY_POLICY_BYTES });
     }
-    Ok(GrantChange {
-        new_policy,
-        changed,
-        statement: ours,
-        already_present,
-    })
+    Ok(GrantChange { new_policy, changed, statement: ours, already_present })
 }
 
 /// Removes the statement with our Sid, and only that one. Returns the policy and
@@ -193,9 +172,7 @@ pub fn revoke_grant(policy_json: &str, g: &Grant) -> Result<(String, bool), Poli
     let mut policy: Value = serde_json::from_str(policy_json).map_err(PolicyError::InvalidJson)?;
     statements(&policy)?;
     let sid = g.sid();
-    let slot = policy
-        .get_mut("Statement")
-        .ok_or(PolicyError::NoStatement)?;
+    let slot = policy.get_mut("Statement").ok_or(PolicyError::NoStatement)?;
     let changed = match slot {
         Value::Array(items) => {
             let before = items.len();
@@ -219,11 +196,7 @@ fn has_sid(stmt: &Value, sid: &str) -> bool {
 /// whitespace alone would push it over the quota: then compact JSON, same content.
 fn render(policy: &Value) -> String {
     let pretty = format!("{policy:#}");
-    if pretty.len() <= MAX_KEY_POLICY_BYTES {
-        pretty
-    } else {
-        policy.to_string()
-    }
+    if pretty.len() <= MAX_KEY_POLICY_BYTES { pretty } else { policy.to_string() }
 }
 
 /// Whether the statements, together, allow the target account every request our
@@ -238,17 +211,9 @@ fn grant_covered(stmts: &[&Value], g: &Grant) -> bool {
     let counted: Vec<&Value> = stmts
         .iter()
         .copied()
-        .filter(|s| {
-            s.get("Sid")
-                .and_then(Value::as_str)
-                .is_none_or(|s| s == sid || !s.starts_with(SID_PREFIX))
-        })
+        .filter(|s| s.get("Sid").and_then(Value::as_str).is_none_or(|s| s == sid || !s.starts_with(SID_PREFIX)))
         .collect();
-    GRANTED_REQUESTS.iter().all(|&(action, context)| {
-        counted
-            .iter()
-            .any(|s| statement_grants(s, g, action, context))
-    })
+    GRANTED_REQUESTS.iter().all(|&(action, context)| counted.iter().any(|s| statement_grants(s, g, action, context)))
 }
 
 /// Whether one statement allows the target account one request, in a form we can vouch
@@ -267,25 +232,18 @@ fn statement_grants(stmt: &Value, g: &Grant, action: &str, context: Option<bool>
     if stmt.get("Effect").and_then(Value::as_str) != Some("Allow") {
         return false;
     }
-    if ["NotPrincipal", "NotAction", "NotResource"]
-        .iter()
-        .any(|k| stmt.get(k).is_some())
-    {
+    if ["NotPrincipal", "NotAction", "NotResource"].iter().any(|k| stmt.get(k).is_some()) {
         return false;
     }
     let root = g.principal_arn();
     let condition = stmt.get("Condition");
     let principal_ok = stmt.get("Principal").is_some_and(|p| {
-        aws_principals(p).iter().any(|p| {
-            *p == root || *p == g.target_account.as_str() || (*p == "*" && condition.is_none())
-        })
+        aws_principals(p)
+            .iter()
+            .any(|p| *p == root || *p == g.target_account.as_str() || (*p == "*" && condition.is_none()))
     });
-    let action_ok = stmt
-        .get("Action")
-        .is_some_and(|a| str_list(a).iter().any(|p| action_matches(p, action)));
-    let resource_ok = stmt
-        .get("Resource")
-        .is_some_and(|r| str_list(r).contains(&"*"));
+    let action_ok = stmt.get("Action").is_some_and(|a| str_list(a).iter().any(|p| action_matches(p, action)));
+    let resource_ok = stmt.get("Resource").is_some_and(|r| str_list(r).contains(&"*"));
     principal_ok && action_ok && resource_ok && eval_condition(condition, context) == Tri::Yes
 }
 

@@ -20,13 +20,9 @@ mod key_policy;
 
 pub use diff::diff;
 pub use eval::{action_matches, allows};
-pub use iam::{
-    IamContext, IamDocuments, documents, source_caller_policy, target_role_policy,
-    target_role_trust,
-};
+pub use iam::{IamContext, IamDocuments, documents, source_caller_policy, target_role_policy, target_role_trust};
 pub use key_policy::{
-    GRANT_ACTIONS, Grant, GrantChange, MAX_KEY_POLICY_BYTES, ensure_grant, grant_statement,
-    revoke_grant,
+    GRANT_ACTIONS, Grant, GrantChange, MAX_KEY_POLICY_BYTES, ensure_grant, grant_statement, revoke_grant,
 };
 
 /// Why a key policy could not be read or edited.
@@ -48,11 +44,7 @@ pub enum PolicyError {
         "key policy would be {bytes} bytes with the statement {sid}, over the KMS limit of {limit} bytes; \
          remove unused statements from the key policy or grant the target account by hand"
     )]
-    TooLarge {
-        sid: String,
-        bytes: usize,
-        limit: usize,
-    },
+    TooLarge { sid: String, bytes: usize, limit: usize },
 
     #[error(
         "removing the statement {sid} would leave the key policy with no statement, which KMS refuses; \

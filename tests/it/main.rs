@@ -2,6 +2,7 @@
 //! editing, envelope encryption, the engine against the simulated AWS, crash safety,
 //! and the binary end to end against moto's server.
 
+mod aws_adapter;
 mod envelope;
 mod plan;
 mod policy;

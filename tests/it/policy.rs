@@ -5,8 +5,8 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use snapferry::ids::{AccountId, PlanName, Region, RoleArn};
 use snapferry::policy::{
-    GRANT_ACTIONS, Grant, IamContext, MAX_KEY_POLICY_BYTES, PolicyError, allows, diff, documents,
-    ensure_grant, grant_statement, revoke_grant,
+    GRANT_ACTIONS, Grant, IamContext, MAX_KEY_POLICY_BYTES, PolicyError, allows, diff, documents, ensure_grant,
+    grant_statement, revoke_grant,
 };
 
 const KMS_DEFAULT: &str = include_str!("../fixtures/policies/kms-default.json");
@@ -22,11 +22,7 @@ const OURS_DIFFERENT: &str = include_str!("../fixtures/policies/ours-different.j
 const SID: &str = "SnapferryShare-prod-db-dr-222222222222";
 
 fn grant() -> Grant {
-    Grant::new(
-        PlanName::parse("prod-db-dr").unwrap(),
-        target(),
-        &Region::parse("us-east-1").unwrap(),
-    )
+    Grant::new(PlanName::parse("prod-db-dr").unwrap(), target(), &Region::parse("us-east-1").unwrap())
 }
 
 fn source() -> AccountId {
@@ -50,21 +46,12 @@ fn stmts(policy: &Value) -> Vec<Value> {
 }
 
 fn without_ours(policy: &Value) -> Vec<Value> {
-    stmts(policy)
-        .into_iter()
-        .filter(|s| s["Sid"] != SID)
-        .collect()
+    stmts(policy).into_iter().filter(|s| s["Sid"] != SID).collect()
 }
 
 /// Every policy field but Statement, to check they survive an edit.
 fn other_fields(policy: &Value) -> Vec<(String, Value)> {
-    policy
-        .as_object()
-        .unwrap()
-        .iter()
-        .filter(|(k, _)| *k != "Statement")
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
+    policy.as_object().unwrap().iter().filter(|(k, _)| *k != "Statement").map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
 #[test]
@@ -88,15 +75,8 @@ fn grant_statement_is_exactly_the_share() {
 
 #[test]
 fn partition_comes_from_the_source_region() {
-    let g = Grant::new(
-        PlanName::parse("gov").unwrap(),
-        target(),
-        &Region::parse("us-gov-west-1").unwrap(),
-    );
-    assert_eq!(
-        grant_statement(&g)["Principal"]["AWS"],
-        "arn:aws-us-gov:iam::222222222222:root"
-    );
+    let g = Grant::new(PlanName::parse("gov").unwrap(), target(), &Region::parse("us-gov-west-1").unwrap());
+    assert_eq!(grant_statement(&g)["Principal"]["AWS"], "arn:aws-us-gov:iam::222222222222:root");
 }
 
 #[test]
@@ -155,10 +135,7 @@ fn conditions_we_cannot_reason_about_do_not_count() {
     let change = ensure_grant(WITH_CONDITIONS, &grant()).unwrap();
     assert!(!change.already_present);
     assert!(change.changed);
-    assert_eq!(
-        without_ours(&parse(&change.new_policy)),
-        stmts(&parse(WITH_CONDITIONS))
-    );
+    assert_eq!(without_ours(&parse(&change.new_policy)), stmts(&parse(WITH_CONDITIONS)));
 }
 
 #[test]
@@ -166,13 +143,7 @@ fn a_single_statement_object_becomes_a_list_only_when_we_add() {
     let change = ensure_grant(SINGLE_STATEMENT, &grant()).unwrap();
     assert!(change.changed);
     let new = parse(&change.new_policy);
-    assert_eq!(
-        new["Statement"],
-        json!([
-            parse(SINGLE_STATEMENT)["Statement"],
-            grant_statement(&grant())
-        ])
-    );
+    assert_eq!(new["Statement"], json!([parse(SINGLE_STATEMENT)["Statement"], grant_statement(&grant())]));
 
     let ours_alone = json!({"Version": "2012-10-17", "Statement": grant_statement(&grant())});
     let change = ensure_grant(&ours_alone.to_string(), &grant()).unwrap();
@@ -232,11 +203,7 @@ fn revoke_removes_only_our_statement() {
 
 #[test]
 fn plans_sharing_one_key_each_keep_their_own_statement() {
-    let other = Grant::new(
-        PlanName::parse("other").unwrap(),
-        target(),
-        &Region::parse("us-east-1").unwrap(),
-    );
+    let other = Grant::new(PlanName::parse("other").unwrap(), target(), &Region::parse("us-east-1").unwrap());
     // Our statement does not count as the other plan's grant: our cleanup may remove it.
     let change = ensure_grant(OURS_SAME, &other).unwrap();
     assert!(change.changed && !change.already_present);
@@ -244,10 +211,7 @@ fn plans_sharing_one_key_each_keep_their_own_statement() {
     assert!(changed);
     let left = parse(&text);
     assert_eq!(stmts(&left).len(), 5);
-    assert_eq!(
-        stmts(&left).last().unwrap()["Sid"],
-        "SnapferryShare-other-222222222222"
-    );
+    assert_eq!(stmts(&left).last().unwrap()["Sid"], "SnapferryShare-other-222222222222");
     assert!(allows(&text, &target(), "kms:Decrypt", None));
 }
 
@@ -287,9 +251,7 @@ fn refuses_a_policy_over_the_kms_quota() {
     let policy = policy_of_size(MAX_KEY_POLICY_BYTES - 100);
     assert!(policy.to_string().len() <= MAX_KEY_POLICY_BYTES);
     let err = ensure_grant(&policy.to_string(), &grant()).unwrap_err();
-    let PolicyError::TooLarge { bytes, limit, .. } = &err else {
-        panic!("{err:?}")
-    };
+    let PolicyError::TooLarge { bytes, limit, .. } = &err else { panic!("{err:?}") };
     assert!(*bytes > MAX_KEY_POLICY_BYTES);
     assert_eq!(*limit, 32_768);
     let msg = err.to_string();
@@ -309,43 +271,16 @@ fn falls_back_to_compact_json_when_only_whitespace_is_over_the_quota() {
 
 #[test]
 fn malformed_policies_are_errors() {
-    assert!(matches!(
-        ensure_grant("{", &grant()),
-        Err(PolicyError::InvalidJson(_))
-    ));
-    assert!(matches!(
-        ensure_grant("[]", &grant()),
-        Err(PolicyError::NotAnObject)
-    ));
-    assert!(matches!(
-        ensure_grant(r#"{"Version":"2012-10-17"}"#, &grant()),
-        Err(PolicyError::NoStatement)
-    ));
-    assert!(matches!(
-        ensure_grant(r#"{"Statement":"x"}"#, &grant()),
-        Err(PolicyError::BadStatement)
-    ));
-    assert!(matches!(
-        ensure_grant(r#"{"Statement":[1]}"#, &grant()),
-        Err(PolicyError::BadStatement)
-    ));
-    assert!(matches!(
-        revoke_grant("{", &grant()),
-        Err(PolicyError::InvalidJson(_))
-    ));
-    assert!(matches!(
-        revoke_grant("{}", &grant()),
-        Err(PolicyError::NoStatement)
-    ));
-    for err in [
-        ensure_grant("{", &grant()).unwrap_err(),
-        ensure_grant("{}", &grant()).unwrap_err(),
-    ] {
+    assert!(matches!(ensure_grant("{", &grant()), Err(PolicyError::InvalidJson(_))));
+    assert!(matches!(ensure_grant("[]", &grant()), Err(PolicyError::NotAnObject)));
+    assert!(matches!(ensure_grant(r#"{"Version":"2012-10-17"}"#, &grant()), Err(PolicyError::NoStatement)));
+    assert!(matches!(ensure_grant(r#"{"Statement":"x"}"#, &grant()), Err(PolicyError::BadStatement)));
+    assert!(matches!(ensure_grant(r#"{"Statement":[1]}"#, &grant()), Err(PolicyError::BadStatement)));
+    assert!(matches!(revoke_grant("{", &grant()), Err(PolicyError::InvalidJson(_))));
+    assert!(matches!(revoke_grant("{}", &grant()), Err(PolicyError::NoStatement)));
+    for err in [ensure_grant("{", &grant()).unwrap_err(), ensure_grant("{}", &grant()).unwrap_err()] {
         let msg = err.to_string();
-        assert!(
-            !msg.ends_with('.') && msg.starts_with(char::is_lowercase),
-            "{msg}"
-        );
+        assert!(!msg.ends_with('.') && msg.starts_with(char::is_lowercase), "{msg}");
     }
 }
 
@@ -373,24 +308,14 @@ fn allows_follows_principals_actions_and_the_grant_condition() {
     // The console's pair: Bool (not IfExists) on the grant statement.
     assert!(allows(CONSOLE_SHARED, &tgt, "kms:Encrypt", None));
     assert!(allows(CONSOLE_SHARED, &tgt, "kms:CreateGrant", Some(true)));
-    assert!(!allows(
-        CONSOLE_SHARED,
-        &tgt,
-        "kms:CreateGrant",
-        Some(false)
-    ));
+    assert!(!allows(CONSOLE_SHARED, &tgt, "kms:CreateGrant", Some(false)));
     assert!(!allows(CONSOLE_SHARED, &tgt, "kms:CreateGrant", None));
     // A role of the source account counts as the source account.
     assert!(allows(CONSOLE_DEFAULT, &src, "kms:CreateGrant", Some(true)));
 
     // Action names match case-insensitively; a bare account id is the account.
     assert!(allows(STRING_PRINCIPALS, &tgt, "kms:decrypt", None));
-    assert!(allows(
-        STRING_PRINCIPALS,
-        &src,
-        "kms:ScheduleKeyDeletion",
-        None
-    ));
+    assert!(allows(STRING_PRINCIPALS, &src, "kms:ScheduleKeyDeletion", None));
 }
 
 #[test]
@@ -402,12 +327,7 @@ fn allows_lets_an_explicit_deny_win_and_fails_closed() {
     assert!(allows(WITH_DENY, &src, "kms:Decrypt", None));
     // A Deny naming a role of the target account denies the account.
     assert!(!allows(WITH_DENY, &tgt, "kms:GenerateDataKey", None));
-    assert!(allows(
-        WITH_DENY,
-        &tgt,
-        "kms:GenerateDataKeyWithoutPlaintext",
-        None
-    ));
+    assert!(allows(WITH_DENY, &tgt, "kms:GenerateDataKeyWithoutPlaintext", None));
     // A Deny whose condition cannot be evaluated applies.
     assert!(!allows(WITH_DENY, &src, "kms:Encrypt", None));
     // An Allow whose condition cannot be evaluated does not.
@@ -424,14 +344,8 @@ fn diff_shows_the_added_statement() {
     // Appending a statement removes nothing: the old lines are all kept, in order.
     assert!(removed.is_empty(), "{d}");
     assert_eq!(added.first(), Some(&"+     },"));
-    assert!(
-        added.contains(&format!("+       \"Sid\": \"{SID}\",").as_str()),
-        "{d}"
-    );
-    assert!(
-        d.lines()
-            .all(|l| ["+ ", "- ", "  "].iter().any(|p| l.starts_with(p)))
-    );
+    assert!(added.contains(&format!("+       \"Sid\": \"{SID}\",").as_str()), "{d}");
+    assert!(d.lines().all(|l| ["+ ", "- ", "  "].iter().any(|p| l.starts_with(p))));
     let kept: Vec<&str> = d.lines().filter_map(|l| l.strip_prefix("  ")).collect();
     let old_pretty = format!("{:#}", parse(KMS_DEFAULT));
     assert_eq!(kept, old_pretty.lines().collect::<Vec<_>>());
@@ -442,22 +356,10 @@ fn diff_shows_the_added_statement() {
     assert!(d.contains("+       \"Condition\": {\n"), "{d}");
     assert!(d.contains("+         \"kms:CreateGrant\"\n"), "{d}");
     // The Sid line is kept: the statement is replaced in place.
-    assert!(
-        d.lines()
-            .filter(|l| l.starts_with("- "))
-            .all(|l| !l.contains("\"Sid\"")),
-        "{d}"
-    );
+    assert!(d.lines().filter(|l| l.starts_with("- ")).all(|l| !l.contains("\"Sid\"")), "{d}");
 
-    assert_eq!(
-        diff(r#"{"a":1,"b":2}"#, r#"{"a":1,"b":3}"#),
-        "  {\n    \"a\": 1,\n-   \"b\": 2\n+   \"b\": 3\n  }\n"
-    );
-    assert!(
-        diff(OURS_SAME, OURS_SAME)
-            .lines()
-            .all(|l| l.starts_with("  "))
-    );
+    assert_eq!(diff(r#"{"a":1,"b":2}"#, r#"{"a":1,"b":3}"#), "  {\n    \"a\": 1,\n-   \"b\": 2\n+   \"b\": 3\n  }\n");
+    assert!(diff(OURS_SAME, OURS_SAME).lines().all(|l| l.starts_with("  ")));
 }
 
 fn context(cross_account: bool) -> IamContext {
@@ -468,16 +370,12 @@ fn context(cross_account: bool) -> IamContext {
         source_region: Region::parse("us-east-1").unwrap(),
         target_account: if cross_account { target() } else { source() },
         target_region: Region::parse("eu-west-1").unwrap(),
-        source_key: "arn:aws:kms:us-east-1:111111111111:key/1234abcd-12ab-34cd-56ef-1234567890ab"
-            .into(),
+        source_key: "arn:aws:kms:us-east-1:111111111111:key/1234abcd-12ab-34cd-56ef-1234567890ab".into(),
         target_key: "<target key ARN>".into(),
-        role_arn: cross_account
-            .then(|| RoleArn::parse("arn:aws:iam::222222222222:role/snapferry-dr").unwrap()),
+        role_arn: cross_account.then(|| RoleArn::parse("arn:aws:iam::222222222222:role/snapferry-dr").unwrap()),
         external_id: cross_account.then(|| "dr-2026".to_owned()),
         caller_arn: None,
-        reencrypt_keys: vec![
-            "arn:aws:kms:us-east-1:111111111111:key/0000abcd-12ab-34cd-56ef-1234567890ab".into(),
-        ],
+        reencrypt_keys: vec!["arn:aws:kms:us-east-1:111111111111:key/0000abcd-12ab-34cd-56ef-1234567890ab".into()],
         cross_account,
         create_volume: true,
         keep: true,
@@ -485,11 +383,7 @@ fn context(cross_account: bool) -> IamContext {
 }
 
 fn statement<'a>(policy: &'a Value, sid: &str) -> Option<&'a Value> {
-    policy["Statement"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["Sid"] == sid)
+    policy["Statement"].as_array().unwrap().iter().find(|s| s["Sid"] == sid)
 }
 
 #[test]
@@ -497,22 +391,14 @@ fn iam_documents_for_a_cross_account_plan() {
     let docs = documents(&context(true));
     let src = &docs.source_caller;
     assert_eq!(src["Version"], "2012-10-17");
-    let sids: Vec<&str> = src["Statement"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["Sid"].as_str().unwrap())
-        .collect();
+    let sids: Vec<&str> = src["Statement"].as_array().unwrap().iter().map(|s| s["Sid"].as_str().unwrap()).collect();
     let mut unique = sids.clone();
     unique.sort();
     unique.dedup();
     assert_eq!(unique.len(), sids.len(), "duplicate Sid in {sids:?}");
     assert_eq!(
         statement(src, "SnapferryCreateSnapshot").unwrap()["Resource"],
-        json!([
-            "arn:aws:ec2:us-east-1:111111111111:volume/*",
-            "arn:aws:ec2:us-east-1::snapshot/*"
-        ])
+        json!(["arn:aws:ec2:us-east-1:111111111111:volume/*", "arn:aws:ec2:us-east-1::snapshot/*"])
     );
     assert_eq!(
         statement(src, "SnapferryTagOnCreate").unwrap()["Condition"],
@@ -542,17 +428,11 @@ fn iam_documents_for_a_cross_account_plan() {
     let tgt = &docs.target_role;
     assert_eq!(
         statement(tgt, "SnapferryCopySnapshot").unwrap()["Resource"],
-        json!([
-            "arn:aws:ec2:eu-west-1::snapshot/*",
-            "arn:aws:ec2:us-east-1::snapshot/*"
-        ])
+        json!(["arn:aws:ec2:eu-west-1::snapshot/*", "arn:aws:ec2:us-east-1::snapshot/*"])
     );
     assert_eq!(
         statement(tgt, "SnapferryCreateVolume").unwrap()["Resource"],
-        json!([
-            "arn:aws:ec2:eu-west-1:222222222222:volume/*",
-            "arn:aws:ec2:eu-west-1::snapshot/*"
-        ])
+        json!(["arn:aws:ec2:eu-west-1:222222222222:volume/*", "arn:aws:ec2:eu-west-1::snapshot/*"])
     );
     assert_eq!(
         statement(tgt, "SnapferryRetention").unwrap()["Action"],
@@ -584,11 +464,7 @@ fn iam_documents_for_one_account_skip_the_share() {
     ctx.keep = false;
     ctx.create_volume = false;
     let docs = documents(&ctx);
-    for sid in [
-        "SnapferryShareSnapshot",
-        "SnapferryEditSourceKeyPolicy",
-        "SnapferryAssumeTargetRole",
-    ] {
+    for sid in ["SnapferryShareSnapshot", "SnapferryEditSourceKeyPolicy", "SnapferryAssumeTargetRole"] {
         assert!(statement(&docs.source_caller, sid).is_none(), "{sid}");
     }
     for sid in ["SnapferryCreateVolume", "SnapferryRetention"] {
@@ -608,10 +484,7 @@ fn trust_names_the_caller_when_known() {
     ctx.caller_arn = Some("arn:aws:iam::111111111111:role/ci".into());
     let trust = documents(&ctx).target_role_trust.unwrap();
     let stmt = &trust["Statement"][0];
-    assert_eq!(
-        stmt["Principal"]["AWS"],
-        "arn:aws:iam::111111111111:role/ci"
-    );
+    assert_eq!(stmt["Principal"]["AWS"], "arn:aws:iam::111111111111:role/ci");
     assert!(stmt.get("Condition").is_none());
 }
 
@@ -619,11 +492,7 @@ fn trust_names_the_caller_when_known() {
 // an unknown field, never with our Sid (which contains '-', absent from the Sid set).
 
 fn one_or_many(items: Vec<&'static str>, as_list: bool) -> Value {
-    if as_list || items.len() != 1 {
-        json!(items)
-    } else {
-        json!(items[0])
-    }
+    if as_list || items.len() != 1 { json!(items) } else { json!(items[0]) }
 }
 
 fn arb_statement() -> impl Strategy<Value = Value> {
@@ -658,19 +527,13 @@ fn arb_statement() -> impl Strategy<Value = Value> {
     let condition = prop_oneof![
         Just(None),
         Just(Some(json!({"Bool": {"kms:GrantIsForAWSResource": "true"}}))),
-        Just(Some(
-            json!({"BoolIfExists": {"kms:GrantIsForAWSResource": true}})
-        )),
-        Just(Some(
-            json!({"StringEquals": {"kms:ViaService": "ec2.us-east-1.amazonaws.com"}})
-        )),
+        Just(Some(json!({"BoolIfExists": {"kms:GrantIsForAWSResource": true}}))),
+        Just(Some(json!({"StringEquals": {"kms:ViaService": "ec2.us-east-1.amazonaws.com"}}))),
     ];
     let resource = prop_oneof![
         Just(json!("*")),
         Just(json!(["*"])),
-        Just(json!(
-            "arn:aws:kms:us-east-1:111111111111:key/1234abcd-12ab-34cd-56ef-1234567890ab"
-        )),
+        Just(json!("arn:aws:kms:us-east-1:111111111111:key/1234abcd-12ab-34cd-56ef-1234567890ab")),
     ];
     (
         "[A-Za-z0-9 ]{0,12}",
@@ -683,39 +546,33 @@ fn arb_statement() -> impl Strategy<Value = Value> {
         condition,
         prop::option::of(any::<i32>()),
     )
-        .prop_map(
-            |(sid, allow, principals, form, actions, list, resource, condition, extra)| {
-                let mut s = serde_json::Map::new();
-                if !sid.is_empty() {
-                    s.insert("Sid".into(), json!(sid));
-                }
-                s.insert("Effect".into(), json!(if allow { "Allow" } else { "Deny" }));
-                let principal = match form {
-                    0 => json!("*"),
-                    1 => json!({"Service": "ec2.amazonaws.com"}),
-                    _ => json!({"AWS": one_or_many(principals, form == 3)}),
-                };
-                s.insert("Principal".into(), principal);
-                s.insert("Action".into(), one_or_many(actions, list));
-                s.insert("Resource".into(), resource);
-                if let Some(c) = condition {
-                    s.insert("Condition".into(), c);
-                }
-                if let Some(x) = extra {
-                    s.insert("X-Unknown".into(), json!(x));
-                }
-                Value::Object(s)
-            },
-        )
+        .prop_map(|(sid, allow, principals, form, actions, list, resource, condition, extra)| {
+            let mut s = serde_json::Map::new();
+            if !sid.is_empty() {
+                s.insert("Sid".into(), json!(sid));
+            }
+            s.insert("Effect".into(), json!(if allow { "Allow" } else { "Deny" }));
+            let principal = match form {
+                0 => json!("*"),
+                1 => json!({"Service": "ec2.amazonaws.com"}),
+                _ => json!({"AWS": one_or_many(principals, form == 3)}),
+            };
+            s.insert("Principal".into(), principal);
+            s.insert("Action".into(), one_or_many(actions, list));
+            s.insert("Resource".into(), resource);
+            if let Some(c) = condition {
+                s.insert("Condition".into(), c);
+            }
+            if let Some(x) = extra {
+                s.insert("X-Unknown".into(), json!(x));
+            }
+            Value::Object(s)
+        })
 }
 
 fn arb_policy() -> impl Strategy<Value = Value> {
     (prop::collection::vec(arb_statement(), 1..8), any::<bool>()).prop_map(|(stmts, single)| {
-        let statement = if single {
-            stmts[0].clone()
-        } else {
-            json!(stmts)
-        };
+        let statement = if single { stmts[0].clone() } else { json!(stmts) };
         json!({"Version": "2012-10-17", "Id": "generated", "Statement": statement})
     })
 }

@@ -73,16 +73,10 @@ impl Rig {
     /// Snapshots and volumes in the world that this plan's runs made, by step tag.
     fn made(&self, step: &str) -> usize {
         self.sim.with_world(|w| {
-            let snaps = w
-                .snapshots
-                .values()
-                .filter(|s| s.tags.get("snapferry:step").map(String::as_str) == Some(step))
-                .count();
-            let vols = w
-                .volumes
-                .values()
-                .filter(|v| v.tags.get("snapferry:step").map(String::as_str) == Some(step))
-                .count();
+            let snaps =
+                w.snapshots.values().filter(|s| s.tags.get("snapferry:step").map(String::as_str) == Some(step)).count();
+            let vols =
+                w.volumes.values().filter(|v| v.tags.get("snapferry:step").map(String::as_str) == Some(step)).count();
             snaps + vols
         })
     }

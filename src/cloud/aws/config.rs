@@ -73,9 +73,9 @@ pub(crate) fn timeout_config() -> TimeoutConfig {
 /// text: `https://` anywhere, `http://` only to a loopback address (127.0.0.0/8,
 /// ::1, localhost), as used by a local emulator.
 pub fn check_endpoint(url: &str) -> Result<(), String> {
-    let (scheme, rest) = url.split_once("://").ok_or_else(|| {
-        format!("endpoint url {url:?} has no scheme: use https://HOST or http://127.0.0.1:PORT")
-    })?;
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| format!("endpoint url {url:?} has no scheme: use https://HOST or http://127.0.0.1:PORT"))?;
     let scheme = scheme.to_ascii_lowercase();
     // The authority ends at the first of / ? #; user info (if any) precedes an @.
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
@@ -94,56 +94,41 @@ pub fn check_endpoint(url: &str) -> Result<(), String> {
         "http" => Err(format!(
             "endpoint url {url:?} is plain http to a host that is not loopback: data and credentials must travel over TLS, use https:// (plain http is allowed only for 127.0.0.0/8, ::1 and localhost)"
         )),
-        _ => Err(format!(
-            "endpoint url {url:?} must start with https:// (or http:// to a loopback address)"
-        )),
+        _ => Err(format!("endpoint url {url:?} must start with https:// (or http:// to a loopback address)")),
     }
 }
 
 fn is_loopback(host: &str) -> bool {
     let host = host.trim_end_matches('.');
-    host.eq_ignore_ascii_case("localhost")
-        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Checks a role session name against the STS rules, so a bad run id fails before
 /// any call rather than at the first target-side call, hours into a run.
 pub(crate) fn check_session_name(name: &str) -> Result<(), CloudError> {
     let ok = (2..=SESSION_NAME_MAX).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_+=,.@-".contains(&b));
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_+=,.@-".contains(&b));
     if ok {
         Ok(())
     } else {
         Err(CloudError::new(
             ErrorKind::Invalid,
             "InvalidSessionName",
-            format!(
-                "role session name {name:?} must be 2 to 64 characters of A-Z, a-z, 0-9 and _+=,.@-"
-            ),
+            format!("role session name {name:?} must be 2 to 64 characters of A-Z, a-z, 0-9 and _+=,.@-"),
         ))
     }
 }
 
 /// Endpoint variables the SDK reads per service, beside the global one it folds into
 /// its loaded configuration: all must pass [`check_endpoint`].
-pub(crate) const SERVICE_ENDPOINT_VARS: [&str; 3] = [
-    "AWS_ENDPOINT_URL_EC2",
-    "AWS_ENDPOINT_URL_KMS",
-    "AWS_ENDPOINT_URL_STS",
-];
+pub(crate) const SERVICE_ENDPOINT_VARS: [&str; 3] =
+    ["AWS_ENDPOINT_URL_EC2", "AWS_ENDPOINT_URL_KMS", "AWS_ENDPOINT_URL_STS"];
 
 /// [`check_endpoint`] as a [`CloudError`] of kind `Invalid`, naming where the URL
 /// came from.
 pub(crate) fn check_endpoint_from(url: &str, origin: &str) -> Result<(), CloudError> {
-    check_endpoint(url).map_err(|msg| {
-        CloudError::new(
-            ErrorKind::Invalid,
-            "InsecureEndpoint",
-            format!("{msg} (from {origin})"),
-        )
-    })
+    check_endpoint(url)
+        .map_err(|msg| CloudError::new(ErrorKind::Invalid, "InsecureEndpoint", format!("{msg} (from {origin})")))
 }
 
 #[cfg(test)]
@@ -192,9 +177,6 @@ mod tests {
         assert!(check_session_name("a").is_err());
         assert!(check_session_name(&"a".repeat(65)).is_err());
         assert!(check_session_name("has space").is_err());
-        assert_eq!(
-            check_session_name("x/y").unwrap_err().kind,
-            ErrorKind::Invalid
-        );
+        assert_eq!(check_session_name("x/y").unwrap_err().kind, ErrorKind::Invalid);
     }
 }

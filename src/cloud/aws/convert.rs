@@ -29,15 +29,9 @@ pub(crate) fn ids_in_message(message: &str, prefix: &str) -> Vec<String> {
     let mut rest = message;
     while let Some(at) = rest.find(prefix) {
         // A match inside a longer word (e.g. "xsnap-") is not an id.
-        let preceded_by_word = rest[..at]
-            .chars()
-            .next_back()
-            .is_some_and(|c| c.is_ascii_alphanumeric());
+        let preceded_by_word = rest[..at].chars().next_back().is_some_and(|c| c.is_ascii_alphanumeric());
         let tail = &rest[at + prefix.len()..];
-        let len = tail
-            .bytes()
-            .take_while(|b| b.is_ascii_alphanumeric())
-            .count();
+        let len = tail.bytes().take_while(|b| b.is_ascii_alphanumeric()).count();
         if !preceded_by_word && len > 0 {
             out.push(format!("{prefix}{}", &tail[..len]));
         }
@@ -47,40 +41,22 @@ pub(crate) fn ids_in_message(message: &str, prefix: &str) -> Vec<String> {
 }
 
 pub(crate) fn to_sdk_tags(tags: &Tags) -> Vec<ec2::Tag> {
-    tags.iter()
-        .map(|(k, v)| ec2::Tag::builder().key(k).value(v).build())
-        .collect()
+    tags.iter().map(|(k, v)| ec2::Tag::builder().key(k).value(v).build()).collect()
 }
 
 /// A `TagSpecifications` entry, or none for no tags: EC2 refuses an empty tag list.
 pub(crate) fn tag_spec(kind: ec2::ResourceType, tags: &Tags) -> Option<Vec<ec2::TagSpecification>> {
-    (!tags.is_empty()).then(|| {
-        vec![
-            ec2::TagSpecification::builder()
-                .resource_type(kind)
-                .set_tags(Some(to_sdk_tags(tags)))
-                .build(),
-        ]
-    })
+    (!tags.is_empty())
+        .then(|| vec![ec2::TagSpecification::builder().resource_type(kind).set_tags(Some(to_sdk_tags(tags))).build()])
 }
 
 /// One `tag:KEY = VALUE` filter per tag, so a resource must carry all of them.
 pub(crate) fn tag_filters(tags: &Tags) -> Vec<ec2::Filter> {
-    tags.iter()
-        .map(|(k, v)| {
-            ec2::Filter::builder()
-                .name(format!("tag:{k}"))
-                .values(v)
-                .build()
-        })
-        .collect()
+    tags.iter().map(|(k, v)| ec2::Filter::builder().name(format!("tag:{k}")).values(v).build()).collect()
 }
 
 fn from_sdk_tags(tags: Option<Vec<ec2::Tag>>) -> Tags {
-    tags.unwrap_or_default()
-        .into_iter()
-        .filter_map(|t| Some((t.key?, t.value.unwrap_or_default())))
-        .collect()
+    tags.unwrap_or_default().into_iter().filter_map(|t| Some((t.key?, t.value.unwrap_or_default()))).collect()
 }
 
 fn snapshot_state(s: Option<&ec2::SnapshotState>) -> SnapshotState {
@@ -111,8 +87,7 @@ fn non_empty(s: Option<String>) -> Option<String> {
 
 pub(crate) fn snapshot(action: &str, s: ec2::Snapshot) -> CloudResult<Snapshot> {
     let raw_id = s.snapshot_id.unwrap_or_default();
-    let id = SnapshotId::parse(&raw_id)
-        .map_err(|_| bad_answer(action, &format!("snapshot id {raw_id:?}")))?;
+    let id = SnapshotId::parse(&raw_id).map_err(|_| bad_answer(action, &format!("snapshot id {raw_id:?}")))?;
     Ok(Snapshot {
         id,
         volume_id: non_empty(s.volume_id),
@@ -130,8 +105,7 @@ pub(crate) fn snapshot(action: &str, s: ec2::Snapshot) -> CloudResult<Snapshot> 
 
 pub(crate) fn volume(action: &str, v: ec2::Volume) -> CloudResult<Volume> {
     let raw_id = v.volume_id.unwrap_or_default();
-    let id = VolumeId::parse(&raw_id)
-        .map_err(|_| bad_answer(action, &format!("volume id {raw_id:?}")))?;
+    let id = VolumeId::parse(&raw_id).map_err(|_| bad_answer(action, &format!("volume id {raw_id:?}")))?;
     Ok(Volume {
         id,
         state: volume_state(v.state.as_ref()),
@@ -168,34 +142,21 @@ mod tests {
     #[test]
     fn missing_ids_are_read_from_not_found_messages() {
         assert_eq!(
-            ids_in_message(
-                "The snapshot 'snap-0123456789abcdef0' does not exist.",
-                "snap-"
-            ),
+            ids_in_message("The snapshot 'snap-0123456789abcdef0' does not exist.", "snap-"),
             vec!["snap-0123456789abcdef0"]
         );
         assert_eq!(
-            ids_in_message(
-                "The volumes 'vol-11111111, vol-22222222' do not exist.",
-                "vol-"
-            ),
+            ids_in_message("The volumes 'vol-11111111, vol-22222222' do not exist.", "vol-"),
             vec!["vol-11111111", "vol-22222222"]
         );
-        assert_eq!(
-            ids_in_message("The snapshot 'snap-1,snap-2' does not exist.", "snap-"),
-            vec!["snap-1", "snap-2"]
-        );
+        assert_eq!(ids_in_message("The snapshot 'snap-1,snap-2' does not exist.", "snap-"), vec!["snap-1", "snap-2"]);
         assert!(ids_in_message("The snapshot ID does not exist.", "snap-").is_empty());
         assert!(ids_in_message("xsnap-1 snap-", "snap-").is_empty());
     }
 
     #[test]
     fn tags_round_trip_and_filters_require_each_tag() {
-        let tags: Tags = [
-            ("a".to_owned(), "1".to_owned()),
-            ("b".to_owned(), String::new()),
-        ]
-        .into();
+        let tags: Tags = [("a".to_owned(), "1".to_owned()), ("b".to_owned(), String::new())].into();
         assert_eq!(from_sdk_tags(Some(to_sdk_tags(&tags))), tags);
         let filters = tag_filters(&tags);
         assert_eq!(filters.len(), 2);
@@ -216,12 +177,7 @@ mod tests {
             .kms_key_id("arn:aws:kms:us-east-1:111111111111:key/k")
             .volume_size(8)
             .start_time(DateTime::from_millis(1_700_000_000_123))
-            .tags(
-                ec2::Tag::builder()
-                    .key("snapferry:step")
-                    .value("snapshot")
-                    .build(),
-            )
+            .tags(ec2::Tag::builder().key("snapferry:step").value("snapshot").build())
             .build();
         let d = snapshot("ec2:DescribeSnapshots", s).unwrap();
         assert_eq!(d.state, SnapshotState::Pending);

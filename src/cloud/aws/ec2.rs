@@ -9,8 +9,7 @@ use aws_sdk_ec2::types::{OperationType, ResourceType, SnapshotAttributeName, Vol
 use super::convert::{self, ids_in_message, tag_filters, tag_spec};
 use super::error::{bad_answer, from_sdk};
 use crate::cloud::{
-    CloudError, CloudResult, CopySnapshotReq, CreateSnapshotReq, CreateVolumeReq, ErrorKind,
-    Snapshot, Tags, Volume,
+    CloudError, CloudResult, CopySnapshotReq, CreateSnapshotReq, CreateVolumeReq, ErrorKind, Snapshot, Tags, Volume,
 };
 use crate::ids::{AccountId, SnapshotId, VolumeId};
 
@@ -33,36 +32,21 @@ fn no_retries() -> aws_sdk_ec2::config::Builder {
     aws_sdk_ec2::config::Builder::default().retry_config(RetryConfig::disabled())
 }
 
-pub(crate) async fn describe_volumes(
-    client: &Client,
-    ids: &[VolumeId],
-) -> CloudResult<Vec<Volume>> {
+pub(crate) async fn describe_volumes(client: &Client, ids: &[VolumeId]) -> CloudResult<Vec<Volume>> {
     const ACTION: &str = "ec2:DescribeVolumes";
     let ids = ids.iter().map(|i| i.as_str().to_owned()).collect();
     describe_by_ids(ids, "vol-", "InvalidVolume.NotFound", |batch| async move {
-        let out = client
-            .describe_volumes()
-            .set_volume_ids(Some(batch))
-            .send()
-            .await
-            .map_err(|e| from_sdk(ACTION, e))?;
-        out.volumes
-            .unwrap_or_default()
-            .into_iter()
-            .map(|v| convert::volume(ACTION, v))
-            .collect()
+        let out =
+            client.describe_volumes().set_volume_ids(Some(batch)).send().await.map_err(|e| from_sdk(ACTION, e))?;
+        out.volumes.unwrap_or_default().into_iter().map(|v| convert::volume(ACTION, v)).collect()
     })
     .await
 }
 
 pub(crate) async fn find_volumes(client: &Client, tags: &Tags) -> CloudResult<Vec<Volume>> {
     const ACTION: &str = "ec2:DescribeVolumes";
-    let mut pages = client
-        .describe_volumes()
-        .set_filters(Some(tag_filters(tags)))
-        .max_results(VOLUME_PAGE)
-        .into_paginator()
-        .send();
+    let mut pages =
+        client.describe_volumes().set_filters(Some(tag_filters(tags))).max_results(VOLUME_PAGE).into_paginator().send();
     let mut out = Vec::new();
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| from_sdk(ACTION, e))?;
@@ -96,29 +80,16 @@ pub(crate) async fn create_volume(client: &Client, req: &CreateVolumeReq) -> Clo
 }
 
 fn to_i32(n: u32) -> CloudResult<i32> {
-    i32::try_from(n).map_err(|_| {
-        CloudError::new(
-            ErrorKind::Invalid,
-            "InvalidParameterValue",
-            format!("{n} is out of range"),
-        )
-    })
+    i32::try_from(n)
+        .map_err(|_| CloudError::new(ErrorKind::Invalid, "InvalidParameterValue", format!("{n} is out of range")))
 }
 
 pub(crate) async fn delete_volume(client: &Client, id: &VolumeId) -> CloudResult<()> {
-    client
-        .delete_volume()
-        .volume_id(id.as_str())
-        .send()
-        .await
-        .map_err(|e| from_sdk("ec2:DeleteVolume", e))?;
+    client.delete_volume().volume_id(id.as_str()).send().await.map_err(|e| from_sdk("ec2:DeleteVolume", e))?;
     Ok(())
 }
 
-pub(crate) async fn create_snapshot(
-    client: &Client,
-    req: &CreateSnapshotReq,
-) -> CloudResult<Snapshot> {
+pub(crate) async fn create_snapshot(client: &Client, req: &CreateSnapshotReq) -> CloudResult<Snapshot> {
     const ACTION: &str = "ec2:CreateSnapshot";
     let out = client
         .create_snapshot()
@@ -149,10 +120,7 @@ pub(crate) async fn create_snapshot(
     convert::snapshot(ACTION, snap)
 }
 
-pub(crate) async fn copy_snapshot(
-    client: &Client,
-    req: &CopySnapshotReq,
-) -> CloudResult<SnapshotId> {
+pub(crate) async fn copy_snapshot(client: &Client, req: &CopySnapshotReq) -> CloudResult<SnapshotId> {
     const ACTION: &str = "ec2:CopySnapshot";
     let out = client
         .copy_snapshot()
@@ -173,30 +141,14 @@ pub(crate) async fn copy_snapshot(
     SnapshotId::parse(&id).map_err(|_| bad_answer(ACTION, &format!("snapshot id {id:?}")))
 }
 
-pub(crate) async fn describe_snapshots(
-    client: &Client,
-    ids: &[SnapshotId],
-) -> CloudResult<Vec<Snapshot>> {
+pub(crate) async fn describe_snapshots(client: &Client, ids: &[SnapshotId]) -> CloudResult<Vec<Snapshot>> {
     const ACTION: &str = "ec2:DescribeSnapshots";
     let ids = ids.iter().map(|i| i.as_str().to_owned()).collect();
-    describe_by_ids(
-        ids,
-        "snap-",
-        "InvalidSnapshot.NotFound",
-        |batch| async move {
-            let out = client
-                .describe_snapshots()
-                .set_snapshot_ids(Some(batch))
-                .send()
-                .await
-                .map_err(|e| from_sdk(ACTION, e))?;
-            out.snapshots
-                .unwrap_or_default()
-                .into_iter()
-                .map(|s| convert::snapshot(ACTION, s))
-                .collect()
-        },
-    )
+    describe_by_ids(ids, "snap-", "InvalidSnapshot.NotFound", |batch| async move {
+        let out =
+            client.describe_snapshots().set_snapshot_ids(Some(batch)).send().await.map_err(|e| from_sdk(ACTION, e))?;
+        out.snapshots.unwrap_or_default().into_iter().map(|s| convert::snapshot(ACTION, s)).collect()
+    })
     .await
 }
 
@@ -222,32 +174,18 @@ pub(crate) async fn find_snapshots(client: &Client, tags: &Tags) -> CloudResult<
 }
 
 pub(crate) async fn delete_snapshot(client: &Client, id: &SnapshotId) -> CloudResult<()> {
-    client
-        .delete_snapshot()
-        .snapshot_id(id.as_str())
-        .send()
-        .await
-        .map_err(|e| from_sdk("ec2:DeleteSnapshot", e))?;
+    client.delete_snapshot().snapshot_id(id.as_str()).send().await.map_err(|e| from_sdk("ec2:DeleteSnapshot", e))?;
     Ok(())
 }
 
 /// Adds or removes one account's createVolumePermission. Always by account id: the
 /// group `all` would make the snapshot public.
-pub(crate) async fn set_shared(
-    client: &Client,
-    id: &SnapshotId,
-    with: &AccountId,
-    add: bool,
-) -> CloudResult<()> {
+pub(crate) async fn set_shared(client: &Client, id: &SnapshotId, with: &AccountId, add: bool) -> CloudResult<()> {
     client
         .modify_snapshot_attribute()
         .snapshot_id(id.as_str())
         .attribute(SnapshotAttributeName::CreateVolumePermission)
-        .operation_type(if add {
-            OperationType::Add
-        } else {
-            OperationType::Remove
-        })
+        .operation_type(if add { OperationType::Add } else { OperationType::Remove })
         .user_ids(with.as_str())
         .send()
         .await
@@ -291,10 +229,7 @@ where
     F: FnMut(Vec<String>) -> Fut,
     Fut: Future<Output = CloudResult<Vec<T>>>,
 {
-    let mut queue: Vec<Vec<String>> = ids
-        .chunks(MAX_IDS_PER_CALL)
-        .map(<[String]>::to_vec)
-        .collect();
+    let mut queue: Vec<Vec<String>> = ids.chunks(MAX_IDS_PER_CALL).map(<[String]>::to_vec).collect();
     let max_calls = 3 * ids.len() + queue.len();
     let mut calls = 0;
     let mut out = Vec::new();
@@ -316,11 +251,7 @@ where
             Ok(found) => out.extend(found),
             Err(e) if e.code.as_deref() == Some(not_found_code) => {
                 let missing = ids_in_message(&e.message, prefix);
-                let rest: Vec<String> = batch
-                    .iter()
-                    .filter(|id| !missing.contains(id))
-                    .cloned()
-                    .collect();
+                let rest: Vec<String> = batch.iter().filter(|id| !missing.contains(id)).cloned().collect();
                 // Trusted only when it names some but not all of the batch: some
                 // emulators name every id asked for, or none.
                 if !rest.is_empty() && rest.len() < batch.len() {
@@ -354,11 +285,7 @@ mod tests {
         let ids = asked.iter().map(|s| s.to_string()).collect();
         let found = describe_by_ids(ids, "snap-", "InvalidSnapshot.NotFound", |batch| {
             *calls.lock().unwrap() += 1;
-            let missing: Vec<String> = batch
-                .iter()
-                .filter(|id| !existing.contains(*id))
-                .cloned()
-                .collect();
+            let missing: Vec<String> = batch.iter().filter(|id| !existing.contains(*id)).cloned().collect();
             async move {
                 if missing.is_empty() {
                     Ok(batch)
@@ -368,11 +295,7 @@ mod tests {
                     } else {
                         "The snapshot ID does not exist.".to_owned()
                     };
-                    Err(CloudError::new(
-                        ErrorKind::NotFound,
-                        "InvalidSnapshot.NotFound",
-                        msg,
-                    ))
+                    Err(CloudError::new(ErrorKind::NotFound, "InvalidSnapshot.NotFound", msg))
                 }
             }
         })
@@ -385,20 +308,15 @@ mod tests {
 
     #[tokio::test]
     async fn missing_ids_named_in_the_message_are_dropped_and_asked_again() {
-        let (found, calls) =
-            run(&["snap-1", "snap-2", "snap-3"], &["snap-1", "snap-3"], true).await;
+        let (found, calls) = run(&["snap-1", "snap-2", "snap-3"], &["snap-1", "snap-3"], true).await;
         assert_eq!(found, ["snap-1", "snap-3"]);
         assert_eq!(calls, 2);
     }
 
     #[tokio::test]
     async fn unnamed_missing_ids_are_isolated_by_halving() {
-        let (found, calls) = run(
-            &["snap-1", "snap-2", "snap-3", "snap-4", "snap-5"],
-            &["snap-2", "snap-5"],
-            false,
-        )
-        .await;
+        let (found, calls) =
+            run(&["snap-1", "snap-2", "snap-3", "snap-4", "snap-5"], &["snap-2", "snap-5"], false).await;
         assert_eq!(found, ["snap-2", "snap-5"]);
         assert!(calls <= 3 * 5 + 1, "{calls}");
         let (found, _) = run(&["snap-1"], &[], false).await;
@@ -409,23 +327,14 @@ mod tests {
     async fn a_message_naming_every_id_is_not_trusted() {
         let existing = ["snap-2"];
         let asked = vec!["snap-1".to_owned(), "snap-2".to_owned()];
-        let found = describe_by_ids(
-            asked,
-            "snap-",
-            "InvalidSnapshot.NotFound",
-            |batch| async move {
-                if batch.iter().all(|id| existing.contains(&id.as_str())) {
-                    Ok(batch)
-                } else {
-                    let msg = format!("The snapshot '{}' does not exist.", batch.join(","));
-                    Err(CloudError::new(
-                        ErrorKind::NotFound,
-                        "InvalidSnapshot.NotFound",
-                        msg,
-                    ))
-                }
-            },
-        )
+        let found = describe_by_ids(asked, "snap-", "InvalidSnapshot.NotFound", |batch| async move {
+            if batch.iter().all(|id| existing.contains(&id.as_str())) {
+                Ok(batch)
+            } else {
+                let msg = format!("The snapshot '{}' does not exist.", batch.join(","));
+                Err(CloudError::new(ErrorKind::NotFound, "InvalidSnapshot.NotFound", msg))
+            }
+        })
         .await
         .unwrap();
         assert_eq!(found, ["snap-2"]);
@@ -442,19 +351,11 @@ mod tests {
 
     #[tokio::test]
     async fn other_errors_are_returned() {
-        let r: CloudResult<Vec<String>> = describe_by_ids(
-            vec!["snap-1".into()],
-            "snap-",
-            "InvalidSnapshot.NotFound",
-            |_| async {
-                Err(CloudError::new(
-                    ErrorKind::AccessDenied,
-                    "UnauthorizedOperation",
-                    "no",
-                ))
-            },
-        )
-        .await;
+        let r: CloudResult<Vec<String>> =
+            describe_by_ids(vec!["snap-1".into()], "snap-", "InvalidSnapshot.NotFound", |_| async {
+                Err(CloudError::new(ErrorKind::AccessDenied, "UnauthorizedOperation", "no"))
+            })
+            .await;
         assert_eq!(r.unwrap_err().kind, ErrorKind::AccessDenied);
     }
 }

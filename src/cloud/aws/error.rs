@@ -30,9 +30,7 @@ pub(crate) fn kind_for_code(code: &str, message: &str) -> ErrorKind {
         | "EC2ThrottledException"
         | "PriorRequestNotComplete"
         | "SlowDown" => ErrorKind::Throttled,
-        c if c.starts_with("Throttling") || c.starts_with("RequestThrottled") => {
-            ErrorKind::Throttled
-        }
+        c if c.starts_with("Throttling") || c.starts_with("RequestThrottled") => ErrorKind::Throttled,
 
         "NotFoundException" | "NoSuchEntity" => ErrorKind::NotFound,
         c if c.ends_with(".NotFound") => ErrorKind::NotFound,
@@ -96,12 +94,7 @@ pub(crate) fn kind_for_code(code: &str, message: &str) -> ErrorKind {
 
 /// A [`CloudError`] for an error AWS answered with `code`, from the call `action`
 /// (its IAM action name, such as `ec2:CreateSnapshot`).
-pub(crate) fn service_error(
-    action: &str,
-    code: &str,
-    message: &str,
-    request_id: Option<&str>,
-) -> CloudError {
+pub(crate) fn service_error(action: &str, code: &str, message: &str, request_id: Option<&str>) -> CloudError {
     let kind = kind_for_code(code, message);
     let message = if message.is_empty() { code } else { message };
     let message = if kind == ErrorKind::AccessDenied {
@@ -110,12 +103,7 @@ pub(crate) fn service_error(
     } else {
         format!("{action}: {message}")
     };
-    CloudError {
-        kind,
-        code: Some(code.to_owned()),
-        message,
-        request_id: request_id.map(str::to_owned),
-    }
+    CloudError { kind, code: Some(code.to_owned()), message, request_id: request_id.map(str::to_owned) }
 }
 
 /// Maps any SDK error of the call `action` (`ec2:DescribeSnapshots`, ...).
@@ -133,9 +121,7 @@ where
         SdkError::TimeoutError(_) => CloudError {
             kind: ErrorKind::Transport,
             code: None,
-            message: format!(
-                "{action}: no answer from AWS in time; the call may or may not have taken effect"
-            ),
+            message: format!("{action}: no answer from AWS in time; the call may or may not have taken effect"),
             request_id: None,
         },
         SdkError::DispatchFailure(d) => {
@@ -144,18 +130,11 @@ where
             if let Some(cred) = find_in_chain::<CredentialsError>(&err) {
                 return credentials_error(action, cred);
             }
-            let kind = if d.is_user() {
-                ErrorKind::Invalid
-            } else {
-                ErrorKind::Transport
-            };
+            let kind = if d.is_user() { ErrorKind::Invalid } else { ErrorKind::Transport };
             CloudError {
                 kind,
                 code: None,
-                message: format!(
-                    "{action}: could not reach AWS: {}",
-                    DisplayErrorContext(&err)
-                ),
+                message: format!("{action}: could not reach AWS: {}", DisplayErrorContext(&err)),
                 request_id: None,
             }
         }
@@ -163,19 +142,13 @@ where
         SdkError::ResponseError(_) => CloudError {
             kind: ErrorKind::Transport,
             code: None,
-            message: format!(
-                "{action}: unreadable answer from AWS: {}",
-                DisplayErrorContext(&err)
-            ),
+            message: format!("{action}: unreadable answer from AWS: {}", DisplayErrorContext(&err)),
             request_id: err.request_id().map(str::to_owned),
         },
         SdkError::ConstructionFailure(_) => CloudError {
             kind: ErrorKind::Invalid,
             code: None,
-            message: format!(
-                "{action}: the request could not be built: {}",
-                DisplayErrorContext(&err)
-            ),
+            message: format!("{action}: the request could not be built: {}", DisplayErrorContext(&err)),
             request_id: None,
         },
         _ => CloudError {
@@ -190,8 +163,7 @@ where
 /// Credentials could not be had: for the target side this is usually AssumeRole
 /// being refused, which is reported as that action's own error.
 fn credentials_error(action: &str, err: &CredentialsError) -> CloudError {
-    type AssumeRoleSdkError =
-        SdkError<aws_sdk_sts::operation::assume_role::AssumeRoleError, HttpResponse>;
+    type AssumeRoleSdkError = SdkError<aws_sdk_sts::operation::assume_role::AssumeRoleError, HttpResponse>;
     if let Some(sts) = find_in_chain::<AssumeRoleSdkError>(err) {
         let mut e = match sts {
             SdkError::ServiceError(ctx) => {
@@ -203,15 +175,10 @@ fn credentials_error(action: &str, err: &CredentialsError) -> CloudError {
                     e.request_id().or_else(|| sts.request_id()),
                 )
             }
-            SdkError::TimeoutError(_)
-            | SdkError::DispatchFailure(_)
-            | SdkError::ResponseError(_) => CloudError {
+            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => CloudError {
                 kind: ErrorKind::Transport,
                 code: None,
-                message: format!(
-                    "sts:AssumeRole: could not reach AWS: {}",
-                    DisplayErrorContext(sts)
-                ),
+                message: format!("sts:AssumeRole: could not reach AWS: {}", DisplayErrorContext(sts)),
                 request_id: None,
             },
             _ => CloudError {
@@ -226,9 +193,7 @@ fn credentials_error(action: &str, err: &CredentialsError) -> CloudError {
     }
     let kind = match err {
         CredentialsError::ProviderTimedOut(_) => ErrorKind::Transport,
-        CredentialsError::InvalidConfiguration(_) | CredentialsError::CredentialsNotLoaded(_) => {
-            ErrorKind::Other
-        }
+        CredentialsError::InvalidConfiguration(_) | CredentialsError::CredentialsNotLoaded(_) => ErrorKind::Other,
         _ => {
             let text = DisplayErrorContext(err).to_string();
             if text.contains("AccessDenied") || text.contains("is not authorized to perform") {
@@ -289,10 +254,7 @@ mod tests {
             ("AccessDenied", ErrorKind::AccessDenied),
             ("AccessDeniedException", ErrorKind::AccessDenied),
             ("ResourceLimitExceeded", ErrorKind::LimitExceeded),
-            (
-                "SnapshotCreationPerVolumeRateExceeded",
-                ErrorKind::LimitExceeded,
-            ),
+            ("SnapshotCreationPerVolumeRateExceeded", ErrorKind::LimitExceeded),
             ("LimitExceededException", ErrorKind::LimitExceeded),
             ("VolumeLimitExceeded", ErrorKind::LimitExceeded),
             ("DisabledException", ErrorKind::InvalidState),
@@ -316,10 +278,7 @@ mod tests {
     #[test]
     fn throttling_is_not_mistaken_for_a_quota() {
         // RequestLimitExceeded ends in LimitExceeded but is a rate, not a quota.
-        assert_eq!(
-            kind_for_code("RequestLimitExceeded", ""),
-            ErrorKind::Throttled
-        );
+        assert_eq!(kind_for_code("RequestLimitExceeded", ""), ErrorKind::Throttled);
     }
 
     #[test]
@@ -331,21 +290,13 @@ mod tests {
 
     #[test]
     fn access_denied_names_the_action() {
-        let e = service_error(
-            "kms:PutKeyPolicy",
-            "AccessDeniedException",
-            "no",
-            Some("req-1"),
-        );
+        let e = service_error("kms:PutKeyPolicy", "AccessDeniedException", "no", Some("req-1"));
         assert_eq!(e.kind, ErrorKind::AccessDenied);
         assert_eq!(e.code.as_deref(), Some("AccessDeniedException"));
         assert_eq!(e.request_id.as_deref(), Some("req-1"));
         assert!(e.message.contains("kms:PutKeyPolicy"), "{}", e.message);
         let shown = e.to_string();
-        assert!(
-            shown.contains("req-1") && shown.contains("AccessDeniedException"),
-            "{shown}"
-        );
+        assert!(shown.contains("req-1") && shown.contains("AccessDeniedException"), "{shown}");
     }
 
     #[test]
@@ -357,11 +308,7 @@ mod tests {
             None,
         );
         assert_eq!(e.kind, ErrorKind::NotFound);
-        assert!(
-            e.message.ends_with("The snapshot 'snap-1' does not exist."),
-            "{}",
-            e.message
-        );
+        assert!(e.message.ends_with("The snapshot 'snap-1' does not exist."), "{}", e.message);
         assert!(!e.is_retryable());
         let t = service_error("ec2:CreateSnapshot", "RequestLimitExceeded", "", None);
         assert!(t.is_retryable() && t.outcome_known());

@@ -23,20 +23,12 @@ const MAX_RANDOM_BYTES: u32 = 1024;
 
 pub(crate) async fn describe_key(client: &Client, key: &KeyRef) -> CloudResult<KeyInfo> {
     const ACTION: &str = "kms:DescribeKey";
-    let out = client
-        .describe_key()
-        .key_id(key.as_str())
-        .send()
-        .await
-        .map_err(|e| from_sdk(ACTION, e))?;
-    let meta = out
-        .key_metadata
-        .ok_or_else(|| bad_answer(ACTION, "no key metadata"))?;
+    let out = client.describe_key().key_id(key.as_str()).send().await.map_err(|e| from_sdk(ACTION, e))?;
+    let meta = out.key_metadata.ok_or_else(|| bad_answer(ACTION, "no key metadata"))?;
     let arn = meta.arn.unwrap_or_default();
     let arn = KeyArn::parse(&arn).map_err(|_| bad_answer(ACTION, &format!("key arn {arn:?}")))?;
     let account = meta.aws_account_id.unwrap_or_default();
-    let account = AccountId::parse(&account)
-        .map_err(|_| bad_answer(ACTION, &format!("account id {account:?}")))?;
+    let account = AccountId::parse(&account).map_err(|_| bad_answer(ACTION, &format!("account id {account:?}")))?;
     // EBS needs SYMMETRIC_DEFAULT; an answer without a spec is not taken for one.
     let spec = meta.key_spec.map(|s| s.as_str().to_owned()).unwrap_or_default();
     let manager = match meta.key_manager {
@@ -45,13 +37,7 @@ pub(crate) async fn describe_key(client: &Client, key: &KeyRef) -> CloudResult<K
         // to share the key rather than editing a policy it may not own.
         _ => KeyManager::Aws,
     };
-    Ok(KeyInfo {
-        arn,
-        account,
-        enabled: meta.enabled,
-        spec,
-        manager,
-    })
+    Ok(KeyInfo { arn, account, enabled: meta.enabled, spec, manager })
 }
 
 pub(crate) async fn get_key_policy(client: &Client, key: &KeyArn) -> CloudResult<String> {
@@ -95,29 +81,15 @@ pub(crate) async fn generate_data_key(client: &Client, key: &KeyRef) -> CloudRes
         .send()
         .await
         .map_err(|e| from_sdk(ACTION, e))?;
-    let plaintext = Zeroizing::new(
-        out.plaintext
-            .take()
-            .map(Blob::into_inner)
-            .ok_or_else(|| bad_answer(ACTION, "no plaintext"))?,
-    );
-    let ciphertext = out
-        .ciphertext_blob
-        .take()
-        .map(Blob::into_inner)
-        .ok_or_else(|| bad_answer(ACTION, "no ciphertext"))?;
+    let plaintext =
+        Zeroizing::new(out.plaintext.take().map(Blob::into_inner).ok_or_else(|| bad_answer(ACTION, "no plaintext"))?);
+    let ciphertext =
+        out.ciphertext_blob.take().map(Blob::into_inner).ok_or_else(|| bad_answer(ACTION, "no ciphertext"))?;
     let key_arn = key_arn(ACTION, out.key_id.take())?;
-    Ok(DataKey {
-        plaintext,
-        ciphertext,
-        key_arn,
-    })
+    Ok(DataKey { plaintext, ciphertext, key_arn })
 }
 
-pub(crate) async fn generate_data_key_without_plaintext(
-    client: &Client,
-    key: &KeyRef,
-) -> CloudResult<WrappedKey> {
+pub(crate) async fn generate_data_key_without_plaintext(client: &Client, key: &KeyRef) -> CloudResult<WrappedKey> {
     const ACTION: &str = "kms:GenerateDataKeyWithoutPlaintext";
     let out = client
         .generate_data_key_without_plaintext()
@@ -126,20 +98,11 @@ pub(crate) async fn generate_data_key_without_plaintext(
         .send()
         .await
         .map_err(|e| from_sdk(ACTION, e))?;
-    let ciphertext = out
-        .ciphertext_blob
-        .map(Blob::into_inner)
-        .ok_or_else(|| bad_answer(ACTION, "no ciphertext"))?;
-    Ok(WrappedKey {
-        ciphertext,
-        key_arn: key_arn(ACTION, out.key_id)?,
-    })
+    let ciphertext = out.ciphertext_blob.map(Blob::into_inner).ok_or_else(|| bad_answer(ACTION, "no ciphertext"))?;
+    Ok(WrappedKey { ciphertext, key_arn: key_arn(ACTION, out.key_id)? })
 }
 
-pub(crate) async fn decrypt(
-    client: &Client,
-    ciphertext: &[u8],
-) -> CloudResult<(Zeroizing<Vec<u8>>, KeyArn)> {
+pub(crate) async fn decrypt(client: &Client, ciphertext: &[u8]) -> CloudResult<(Zeroizing<Vec<u8>>, KeyArn)> {
     const ACTION: &str = "kms:Decrypt";
     let mut out = client
         .decrypt()
@@ -147,12 +110,8 @@ pub(crate) async fn decrypt(
         .send()
         .await
         .map_err(|e| from_sdk(ACTION, e))?;
-    let plaintext = Zeroizing::new(
-        out.plaintext
-            .take()
-            .map(Blob::into_inner)
-            .ok_or_else(|| bad_answer(ACTION, "no plaintext"))?,
-    );
+    let plaintext =
+        Zeroizing::new(out.plaintext.take().map(Blob::into_inner).ok_or_else(|| bad_answer(ACTION, "no plaintext"))?);
     Ok((plaintext, key_arn(ACTION, out.key_id.take())?))
 }
 
@@ -165,13 +124,6 @@ pub(crate) async fn generate_random(client: &Client, bytes: u32) -> CloudResult<
             format!("{ACTION}: {bytes} bytes asked, KMS returns 1 to {MAX_RANDOM_BYTES}"),
         ));
     }
-    let out = client
-        .generate_random()
-        .number_of_bytes(bytes as i32)
-        .send()
-        .await
-        .map_err(|e| from_sdk(ACTION, e))?;
-    out.plaintext
-        .map(Blob::into_inner)
-        .ok_or_else(|| bad_answer(ACTION, "no random bytes"))
+    let out = client.generate_random().number_of_bytes(bytes as i32).send().await.map_err(|e| from_sdk(ACTION, e))?;
+    out.plaintext.map(Blob::into_inner).ok_or_else(|| bad_answer(ACTION, "no random bytes"))
 }

@@ -32,13 +32,11 @@ use zeroize::Zeroizing;
 
 pub use config::{AwsConfig, check_endpoint};
 
-use self::config::{
-    SERVICE_ENDPOINT_VARS, check_endpoint_from, check_session_name, retry_config, timeout_config,
-};
+use self::config::{SERVICE_ENDPOINT_VARS, check_endpoint_from, check_session_name, retry_config, timeout_config};
 use self::error::{bad_answer, from_sdk};
 use crate::cloud::{
-    Cloud, CloudError, CloudResult, CopySnapshotReq, CreateSnapshotReq, CreateVolumeReq, DataKey,
-    Identity, KeyInfo, Loc, Side, Snapshot, Tags, Volume, WrappedKey,
+    Cloud, CloudError, CloudResult, CopySnapshotReq, CreateSnapshotReq, CreateVolumeReq, DataKey, Identity, KeyInfo,
+    Loc, Side, Snapshot, Tags, Volume, WrappedKey,
 };
 use crate::ids::{AccountId, KeyArn, KeyRef, Region, RoleArn, SnapshotId, VolumeId};
 
@@ -74,10 +72,7 @@ impl fmt::Debug for AwsCloud {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AwsCloud")
             .field("source_region", &self.source_region)
-            .field(
-                "target_role",
-                &self.target_role.as_ref().map(|r| r.arn.as_str()),
-            )
+            .field("target_role", &self.target_role.as_ref().map(|r| r.arn.as_str()))
             .finish_non_exhaustive()
     }
 }
@@ -99,9 +94,7 @@ impl AwsCloud {
         }
 
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .region(aws_config::Region::new(
-                cfg.source_region.as_str().to_owned(),
-            ))
+            .region(aws_config::Region::new(cfg.source_region.as_str().to_owned()))
             .retry_config(retry_config())
             .timeout_config(timeout_config());
         if let Some(profile) = &cfg.source_profile {
@@ -117,11 +110,8 @@ impl AwsCloud {
             check_endpoint_from(url, "AWS_ENDPOINT_URL or the profile's endpoint_url")?;
         }
 
-        let target_role = cfg.target_role.map(|arn| TargetRole {
-            arn,
-            external_id: cfg.external_id,
-            session_name: cfg.session_name,
-        });
+        let target_role =
+            cfg.target_role.map(|arn| TargetRole { arn, external_id: cfg.external_id, session_name: cfg.session_name });
         Ok(AwsCloud {
             source_region: cfg.source_region,
             source,
@@ -142,9 +132,7 @@ impl AwsCloud {
                             .session_name(&role.session_name)
                             // STS in the source region: the regional endpoint the
                             // source credentials are known to reach.
-                            .region(aws_config::Region::new(
-                                self.source_region.as_str().to_owned(),
-                            ))
+                            .region(aws_config::Region::new(self.source_region.as_str().to_owned()))
                             .configure(&self.source);
                         if let Some(id) = &role.external_id {
                             provider = provider.external_id(id);
@@ -152,10 +140,7 @@ impl AwsCloud {
                         let provider = provider.build().await;
                         // The clients' identity cache (from `source`) keeps the assumed
                         // credentials and renews them before they expire.
-                        self.source
-                            .to_builder()
-                            .credentials_provider(SharedCredentialsProvider::new(provider))
-                            .build()
+                        self.source.to_builder().credentials_provider(SharedCredentialsProvider::new(provider)).build()
                     })
                     .await
             }
@@ -171,20 +156,12 @@ impl AwsCloud {
         let sdk_region = aws_config::Region::new(region.as_str().to_owned());
         let made = Arc::new(Clients {
             ec2: aws_sdk_ec2::Client::from_conf(
-                aws_sdk_ec2::config::Builder::from(conf)
-                    .region(sdk_region.clone())
-                    .build(),
+                aws_sdk_ec2::config::Builder::from(conf).region(sdk_region.clone()).build(),
             ),
             kms: aws_sdk_kms::Client::from_conf(
-                aws_sdk_kms::config::Builder::from(conf)
-                    .region(sdk_region.clone())
-                    .build(),
+                aws_sdk_kms::config::Builder::from(conf).region(sdk_region.clone()).build(),
             ),
-            sts: aws_sdk_sts::Client::from_conf(
-                aws_sdk_sts::config::Builder::from(conf)
-                    .region(sdk_region)
-                    .build(),
-            ),
+            sts: aws_sdk_sts::Client::from_conf(aws_sdk_sts::config::Builder::from(conf).region(sdk_region).build()),
         });
         // Two first calls may race to build; the first one stored wins, so every
         // later call shares one set of clients.
@@ -193,9 +170,7 @@ impl AwsCloud {
 
     fn lock_clients(&self) -> std::sync::MutexGuard<'_, HashMap<(Side, Region), Arc<Clients>>> {
         // The map is only ever inserted into; a panic elsewhere cannot leave it torn.
-        self.clients
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.clients.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     async fn at(&self, loc: &Loc) -> Arc<Clients> {
@@ -208,19 +183,10 @@ impl Cloud for AwsCloud {
     async fn caller_identity(&self, side: Side) -> CloudResult<Identity> {
         const ACTION: &str = "sts:GetCallerIdentity";
         let c = self.clients(side, &self.source_region).await;
-        let out = c
-            .sts
-            .get_caller_identity()
-            .send()
-            .await
-            .map_err(|e| from_sdk(ACTION, e))?;
+        let out = c.sts.get_caller_identity().send().await.map_err(|e| from_sdk(ACTION, e))?;
         let account = out.account.unwrap_or_default();
-        let account = AccountId::parse(&account)
-            .map_err(|_| bad_answer(ACTION, &format!("account id {account:?}")))?;
-        Ok(Identity {
-            account,
-            arn: out.arn.unwrap_or_default(),
-        })
+        let account = AccountId::parse(&account).map_err(|_| bad_answer(ACTION, &format!("account id {account:?}")))?;
+        Ok(Identity { account, arn: out.arn.unwrap_or_default() })
     }
 
     async fn describe_key(&self, loc: &Loc, key: &KeyRef) -> CloudResult<KeyInfo> {
@@ -260,11 +226,7 @@ impl Cloud for AwsCloud {
         ec2::copy_snapshot(&self.at(loc).await.ec2, req).await
     }
 
-    async fn describe_snapshots(
-        &self,
-        loc: &Loc,
-        ids: &[SnapshotId],
-    ) -> CloudResult<Vec<Snapshot>> {
+    async fn describe_snapshots(&self, loc: &Loc, ids: &[SnapshotId]) -> CloudResult<Vec<Snapshot>> {
         ec2::describe_snapshots(&self.at(loc).await.ec2, ids).await
     }
 
@@ -276,29 +238,15 @@ impl Cloud for AwsCloud {
         ec2::delete_snapshot(&self.at(loc).await.ec2, id).await
     }
 
-    async fn share_snapshot(
-        &self,
-        loc: &Loc,
-        id: &SnapshotId,
-        with: &AccountId,
-    ) -> CloudResult<()> {
+    async fn share_snapshot(&self, loc: &Loc, id: &SnapshotId, with: &AccountId) -> CloudResult<()> {
         ec2::set_shared(&self.at(loc).await.ec2, id, with, true).await
     }
 
-    async fn unshare_snapshot(
-        &self,
-        loc: &Loc,
-        id: &SnapshotId,
-        with: &AccountId,
-    ) -> CloudResult<()> {
+    async fn unshare_snapshot(&self, loc: &Loc, id: &SnapshotId, with: &AccountId) -> CloudResult<()> {
         ec2::set_shared(&self.at(loc).await.ec2, id, with, false).await
     }
 
-    async fn snapshot_shared_with(
-        &self,
-        loc: &Loc,
-        id: &SnapshotId,
-    ) -> CloudResult<Vec<AccountId>> {
+    async fn snapshot_shared_with(&self, loc: &Loc, id: &SnapshotId) -> CloudResult<Vec<AccountId>> {
         ec2::shared_with(&self.at(loc).await.ec2, id).await
     }
 
@@ -306,19 +254,11 @@ impl Cloud for AwsCloud {
         kms::generate_data_key(&self.at(loc).await.kms, key).await
     }
 
-    async fn generate_data_key_without_plaintext(
-        &self,
-        loc: &Loc,
-        key: &KeyRef,
-    ) -> CloudResult<WrappedKey> {
+    async fn generate_data_key_without_plaintext(&self, loc: &Loc, key: &KeyRef) -> CloudResult<WrappedKey> {
         kms::generate_data_key_without_plaintext(&self.at(loc).await.kms, key).await
     }
 
-    async fn decrypt(
-        &self,
-        loc: &Loc,
-        ciphertext: &[u8],
-    ) -> CloudResult<(Zeroizing<Vec<u8>>, KeyArn)> {
+    async fn decrypt(&self, loc: &Loc, ciphertext: &[u8]) -> CloudResult<(Zeroizing<Vec<u8>>, KeyArn)> {
         kms::decrypt(&self.at(loc).await.kms, ciphertext).await
     }
 

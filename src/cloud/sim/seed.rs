@@ -23,7 +23,9 @@ fn hash(s: &str) -> u64 {
 fn ensure_key(w: &mut World, account: &AccountId, region: &Region, key: &KeyRef) -> KeyArn {
     let s = key.as_str();
     if let Some(alias) = s.strip_prefix("alias/") {
-        if let Some(k) = w.keys.iter().find(|k| &k.account == account && &k.region == region && k.aliases.iter().any(|a| a == alias)) {
+        if let Some(k) =
+            w.keys.iter().find(|k| &k.account == account && &k.region == region && k.aliases.iter().any(|a| a == alias))
+        {
             return k.arn.clone();
         }
         return w.add_key(account, region, Some(s), KeyManager::Customer);
@@ -49,7 +51,8 @@ fn ensure_key(w: &mut World, account: &AccountId, region: &Region, key: &KeyRef)
 /// A world in which `plan` can run, and the sides its caller has.
 pub fn seed_from_plan(plan: &Plan, now_ms: i64) -> (World, SimSides) {
     let mut w = World::new(now_ms);
-    let source = plan.source.account.clone().unwrap_or_else(|| AccountId::parse(DEFAULT_SOURCE_ACCOUNT).expect("valid"));
+    let source =
+        plan.source.account.clone().unwrap_or_else(|| AccountId::parse(DEFAULT_SOURCE_ACCOUNT).expect("valid"));
     let target = plan
         .target
         .account

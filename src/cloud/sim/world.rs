@@ -236,14 +236,21 @@ impl World {
     }
 
     /// Adds a key and returns its ARN.
-    pub fn add_key(&mut self, account: &AccountId, region: &Region, alias: Option<&str>, manager: KeyManager) -> KeyArn {
+    pub fn add_key(
+        &mut self,
+        account: &AccountId,
+        region: &Region,
+        alias: Option<&str>,
+        manager: KeyManager,
+    ) -> KeyArn {
         let mut b = [0u8; 16];
         for c in b.chunks_mut(8) {
             c.copy_from_slice(&self.next_rand().to_be_bytes());
         }
         let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
         let id = format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]);
-        let arn = KeyArn::parse(&format!("arn:{}:kms:{region}:{account}:key/{id}", region.partition())).expect("valid arn");
+        let arn =
+            KeyArn::parse(&format!("arn:{}:kms:{region}:{account}:key/{id}", region.partition())).expect("valid arn");
         let mut secret = [0u8; 32];
         for c in secret.chunks_mut(8) {
             c.copy_from_slice(&self.next_rand().to_be_bytes());
@@ -264,9 +271,11 @@ impl World {
 
     /// The AWS managed EBS key of an account and region, created on first use as AWS does.
     pub fn aws_ebs_key(&mut self, account: &AccountId, region: &Region) -> KeyArn {
-        if let Some(k) = self.keys.iter().find(|k| {
-            &k.account == account && &k.region == region && k.aliases.iter().any(|a| a == "aws/ebs")
-        }) {
+        if let Some(k) = self
+            .keys
+            .iter()
+            .find(|k| &k.account == account && &k.region == region && k.aliases.iter().any(|a| a == "aws/ebs"))
+        {
             return k.arn.clone();
         }
         self.add_key(account, region, Some("alias/aws/ebs"), KeyManager::Aws)
@@ -308,7 +317,10 @@ impl World {
             return Err(err(
                 ErrorKind::AccessDenied,
                 "AccessDeniedException",
-                format!("User in account {account} is not authorized to perform: kms:DescribeKey on resource: {}", k.arn),
+                format!(
+                    "User in account {account} is not authorized to perform: kms:DescribeKey on resource: {}",
+                    k.arn
+                ),
             ));
         }
         Ok(KeyInfo {
@@ -352,7 +364,9 @@ impl World {
             err(
                 ErrorKind::AccessDenied,
                 "AccessDenied",
-                format!("User: arn:aws:iam::{caller}:user/snapferry is not authorized to perform: sts:AssumeRole on resource: {role}"),
+                format!(
+                    "User: arn:aws:iam::{caller}:user/snapferry is not authorized to perform: sts:AssumeRole on resource: {role}"
+                ),
             )
         };
         let r = self.roles.iter().find(|r| &r.arn == role).ok_or_else(denied)?;
@@ -385,7 +399,12 @@ impl World {
         }
     }
 
-    pub fn describe_volumes(&self, account: &AccountId, region: &Region, pick: impl Fn(&SimVolume) -> bool) -> Vec<Volume> {
+    pub fn describe_volumes(
+        &self,
+        account: &AccountId,
+        region: &Region,
+        pick: impl Fn(&SimVolume) -> bool,
+    ) -> Vec<Volume> {
         self.volumes
             .values()
             .filter(|v| &v.owner == account && &v.region == region && pick(v))
@@ -447,13 +466,22 @@ impl World {
         err(ErrorKind::NotFound, "InvalidSnapshot.NotFound", format!("The snapshot '{id}' does not exist."))
     }
 
-    pub fn create_snapshot(&mut self, account: &AccountId, region: &Region, req: &CreateSnapshotReq) -> CloudResult<Snapshot> {
+    pub fn create_snapshot(
+        &mut self,
+        account: &AccountId,
+        region: &Region,
+        req: &CreateSnapshotReq,
+    ) -> CloudResult<Snapshot> {
         let v = self
             .volumes
             .get(req.volume.as_str())
             .filter(|v| &v.owner == account && &v.region == region)
             .ok_or_else(|| {
-                err(ErrorKind::NotFound, "InvalidVolume.NotFound", format!("The volume '{}' does not exist.", req.volume))
+                err(
+                    ErrorKind::NotFound,
+                    "InvalidVolume.NotFound",
+                    format!("The volume '{}' does not exist.", req.volume),
+                )
             })?
             .clone();
         let id = self.new_snapshot_id();
@@ -485,7 +513,12 @@ impl World {
             .count()
     }
 
-    pub fn copy_snapshot(&mut self, account: &AccountId, region: &Region, req: &CopySnapshotReq) -> CloudResult<SnapshotId> {
+    pub fn copy_snapshot(
+        &mut self,
+        account: &AccountId,
+        region: &Region,
+        req: &CopySnapshotReq,
+    ) -> CloudResult<SnapshotId> {
         let src = self
             .snapshots
             .get(req.source_snapshot.as_str())
@@ -503,7 +536,9 @@ impl World {
             return Err(err(
                 ErrorKind::LimitExceeded,
                 "ResourceLimitExceeded",
-                format!("You have reached the limit of {MAX_CONCURRENT_COPIES} concurrent snapshot copies in {region}."),
+                format!(
+                    "You have reached the limit of {MAX_CONCURRENT_COPIES} concurrent snapshot copies in {region}."
+                ),
             ));
         }
         // Key checks happen later, in the background, as in AWS: the copy is accepted
@@ -575,7 +610,14 @@ impl World {
         }
     }
 
-    pub fn set_share(&mut self, account: &AccountId, region: &Region, id: &SnapshotId, with: &AccountId, add: bool) -> CloudResult<()> {
+    pub fn set_share(
+        &mut self,
+        account: &AccountId,
+        region: &Region,
+        id: &SnapshotId,
+        with: &AccountId,
+        add: bool,
+    ) -> CloudResult<()> {
         let aws_managed: BTreeSet<KeyArn> =
             self.keys.iter().filter(|k| k.manager == KeyManager::Aws).map(|k| k.arn.clone()).collect();
         let s = self
@@ -606,12 +648,15 @@ impl World {
             .ok_or_else(|| Self::snapshot_missing(id.as_str()))
     }
 
-    pub fn create_volume(&mut self, account: &AccountId, region: &Region, req: &CreateVolumeReq) -> CloudResult<crate::ids::VolumeId> {
-        if let Some(v) = self
-            .volumes
-            .values()
-            .find(|v| &v.owner == account && &v.region == region && v.client_token.as_deref() == Some(&req.client_token))
-        {
+    pub fn create_volume(
+        &mut self,
+        account: &AccountId,
+        region: &Region,
+        req: &CreateVolumeReq,
+    ) -> CloudResult<crate::ids::VolumeId> {
+        if let Some(v) = self.volumes.values().find(|v| {
+            &v.owner == account && &v.region == region && v.client_token.as_deref() == Some(&req.client_token)
+        }) {
             return Ok(v.id.clone());
         }
         if req.availability_zone.region() != *region {
@@ -668,7 +713,11 @@ impl World {
         match self.volumes.get(id.as_str()) {
             Some(v) if &v.owner == account && &v.region == region => {
                 if v.attachments > 0 {
-                    return Err(err(ErrorKind::InvalidState, "VolumeInUse", format!("Volume {id} is currently attached")));
+                    return Err(err(
+                        ErrorKind::InvalidState,
+                        "VolumeInUse",
+                        format!("Volume {id} is currently attached"),
+                    ));
                 }
                 self.volumes.remove(id.as_str());
                 Ok(())
@@ -727,7 +776,12 @@ impl World {
         Ok((plain.clone(), wrap(&k, &plain), k.arn.clone()))
     }
 
-    pub fn decrypt(&self, account: &AccountId, _region: &Region, blob: &[u8]) -> CloudResult<(Zeroizing<Vec<u8>>, KeyArn)> {
+    pub fn decrypt(
+        &self,
+        account: &AccountId,
+        _region: &Region,
+        blob: &[u8],
+    ) -> CloudResult<(Zeroizing<Vec<u8>>, KeyArn)> {
         let invalid = || err(ErrorKind::Invalid, "InvalidCiphertextException", "the ciphertext is not valid");
         let rest = blob.strip_prefix(WRAP_MAGIC).ok_or_else(invalid)?;
         let (&len, rest) = rest.split_first().ok_or_else(invalid)?;
@@ -761,7 +815,8 @@ fn wrap(k: &SimKey, plain: &[u8]) -> Vec<u8> {
     out.push(k.arn.as_str().len() as u8);
     out.extend_from_slice(k.arn.as_str().as_bytes());
     let body: Vec<u8> = plain.iter().zip(k.secret.iter().cycle()).map(|(p, s)| p ^ s).collect();
-    let sum = body.iter().fold(0u32, |a, b| a.rotate_left(5) ^ u32::from(*b)) ^ u32::from_be_bytes([k.secret[0], k.secret[1], k.secret[2], k.secret[3]]);
+    let sum = body.iter().fold(0u32, |a, b| a.rotate_left(5) ^ u32::from(*b))
+        ^ u32::from_be_bytes([k.secret[0], k.secret[1], k.secret[2], k.secret[3]]);
     out.extend_from_slice(&body);
     out.extend_from_slice(&sum.to_be_bytes());
     out
