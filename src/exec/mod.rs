@@ -20,6 +20,7 @@ mod act;
 pub mod cleanup;
 pub mod preflight;
 mod report;
+pub mod retention;
 mod retry;
 mod runner;
 

@@ -29,6 +29,11 @@ pub struct RunReport {
     pub status: String,
     pub simulated: bool,
     pub volumes: Vec<VolumeReport>,
+    /// What `options.keep` pruned after this run, when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention: Option<super::retention::Pruned>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention_error: Option<String>,
 }
 
 impl RunReport {
@@ -58,6 +63,8 @@ impl RunReport {
                     hint: v.failure.as_ref().and_then(|f| f.hint.clone()),
                 })
                 .collect(),
+            retention: None,
+            retention_error: None,
         }
     }
 }

@@ -222,7 +222,18 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
     r.journal.meta(&r.record.meta)?;
     r.journal.compact(&r.record)?;
     tracing::info!(run = %r.record.meta.run_id, status = r.record.meta.status.as_str(), "run ended");
-    Ok(RunReport::from_record(&r.record))
+    let mut report = RunReport::from_record(&r.record);
+    if let (true, Some(keep)) = (all_done && !interrupted, plan.options.keep) {
+        let dst = Loc::new(Side::Target, &plan.target.region);
+        match super::retention::prune(cloud.as_ref(), clock.as_ref(), &dst, plan.name.as_str(), keep, &r.record.volumes).await {
+            Ok(p) => report.retention = Some(p),
+            Err(e) => {
+                tracing::warn!(error = %e, "retention failed; the copies of this run are complete, older ones were not pruned");
+                report.retention_error = Some(format!("retention in {}: {e}", plan.target.region));
+            }
+        }
+    }
+    Ok(report)
 }
 
 fn seed(run_id: &str) -> u64 {

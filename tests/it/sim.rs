@@ -343,3 +343,41 @@ async fn status_of_runs_is_kept_in_the_state_dir() {
     // Its grant was already there.
     assert!(!store.load(&r2.run_id).unwrap().meta.grant.unwrap().added);
 }
+
+#[tokio::test]
+async fn retention_keeps_the_newest_copies_per_volume_and_only_this_plans() {
+    let text = format!("{CROSS}  keep: 2\n");
+    let rig = Rig::new(plan(&text));
+    // Something of another plan in the target region, tagged alike but for the plan.
+    rig.sim.with_world(|w| {
+        let az = "eu-west-1b".parse().unwrap();
+        let tags = std::collections::BTreeMap::from([
+            ("snapferry:plan".to_owned(), "other-plan".to_owned()),
+            ("snapferry:step".to_owned(), "volume".to_owned()),
+            ("snapferry:source-volume".to_owned(), "vol-00000000000000001".to_owned()),
+        ]);
+        let id = w.add_volume(None, &"222222222222".parse().unwrap(), &az, 8, None, tags);
+        w.volumes.get_mut(id.as_str()).unwrap().attachments = 0;
+    });
+    let mut runs = vec![];
+    for _ in 0..4 {
+        let r = rig.run().await.unwrap();
+        assert_all_succeeded(&r);
+        runs.push(r);
+    }
+    // Newest two copies and volumes per source volume; the other plan's volume stays.
+    assert_eq!(rig.made("copy"), 3 * 2);
+    assert_eq!(rig.made("volume"), 3 * 2 + 1);
+    let last = runs.last().unwrap();
+    let pruned = last.retention.as_ref().unwrap();
+    assert_eq!(pruned.snapshots.len(), 3);
+    rig.sim.with_world(|w| {
+        for v in &last.volumes {
+            assert!(w.snapshots.contains_key(v.target_snapshot.as_deref().unwrap()));
+            assert!(w.volumes.contains_key(v.target_volume.as_deref().unwrap()));
+        }
+        for v in &runs[0].volumes {
+            assert!(!w.snapshots.contains_key(v.target_snapshot.as_deref().unwrap()), "oldest copies pruned");
+        }
+    });
+}
