@@ -260,7 +260,7 @@ impl Store {
 
     /// The newest run of a plan, if any.
     pub fn latest_of_plan(&self, plan: &str) -> Result<Option<RunRecord>, StoreError> {
-        Ok(self.list()?.into_iter().filter(|r| r.meta.plan == plan).next_back())
+        Ok(self.list()?.into_iter().rfind(|r| r.meta.plan == plan))
     }
 }
 

@@ -125,10 +125,9 @@ pub fn document(
             .iter()
             .map(|sv| {
                 let under_source = sv.volume.kms_key_id.as_deref() == Some(source_key.as_str());
-                if let Some(k) = sv.volume.kms_key_id.as_ref().filter(|_| !under_source) {
-                    if !reencrypt_keys.contains(k) {
-                        reencrypt_keys.push(k.clone());
-                    }
+                if let Some(k) = sv.volume.kms_key_id.as_ref().filter(|k| !under_source && !reencrypt_keys.contains(*k))
+                {
+                    reencrypt_keys.push(k.clone());
                 }
                 json!({
                     "source_volume": sv.volume.id.as_str(),

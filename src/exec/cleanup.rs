@@ -48,10 +48,10 @@ pub async fn cleanup(
                 Err(e) => {
                     // A snapshot that cannot be deleted (in use by an AMI, say) is at
                     // least no longer shared.
-                    if let (true, Some(t)) = (v.shared, &target) {
-                        if retrying(clock, || cloud.unshare_snapshot(&loc, &id, t)).await.is_ok() {
-                            summary.unshared_snapshots.push(id.to_string());
-                        }
+                    if let (true, Some(t)) = (v.shared, &target)
+                        && retrying(clock, || cloud.unshare_snapshot(&loc, &id, t)).await.is_ok()
+                    {
+                        summary.unshared_snapshots.push(id.to_string());
                     }
                     summary.errors.push(format!("snapshot {id}: {e}; delete it by hand"));
                 }

@@ -97,16 +97,16 @@ pub async fn preflight(plan: &Plan, cloud: &dyn Cloud, clock: &dyn Clock) -> Res
             )]);
         }
     };
-    if let Some(want) = &plan.source.account {
-        if want != &source_identity.account {
-            errors.push(problem(
-                format!("source.account {want}"),
-                format!(
-                    "the credentials belong to account {} ({}); use credentials of account {want} or fix the plan",
-                    source_identity.account, source_identity.arn
-                ),
-            ));
-        }
+    if let Some(want) = &plan.source.account
+        && want != &source_identity.account
+    {
+        errors.push(problem(
+            format!("source.account {want}"),
+            format!(
+                "the credentials belong to account {} ({}); use credentials of account {want} or fix the plan",
+                source_identity.account, source_identity.arn
+            ),
+        ));
     }
     let cross_account = plan.cross_account(&source_identity.account);
     if cross_account && plan.target.role_arn.is_none() {
@@ -148,13 +148,13 @@ pub async fn preflight(plan: &Plan, cloud: &dyn Cloud, clock: &dyn Clock) -> Res
     if plan.target.role_arn.is_some() {
         match retrying(clock, || cloud.caller_identity(Side::Target)).await {
             Ok(id) => {
-                if let Some(want) = &plan.target.account {
-                    if want != &id.account {
-                        errors.push(problem(
-                            format!("target.account {want}"),
-                            format!("the role's credentials belong to account {}", id.account),
-                        ));
-                    }
+                if let Some(want) = &plan.target.account
+                    && want != &id.account
+                {
+                    errors.push(problem(
+                        format!("target.account {want}"),
+                        format!("the role's credentials belong to account {}", id.account),
+                    ));
                 }
                 target_identity = Some(id);
             }

@@ -46,10 +46,13 @@ pub async fn prune(
 ) -> Result<Pruned, CloudError> {
     let keep = keep.max(1) as usize;
     let mut out = Pruned::default();
-    let protected_snaps: Vec<String> = this_run.iter().filter_map(|v| v.target_snapshot.as_ref().map(|s| s.to_string())).collect();
-    let protected_vols: Vec<String> = this_run.iter().filter_map(|v| v.target_volume.as_ref().map(|s| s.to_string())).collect();
+    let protected_snaps: Vec<String> =
+        this_run.iter().filter_map(|v| v.target_snapshot.as_ref().map(|s| s.to_string())).collect();
+    let protected_vols: Vec<String> =
+        this_run.iter().filter_map(|v| v.target_volume.as_ref().map(|s| s.to_string())).collect();
 
-    let tags = |step: &str| Tags::from([(TAG_PLAN.to_owned(), plan.to_owned()), (TAG_STEP.to_owned(), step.to_owned())]);
+    let tags =
+        |step: &str| Tags::from([(TAG_PLAN.to_owned(), plan.to_owned()), (TAG_STEP.to_owned(), step.to_owned())]);
     let copy_tags = tags("copy");
     let snaps = retrying(clock, || cloud.find_snapshots(dst, &copy_tags)).await?;
     for (_, mut list) in by_source(snaps, |s| &s.tags) {
@@ -89,7 +92,12 @@ pub async fn prune(
         }
     }
     if !out.snapshots.is_empty() || !out.volumes.is_empty() {
-        tracing::info!(snapshots = out.snapshots.len(), volumes = out.volumes.len(), keep, "retention pruned older copies");
+        tracing::info!(
+            snapshots = out.snapshots.len(),
+            volumes = out.volumes.len(),
+            keep,
+            "retention pruned older copies"
+        );
     }
     Ok(out)
 }

@@ -225,7 +225,9 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
     let mut report = RunReport::from_record(&r.record);
     if let (true, Some(keep)) = (all_done && !interrupted, plan.options.keep) {
         let dst = Loc::new(Side::Target, &plan.target.region);
-        match super::retention::prune(cloud.as_ref(), clock.as_ref(), &dst, plan.name.as_str(), keep, &r.record.volumes).await {
+        match super::retention::prune(cloud.as_ref(), clock.as_ref(), &dst, plan.name.as_str(), keep, &r.record.volumes)
+            .await
+        {
             Ok(p) => report.retention = Some(p),
             Err(e) => {
                 tracing::warn!(error = %e, "retention failed; the copies of this run are complete, older ones were not pruned");
@@ -393,10 +395,8 @@ impl Runner {
         for v in &self.record.volumes {
             let busy = matches!(v.step, Step::WaitReencrypt | Step::WaitCopy)
                 || (matches!(v.step, Step::Reencrypt | Step::Copy) && v.in_flight);
-            if busy {
-                if let Some(k) = self.copy_slot(v.step) {
-                    *m.entry(k).or_default() += 1;
-                }
+            if let Some(k) = self.copy_slot(v.step).filter(|_| busy) {
+                *m.entry(k).or_default() += 1;
             }
         }
         m

@@ -4,6 +4,7 @@
 
 mod aws_adapter;
 mod envelope;
+mod moto_e2e;
 mod plan;
 mod policy;
 mod sim;

@@ -1,0 +1,806 @@
+//! The real `snapferry` binary end to end against the patched moto server
+//! (tests/support/moto/): two accounts, two regions, keys, volumes, key policies,
+//! pending states, throttling and call counting. Each test starts its own server, seeds
+//! it with boto3, writes a plan into a temporary directory, runs the binary with
+//! `--format json`, and then counts in moto what the run left behind.
+//!
+//! Accounts: plain credentials act as moto's default account 123456789012 (source);
+//! AssumeRole into `arn:aws:iam::222222222222:role/dr` acts as 222222222222 (target).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::support::moto::Moto;
+
+const SOURCE_ACCOUNT: &str = "123456789012";
+const TARGET_ACCOUNT: &str = "222222222222";
+const ROLE: &str = "arn:aws:iam::222222222222:role/dr";
+const TARGET_AZ: &str = "eu-west-1a";
+const SID_PREFIX: &str = "SnapferryShare-";
+/// The tag every resource a run creates carries, with its step.
+const TAG_PLAN: &str = "snapferry:plan";
+const TAG_RUN: &str = "snapferry:run";
+const TAG_SOURCE_VOLUME: &str = "snapferry:source-volume";
+const TAG_STEP: &str = "snapferry:step";
+
+/// Put in front of every Python script: clients for both accounts, JSON in and out.
+/// argv: endpoint, JSON arguments.
+const PRELUDE: &str = r#"
+import sys, json, boto3
+EP = sys.argv[1]
+ARGS = json.loads(sys.argv[2])
+def client(svc, region="us-east-1", creds=None):
+    creds = creds or {"AccessKeyId": "testing", "SecretAccessKey": "testing"}
+    return boto3.client(svc, endpoint_url=EP, region_name=region,
+                        aws_access_key_id=creds["AccessKeyId"],
+                        aws_secret_access_key=creds["SecretAccessKey"],
+                        aws_session_token=creds.get("SessionToken"))
+_role = []
+def target(svc, region="eu-west-1"):
+    if not _role:
+        _role.append(client("sts").assume_role(
+            RoleArn="arn:aws:iam::222222222222:role/dr", RoleSessionName="e2e-check")["Credentials"])
+    return client(svc, region, _role[0])
+def tags(x):
+    return {t["Key"]: t["Value"] for t in x.get("Tags") or []}
+def out(v):
+    print(json.dumps(v, default=str))
+"#;
+
+/// The source key (alias/share), volumes of the kinds asked for, and the target key
+/// alias/dr: in the target account (`cross`), the source account (`same`) or nowhere.
+const SEED: &str = r#"
+kms = client("kms")
+src = kms.create_key(Description="e2e source")["KeyMetadata"]
+kms.create_alias(AliasName="alias/share", TargetKeyId=src["KeyId"])
+ec2 = client("ec2")
+vols = []
+for i, kind in enumerate(ARGS["volumes"]):
+    kw = dict(Size=8, AvailabilityZone="us-east-1a", VolumeType="gp3", TagSpecifications=[
+        {"ResourceType": "volume", "Tags": [{"Key": "Name", "Value": "e2e-%s-%d" % (kind, i)}]}])
+    if kind == "cmk":
+        kw.update(Encrypted=True, KmsKeyId=src["Arn"])
+    elif kind == "ebs":
+        kw.update(Encrypted=True, KmsKeyId="alias/aws/ebs")
+    vols.append(ec2.create_volume(**kw)["VolumeId"])
+dst = None
+if ARGS["target_key"] == "cross":
+    dst = target("kms").create_key(Description="e2e target")["KeyMetadata"]["Arn"]
+    target("kms").create_alias(AliasName="alias/dr", TargetKeyId=dst)
+elif ARGS["target_key"] == "same":
+    dst = client("kms", "eu-west-1").create_key(Description="e2e target")["KeyMetadata"]["Arn"]
+    client("kms", "eu-west-1").create_alias(AliasName="alias/dr", TargetKeyId=dst)
+out({"volumes": vols, "source_key": src["Arn"], "target_key": dst})
+"#;
+
+/// Everything there is to count: snapshots and volumes of both accounts in both
+/// regions, and the source key's policy.
+const INVENTORY: &str = r#"
+def snaps(c):
+    return [{"id": s["SnapshotId"], "state": s["State"], "kms": s.get("KmsKeyId"),
+             "encrypted": s.get("Encrypted"), "tags": tags(s)}
+            for s in c.describe_snapshots(OwnerIds=["self"])["Snapshots"]]
+def vols(c):
+    return [{"id": v["VolumeId"], "state": v["State"], "kms": v.get("KmsKeyId"),
+             "az": v["AvailabilityZone"], "snapshot": v.get("SnapshotId"), "tags": tags(v)}
+            for v in c.describe_volumes()["Volumes"]]
+out({
+    "source_snapshots": snaps(client("ec2")) + snaps(client("ec2", "eu-west-1")),
+    "source_volumes_eu": vols(client("ec2", "eu-west-1")),
+    "target_snapshots": snaps(target("ec2")) + snaps(target("ec2", "us-east-1")),
+    "target_volumes": vols(target("ec2")),
+    "policy": json.loads(client("kms").get_key_policy(KeyId=ARGS["key"], PolicyName="default")["Policy"]),
+})
+"#;
+
+/// What the seed script made.
+struct Seed {
+    volumes: Vec<String>,
+    source_key: String,
+    target_key: Option<String>,
+}
+
+/// Where the target volumes go in a plan.
+#[derive(Clone, Copy, PartialEq)]
+enum Target {
+    /// Account 222222222222 through the role, eu-west-1.
+    Cross,
+    /// The source account, eu-west-1: no role, no share.
+    Same,
+}
+
+/// One finished invocation of the binary.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{}", self.show()))
+    }
+
+    fn show(&self) -> String {
+        format!("exit {}\n--- stdout\n{}\n--- stderr\n{}", self.code, self.stdout, self.stderr)
+    }
+
+    fn expect(&self, code: i32) -> &Run {
+        assert_eq!(self.code, code, "unexpected exit code\n{}", self.show());
+        self
+    }
+}
+
+/// A moto server, a temporary directory for plans and state, and the credentials the
+/// binary runs with.
+struct Rig {
+    moto: Moto,
+    dir: tempfile::TempDir,
+    secret: String,
+    session_token: Option<String>,
+}
+
+impl Rig {
+    fn start(flags: &[&str]) -> Rig {
+        let moto = Moto::start_with(flags);
+        let dir = tempfile::tempdir().expect("temporary directory");
+        fs::write(dir.path().join("aws-config"), "").unwrap();
+        fs::write(dir.path().join("aws-credentials"), "").unwrap();
+        Rig { moto, dir, secret: "testing".into(), session_token: None }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.path("state")
+    }
+
+    /// Runs PRELUDE + `body` with boto3 against the server; `body` prints one JSON value.
+    fn py(&self, body: &str, args: Value) -> Value {
+        let python = std::env::var("SNAPFERRY_TEST_PYTHON").unwrap_or_else(|_| "python3".to_string());
+        let mut cmd = Command::new(&python);
+        for var in ["AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ROLE_ARN"] {
+            cmd.env_remove(var);
+        }
+        let out = cmd
+            .arg("-c")
+            .arg(format!("{PRELUDE}\n{body}"))
+            .arg(&self.moto.endpoint)
+            .arg(args.to_string())
+            .env("AWS_CONFIG_FILE", self.path("aws-config"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", self.path("aws-credentials"))
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
+        assert!(
+            out.status.success(),
+            "boto3 script failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("boto3 script printed no JSON ({e}): {text}"))
+    }
+
+    /// Creates the keys and volumes (`cmk`, `ebs` or `plain` each).
+    fn seed(&self, kinds: &[&str], target: Option<Target>) -> Seed {
+        let target_key = match target {
+            Some(Target::Cross) => "cross",
+            Some(Target::Same) => "same",
+            None => "none",
+        };
+        let v = self.py(SEED, json!({"volumes": kinds, "target_key": target_key}));
+        Seed {
+            volumes: v["volumes"].as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_owned()).collect(),
+            source_key: v["source_key"].as_str().unwrap().to_owned(),
+            target_key: v["target_key"].as_str().map(str::to_owned),
+        }
+    }
+
+    fn inventory(&self, seed: &Seed) -> Value {
+        self.py(INVENTORY, json!({"key": seed.source_key}))
+    }
+
+    /// Writes a plan and returns its path.
+    fn plan(&self, name: &str, volumes: &[String], target: Target, cleanup: Option<bool>) -> PathBuf {
+        let mut y = format!(
+            "version: 1\nname: {name}\nsource:\n  region: us-east-1\n  account: \"{SOURCE_ACCOUNT}\"\n  \
+             kms_key: alias/share\ntarget:\n  region: eu-west-1\n"
+        );
+        if target == Target::Cross {
+            y.push_str(&format!("  account: \"{TARGET_ACCOUNT}\"\n  role_arn: {ROLE}\n"));
+        }
+        y.push_str(&format!("  kms_key: alias/dr\n  availability_zone: {TARGET_AZ}\nvolumes:\n"));
+        for (i, v) in volumes.iter().enumerate() {
+            y.push_str(&format!("  - id: {v}\n    tags: {{Name: dr-{i}}}\n"));
+        }
+        y.push_str("options:\n  tags: {Owner: sre}\n");
+        if let Some(c) = cleanup {
+            y.push_str(&format!("  cleanup: {c}\n"));
+        }
+        let path = self.path(&format!("{name}.yaml"));
+        fs::write(&path, y).unwrap();
+        path
+    }
+
+    /// The binary with nothing of the developer's AWS setup: the server's endpoint,
+    /// test credentials, empty config files, the rig's state dir and JSON output.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_snapferry"));
+        cmd.env_clear()
+            .args(args)
+            .args(["--state-dir", self.state_dir().to_str().unwrap(), "--format", "json"])
+            .env("HOME", self.dir.path())
+            .env("AWS_ENDPOINT_URL", &self.moto.endpoint)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", &self.secret)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_CONFIG_FILE", self.path("aws-config"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", self.path("aws-credentials"))
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .stdin(Stdio::null());
+        if let Some(t) = &self.session_token {
+            cmd.env("AWS_SESSION_TOKEN", t);
+        }
+        cmd
+    }
+
+    fn snapferry(&self, args: &[&str]) -> Run {
+        Run::from(self.command(args).output().expect("run snapferry"))
+    }
+
+    /// Starts the binary in the background, its output thrown away.
+    fn spawn(&self, args: &[&str]) -> Child {
+        self.command(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start snapferry")
+    }
+}
+
+fn arg(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// What a plan's runs made, from an inventory list, optionally of one step and one
+/// source volume.
+fn made<'a>(list: &'a Value, plan: &str, step: Option<&str>, source: Option<&str>) -> Vec<&'a Value> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["tags"][TAG_PLAN] == plan)
+        .filter(|r| step.is_none_or(|s| r["tags"][TAG_STEP] == s))
+        .filter(|r| source.is_none_or(|s| r["tags"][TAG_SOURCE_VOLUME] == s))
+        .collect()
+}
+
+/// The key policy's statements snapferry added.
+fn grants(inventory: &Value) -> Vec<&Value> {
+    inventory["policy"]["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["Sid"].as_str().is_some_and(|sid| sid.starts_with(SID_PREFIX)))
+        .collect()
+}
+
+fn count(calls: &Value, action: &str) -> u64 {
+    calls[action].as_u64().unwrap_or(0)
+}
+
+/// Checks a run that succeeded: every source volume ends as exactly one completed copy
+/// and one target volume under the target key, tagged as the contract says, and no
+/// source-side snapshot of the plan is left.
+fn assert_copied(inv: &Value, report: &Value, seed: &Seed, plan: &str, target: Target) {
+    let run_id = report["run_id"].as_str().unwrap();
+    let target_key = seed.target_key.as_deref().unwrap();
+    let (snaps, vols) = match target {
+        Target::Cross => (&inv["target_snapshots"], &inv["target_volumes"]),
+        Target::Same => (&inv["source_snapshots"], &inv["source_volumes_eu"]),
+    };
+    assert_eq!(report["status"], "succeeded", "{report:#}");
+    let volumes = report["volumes"].as_array().unwrap();
+    assert_eq!(volumes.len(), seed.volumes.len(), "{report:#}");
+    for (i, src) in seed.volumes.iter().enumerate() {
+        let entry = volumes.iter().find(|v| v["source_volume"] == src.as_str()).expect("volume in the report");
+        assert_eq!(entry["status"], "succeeded", "{entry:#}");
+        assert!(entry["error"].is_null(), "{entry:#}");
+
+        let copies = made(snaps, plan, Some("copy"), Some(src));
+        assert_eq!(copies.len(), 1, "copies of {src}: {copies:#?}");
+        let copy = copies[0];
+        assert_eq!(copy["state"], "completed", "{copy:#}");
+        assert_eq!(copy["kms"], target_key, "{copy:#}");
+        assert_eq!(entry["target_snapshot"], copy["id"], "{entry:#}");
+
+        let targets = made(vols, plan, Some("volume"), Some(src));
+        assert_eq!(targets.len(), 1, "target volumes of {src}: {targets:#?}");
+        let vol = targets[0];
+        assert_eq!(vol["kms"], target_key, "{vol:#}");
+        assert_eq!(vol["az"], TARGET_AZ, "{vol:#}");
+        assert_eq!(vol["snapshot"], copy["id"], "{vol:#}");
+        assert_eq!(entry["target_volume"], vol["id"], "{entry:#}");
+
+        for r in [copy, vol] {
+            assert_eq!(r["tags"][TAG_RUN], run_id, "{r:#}");
+            assert_eq!(r["tags"]["Owner"], "sre", "{r:#}");
+        }
+        assert_eq!(vol["tags"]["Name"], format!("dr-{i}"), "{vol:#}");
+    }
+    let left = made(&inv["source_snapshots"], plan, None, None);
+    let left: Vec<_> = left.into_iter().filter(|s| s["tags"][TAG_STEP] != "copy").collect();
+    assert!(left.is_empty(), "source-side snapshots left: {left:#?}");
+    // Nothing else of this plan anywhere: one copy and one volume per source volume.
+    assert_eq!(made(snaps, plan, None, None).len(), seed.volumes.len(), "{snaps:#}");
+    assert_eq!(made(vols, plan, None, None).len(), seed.volumes.len(), "{vols:#}");
+}
+
+/// A small reproducible generator for the kill times.
+struct Rng(u64);
+
+impl Rng {
+    fn next_f64(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+const THREE: [&str; 3] = ["cmk", "ebs", "plain"];
+
+#[test]
+fn cross_account_cross_region_copy() {
+    let rig = Rig::start(&[]);
+    let seed = rig.seed(&THREE, Some(Target::Cross));
+    let plan = rig.plan("e2e-cross", &seed.volumes, Target::Cross, None);
+    let before = grants(&rig.inventory(&seed)).len();
+    assert_eq!(before, 0);
+
+    let run = rig.snapferry(&["run", arg(&plan)]);
+    run.expect(0);
+    let report = run.json();
+    let inv = rig.inventory(&seed);
+    assert_copied(&inv, &report, &seed, "e2e-cross", Target::Cross);
+    let added = grants(&inv);
+    assert_eq!(added.len(), 1, "{:#}", inv["policy"]);
+    let statements = inv["policy"]["Statement"].as_array().unwrap().len();
+    // The source side keeps no volume of its own in the target region.
+    assert!(made(&inv["source_volumes_eu"], "e2e-cross", None, None).is_empty());
+
+    // A second run of the plan (a new copy, as a schedule would do) edits no policy.
+    rig.moto.reset_calls();
+    let again = rig.snapferry(&["run", arg(&plan)]);
+    again.expect(0);
+    assert_eq!(again.json()["status"], "succeeded");
+    assert_eq!(count(&rig.moto.calls(), "kms:PutKeyPolicy"), 0, "{:#}", rig.moto.calls());
+    let inv = rig.inventory(&seed);
+    assert_eq!(grants(&inv), added, "{:#}", inv["policy"]);
+    assert_eq!(inv["policy"]["Statement"].as_array().unwrap().len(), statements);
+}
+
+#[test]
+fn same_account_cross_region_copy() {
+    let rig = Rig::start(&[]);
+    let seed = rig.seed(&THREE, Some(Target::Same));
+    let plan = rig.plan("e2e-same", &seed.volumes, Target::Same, None);
+    rig.moto.reset_calls();
+
+    let run = rig.snapferry(&["run", arg(&plan)]);
+    run.expect(0);
+    let calls = rig.moto.calls();
+    for action in ["ec2:ModifySnapshotAttribute", "sts:AssumeRole", "kms:PutKeyPolicy"] {
+        assert_eq!(count(&calls, action), 0, "{action}: {calls:#}");
+    }
+    let by_account = rig.moto.calls_view("by-account");
+    assert!(by_account.get(TARGET_ACCOUNT).is_none(), "{by_account:#}");
+    let inv = rig.inventory(&seed);
+    assert_copied(&inv, &run.json(), &seed, "e2e-same", Target::Same);
+    assert!(grants(&inv).is_empty(), "{:#}", inv["policy"]);
+    assert!(made(&inv["target_volumes"], "e2e-same", None, None).is_empty());
+}
+
+#[test]
+fn missing_target_key_stops_in_preflight() {
+    let rig = Rig::start(&[]);
+    let seed = rig.seed(&THREE, None);
+    let plan = rig.plan("e2e-nokey", &seed.volumes, Target::Cross, None);
+    rig.moto.reset_calls();
+
+    let run = rig.snapferry(&["run", arg(&plan)]);
+    run.expect(2);
+    assert!(run.stdout.contains("alias/dr") && run.stderr.contains("alias/dr"), "{}", run.show());
+    assert_eq!(run.json()["exit_code"], 2);
+    assert_eq!(rig.moto.calls_view("mutating"), json!({}), "{}", run.show());
+
+    rig.py(
+        r#"k = target("kms").create_key(Description="e2e target")["KeyMetadata"]
+target("kms").create_alias(AliasName="alias/dr", TargetKeyId=k["KeyId"])
+out(k["Arn"])"#,
+        json!({}),
+    );
+    let run = rig.snapferry(&["run", arg(&plan)]);
+    run.expect(0);
+    assert_eq!(run.json()["status"], "succeeded");
+}
+
+#[test]
+fn source_key_denied_then_fixed() {
+    let rig = Rig::start(&[]);
+    let seed = rig.seed(&THREE, Some(Target::Cross));
+    let plan = rig.plan("e2e-deny", &seed.volumes, Target::Cross, None);
+    // An explicit Deny for the target account: no Allow snapferry adds can help.
+    rig.py(
+        r#"kms = client("kms")
+p = json.loads(kms.get_key_policy(KeyId=ARGS["key"], PolicyName="default")["Policy"])
+p["Statement"].append({"Sid": "DenyDr", "Effect": "Deny", "Principal": {"AWS": "arn:aws:iam::222222222222:root"},
+                       "Action": "kms:*", "Resource": "*"})
+kms.put_key_policy(KeyId=ARGS["key"], PolicyName="default", Policy=json.dumps(p))
+out(True)"#,
+        json!({"key": seed.source_key}),
+    );
+
+    let run = rig.snapferry(&["run", arg(&plan)]);
+    run.expect(1);
+    let report = run.json();
+    assert_eq!(report["status"], "failed", "{report:#}");
+    let volumes = report["volumes"].as_array().unwrap();
+    assert_eq!(volumes.len(), 3);
+    for v in volumes {
+        assert_eq!(v["status"], "failed", "{v:#}");
+        let error = v["error"].as_str().unwrap_or_default();
+        assert!(error.contains("Given key ID is not accessible"), "{v:#}");
+    }
+    let inv = rig.inventory(&seed);
+    let errored = made(&inv["target_snapshots"], "e2e-deny", Some("copy"), None);
+    assert_eq!(errored.len(), 3, "{errored:#?}");
+    assert!(errored.iter().all(|s| s["state"] == "error"), "{errored:#?}");
+
+    rig.py(
+        r#"kms = client("kms")
+p = json.loads(kms.get_key_policy(KeyId=ARGS["key"], PolicyName="default")["Policy"])
+p["Statement"] = [s for s in p["Statement"] if s.get("Sid") != "DenyDr"]
+kms.put_key_policy(KeyId=ARGS["key"], PolicyName="default", Policy=json.dumps(p))
+out(True)"#,
+        json!({"key": seed.source_key}),
+    );
+    let run = rig.snapferry(&["run", arg(&plan)]);
+    run.expect(0);
+    let report = run.json();
+    let inv = rig.inventory(&seed);
+    // The copies in error were deleted before the step was issued again.
+    assert_copied(&inv, &report, &seed, "e2e-deny", Target::Cross);
+    assert_eq!(grants(&inv).len(), 1, "{:#}", inv["policy"]);
+}
+
+#[test]
+fn kill_nine_at_random_moments_then_resume() {
+    let rig = Rig::start(&[
+        "--snapshot-pending-seconds",
+        "1.5",
+        "--copy-pending-seconds",
+        "2.5",
+        "--volume-pending-seconds",
+        "1",
+    ]);
+    let seed = rig.seed(&THREE, Some(Target::Cross));
+    let plan = rig.plan("e2e-kill", &seed.volumes, Target::Cross, None);
+    let mut rng = Rng(0x5eed_cafe_f00d_0001);
+    let mut kills = vec![];
+    for _ in 0..5 {
+        let after = Duration::from_secs_f64(0.3 + 2.2 * rng.next_f64());
+        let mut child = rig.spawn(&["run", arg(&plan)]);
+        std::thread::sleep(after);
+        let status = match child.try_wait().unwrap() {
+            Some(status) => status,
+            None => {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap()
+            }
+        };
+        kills.push(format!("{:.2}s: {status}", after.as_secs_f64()));
+    }
+    let started = Instant::now();
+    let run = rig.snapferry(&["run", arg(&plan)]);
+    eprintln!("kills: {kills:?}; final run took {:.1}s", started.elapsed().as_secs_f64());
+    run.expect(0);
+    let inv = rig.inventory(&seed);
+    assert_copied(&inv, &run.json(), &seed, "e2e-kill", Target::Cross);
+    assert_eq!(grants(&inv).len(), 1, "{:#}", inv["policy"]);
+}
+
+#[test]
+fn throttled_ec2_calls_are_retried() {
+    let rig = Rig::start(&[]);
+    let seed = rig.seed(&THREE, Some(Target::Cross));
+    let plan = rig.plan("e2e-throttle", &seed.volumes, Target::Cross, None);
+    rig.moto.reset_calls();
+    rig.moto.configure(json!({"throttle_rate": 0.25, "throttle_seed": 42}));
+
+    let run = rig.snapferry(&["run", arg(&plan)]);
+    let throttled = rig.moto.calls_view("throttled");
+    rig.moto.configure(json!({"throttle_rate": 0.0}));
+    run.expect(0);
+    let total: u64 = throttled.as_object().unwrap().values().filter_map(Value::as_u64).sum();
+    assert!(total > 0, "nothing was throttled: {throttled:#}");
+    eprintln!("throttled: {throttled}");
+    let inv = rig.inventory(&seed);
+    assert_copied(&inv, &run.json(), &seed, "e2e-throttle", Target::Cross);
+}
+
+/// Every file under `dir`, recursively.
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for entry in fs::read_dir(dir).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_dir() { out.extend(files(&p)) } else { out.push(p) }
+    }
+    out
+}
+
+#[test]
+fn no_credential_in_state_or_output() {
+    let mut rig = Rig::start(&[]);
+    rig.secret = "sf-secret-XYZ-4f1c9a7e2b8d6035".into();
+    rig.session_token = Some("sf-token-XYZ-9b2e7c4d1a6f8035".into());
+    let seed = rig.seed(&THREE, Some(Target::Cross));
+    let one = rig.plan("e2e-secret-v", &seed.volumes[..1], Target::Cross, None);
+    let all = rig.plan("e2e-secret-vv", &seed.volumes, Target::Cross, None);
+
+    let v = rig.snapferry(&["-v", "run", arg(&one)]);
+    v.expect(0);
+    let vv = rig.snapferry(&["-vv", "run", arg(&all)]);
+    vv.expect(0);
+    let status = rig.snapferry(&["-vv", "status"]);
+    status.expect(0);
+    // The logs really are verbose: a quiet log proves nothing.
+    assert!(v.stderr.contains("DEBUG"), "{}", v.show());
+    assert!(vv.stderr.contains("TRACE"), "{}", &vv.stderr[..vv.stderr.len().min(2000)]);
+
+    // Every secret in play: the source credentials and what AssumeRole handed out.
+    let issued = rig.py(
+        r#"import urllib.request
+d = json.loads(urllib.request.urlopen(EP + "/moto-api/data.json").read())
+out([x for r in d["sts"]["AssumedRole"] for x in (r["secret_access_key"], r["session_token"])])"#,
+        json!({}),
+    );
+    let mut secrets: Vec<String> = issued.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_owned()).collect();
+    assert!(secrets.len() >= 4, "the runs assumed the role: {issued}");
+    secrets.push(rig.secret.clone());
+    secrets.push(rig.session_token.clone().unwrap());
+    // moto's session tokens all begin so; no fragment of one may show either.
+    secrets.push("FQoGZXIvYXdzEBYaD".into());
+
+    let state = files(&rig.state_dir());
+    assert!(state.len() >= 4, "{state:?}");
+    let mut places: Vec<(String, String)> = state
+        .iter()
+        .map(|p| (p.display().to_string(), String::from_utf8_lossy(&fs::read(p).unwrap()).into_owned()))
+        .collect();
+    for (name, r) in [("-v", &v), ("-vv", &vv), ("status", &status)] {
+        places.push((format!("{name} stdout"), r.stdout.clone()));
+        places.push((format!("{name} stderr"), r.stderr.clone()));
+    }
+    for (place, text) in &places {
+        for s in &secrets {
+            assert!(!text.contains(s.as_str()), "{place} holds a credential ({}...)", &s[..12]);
+        }
+    }
+}
+
+#[test]
+fn dry_run_changes_nothing_and_offline_calls_nothing() {
+    let rig = Rig::start(&[]);
+    let seed = rig.seed(&THREE, Some(Target::Cross));
+    let plan = rig.plan("e2e-dry", &seed.volumes, Target::Cross, None);
+    rig.moto.reset_calls();
+
+    let run = rig.snapferry(&["run", arg(&plan), "--dry-run"]);
+    run.expect(0);
+    assert_eq!(rig.moto.calls_view("mutating"), json!({}), "{:#}", rig.moto.calls());
+    let doc = run.json();
+    assert_eq!(doc["plan"], "e2e-dry");
+    assert_eq!(doc["steps"].as_array().map(Vec::len), Some(3), "{doc:#}");
+    let statement = &doc["key_policy"]["add_statement"];
+    assert!(statement["Sid"].as_str().is_some_and(|s| s.starts_with(SID_PREFIX)), "{doc:#}");
+    assert_eq!(doc["key_policy"]["key_arn"], seed.source_key.as_str());
+    assert_eq!(doc["key_policy"]["already_present"], false);
+    for part in ["source_caller", "target_role", "target_role_trust"] {
+        assert!(doc["iam"][part]["Statement"].is_array(), "iam.{part}: {doc:#}");
+    }
+    let inv = rig.inventory(&seed);
+    assert!(grants(&inv).is_empty());
+    assert!(made(&inv["source_snapshots"], "e2e-dry", None, None).is_empty());
+
+    rig.moto.reset_calls();
+    let offline = rig.snapferry(&["run", arg(&plan), "--dry-run", "--offline"]);
+    offline.expect(0);
+    assert_eq!(rig.moto.calls(), json!({}));
+    let doc = offline.json();
+    assert_eq!(doc["plan"], "e2e-dry");
+    assert!(doc["key_policy"]["add_statement"].is_object(), "{doc:#}");
+    assert!(doc["iam"]["target_role_trust"].is_object(), "{doc:#}");
+}
+
+#[test]
+fn cleanup_after_a_run_without_cleanup() {
+    let rig = Rig::start(&[]);
+    let seed = rig.seed(&THREE, Some(Target::Cross));
+    let plan = rig.plan("e2e-keep", &seed.volumes, Target::Cross, Some(false));
+
+    let run = rig.snapferry(&["run", arg(&plan)]);
+    run.expect(0);
+    let report = run.json();
+    let run_id = report["run_id"].as_str().unwrap().to_owned();
+    let inv = rig.inventory(&seed);
+    // One snapshot per volume, plus a re-encrypted one for the two not under the
+    // source key; all tagged with their step.
+    let left = made(&inv["source_snapshots"], "e2e-keep", None, None);
+    assert_eq!(left.len(), 5, "{left:#?}");
+    for s in &left {
+        assert_eq!(s["tags"][TAG_RUN], run_id.as_str());
+        assert!(s["tags"][TAG_STEP] == "snapshot" || s["tags"][TAG_STEP] == "reencrypt", "{s:#}");
+        assert!(seed.volumes.iter().any(|v| s["tags"][TAG_SOURCE_VOLUME] == v.as_str()), "{s:#}");
+    }
+    assert_eq!(made(&inv["source_snapshots"], "e2e-keep", Some("reencrypt"), None).len(), 2);
+    assert_eq!(grants(&inv).len(), 1);
+
+    let clean = rig.snapferry(&["cleanup", &run_id]);
+    clean.expect(0);
+    let summary = clean.json();
+    assert_eq!(summary["deleted_snapshots"].as_array().map(Vec::len), Some(5), "{summary:#}");
+    assert_eq!(summary["grant"], "revoked", "{summary:#}");
+    let inv = rig.inventory(&seed);
+    assert!(made(&inv["source_snapshots"], "e2e-keep", None, None).is_empty());
+    assert!(grants(&inv).is_empty(), "{:#}", inv["policy"]);
+    // What the run was for stays.
+    assert_eq!(made(&inv["target_volumes"], "e2e-keep", None, None).len(), 3);
+}
+
+#[test]
+fn envelope_round_trip_one_kms_call_each_way() {
+    let rig = Rig::start(&[]);
+    rig.seed(&[], None);
+    let input = rig.path("data.bin");
+    let sealed = rig.path("data.bin.sf");
+    let back = rig.path("data.back");
+    let mut rng = Rng(0xe4e1_09e0);
+    let data: Vec<u8> = (0..3 * 1024 * 1024 + 17).map(|_| (rng.next_f64() * 256.0) as u8).collect();
+    fs::write(&input, &data).unwrap();
+
+    rig.moto.reset_calls();
+    rig.snapferry(&["envelope", "encrypt", "--key", "alias/share", arg(&input), arg(&sealed)]).expect(0);
+    assert_eq!(rig.moto.calls(), json!({"kms:GenerateDataKey": 1}));
+    let sealed_bytes = fs::read(&sealed).unwrap();
+    assert!(sealed_bytes.len() > data.len());
+    assert!(!sealed_bytes.windows(64).any(|w| w == &data[..64]), "plaintext in the output");
+
+    rig.moto.reset_calls();
+    rig.snapferry(&["envelope", "decrypt", arg(&sealed), arg(&back)]).expect(0);
+    assert_eq!(rig.moto.calls(), json!({"kms:Decrypt": 1}));
+    assert!(fs::read(&back).unwrap() == data, "round trip changed the data");
+}
+
+#[test]
+fn second_run_of_a_plan_while_the_first_runs_exits_3() {
+    let rig = Rig::start(&["--snapshot-pending-seconds", "30"]);
+    let seed = rig.seed(&["cmk"], Some(Target::Cross));
+    let plan = rig.plan("e2e-lock", &seed.volumes, Target::Cross, None);
+    let mut first = rig.spawn(&["run", arg(&plan)]);
+    let started = Instant::now();
+    while count(&rig.moto.calls(), "ec2:CreateSnapshot") == 0 {
+        assert!(first.try_wait().unwrap().is_none(), "the first run ended early");
+        assert!(started.elapsed() < Duration::from_secs(30), "the first run never snapshotted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    rig.moto.reset_calls();
+    let second = rig.snapferry(&["run", arg(&plan)]);
+    let still_running = first.try_wait().unwrap().is_none();
+    let _ = first.kill();
+    let _ = first.wait();
+    assert!(still_running, "the first run ended before the second started");
+    second.expect(3);
+    assert_eq!(second.json()["exit_code"], 3);
+    assert!(second.stderr.contains("e2e-lock"), "{}", second.show());
+    assert_eq!(rig.moto.calls(), json!({}), "the second run reached AWS");
+}
+
+#[test]
+fn clear_text_endpoint_off_loopback_is_refused() {
+    let rig = Rig::start(&[]);
+    let plan = rig.plan("e2e-tls", &["vol-0123456789abcdef0".to_owned()], Target::Cross, None);
+    let bad = "http://10.0.0.1:9";
+    let cases: Vec<(&str, Command)> = vec![
+        ("--endpoint-url", {
+            let mut c = rig.command(&["run", arg(&plan), "--endpoint-url", bad]);
+            c.env("AWS_ENDPOINT_URL", &rig.moto.endpoint);
+            c
+        }),
+        ("AWS_ENDPOINT_URL", {
+            let mut c = rig.command(&["run", arg(&plan)]);
+            c.env("AWS_ENDPOINT_URL", bad);
+            c
+        }),
+        ("AWS_ENDPOINT_URL_EC2", {
+            let mut c = rig.command(&["run", arg(&plan)]);
+            c.env("AWS_ENDPOINT_URL_EC2", bad);
+            c
+        }),
+        ("dry run", {
+            let mut c = rig.command(&["run", arg(&plan), "--dry-run", "--endpoint-url", bad]);
+            c.env("AWS_ENDPOINT_URL", &rig.moto.endpoint);
+            c
+        }),
+        ("envelope", {
+            let mut c = rig.command(&["envelope", "encrypt", "--key", "alias/share", arg(&plan), "/dev/null"]);
+            c.env("AWS_ENDPOINT_URL", bad);
+            c
+        }),
+    ];
+    for (name, mut cmd) in cases {
+        let started = Instant::now();
+        let run = Run::from(cmd.output().unwrap());
+        assert_eq!(run.code, 2, "{name}\n{}", run.show());
+        assert!(run.stderr.contains("10.0.0.1"), "{name}\n{}", run.show());
+        // Refused before any connection attempt (which would take the connect timeout).
+        assert!(started.elapsed() < Duration::from_secs(5), "{name} took {:?}", started.elapsed());
+        assert_eq!(rig.moto.calls(), json!({}), "{name} reached the loopback server");
+    }
+}
+
+#[test]
+fn twenty_volumes_calls_per_volume() {
+    let (snapshot_s, copy_s, volume_s) = (2.0, 3.0, 2.0);
+    let rig = Rig::start(&[
+        "--snapshot-pending-seconds",
+        &snapshot_s.to_string(),
+        "--copy-pending-seconds",
+        &copy_s.to_string(),
+        "--volume-pending-seconds",
+        &volume_s.to_string(),
+    ]);
+    // A fleet as found: half under the shared key, a quarter each under aws/ebs and
+    // unencrypted (those two are re-encrypted first: one more copy each).
+    let kinds: Vec<&str> = (0..20).map(|i| ["ebs", "plain", "cmk", "cmk"][i % 4]).collect();
+    let seed = rig.seed(&kinds, Some(Target::Cross));
+    let plan = rig.plan("e2e-fleet", &seed.volumes, Target::Cross, None);
+    rig.moto.reset_calls();
+
+    let started = Instant::now();
+    let run = rig.snapferry(&["run", arg(&plan)]);
+    let wall = started.elapsed().as_secs_f64();
+    run.expect(0);
+    let calls = rig.moto.calls();
+    let inv = rig.inventory(&seed);
+    assert_copied(&inv, &run.json(), &seed, "e2e-fleet", Target::Cross);
+
+    let n = seed.volumes.len() as f64;
+    let total: u64 = calls.as_object().unwrap().values().filter_map(Value::as_u64).sum();
+    let reencrypted = kinds.iter().filter(|k| **k != "cmk").count() as f64;
+    let per_volume_chain = snapshot_s + copy_s + volume_s;
+    let pending_sum = n * per_volume_chain + reencrypted * copy_s;
+    eprintln!("20 volumes: API calls per volume by action:");
+    for (action, c) in calls.as_object().unwrap() {
+        eprintln!("  {action:<32} {:>6.2}  ({c})", c.as_u64().unwrap_or(0) as f64 / n);
+    }
+    eprintln!("  {:<32} {:>6.2}  ({total})", "total", total as f64 / n);
+    eprintln!(
+        "wall time {wall:.1}s; pending time of one volume's chain {per_volume_chain:.0}s \
+         ({:.0}s when re-encrypted); sum over all volumes {pending_sum:.0}s",
+        per_volume_chain + copy_s
+    );
+    assert!((total as f64 / n) < 12.0, "{:.2} calls per volume: {calls:#}", total as f64 / n);
+}
