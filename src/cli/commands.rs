@@ -125,6 +125,7 @@ async fn run(args: &RunArgs) -> Result<u8, Failure> {
         plan_file: args.plan.display().to_string(),
         run_id,
         simulated: args.common.simulate,
+        progress: render::progress_bar(format),
     };
     let result = exec::run(cfg, env, shutdown_signal()).await;
     connected.save()?;

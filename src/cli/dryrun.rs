@@ -233,6 +233,7 @@ fn volume_steps(plan: &Plan, cross: bool, reencrypt: Option<bool>) -> Vec<&'stat
 }
 
 fn text(doc: &Value) -> String {
+    let st = |v: &Value| v.as_str().unwrap_or("").to_owned();
     use std::fmt::Write as _;
     let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
     let mut s = String::new();
@@ -245,17 +246,24 @@ fn text(doc: &Value) -> String {
     let _ = writeln!(
         s,
         "\nsource: account {} region {} key {}",
-        doc["source"]["account"], doc["source"]["region"], doc["source"]["kms_key"]
+        st(&doc["source"]["account"]),
+        st(&doc["source"]["region"]),
+        st(&doc["source"]["kms_key"])
     );
     let _ = writeln!(
         s,
         "target: account {} region {} key {}",
-        doc["target"]["account"], doc["target"]["region"], doc["target"]["kms_key"]
+        st(&doc["target"]["account"]),
+        st(&doc["target"]["region"]),
+        st(&doc["target"]["kms_key"])
     );
     let _ = writeln!(s, "\n== steps per volume");
     for v in doc["steps"].as_array().into_iter().flatten() {
-        let who =
-            v.get("source_volume").map(|x| x.to_string()).unwrap_or_else(|| format!("selector {}", v["selector"]));
+        let who = v
+            .get("source_volume")
+            .and_then(|x| x.as_str())
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("selector {}", v["selector"]));
         let steps: Vec<&str> = v["steps"].as_array().into_iter().flatten().filter_map(|x| x.as_str()).collect();
         let _ = writeln!(s, "  {who}: {}", steps.join(" -> "));
     }

@@ -94,9 +94,9 @@ pub fn runs_text(runs: &[RunRecord]) -> String {
             "{:<48} {:<12} {:>6} {:>6} {:>6}  {}{}",
             r.meta.run_id,
             r.meta.status.as_str(),
-            c["succeeded"],
-            c["failed"],
-            c["total"],
+            c["succeeded"].as_u64().unwrap_or(0),
+            c["failed"].as_u64().unwrap_or(0),
+            c["total"].as_u64().unwrap_or(0),
             ts(r.meta.updated_ms),
             if r.meta.cleaned_up { " (cleaned up)" } else { "" }
         );
@@ -191,4 +191,41 @@ pub fn write_metrics(path: &Path, plan: &Plan, runs: &[RunRecord]) -> std::io::R
     let tmp = path.with_extension("prom.tmp");
     std::fs::write(&tmp, s)?;
     std::fs::rename(tmp, path)
+}
+
+/// A progress bar on stderr when it is a terminal and the output is for people; plain
+/// log lines otherwise (CI, pipes, `--format json`).
+pub fn progress_bar(format: super::Format) -> Option<std::sync::Arc<dyn crate::exec::Progress>> {
+    use std::io::IsTerminal;
+    if format != super::Format::Text || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} volumes done {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(250));
+    Some(std::sync::Arc::new(Bar(bar)))
+}
+
+struct Bar(indicatif::ProgressBar);
+
+impl crate::exec::Progress for Bar {
+    fn update(&self, t: &crate::exec::Tally) {
+        self.0.set_length(t.total as u64);
+        self.0.set_position(t.done as u64);
+        let mut msg = format!("({} copying", t.copying);
+        if t.failed > 0 {
+            msg.push_str(&format!(", {} failed", t.failed));
+        }
+        msg.push(')');
+        self.0.set_message(msg);
+    }
+
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
 }

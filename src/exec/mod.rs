@@ -30,7 +30,7 @@ pub use cleanup::cleanup;
 pub use preflight::preflight;
 pub use preflight::{PreflightError, Resolved, SourceVolume};
 pub use report::{RunReport, VolumeReport};
-pub use runner::{RunConfig, run};
+pub use runner::{Progress, RunConfig, Tally, run};
 
 use crate::checkpoint::StoreError;
 use crate::clock::Clock;

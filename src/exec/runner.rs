@@ -37,7 +37,7 @@ const MAX_RETRIES: u32 = 30;
 const MISSING_GRACE_MS: i64 = 10 * 60_000;
 
 /// What to run.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RunConfig {
     pub plan: Plan,
     /// The plan file as the user named it, for the checkpoint and messages.
@@ -45,6 +45,24 @@ pub struct RunConfig {
     /// `--run-id`: resume that run if it exists, else start one with that id.
     pub run_id: Option<RunId>,
     pub simulated: bool,
+    /// Told how far the run is after every tick (a progress bar on a terminal).
+    pub progress: Option<std::sync::Arc<dyn Progress>>,
+}
+
+/// Where a run stands, for a progress display.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub total: usize,
+    pub done: usize,
+    pub failed: usize,
+    /// Volumes in a copy (queued, issued or waiting).
+    pub copying: usize,
+}
+
+/// A progress display. Called from the runner; must not block.
+pub trait Progress: Send + Sync {
+    fn update(&self, tally: &Tally);
+    fn finish(&self);
 }
 
 /// Runtime scheduling of one volume; not checkpointed.
@@ -201,10 +219,15 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
         copy_limit: plan.options.max_concurrent_copies as usize,
         rng: seed(&record.meta.run_id),
         poll_floor_ms: MIN_POLL_MS,
+        progress: cfg.progress.clone(),
         record,
         journal,
     };
-    let interrupted = r.drive(shutdown).await?;
+    let interrupted = r.drive(shutdown).await;
+    if let Some(p) = &r.progress {
+        p.finish();
+    }
+    let interrupted = interrupted?;
 
     let now = clock.now_ms();
     let all_done = r.record.volumes.iter().all(|v| v.step == Step::Done);
@@ -347,6 +370,7 @@ struct Runner {
     rng: u64,
     /// The shortest poll interval now, by how many volumes wait.
     poll_floor_ms: i64,
+    progress: Option<std::sync::Arc<dyn Progress>>,
 }
 
 /// A unit of work in one tick.
@@ -455,11 +479,27 @@ impl Runner {
                 self.absorb(index, &action, result, now)?;
             }
             self.journal.sync()?;
+            if let Some(p) = &self.progress {
+                p.update(&self.tally());
+            }
             if self.journal.wants_compaction() {
                 self.record.meta.updated_ms = now;
                 self.journal.compact(&self.record)?;
             }
         }
+    }
+
+    fn tally(&self) -> Tally {
+        let mut t = Tally { total: self.record.volumes.len(), ..Tally::default() };
+        for v in &self.record.volumes {
+            match v.step {
+                Step::Done => t.done += 1,
+                Step::Failed => t.failed += 1,
+                Step::Copy | Step::WaitCopy => t.copying += 1,
+                _ => {}
+            }
+        }
+        t
     }
 
     fn next_wake(&self, now: i64) -> i64 {

@@ -3,6 +3,7 @@
 //! and the binary end to end against moto's server.
 
 mod aws_adapter;
+mod cli;
 mod envelope;
 mod moto_e2e;
 mod plan;

@@ -62,7 +62,13 @@ impl Rig {
     }
 
     fn cfg(&self) -> RunConfig {
-        RunConfig { plan: self.plan.clone(), plan_file: "test.yaml".into(), run_id: None, simulated: true }
+        RunConfig {
+            plan: self.plan.clone(),
+            plan_file: "test.yaml".into(),
+            run_id: None,
+            simulated: true,
+            progress: None,
+        }
     }
 
     async fn run(&self) -> Result<RunReport, RunError> {

@@ -1,0 +1,228 @@
+//! The binary's outside, as the contract describes it, on the simulated AWS: exit
+//! codes, JSON documents, the dry-run's golden output, status, cleanup and envelope
+//! encryption. (The binary against moto is in `moto_e2e`.)
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_snapferry"));
+    // Nothing from the developer's environment may reach AWS or change the output.
+    for v in ["AWS_ENDPOINT_URL", "AWS_PROFILE", "SNAPFERRY_STATE_DIR", "SNAPFERRY_LOG", "AWS_REGION"] {
+        c.env_remove(v);
+    }
+    c
+}
+
+fn root(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+fn run(args: &[&str], dir: &Path) -> Output {
+    bin().args(args).current_dir(dir).output().expect("the binary runs")
+}
+
+fn json(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not one JSON document ({e}):\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    })
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+#[test]
+fn validate_accepts_the_examples_and_refuses_a_bad_plan_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    for p in ["plans/example.yaml", "plans/same-account.yaml", "plans/fleet.yaml"] {
+        let o = run(&["validate", root(p).to_str().unwrap()], dir.path());
+        assert_eq!(code(&o), 0, "{p}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "version: 1\nname: Bad_Name\nsource: {}\n").unwrap();
+    let o = run(&["validate", bad.to_str().unwrap(), "--format", "json"], dir.path());
+    assert_eq!(code(&o), 2);
+    let doc = json(&o);
+    assert_eq!(doc["status"], "invalid");
+    let errors = doc["errors"].as_array().unwrap();
+    assert!(errors.len() >= 3, "every problem at once: {errors:?}");
+    assert!(errors.iter().any(|e| e["field"] == "name" && e["line"] == 2), "{errors:?}");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("bad.yaml:2:"), "file:line in the message: {stderr}");
+}
+
+#[test]
+fn schema_is_a_json_schema_of_the_plan() {
+    let o = run(&["schema"], Path::new("."));
+    assert_eq!(code(&o), 0);
+    let doc = json(&o);
+    assert!(doc["properties"]["volumes"].is_object(), "{doc}");
+    assert!(doc["properties"]["source"].is_object());
+}
+
+#[test]
+fn simulated_run_prints_the_contract_report_and_status_reads_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = root("plans/example.yaml");
+    let o = run(&["run", plan.to_str().unwrap(), "--simulate", "--format", "json"], dir.path());
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let doc = json(&o);
+    assert_eq!(doc["plan"], "prod-db-dr");
+    assert_eq!(doc["status"], "succeeded");
+    let vols = doc["volumes"].as_array().unwrap();
+    assert_eq!(vols.len(), 3);
+    for v in vols {
+        for k in ["source_volume", "source_snapshot", "shared_snapshot", "target_snapshot", "target_volume"] {
+            assert!(v[k].as_str().is_some_and(|s| !s.is_empty()), "{k} in {v}");
+        }
+        assert_eq!(v["status"], "succeeded");
+        assert!(v["error"].is_null());
+    }
+    // The default state dir is .snapferry in the working directory.
+    assert!(dir.path().join(".snapferry/runs").is_dir());
+    let run_id = doc["run_id"].as_str().unwrap();
+    let o = run(&["status", run_id, "--format", "json"], dir.path());
+    assert_eq!(code(&o), 0);
+    assert_eq!(json(&o)["status"], "succeeded");
+    let o = run(&["status", "--format", "json"], dir.path());
+    assert_eq!(json(&o)["runs"].as_array().unwrap().len(), 1);
+    let o = run(&["status", "no-such-run"], dir.path());
+    assert_eq!(code(&o), 2);
+}
+
+#[test]
+fn state_dir_comes_from_the_option_or_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = root("plans/same-account.yaml");
+    let o = bin()
+        .args(["run", plan.to_str().unwrap(), "--simulate"])
+        .env("SNAPFERRY_STATE_DIR", dir.path().join("from-env"))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(dir.path().join("from-env/runs").is_dir());
+    assert!(!dir.path().join(".snapferry").exists());
+}
+
+#[test]
+fn dry_run_offline_matches_its_golden_output_and_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = root("plans/example.yaml");
+    for (format, golden) in [("json", "dry-run-offline.json"), ("text", "dry-run-offline.txt")] {
+        let o = run(&["run", plan.to_str().unwrap(), "--dry-run", "--offline", "--format", format], dir.path());
+        assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+        let got = String::from_utf8(o.stdout).unwrap();
+        let path = root(&format!("tests/fixtures/golden/{golden}"));
+        if std::env::var_os("SNAPFERRY_UPDATE_GOLDEN").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &got).unwrap();
+        }
+        let want = std::fs::read_to_string(&path).expect("golden file (SNAPFERRY_UPDATE_GOLDEN=1 writes it)");
+        assert_eq!(got, want, "dry-run {format} output changed; review and rerun with SNAPFERRY_UPDATE_GOLDEN=1");
+    }
+    assert!(!dir.path().join(".snapferry").exists(), "a dry-run writes no state");
+}
+
+#[test]
+fn dry_run_json_has_the_contract_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = root("plans/example.yaml");
+    let o = run(&["run", plan.to_str().unwrap(), "--dry-run", "--simulate", "--format", "json"], dir.path());
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let d = json(&o);
+    assert_eq!(d["plan"], "prod-db-dr");
+    assert!(d["steps"].as_array().is_some_and(|s| s.len() == 3));
+    assert!(d["key_policy"]["key_arn"].as_str().unwrap().starts_with("arn:aws:kms:us-east-1:111111111111:key/"));
+    assert_eq!(d["key_policy"]["already_present"], false);
+    assert_eq!(d["key_policy"]["add_statement"]["Principal"]["AWS"], "arn:aws:iam::222222222222:root");
+    for k in ["source_caller", "target_role", "target_role_trust"] {
+        assert!(d["iam"][k]["Statement"].is_array(), "iam.{k}: {}", d["iam"][k]);
+    }
+    let trust = d["iam"]["target_role_trust"].to_string();
+    assert!(trust.contains("sts:ExternalId") && trust.contains("dr-2026"), "{trust}");
+    let role = d["iam"]["target_role"].to_string();
+    assert!(role.contains("arn:aws:ec2:us-east-1::snapshot/*"), "the source snapshot ARN: {role}");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = root("plans/example.yaml");
+    let o = run(&["run", plan.to_str().unwrap(), "--endpoint-url", "http://10.1.2.3:4566"], dir.path());
+    assert_eq!(code(&o), 2);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("TLS"), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&["run", "/no/such/plan.yaml"], dir.path());
+    assert_eq!(code(&o), 2);
+    let o = run(&["frobnicate"], dir.path());
+    assert_eq!(code(&o), 2);
+    let o = run(&["run", plan.to_str().unwrap(), "--simulate", "--run-id", "bad id"], dir.path());
+    assert_eq!(code(&o), 2);
+}
+
+#[test]
+fn cleanup_removes_intermediates_and_the_grant() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(root("plans/example.yaml")).unwrap().replace("cleanup: true", "cleanup: false");
+    let plan = dir.path().join("plan.yaml");
+    std::fs::write(&plan, text).unwrap();
+    let o = run(&["run", plan.to_str().unwrap(), "--simulate", "--format", "json"], dir.path());
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let run_id = json(&o)["run_id"].as_str().unwrap().to_owned();
+    let o = run(&["cleanup", &run_id, "--simulate", "--format", "json"], dir.path());
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let c = json(&o);
+    assert_eq!(c["grant"], "revoked", "{c}");
+    assert!(c["deleted_snapshots"].as_array().unwrap().len() >= 3, "{c}");
+    let world: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join(".snapferry/simulated-aws/prod-db-dr.json")).unwrap())
+            .unwrap();
+    let snaps = world["snapshots"].as_object().unwrap();
+    assert!(snaps.values().all(|s| s["tags"]["snapferry:step"] == "copy"), "only the copies remain");
+    let key = world["keys"].as_array().unwrap().iter().find(|k| k["aliases"][0] == "prod-ebs-share").unwrap();
+    assert!(!key["policy"].as_str().unwrap().contains("SnapferryShare"), "statement removed");
+}
+
+#[test]
+fn envelope_round_trip_on_the_simulated_kms() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("dump.bin");
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    std::fs::write(&input, &data).unwrap();
+    let enc = dir.path().join("dump.sfe");
+    let dec = dir.path().join("dump.out");
+    let o = run(
+        &[
+            "envelope",
+            "encrypt",
+            "--key",
+            "alias/backup",
+            "--region",
+            "us-east-1",
+            "--simulate",
+            input.to_str().unwrap(),
+            enc.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&["envelope", "decrypt", "--simulate", enc.to_str().unwrap(), dec.to_str().unwrap()], dir.path());
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(&dec).unwrap(), data);
+    // A flipped bit fails with exit 1 and leaves no output.
+    let mut bytes = std::fs::read(&enc).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 1;
+    std::fs::write(&enc, bytes).unwrap();
+    let bad = dir.path().join("bad.out");
+    let o = run(&["envelope", "decrypt", "--simulate", enc.to_str().unwrap(), bad.to_str().unwrap()], dir.path());
+    assert_eq!(code(&o), 1);
+    assert!(!bad.exists());
+}
