@@ -66,7 +66,14 @@ fn main() {
     let sim = SimCloud::new(world, sides);
     let dir = tempfile::tempdir().expect("temp dir");
     let env = Env { cloud: Arc::new(sim.clone()), clock: Arc::new(sim.clone()), store: Store::new(dir.path()) };
-    let cfg = RunConfig { plan, plan_file: "fleet.yaml".into(), run_id: None, simulated: true, progress: None };
+    let cfg = RunConfig {
+        plan,
+        plan_file: "fleet.yaml".into(),
+        run_id: None,
+        simulated: true,
+        probe_permissions: true,
+        progress: None,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let wall = Instant::now();
     let (_tx, rx) = tokio::sync::watch::channel(false);

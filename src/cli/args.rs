@@ -81,6 +81,10 @@ pub struct RunArgs {
     /// Name the run instead of generating an id.
     #[arg(long, value_name = "ID")]
     pub run_id: Option<String>,
+    /// Skip the DryRun permission probes of preflight (they are skipped anyway with
+    /// --simulate or a custom endpoint).
+    #[arg(long)]
+    pub no_permission_probes: bool,
     /// Write a Prometheus textfile with per-volume results after the run.
     #[arg(long, value_name = "FILE")]
     pub metrics_file: Option<PathBuf>,

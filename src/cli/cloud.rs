@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::clock::{Clock, WallClock};
-use crate::cloud::Cloud;
+use crate::cloud::{Cloud, ErrorKind};
 use crate::cloud::aws::{AwsCloud, AwsConfig, check_endpoint};
 use crate::cloud::sim::{SimCloud, SimSides, World, seed_from_plan};
 use crate::ids::{AccountId, Region, RoleArn};
@@ -103,9 +103,12 @@ pub async fn connect(reach: Reach<'_>) -> Result<Connected, Failure> {
         external_id: reach.external_id,
         session_name: reach.session_name,
     };
-    let aws = AwsCloud::connect(cfg)
-        .await
-        .map_err(|e| Failure::new(exit::FAILED, format!("cannot set up AWS clients: {e}")))?;
+    // `connect` sends nothing; what it refuses (a clear-text endpoint from any of the
+    // endpoint variables, a bad session name) is a usage error.
+    let aws = AwsCloud::connect(cfg).await.map_err(|e| {
+        let code = if e.kind == ErrorKind::Invalid { exit::USAGE } else { exit::FAILED };
+        Failure::new(code, format!("cannot set up AWS clients: {e}"))
+    })?;
     Ok(Connected { cloud: Arc::new(aws), clock: Arc::new(WallClock), sim: None })
 }
 

@@ -125,6 +125,9 @@ async fn run(args: &RunArgs) -> Result<u8, Failure> {
         plan_file: args.plan.display().to_string(),
         run_id,
         simulated: args.common.simulate,
+        probe_permissions: !args.common.simulate
+            && !args.no_permission_probes
+            && super::cloud::endpoint(&args.common)?.is_none(),
         progress: render::progress_bar(format),
     };
     let result = exec::run(cfg, env, shutdown_signal()).await;

@@ -56,7 +56,8 @@ pub async fn dry_run(args: &RunArgs) -> Result<u8, Failure> {
             seed: Some(&plan),
         })
         .await?;
-        match preflight(&plan, connected.cloud.as_ref(), connected.clock.as_ref()).await {
+        // No DryRun probes here: a dry-run sends nothing that even looks like a change.
+        match preflight(&plan, connected.cloud.as_ref(), connected.clock.as_ref(), false).await {
             Ok(r) => {
                 let loc = Loc::new(Side::Source, &plan.source.region);
                 let policy = if r.cross_account {

@@ -246,6 +246,24 @@ pub struct WrappedKey {
     pub key_arn: KeyArn,
 }
 
+/// A call to try with EC2's `DryRun=true`: AWS checks the caller's permissions and
+/// answers without doing anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    CreateSnapshot { volume: VolumeId },
+    CreateVolume { availability_zone: AvailabilityZone, kms_key: KeyArn },
+}
+
+impl Probe {
+    /// The IAM action the probe checks.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Probe::CreateSnapshot { .. } => "ec2:CreateSnapshot",
+            Probe::CreateVolume { .. } => "ec2:CreateVolume",
+        }
+    }
+}
+
 /// Everything snapferry asks of AWS. Implementations: [`aws::AwsCloud`] and
 /// [`sim::SimCloud`]. Every method is one AWS request (or one paginated listing)
 /// from the runner's point of view; retries of throttled calls are the runner's.
@@ -282,6 +300,11 @@ pub trait Cloud: Send + Sync {
     async fn unshare_snapshot(&self, loc: &Loc, id: &SnapshotId, with: &AccountId) -> CloudResult<()>;
     /// DescribeSnapshotAttribute createVolumePermission: the accounts it is shared with.
     async fn snapshot_shared_with(&self, loc: &Loc, id: &SnapshotId) -> CloudResult<Vec<AccountId>>;
+
+    /// The call with `DryRun=true`: `Ok` when AWS says it would have succeeded
+    /// (DryRunOperation), an AccessDenied error when a permission is missing; any other
+    /// error leaves the question open.
+    async fn dry_run(&self, loc: &Loc, probe: &Probe) -> CloudResult<()>;
 
     /// KMS GenerateDataKey (AES_256).
     async fn generate_data_key(&self, loc: &Loc, key: &KeyRef) -> CloudResult<DataKey>;

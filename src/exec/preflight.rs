@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use crate::clock::Clock;
-use crate::cloud::{Cloud, CloudError, ErrorKind, Identity, KeyInfo, KeyManager, Loc, Side, Volume};
+use crate::cloud::{Cloud, CloudError, ErrorKind, Identity, KeyInfo, KeyManager, Loc, Probe, Side, Volume};
 use crate::ids::{KeyRef, VolumeId};
 use crate::plan::{Pick, Plan, TargetVolume};
 
@@ -80,7 +80,15 @@ fn check_key(info: &KeyInfo, key: &KeyRef, side: &str) -> Vec<PreflightError> {
 }
 
 /// Runs every preflight check. `Ok` only when the plan can run as written.
-pub async fn preflight(plan: &Plan, cloud: &dyn Cloud, clock: &dyn Clock) -> Result<Resolved, Vec<PreflightError>> {
+///
+/// With `probe`, the calls that change EC2 are tried with `DryRun=true` once everything
+/// else checks out, so every missing permission is reported before the first change.
+pub async fn preflight(
+    plan: &Plan,
+    cloud: &dyn Cloud,
+    clock: &dyn Clock,
+    probe: bool,
+) -> Result<Resolved, Vec<PreflightError>> {
     let mut errors = vec![];
     let src_loc = Loc::new(Side::Source, &plan.source.region);
     let dst_loc = Loc::new(Side::Target, &plan.target.region);
@@ -209,6 +217,42 @@ pub async fn preflight(plan: &Plan, cloud: &dyn Cloud, clock: &dyn Clock) -> Res
             vec![]
         }
     };
+
+    if let (true, true, Some(tk), Some(first)) = (probe, errors.is_empty(), &target_key, volumes.first()) {
+        let probes = [
+            (
+                src_loc.clone(),
+                Probe::CreateSnapshot { volume: first.volume.id.clone() },
+                "the identity running snapferry",
+            ),
+            (
+                dst_loc.clone(),
+                Probe::CreateVolume {
+                    availability_zone: plan.target.availability_zone.clone(),
+                    kms_key: tk.arn.clone(),
+                },
+                if plan.target.role_arn.is_some() { "the target role" } else { "the identity running snapferry" },
+            ),
+        ];
+        for (loc, p, who) in probes {
+            if !plan.options.create_volume && matches!(p, Probe::CreateVolume { .. }) {
+                continue;
+            }
+            match retrying(clock, || cloud.dry_run(&loc, &p)).await {
+                Ok(()) => {}
+                Err(e) if e.kind == ErrorKind::AccessDenied => errors.push(problem(
+                    format!("permission {}", p.action()),
+                    format!(
+                        "{who} may not call {} in {} ({}); add it to its IAM policy (snapferry run PLAN --dry-run prints the policy)",
+                        p.action(),
+                        loc.region,
+                        e.message
+                    ),
+                )),
+                Err(e) => tracing::debug!(probe = p.action(), error = %e, "permission probe inconclusive"),
+            }
+        }
+    }
 
     match (source_key, target_key) {
         (Some(source_key), Some(target_key)) if errors.is_empty() => {

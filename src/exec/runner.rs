@@ -45,6 +45,9 @@ pub struct RunConfig {
     /// `--run-id`: resume that run if it exists, else start one with that id.
     pub run_id: Option<RunId>,
     pub simulated: bool,
+    /// Try the calls that change EC2 with DryRun in preflight. Off against emulators,
+    /// which model no IAM and may not honour DryRun.
+    pub probe_permissions: bool,
     /// Told how far the run is after every tick (a progress bar on a terminal).
     pub progress: Option<std::sync::Arc<dyn Progress>>,
 }
@@ -107,7 +110,8 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
         }
     }
 
-    let resolved = preflight(plan, cloud.as_ref(), clock.as_ref()).await.map_err(RunError::Preflight)?;
+    let resolved =
+        preflight(plan, cloud.as_ref(), clock.as_ref(), cfg.probe_permissions).await.map_err(RunError::Preflight)?;
     let now = clock.now_ms();
 
     let mut record = match previous {

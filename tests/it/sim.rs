@@ -67,6 +67,7 @@ impl Rig {
             plan_file: "test.yaml".into(),
             run_id: None,
             simulated: true,
+            probe_permissions: true,
             progress: None,
         }
     }
@@ -385,5 +386,21 @@ async fn retention_keeps_the_newest_copies_per_volume_and_only_this_plans() {
         for v in &runs[0].volumes {
             assert!(!w.snapshots.contains_key(v.target_snapshot.as_deref().unwrap()), "oldest copies pruned");
         }
+    });
+}
+
+#[tokio::test]
+async fn missing_permissions_are_all_reported_by_dry_run_probes_before_any_change() {
+    let rig = Rig::with(plan(CROSS), |w| {
+        w.faults.denied = ["ec2:CreateSnapshot".to_owned(), "ec2:CreateVolume".to_owned()].into();
+    });
+    let err = rig.run().await.unwrap_err();
+    assert_eq!(err.exit_code(), 2);
+    let text = err.to_string();
+    assert!(text.contains("ec2:CreateSnapshot") && text.contains("ec2:CreateVolume"), "{text}");
+    assert!(text.contains("the target role may not call ec2:CreateVolume in eu-west-1"), "{text}");
+    rig.sim.with_world(|w| {
+        assert!(w.snapshots.is_empty());
+        assert!(!w.calls.contains_key("ec2:CreateSnapshot"));
     });
 }

@@ -246,6 +246,10 @@ impl Cloud for AwsCloud {
         ec2::set_shared(&self.at(loc).await.ec2, id, with, false).await
     }
 
+    async fn dry_run(&self, loc: &Loc, probe: &crate::cloud::Probe) -> CloudResult<()> {
+        ec2::dry_run(&self.at(loc).await.ec2, probe).await
+    }
+
     async fn snapshot_shared_with(&self, loc: &Loc, id: &SnapshotId) -> CloudResult<Vec<AccountId>> {
         ec2::shared_with(&self.at(loc).await.ec2, id).await
     }

@@ -97,7 +97,7 @@ impl SimCloud {
                 None
             } else {
                 w.count(action);
-                let result = match w.throttle(action) {
+                let result = match w.throttle(action).or_else(|| w.deny(action)) {
                     Some(e) => Err(e),
                     None => f(&mut w),
                 };
@@ -278,6 +278,19 @@ impl Cloud for SimCloud {
         self.call("ec2:DescribeSnapshotAttribute", |w| {
             let acct = self.account(w, loc.side)?;
             w.shared_with(&acct, &loc.region, id)
+        })
+        .await
+    }
+
+    async fn dry_run(&self, loc: &Loc, probe: &crate::cloud::Probe) -> CloudResult<()> {
+        // The simulated AWS models no IAM: every probe would succeed.
+        // The simulated AWS models IAM only through the `denied` fault.
+        self.call("ec2:DryRun", |w| {
+            self.account(w, loc.side)?;
+            match w.deny(probe.action()) {
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
         })
         .await
     }

@@ -28,6 +28,10 @@ pub struct Faults {
     /// After this many calls in total, the next call takes effect and its caller
     /// hangs forever: a crash between the call and the checkpoint of its outcome.
     pub halt_after_calls: Option<u64>,
+    /// Actions (`ec2:CreateVolume`, ...) the caller lacks permission for: they, and
+    /// their DryRun probes, are answered UnauthorizedOperation.
+    #[serde(default)]
+    pub denied: BTreeSet<String>,
 }
 
 /// How long things take, as functions of size (milliseconds).
@@ -193,6 +197,17 @@ impl World {
         x ^= x >> 27;
         self.rng = x;
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// The permission fault for `action`, if it is denied.
+    pub fn deny(&self, action: &str) -> Option<CloudError> {
+        self.faults.denied.contains(action).then(|| {
+            err(
+                ErrorKind::AccessDenied,
+                "UnauthorizedOperation",
+                format!("You are not authorized to perform this operation. ({action})"),
+            )
+        })
     }
 
     pub fn throttle(&mut self, action: &str) -> Option<CloudError> {

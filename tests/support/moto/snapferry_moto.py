@@ -639,6 +639,41 @@ def patch_cross_account_describe_key() -> None:
     KmsResponse.describe_key = describe_key
 
 
+def patch_key_policy_deny_by_principal() -> None:
+    """An explicit Deny in a key policy denies only the principals it names.
+
+    AWS: a Deny statement applies to the principals in its `Principal` (and only when
+    its conditions hold); everyone else is judged by the rest of the policy. moto's own
+    check (DescribeKey) lets any Deny with a matching action deny every caller, the
+    key's own account included, so a Deny for another account would lock the owner out
+    of its key. Here a Deny applies when its principal matches the caller's account.
+    """
+
+    def _validate_key_policy(self, key_id, action):
+        key = self.kms_backend.describe_key(self.kms_backend.get_key_id(key_id))
+        try:
+            statements = _as_list(json.loads(key.policy).get("Statement"))
+        except (ValueError, AttributeError):
+            return
+        account = self.current_account
+        context = {"kms:calleraccount": account, "aws:principalaccount": account}
+        for statement in statements:
+            if (
+                isinstance(statement, dict)
+                and statement.get("Effect") == "Deny"
+                and _principal_matches(statement.get("Principal"), account)
+                and _action_matches(statement.get("Action"), action)
+                and _conditions_hold(statement.get("Condition"), context)
+            ):
+                raise AccessDeniedException(
+                    f"User: arn:aws:iam::{account}:root is not authorized to perform: "
+                    f"{action} on resource: {key.arn} with an explicit deny in a "
+                    "resource-based policy"
+                )
+
+    KmsResponse._validate_key_policy = _validate_key_policy
+
+
 def apply_patches() -> None:
     if moto.__version__ != EXPECTED_MOTO:
         sys.stderr.write(
@@ -653,6 +688,7 @@ def apply_patches() -> None:
     patch_share_refuses_aws_managed_key()
     patch_aws_managed_keys()
     patch_cross_account_describe_key()
+    patch_key_policy_deny_by_principal()
 
 
 # ---------------------------------------------------------------------------

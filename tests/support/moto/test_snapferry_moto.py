@@ -291,6 +291,22 @@ class SnapferryMotoTest(unittest.TestCase):
                                   Encrypted=True, KmsKeyId=self.target_key(target)["Arn"])
         self.assertEqual(self.wait_snapshot(tec2, copy["SnapshotId"])["State"], "error")
 
+    def test_deny_for_another_account_leaves_the_owner_alone(self):
+        kms = self.client("kms", SOURCE_REGION)
+        key = kms.create_key()["KeyMetadata"]
+        policy = json.loads(kms.get_key_policy(KeyId=key["KeyId"], PolicyName="default")["Policy"])
+        policy["Statement"].append({
+            "Effect": "Deny", "Principal": {"AWS": f"arn:aws:iam::{TARGET_ACCOUNT}:root"},
+            "Action": "kms:*", "Resource": "*"})
+        kms.put_key_policy(KeyId=key["KeyId"], PolicyName="default", Policy=json.dumps(policy))
+        self.assertEqual(kms.describe_key(KeyId=key["KeyId"])["KeyMetadata"]["Arn"], key["Arn"])
+        policy["Statement"][-1]["Principal"] = {"AWS": SOURCE_ACCOUNT}
+        kms.put_key_policy(KeyId=key["KeyId"], PolicyName="default", Policy=json.dumps(policy),
+                           BypassPolicyLockoutSafetyCheck=True)
+        with self.assertRaises(ClientError) as err:
+            kms.describe_key(KeyId=key["KeyId"])
+        self.assertEqual(err.exception.response["Error"]["Code"], "AccessDeniedException")
+
     def test_copy_under_missing_target_key_ends_in_error(self):
         ec2, _key, _volume, snap = self.source_setup()
         self.share(ec2, snap["SnapshotId"])
