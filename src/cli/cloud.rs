@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::clock::{Clock, WallClock};
-use crate::cloud::{Cloud, ErrorKind};
 use crate::cloud::aws::{AwsCloud, AwsConfig, check_endpoint};
 use crate::cloud::sim::{SimCloud, SimSides, World, seed_from_plan};
+use crate::cloud::{Cloud, ErrorKind};
 use crate::ids::{AccountId, Region, RoleArn};
 use crate::plan::Plan;
 

@@ -170,7 +170,8 @@ pub fn document(
             None => json!({"key_arn": source_key, "add_statement": statement, "already_present": Value::Null}),
         }
     } else {
-        Value::Null
+        // Same account: nothing is shared, so the key policy needs no statement.
+        json!({"key_arn": source_key, "add_statement": Value::Null, "already_present": false, "needed": false})
     };
 
     let ctx = IamContext {
@@ -269,7 +270,7 @@ fn text(doc: &Value) -> String {
         let _ = writeln!(s, "  {who}: {}", steps.join(" -> "));
     }
     let kp = &doc["key_policy"];
-    if kp.is_null() {
+    if kp["needed"] == json!(false) {
         let _ = writeln!(s, "\n== key policy: no change (same-account copy, nothing is shared)");
     } else {
         let _ = writeln!(s, "\n== key policy of {}", kp["key_arn"].as_str().unwrap_or(""));

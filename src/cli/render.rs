@@ -67,8 +67,32 @@ fn counts(r: &RunRecord) -> Value {
     })
 }
 
+/// Per plan and source volume: the newest successful copy, when it finished and how
+/// old it is now, for DR freshness.
+pub fn last_success(runs: &[RunRecord], now_ms: i64) -> Value {
+    let mut m: std::collections::BTreeMap<(String, String), (i64, String, Option<String>)> = Default::default();
+    for r in runs {
+        for v in r.volumes.iter().filter(|v| v.step == Step::Done) {
+            let Some(f) = v.finished_ms else { continue };
+            let key = (r.meta.plan.clone(), v.source_volume.to_string());
+            if m.get(&key).is_none_or(|e| e.0 < f) {
+                m.insert(key, (f, r.meta.run_id.clone(), v.target_snapshot.as_ref().map(|s| s.to_string())));
+            }
+        }
+    }
+    Value::Array(
+        m.into_iter()
+            .map(|((plan, vol), (f, run, snap))| {
+                json!({"plan": plan, "source_volume": vol, "run_id": run, "finished": ts(f),
+                       "age_seconds": (now_ms - f).max(0) / 1000, "target_snapshot": snap})
+            })
+            .collect(),
+    )
+}
+
 pub fn runs_json(runs: &[RunRecord]) -> Value {
-    json!({"runs": runs.iter().map(|r| json!({
+    json!({"last_success": last_success(runs, crate::clock::Clock::now_ms(&crate::clock::WallClock)),
+           "runs": runs.iter().map(|r| json!({
         "run_id": r.meta.run_id,
         "plan": r.meta.plan,
         "status": r.meta.status.as_str(),
@@ -100,6 +124,23 @@ pub fn runs_text(runs: &[RunRecord]) -> String {
             ts(r.meta.updated_ms),
             if r.meta.cleaned_up { " (cleaned up)" } else { "" }
         );
+    }
+    let fresh = last_success(runs, crate::clock::Clock::now_ms(&crate::clock::WallClock));
+    if let Some(list) = fresh.as_array().filter(|l| !l.is_empty()) {
+        let _ = writeln!(s, "\nlast successful copy per source volume:");
+        for e in list {
+            let age = e["age_seconds"].as_i64().unwrap_or(0);
+            let _ = writeln!(
+                s,
+                "  {:<24} {:<24} {}  ({}h{:02}m ago, run {})",
+                e["plan"].as_str().unwrap_or(""),
+                e["source_volume"].as_str().unwrap_or(""),
+                e["finished"].as_str().unwrap_or(""),
+                age / 3600,
+                age % 3600 / 60,
+                e["run_id"].as_str().unwrap_or("")
+            );
+        }
     }
     s
 }
