@@ -189,7 +189,7 @@ impl Cloud for SimCloud {
     async fn describe_volumes(&self, loc: &Loc, ids: &[VolumeId]) -> CloudResult<Vec<Volume>> {
         self.call("ec2:DescribeVolumes", |w| {
             let acct = self.account(w, loc.side)?;
-            Ok(w.describe_volumes(&acct, &loc.region, |v| ids.contains(&v.id)))
+            Ok(w.volumes_by_ids(&acct, &loc.region, ids))
         })
         .await
     }
@@ -237,7 +237,7 @@ impl Cloud for SimCloud {
     async fn describe_snapshots(&self, loc: &Loc, ids: &[SnapshotId]) -> CloudResult<Vec<Snapshot>> {
         self.call("ec2:DescribeSnapshots", |w| {
             let acct = self.account(w, loc.side)?;
-            Ok(w.describe_snapshots(&acct, &loc.region, |s| ids.contains(&s.id), true))
+            Ok(w.snapshots_by_ids(&acct, &loc.region, ids))
         })
         .await
     }
