@@ -270,6 +270,40 @@ where
     Ok(out)
 }
 
+/// Sends `probe` with `DryRun=true`. AWS answers DryRunOperation when the call would
+/// have succeeded and UnauthorizedOperation when a permission is missing; nothing is
+/// created either way.
+pub(crate) async fn dry_run(client: &Client, probe: &crate::cloud::Probe) -> CloudResult<()> {
+    use crate::cloud::Probe;
+    let action = probe.action();
+    let result = match probe {
+        Probe::CreateSnapshot { volume } => client
+            .create_snapshot()
+            .dry_run(true)
+            .volume_id(volume.as_str())
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| from_sdk(action, e)),
+        Probe::CreateVolume { availability_zone, kms_key } => client
+            .create_volume()
+            .dry_run(true)
+            .availability_zone(availability_zone.as_str())
+            .size(1)
+            .encrypted(true)
+            .kms_key_id(kms_key.as_str())
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| from_sdk(action, e)),
+    };
+    match result {
+        Err(e) if e.code.as_deref() == Some("DryRunOperation") => Ok(()),
+        // An answer without an error means the emulator ignored DryRun: nothing to learn.
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
@@ -357,39 +391,5 @@ mod tests {
             })
             .await;
         assert_eq!(r.unwrap_err().kind, ErrorKind::AccessDenied);
-    }
-}
-
-/// Sends `probe` with `DryRun=true`. AWS answers DryRunOperation when the call would
-/// have succeeded and UnauthorizedOperation when a permission is missing; nothing is
-/// created either way.
-pub(crate) async fn dry_run(client: &Client, probe: &crate::cloud::Probe) -> CloudResult<()> {
-    use crate::cloud::Probe;
-    let action = probe.action();
-    let result = match probe {
-        Probe::CreateSnapshot { volume } => client
-            .create_snapshot()
-            .dry_run(true)
-            .volume_id(volume.as_str())
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| from_sdk(action, e)),
-        Probe::CreateVolume { availability_zone, kms_key } => client
-            .create_volume()
-            .dry_run(true)
-            .availability_zone(availability_zone.as_str())
-            .size(1)
-            .encrypted(true)
-            .kms_key_id(kms_key.as_str())
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| from_sdk(action, e)),
-    };
-    match result {
-        Err(e) if e.code.as_deref() == Some("DryRunOperation") => Ok(()),
-        // An answer without an error means the emulator ignored DryRun: nothing to learn.
-        other => other,
     }
 }

@@ -482,7 +482,9 @@ impl World {
     pub fn snapshots_by_ids(&self, account: &AccountId, region: &Region, ids: &[SnapshotId]) -> Vec<Snapshot> {
         ids.iter()
             .filter_map(|id| self.snapshots.get(id.as_str()))
-            .filter(|s| &s.region == region && (&s.owner == account || s.shared_with.contains(account)) && self.visible(s))
+            .filter(|s| {
+                &s.region == region && (&s.owner == account || s.shared_with.contains(account)) && self.visible(s)
+            })
             .map(|s| self.snapshot_view(s))
             .collect()
     }
