@@ -45,6 +45,8 @@ def main():
     print("%d volumes, cross-account (123456789012 -> 222222222222), us-east-1 -> eu-west-1; "
           "moto pending: snapshot %gs, copy %gs, volume %gs" % (
               n, p["snapshot_pending_seconds"], p["copy_pending_seconds"], p["volume_pending_seconds"]))
+    if "binary_built" in p:
+        print("snapferry: target/debug/snapferry built %s, tree %s" % (p["binary_built"], p["tree"]))
     print("floor (pending times along one volume's chain: snapshot + copy + volume): %gs" % floor)
     print()
     print("| | snapferry | peer (boto3, sequential, stock waiters) |")

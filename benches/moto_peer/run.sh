@@ -29,13 +29,19 @@ WORK="$(mktemp -d "${TMPDIR:-/tmp}/snapferry-moto-peer.XXXXXX")"
 OUT="${BENCH_KEEP:-$WORK/results}"
 mkdir -p "$OUT"
 MOTO_PID=""
+CHILD=""
+
+stop() {  # stop PID: TERM, then KILL after 5 s
+    local pid="$1"
+    [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 0
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+}
 
 cleanup() {
-    if [[ -n "$MOTO_PID" ]] && kill -0 "$MOTO_PID" 2>/dev/null; then
-        kill "$MOTO_PID" 2>/dev/null || true
-        for _ in $(seq 50); do kill -0 "$MOTO_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$MOTO_PID" 2>/dev/null || true
-    fi
+    stop "$CHILD"
+    stop "$MOTO_PID"
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -56,13 +62,22 @@ fi
 # Nothing of the caller's AWS setup: test credentials, empty config files, no IMDS.
 : >"$WORK/aws-config"
 : >"$WORK/aws-credentials"
+# aws_env TIMEOUT CMD...: runs CMD in that environment, bounded in time. In the
+# background and waited for, so that a signal to this script stops it at once (the
+# EXIT trap then stops the child too).
 aws_env() {
+    local limit="$1" rc=0
+    shift
     env -i PATH="$PATH" HOME="$WORK" LANG=C.UTF-8 \
         AWS_ENDPOINT_URL="$ENDPOINT" \
         AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1 \
         AWS_CONFIG_FILE="$WORK/aws-config" AWS_SHARED_CREDENTIALS_FILE="$WORK/aws-credentials" \
         AWS_EC2_METADATA_DISABLED=true \
-        "$@"
+        timeout --kill-after=10 "$limit" "$@" &
+    CHILD=$!
+    wait "$CHILD" || rc=$?
+    CHILD=""
+    return "$rc"
 }
 
 # --- moto, on a port the system picks, loopback only ----------------------------------
@@ -93,7 +108,7 @@ fresh_world() {
     ctl POST /_snapferry/config "{\"snapshot_pending_seconds\": $SNAP_PENDING, \
 \"copy_pending_seconds\": $COPY_PENDING, \"volume_pending_seconds\": $VOL_PENDING, \
 \"throttle_rate\": 0, \"max_concurrent_copies\": 0}" >/dev/null
-    aws_env timeout 300 "$PYTHON" "$HERE/world.py" seed "$VOLUMES" "$WORK/plan.yaml" >"$WORK/seed.json" \
+    aws_env 300 "$PYTHON" "$HERE/world.py" seed "$VOLUMES" "$WORK/plan.yaml" >"$WORK/seed.json" \
         || die "seeding failed"
     ctl POST /_snapferry/reset-calls >/dev/null
 }
@@ -108,13 +123,19 @@ record() {
     ctl GET '/_snapferry/calls?view=mutating' >"$OUT/$name.mutating.json"
     ctl GET '/_snapferry/calls?view=throttled' >"$OUT/$name.throttled.json"
     printf '{"seconds": %s, "exit": %s}\n' "$(awk -v a="$start" -v b="$end" 'BEGIN{printf "%.3f", b-a}')" "$code" >"$OUT/$name.json"
-    aws_env timeout 120 "$PYTHON" "$HERE/world.py" inventory >"$OUT/$name.inventory.json" \
+    aws_env 120 "$PYTHON" "$HERE/world.py" inventory >"$OUT/$name.inventory.json" \
         || die "inventory after $name failed"
     log "$name: exit $code, $(cat "$OUT/$name.json")"
 }
 
-printf '{"volumes": %s, "snapshot_pending_seconds": %s, "copy_pending_seconds": %s, "volume_pending_seconds": %s}\n' \
-    "$VOLUMES" "$SNAP_PENDING" "$COPY_PENDING" "$VOL_PENDING" >"$OUT/params.json"
+# Which snapferry was measured: the binary's build time and the tree it sits in.
+BIN_BUILT="$(date -u -r "$BIN" +%Y-%m-%dT%H:%M:%SZ)"
+TREE="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+if [[ -n "$(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]]; then
+    TREE="$TREE+uncommitted-src"
+fi
+printf '{"volumes": %s, "snapshot_pending_seconds": %s, "copy_pending_seconds": %s, "volume_pending_seconds": %s, "binary_built": "%s", "tree": "%s"}\n' \
+    "$VOLUMES" "$SNAP_PENDING" "$COPY_PENDING" "$VOL_PENDING" "$BIN_BUILT" "$TREE" >"$OUT/params.json"
 
 # --- snapferry -------------------------------------------------------------------------
 fresh_world
@@ -122,7 +143,7 @@ cp "$WORK/plan.yaml" "$OUT/plan.yaml"
 log "snapferry: $VOLUMES volumes (timeout ${RUN_TIMEOUT}s)"
 start="$(now)"
 code=0
-aws_env timeout --kill-after=10 "$RUN_TIMEOUT" \
+aws_env "$RUN_TIMEOUT" \
     "$BIN" run "$WORK/plan.yaml" --format json --state-dir "$WORK/state" \
     >"$OUT/snapferry.stdout.json" 2>"$OUT/snapferry.stderr" || code=$?
 record snapferry "$start" "$code"
@@ -133,7 +154,7 @@ read -r -a VOLS < <("$PYTHON" -c 'import json,sys; print(" ".join(json.load(sys.
 log "peer: $VOLUMES volumes, one after the other (timeout ${RUN_TIMEOUT}s)"
 start="$(now)"
 code=0
-aws_env timeout --kill-after=10 "$RUN_TIMEOUT" \
+aws_env "$RUN_TIMEOUT" \
     "$PYTHON" "$HERE/peer.py" \
     --source-region us-east-1 --source-key alias/share \
     --target-account 222222222222 --role-arn arn:aws:iam::222222222222:role/dr \

@@ -67,6 +67,22 @@ pub struct Reach<'a> {
     pub seed: Option<&'a Plan>,
 }
 
+impl<'a> Reach<'a> {
+    /// Everything a plan says about reaching its two accounts.
+    pub fn for_plan(common: &'a Common, plan: &'a Plan, session_name: String) -> Self {
+        Reach {
+            common,
+            plan_name: plan.name.as_str(),
+            source_region: plan.source.region.clone(),
+            source_profile: plan.source.profile.clone(),
+            target_role: plan.target.role_arn.clone(),
+            external_id: plan.target.external_id.clone(),
+            session_name,
+            seed: Some(plan),
+        }
+    }
+}
+
 /// Connects to the simulated AWS or to AWS.
 pub async fn connect(reach: Reach<'_>) -> Result<Connected, Failure> {
     if reach.common.simulate {

@@ -108,17 +108,8 @@ async fn run(args: &RunArgs) -> Result<u8, Failure> {
     // Fail fast on a held lock, before any call to AWS.
     drop(store.lock_plan(plan.name.as_str()).map_err(|e| store_failure(&e))?);
 
-    let connected = connect(Reach {
-        common: &args.common,
-        plan_name: plan.name.as_str(),
-        source_region: plan.source.region.clone(),
-        source_profile: plan.source.profile.clone(),
-        target_role: plan.target.role_arn.clone(),
-        external_id: plan.target.external_id.clone(),
-        session_name: session_name(run_id.as_ref().map(|r| r.as_str()).unwrap_or(plan.name.as_str())),
-        seed: Some(&plan),
-    })
-    .await?;
+    let session = session_name(run_id.as_ref().map(|r| r.as_str()).unwrap_or(plan.name.as_str()));
+    let connected = connect(Reach::for_plan(&args.common, &plan, session)).await?;
     let env = Env { cloud: connected.cloud.clone(), clock: connected.clock.clone(), store: store.clone() };
     let cfg = RunConfig {
         plan: plan.clone(),

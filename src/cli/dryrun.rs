@@ -45,17 +45,8 @@ pub async fn dry_run(args: &RunArgs) -> Result<u8, Failure> {
     let (resolved, problems, current_policy) = if args.offline {
         (None, vec![], None)
     } else {
-        let connected = connect(Reach {
-            common: &args.common,
-            plan_name: plan.name.as_str(),
-            source_region: plan.source.region.clone(),
-            source_profile: plan.source.profile.clone(),
-            target_role: plan.target.role_arn.clone(),
-            external_id: plan.target.external_id.clone(),
-            session_name: session_name(&format!("{}-dry-run", plan.name)),
-            seed: Some(&plan),
-        })
-        .await?;
+        let session = session_name(&format!("{}-dry-run", plan.name));
+        let connected = connect(Reach::for_plan(&args.common, &plan, session)).await?;
         // No DryRun probes here: a dry-run sends nothing that even looks like a change.
         match preflight(&plan, connected.cloud.as_ref(), connected.clock.as_ref(), false).await {
             Ok(r) => {
