@@ -1,3 +1,3 @@
-//! Shared test support: the moto server launcher and helpers for driving the binary.
+//! Shared test support: the moto server launcher the end-to-end tests start.
 
 pub mod moto;
