@@ -226,3 +226,21 @@ fn envelope_round_trip_on_the_simulated_kms() {
     assert_eq!(code(&o), 1);
     assert!(!bad.exists());
 }
+
+#[test]
+fn metrics_file_reports_freshness_per_volume() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = root("plans/example.yaml");
+    let prom = dir.path().join("dr.prom");
+    let o = run(&["run", plan.to_str().unwrap(), "--simulate", "--metrics-file", prom.to_str().unwrap()], dir.path());
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let text = std::fs::read_to_string(&prom).unwrap();
+    for v in ["vol-0123456789abcdef0", "vol-0fedcba9876543210", "vol-00112233445566778"] {
+        let line = format!("snapferry_last_success{{plan=\"prod-db-dr\",volume=\"{v}\"}} 1");
+        assert!(text.contains(&line), "{line} in\n{text}");
+        assert!(
+            text.contains(&format!("snapferry_last_success_timestamp_seconds{{plan=\"prod-db-dr\",volume=\"{v}\"}} "))
+        );
+    }
+    assert!(text.contains("# TYPE snapferry_last_duration_seconds gauge"));
+}
