@@ -149,7 +149,16 @@ fn store_failure(e: &StoreError) -> Failure {
 }
 
 fn run_failure(e: &RunError) -> Failure {
-    Failure::new(e.exit_code() as u8, e.to_string())
+    let code = e.exit_code() as u8;
+    let mut doc = serde_json::json!({"status": "error", "exit_code": code, "error": e.to_string()});
+    if let RunError::Preflight(problems) = e {
+        doc["problems"] = problems
+            .iter()
+            .map(|p| serde_json::json!({"resource": p.resource, "message": p.message}))
+            .collect::<Vec<_>>()
+            .into();
+    }
+    Failure { code, message: e.to_string(), json: Some(doc) }
 }
 
 fn status(run_id: Option<&str>, common: &Common) -> Result<u8, Failure> {

@@ -70,8 +70,10 @@ pub async fn dry_run(args: &RunArgs) -> Result<u8, Failure> {
         }
     };
     let doc = document(&plan, resolved.as_ref(), &problems, current_policy.as_deref(), args.offline);
+    // With problems, the failure path prints the JSON document, so stdout carries one.
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default()),
+        Format::Json if problems.is_empty() => println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default()),
+        Format::Json => {}
         Format::Text => print!("{}", text(&doc)),
     }
     if problems.is_empty() {
