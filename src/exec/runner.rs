@@ -547,6 +547,13 @@ impl Runner {
             if v.step.is_terminal() || self.sched[i].not_before_ms > now {
                 continue;
             }
+            // Volumes queued for a full copy slot cost nothing per tick, however many.
+            if matches!(v.step, Step::Copy | Step::Reencrypt)
+                && !v.in_flight
+                && self.copy_slot(v.step).is_some_and(|k| slots.get(&k).is_some_and(|n| *n >= self.copy_limit))
+            {
+                continue;
+            }
             let action = engine::next_action(v, &self.actx.run_id);
             let due = self.sched[i].next_poll_ms <= now;
             match action {
