@@ -89,7 +89,7 @@ fn init_tracing(cli: &Cli) {
     let level = match cli.verbose {
         0 => "snapferry=info,warn",
         1 => "snapferry=debug,info",
-        _ => "snapferry=trace,aws_config=debug,debug",
+        _ => "snapferry=trace,debug",
     };
     let filter = EnvFilter::try_from_env("SNAPFERRY_LOG").unwrap_or_else(|_| EnvFilter::new(level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
