@@ -33,6 +33,8 @@ const DESCRIBE_BATCH: usize = 1_000;
 const CALLS_IN_FLIGHT: usize = 16;
 /// Retries of one volume's action after throttling or a lost connection.
 const MAX_RETRIES: u32 = 30;
+/// Retries of a copy whose shared source snapshot is not visible yet (about 30 s).
+const SHARE_LAG_RETRIES: u32 = 5;
 /// How long a snapshot or volume may stay invisible before it counts as gone.
 const MISSING_GRACE_MS: i64 = 10 * 60_000;
 
@@ -666,7 +668,13 @@ impl Runner {
                     // AWS answered with an error: the call did not take effect.
                     next.in_flight = false;
                 }
-                if e.is_retryable() && self.sched[i].retries < MAX_RETRIES {
+                // A snapshot just shared can be invisible to the target account for a
+                // few seconds (the share propagates): a copy that cannot find it yet is
+                // asked again a few times before the volume fails.
+                let share_lag = matches!(action, Action::Copy { .. })
+                    && e.kind == ErrorKind::NotFound
+                    && self.sched[i].retries < SHARE_LAG_RETRIES;
+                if (e.is_retryable() || share_lag) && self.sched[i].retries < MAX_RETRIES {
                     self.sched[i].retries += 1;
                     let j = self.jitter();
                     let delay = volume_backoff_ms(self.sched[i].retries, j);

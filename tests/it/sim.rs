@@ -404,3 +404,12 @@ async fn missing_permissions_are_all_reported_by_dry_run_probes_before_any_chang
         assert!(!w.calls.contains_key("ec2:CreateSnapshot"));
     });
 }
+
+#[tokio::test]
+async fn a_copy_that_cannot_see_the_share_yet_is_retried() {
+    let rig = Rig::with(plan(CROSS), |w| w.faults.share_lag_ms = 12_000);
+    let r = rig.run().await.unwrap();
+    assert_all_succeeded(&r);
+    assert_eq!(rig.made("copy"), 3);
+    rig.sim.with_world(|w| assert!(w.calls["ec2:CopySnapshot"] > 3 + 2, "{:?}", w.calls));
+}

@@ -32,6 +32,9 @@ pub struct Faults {
     /// their DryRun probes, are answered UnauthorizedOperation.
     #[serde(default)]
     pub denied: BTreeSet<String>,
+    /// A share reaches the other account only this long after ModifySnapshotAttribute.
+    #[serde(default)]
+    pub share_lag_ms: i64,
 }
 
 /// How long things take, as functions of size (milliseconds).
@@ -86,6 +89,9 @@ pub struct SimSnapshot {
     /// Set when the snapshot will end in `error`, with its StateMessage.
     pub fails_with: Option<String>,
     pub shared_with: BTreeSet<AccountId>,
+    /// When the snapshot was last shared (for the share-lag fault).
+    #[serde(default)]
+    pub shared_at_ms: i64,
     /// For copies: the destination's copy slot is held until ready.
     pub is_copy: bool,
     /// The source volume a snapshot descends from (to apply per-volume faults).
@@ -534,6 +540,7 @@ impl World {
             ready_ms: self.now_ms + duration,
             fails_with: None,
             shared_with: BTreeSet::new(),
+            shared_at_ms: 0,
             is_copy: false,
             origin_volume: Some(v.id.to_string()),
         };
@@ -558,7 +565,12 @@ impl World {
         let src = self
             .snapshots
             .get(req.source_snapshot.as_str())
-            .filter(|s| s.region == req.source_region && (&s.owner == account || s.shared_with.contains(account)))
+            .filter(|s| {
+                s.region == req.source_region
+                    && (&s.owner == account
+                        || (s.shared_with.contains(account)
+                            && self.now_ms >= s.shared_at_ms + self.faults.share_lag_ms))
+            })
             .ok_or_else(|| Self::snapshot_missing(req.source_snapshot.as_str()))?
             .clone();
         if self.now_ms < src.ready_ms || src.fails_with.is_some() {
@@ -626,6 +638,7 @@ impl World {
             ready_ms: self.now_ms + base + per_gib * i64::from(src.size_gib),
             fails_with,
             shared_with: BTreeSet::new(),
+            shared_at_ms: 0,
             is_copy: true,
             origin_volume: src.origin_volume.clone(),
         };
@@ -670,6 +683,7 @@ impl World {
                 ));
             }
             s.shared_with.insert(with.clone());
+            s.shared_at_ms = self.now_ms;
         } else {
             s.shared_with.remove(with);
         }
