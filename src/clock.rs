@@ -11,6 +11,12 @@ pub trait Clock: Send + Sync {
     fn now_ms(&self) -> i64;
     /// Waits until `now_ms() >= t_ms`.
     async fn sleep_until(&self, t_ms: i64);
+
+    /// True for a virtual clock, which moves only when slept on: the runner then never
+    /// sleeps while a call is under way.
+    fn is_virtual(&self) -> bool {
+        false
+    }
 }
 
 /// The wall clock.

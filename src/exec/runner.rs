@@ -3,7 +3,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use futures::StreamExt;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 
 use crate::checkpoint::{FORMAT_VERSION, GrantRecord, Journal, RunMeta, RunRecord, RunStatus};
@@ -206,6 +211,7 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
         journal.sync()?;
     }
 
+    let record_len = record.volumes.len();
     let mut r = Runner {
         env: env.clone(),
         ctx: Ctx {
@@ -219,13 +225,14 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
                 volume: plan.options.timeouts.volume.as_millis() as i64,
             },
         },
-        actx,
+        actx: Arc::new(actx),
         sched: vec![Sched::default(); record.volumes.len()],
         sources: resolved.volumes.iter().map(|s| (s.volume.id.clone(), s.clone())).collect(),
         copy_limit: plan.options.max_concurrent_copies as usize,
         rng: seed(&record.meta.run_id),
         poll_floor_ms: MIN_POLL_MS,
         progress: cfg.progress.clone(),
+        busy: vec![false; record_len],
         record,
         journal,
     };
@@ -367,7 +374,7 @@ async fn ensure_grant(env: &Env, plan: &Plan, resolved: &Resolved, meta: &mut Ru
 struct Runner {
     env: Env,
     ctx: Ctx,
-    actx: ActCtx,
+    actx: Arc<ActCtx>,
     record: RunRecord,
     journal: Journal,
     sched: Vec<Sched>,
@@ -377,13 +384,27 @@ struct Runner {
     /// The shortest poll interval now, by how many volumes wait.
     poll_floor_ms: i64,
     progress: Option<std::sync::Arc<dyn Progress>>,
+    /// Volumes with a job under way; they are left out of planning until it ends.
+    busy: Vec<bool>,
 }
 
 /// A unit of work in one tick.
+/// Each job owns what it needs, so the runner can go on with other volumes while it
+/// is under way.
 enum Job {
-    One { index: usize, action: Action },
-    PollSnapshots { loc: Loc, members: Vec<(usize, SnapshotId)> },
+    One { index: usize, action: Action, volume: Box<VolumeRun>, source: Option<Box<SourceVolume>> },
+    PollSnapshots { loc: Loc, members: Vec<(usize, SnapshotId, Which)> },
     PollVolumes { loc: Loc, members: Vec<(usize, VolumeId)> },
+}
+
+impl Job {
+    fn members(&self) -> Vec<usize> {
+        match self {
+            Job::One { index, .. } => vec![*index],
+            Job::PollSnapshots { members, .. } => members.iter().map(|m| m.0).collect(),
+            Job::PollVolumes { members, .. } => members.iter().map(|m| m.0).collect(),
+        }
+    }
 }
 
 /// What came back from a job: per volume, an outcome or an error.
@@ -433,55 +454,83 @@ impl Runner {
     }
 
     /// Drives all volumes to a terminal step; returns true when interrupted.
+    ///
+    /// Jobs run concurrently and each volume moves on as soon as its own job ends: a
+    /// slow or throttled call holds up only its own volumes. On the simulated AWS's
+    /// virtual clock time only moves while no job is under way, so a rehearsal is
+    /// deterministic.
     async fn drive(&mut self, shutdown: watch::Receiver<bool>) -> Result<bool, RunError> {
         let clock = self.env.clock.clone();
+        let virtual_time = clock.is_virtual();
         let mut shutdown = shutdown;
+        let mut inflight: FuturesUnordered<BoxFuture<'static, Results>> = FuturesUnordered::new();
+        let mut queue: VecDeque<Job> = VecDeque::new();
+        let mut stopping = false;
+        // Once the sender is gone no shutdown can come; stop listening for one.
+        let mut listening = true;
         loop {
-            if *shutdown.borrow() {
-                return Ok(true);
-            }
+            stopping |= *shutdown.borrow();
             let now = clock.now_ms();
-            // Waits past their timeout fail their volume.
-            for i in 0..self.record.volumes.len() {
-                let v = &self.record.volumes[i];
-                if engine::wait_expired(v, &self.ctx, now) {
-                    let next = engine::apply(v, &Outcome::TimedOut, &self.ctx, now)
-                        .map_err(|e| RunError::Other(e.to_string()))?;
-                    self.set(i, next)?;
+            if !stopping {
+                // Waits past their timeout fail their volume.
+                for i in 0..self.record.volumes.len() {
+                    let v = &self.record.volumes[i];
+                    if !self.busy[i] && engine::wait_expired(v, &self.ctx, now) {
+                        let next = engine::apply(v, &Outcome::TimedOut, &self.ctx, now)
+                            .map_err(|e| RunError::Other(e.to_string()))?;
+                        self.set(i, next)?;
+                    }
+                }
+                let jobs = self.plan_tick(now)?;
+                if !jobs.is_empty() {
+                    // The intents of these changes are durable before any is issued.
+                    self.journal.sync()?;
+                    queue.extend(jobs);
                 }
             }
-
-            let jobs = self.plan_tick(now)?;
-            if jobs.is_empty() {
+            while inflight.len() < CALLS_IN_FLIGHT {
+                let Some(job) = queue.pop_front() else { break };
+                inflight.push(Box::pin(perform_job(self.env.cloud.clone(), self.actx.clone(), job)));
+            }
+            if inflight.is_empty() {
+                self.journal.sync()?;
+                if stopping {
+                    // Queued jobs were never issued; their intents are reconciled on resume.
+                    return Ok(true);
+                }
                 if self.record.volumes.iter().all(|v| v.step.is_terminal()) {
-                    self.journal.sync()?;
                     return Ok(false);
                 }
-                self.journal.sync()?;
                 let wake = self.next_wake(now);
                 tokio::select! {
                     _ = clock.sleep_until(wake) => {}
-                    _ = shutdown.changed() => {}
+                    r = shutdown.changed(), if listening => listening = r.is_ok(),
                 }
                 continue;
             }
-            // The intents of this tick's changes are durable before any is issued.
-            self.journal.sync()?;
-
-            let cloud = self.env.cloud.clone();
-            let actx = &self.actx;
-            let record = &self.record;
-            let sources = &self.sources;
-            let results: Vec<Results> = futures::stream::iter(jobs.into_iter().map(|job| {
-                let cloud = cloud.clone();
-                async move { perform_job(cloud.as_ref(), actx, record, sources, job).await }
-            }))
-            .buffer_unordered(CALLS_IN_FLIGHT)
-            .collect()
-            .await;
-
+            let first = if virtual_time || stopping {
+                inflight.next().await
+            } else {
+                let wake = self.next_wake(now);
+                tokio::select! {
+                    r = inflight.next() => r,
+                    _ = clock.sleep_until(wake) => None,
+                    r = shutdown.changed(), if listening => {
+                        listening = r.is_ok();
+                        None
+                    }
+                }
+            };
+            let mut done: Vec<Results> = first.into_iter().collect();
+            while let Some(Some(r)) = inflight.next().now_or_never() {
+                done.push(r);
+            }
+            if done.is_empty() {
+                continue;
+            }
             let now = clock.now_ms();
-            for (index, action, result) in results.into_iter().flatten() {
+            for (index, action, result) in done.into_iter().flatten() {
+                self.busy[index] = false;
                 self.absorb(index, &action, result, now)?;
             }
             self.journal.sync()?;
@@ -510,8 +559,8 @@ impl Runner {
 
     fn next_wake(&self, now: i64) -> i64 {
         let mut wake = now + MAX_POLL_MS;
-        for (v, s) in self.record.volumes.iter().zip(&self.sched) {
-            if v.step.is_terminal() {
+        for ((v, s), busy) in self.record.volumes.iter().zip(&self.sched).zip(&self.busy) {
+            if v.step.is_terminal() || *busy {
                 continue;
             }
             // A volume queued for a copy slot wakes when a copy ends, which a poll
@@ -542,11 +591,11 @@ impl Runner {
     fn plan_tick(&mut self, now: i64) -> Result<Vec<Job>, RunError> {
         let mut jobs = vec![];
         let mut slots = self.slots_in_use();
-        let mut snap_polls: BTreeMap<Loc, Vec<(usize, SnapshotId, bool)>> = BTreeMap::new();
+        let mut snap_polls: BTreeMap<Loc, Vec<(usize, SnapshotId, Which, bool)>> = BTreeMap::new();
         let mut vol_polls: BTreeMap<Loc, Vec<(usize, VolumeId, bool)>> = BTreeMap::new();
         for i in 0..self.record.volumes.len() {
             let v = &self.record.volumes[i];
-            if v.step.is_terminal() || self.sched[i].not_before_ms > now {
+            if v.step.is_terminal() || self.busy[i] || self.sched[i].not_before_ms > now {
                 continue;
             }
             // Volumes queued for a full copy slot cost nothing per tick, however many.
@@ -576,7 +625,7 @@ impl Runner {
                     self.set(i, next)?;
                 }
                 Action::PollSnapshot { which, id } => {
-                    snap_polls.entry(self.actx.loc(which)).or_default().push((i, id, due));
+                    snap_polls.entry(self.actx.loc(which)).or_default().push((i, id, which, due));
                 }
                 Action::PollVolume { id } => {
                     vol_polls.entry(self.actx.dst()).or_default().push((i, id, due));
@@ -592,9 +641,9 @@ impl Runner {
                     }
                     let next = engine::begin(v, now);
                     self.set(i, next)?;
-                    jobs.push(Job::One { index: i, action: a });
+                    jobs.push(self.one(i, a));
                 }
-                a => jobs.push(Job::One { index: i, action: a }),
+                a => jobs.push(self.one(i, a)),
             }
         }
         // When any member of a group is due, the whole group is asked about in one
@@ -603,8 +652,9 @@ impl Runner {
             snap_polls.values().map(Vec::len).sum::<usize>() + vol_polls.values().map(Vec::len).sum::<usize>();
         self.poll_floor_ms = if waiting > FLEET_SIZE { FLEET_POLL_MS } else { MIN_POLL_MS };
         for (loc, members) in snap_polls {
-            if members.iter().any(|m| m.2) {
-                let picked: Vec<(usize, SnapshotId)> = members.into_iter().map(|(i, id, _)| (i, id)).collect();
+            if members.iter().any(|m| m.3) {
+                let picked: Vec<(usize, SnapshotId, Which)> =
+                    members.into_iter().map(|(i, id, w, _)| (i, id, w)).collect();
                 for chunk in picked.chunks(DESCRIBE_BATCH) {
                     jobs.push(Job::PollSnapshots { loc: loc.clone(), members: chunk.to_vec() });
                 }
@@ -618,7 +668,18 @@ impl Runner {
                 }
             }
         }
+        for job in &jobs {
+            for i in job.members() {
+                self.busy[i] = true;
+            }
+        }
         Ok(jobs)
+    }
+
+    fn one(&self, index: usize, action: Action) -> Job {
+        let volume = Box::new(self.record.volumes[index].clone());
+        let source = self.sources.get(&volume.source_volume).cloned().map(Box::new);
+        Job::One { index, action, volume, source }
     }
 
     /// Applies one result to its volume: the machine's next state, or a retry or
@@ -752,21 +813,14 @@ fn explain(v: &VolumeRun, action: &Action, e: &CloudError, actx: &ActCtx) -> (St
     (format!("{what} failed: {e}"), hint)
 }
 
-async fn perform_job(
-    cloud: &dyn crate::cloud::Cloud,
-    actx: &ActCtx,
-    record: &RunRecord,
-    sources: &HashMap<VolumeId, SourceVolume>,
-    job: Job,
-) -> Results {
+async fn perform_job(cloud: Arc<dyn crate::cloud::Cloud>, actx: Arc<ActCtx>, job: Job) -> Results {
+    let cloud = cloud.as_ref();
     match job {
-        Job::One { index, action } => {
-            let v = &record.volumes[index];
-            let src = sources.get(&v.source_volume);
+        Job::One { index, action, volume, source } => {
             let default_target = TargetVolume::default();
-            let target = src.map(|s| &s.target).unwrap_or(&default_target);
-            let source: Option<&Volume> = src.map(|s| &s.volume);
-            let r = act::perform(cloud, actx, v, target, source, &action).await;
+            let target = source.as_ref().map(|s| &s.target).unwrap_or(&default_target);
+            let src: Option<&Volume> = source.as_ref().map(|s| &s.volume);
+            let r = act::perform(cloud, &actx, &volume, target, src, &action).await;
             vec![(index, action, r)]
         }
         Job::PollSnapshots { loc, members } => {
@@ -774,14 +828,7 @@ async fn perform_job(
             match cloud.describe_snapshots(&loc, &ids).await {
                 Ok(found) => members
                     .into_iter()
-                    .map(|(i, id)| {
-                        let which = if loc.side == Side::Target {
-                            Which::Target
-                        } else if record.volumes[i].step == Step::WaitReencrypt {
-                            Which::Reencrypted
-                        } else {
-                            Which::Source
-                        };
+                    .map(|(i, id, which)| {
                         let outcome =
                             found.iter().find(|s| s.id == id).map(act::snapshot_outcome).unwrap_or(Outcome::Missing);
                         (i, Action::PollSnapshot { which, id }, Ok(outcome))
@@ -789,7 +836,7 @@ async fn perform_job(
                     .collect(),
                 Err(e) => members
                     .into_iter()
-                    .map(|(i, id)| (i, Action::PollSnapshot { which: Which::Source, id }, Err(e.clone())))
+                    .map(|(i, id, which)| (i, Action::PollSnapshot { which, id }, Err(e.clone())))
                     .collect(),
             }
         }

@@ -143,6 +143,10 @@ impl Clock for SimCloud {
         self.with_world(|w| w.now_ms = w.now_ms.max(t_ms));
         tokio::task::yield_now().await;
     }
+
+    fn is_virtual(&self) -> bool {
+        true
+    }
 }
 
 #[async_trait]
