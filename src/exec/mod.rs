@@ -5,12 +5,12 @@
 //! (read-only checks of identities, keys and volumes), grant the target account use
 //! of the source key, then drive every volume's machine to `Done` or `Failed`.
 //!
-//! The driving loop works in ticks. Each tick it asks every live volume for its next
-//! action; records the intent of every call that changes AWS and syncs the journal
-//! once; performs the tick's calls concurrently (polls batched per account and
-//! region); applies the outcomes and syncs again. Copies wait for a slot under the
-//! per-destination limit. When nothing is due, it sleeps until the next poll or
-//! retry is due, on the [`Clock`] (virtual under simulation).
+//! The driving loop asks every volume without a call under way for its next action;
+//! records the intent of every call that changes AWS and syncs the journal once;
+//! starts the calls (polls batched per account and region); and applies each outcome
+//! as its call ends, syncing again. Copies wait for a slot under the per-destination
+//! limit. When nothing is due, it sleeps until the next poll or retry is due, on the
+//! [`Clock`] (virtual under simulation).
 //!
 //! Architecture Invariant: every call that changes AWS is preceded by a durable intent
 //! (`in_flight`) and followed by a durable outcome; an intent without an outcome is
