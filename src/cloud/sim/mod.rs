@@ -60,11 +60,6 @@ impl SimCloud {
         SimCloud { world: Arc::new(Mutex::new(world)), sides, halted: watch::channel(false).0 }
     }
 
-    /// Another handle on the same world, e.g. for a resumed run.
-    pub fn handle(&self) -> Self {
-        self.clone()
-    }
-
     /// A fresh handle on the same world after a halt: halting is switched off so
     /// the next run can go on.
     pub fn resume_after_halt(&self) -> Self {
@@ -249,7 +244,7 @@ impl Cloud for SimCloud {
     async fn find_snapshots(&self, loc: &Loc, tags: &Tags) -> CloudResult<Vec<Snapshot>> {
         self.call("ec2:DescribeSnapshots", |w| {
             let acct = self.account(w, loc.side)?;
-            Ok(w.describe_snapshots(&acct, &loc.region, |s| world::has_tags(&s.tags, tags), false))
+            Ok(w.describe_snapshots(&acct, &loc.region, |s| world::has_tags(&s.tags, tags)))
         })
         .await
     }

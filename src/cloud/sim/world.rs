@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::cloud::{
-    CloudError, CloudResult, CopySnapshotReq, CreateSnapshotReq, CreateVolumeReq, ErrorKind, Identity, KeyInfo,
-    KeyManager, Snapshot, SnapshotState, Tags, Volume, VolumeState,
+    CloudError, CloudResult, CopySnapshotReq, CreateSnapshotReq, CreateVolumeReq, ErrorKind, KeyInfo, KeyManager,
+    Snapshot, SnapshotState, Tags, Volume, VolumeState,
 };
 use crate::ids::{AccountId, KeyArn, KeyRef, Region, RoleArn, SnapshotId, VolumeId};
 
@@ -463,22 +463,16 @@ impl World {
         self.now_ms >= s.created_ms + self.faults.invisible_ms
     }
 
-    /// Snapshots the caller owns (and, by id, those shared with it).
+    /// Snapshots the caller owns that `pick` selects (listings by tag).
     pub fn describe_snapshots(
         &self,
         account: &AccountId,
         region: &Region,
         pick: impl Fn(&SimSnapshot) -> bool,
-        include_shared: bool,
     ) -> Vec<Snapshot> {
         self.snapshots
             .values()
-            .filter(|s| {
-                &s.region == region
-                    && (&s.owner == account || (include_shared && s.shared_with.contains(account)))
-                    && self.visible(s)
-                    && pick(s)
-            })
+            .filter(|s| &s.region == region && &s.owner == account && self.visible(s) && pick(s))
             .map(|s| self.snapshot_view(s))
             .collect()
     }
@@ -848,11 +842,6 @@ impl World {
             return Err(invalid());
         }
         Ok((Zeroizing::new(unwrap_raw(k, &rest[len as usize..])), k.arn.clone()))
-    }
-
-    /// Who the caller of a side is, for identity answers.
-    pub fn identity(account: &AccountId) -> Identity {
-        Identity { account: account.clone(), arn: format!("arn:aws:iam::{account}:user/snapferry") }
     }
 }
 
