@@ -38,6 +38,8 @@ const DESCRIBE_BATCH: usize = 1_000;
 const CALLS_IN_FLIGHT: usize = 16;
 /// Retries of one volume's action after throttling or a lost connection.
 const MAX_RETRIES: u32 = 30;
+/// How long a copy refused for the account's copy quota waits before asking again.
+const QUOTA_WAIT_MS: i64 = 60_000;
 /// Retries of a copy whose shared source snapshot is not visible yet (about 30 s).
 const SHARE_LAG_RETRIES: u32 = 5;
 /// How long a snapshot or volume may stay invisible before it counts as gone.
@@ -82,6 +84,9 @@ struct Sched {
     next_poll_ms: i64,
     retries: u32,
     missing_since_ms: Option<i64>,
+    /// Since when copies of this volume have been refused for the copy quota; the
+    /// wait is bounded by the copy timeout.
+    quota_since_ms: Option<i64>,
 }
 
 /// Runs (or resumes) the plan until every volume ends or `shutdown` turns true.
@@ -233,6 +238,7 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
         poll_floor_ms: MIN_POLL_MS,
         progress: cfg.progress.clone(),
         busy: vec![false; record_len],
+        slot_caps: BTreeMap::new(),
         record,
         journal,
     };
@@ -386,6 +392,8 @@ struct Runner {
     progress: Option<std::sync::Arc<dyn Progress>>,
     /// Volumes with a job under way; they are left out of planning until it ends.
     busy: Vec<bool>,
+    /// Lowered copy limits per destination, after ResourceLimitExceeded.
+    slot_caps: BTreeMap<(Side, String), usize>,
 }
 
 /// A unit of work in one tick.
@@ -601,7 +609,7 @@ impl Runner {
             // Volumes queued for a full copy slot cost nothing per tick, however many.
             if matches!(v.step, Step::Copy | Step::Reencrypt)
                 && !v.in_flight
-                && self.copy_slot(v.step).is_some_and(|k| slots.get(&k).is_some_and(|n| *n >= self.copy_limit))
+                && self.copy_slot(v.step).is_some_and(|k| slots.get(&k).is_some_and(|n| *n >= self.slot_cap(&k)))
             {
                 continue;
             }
@@ -633,8 +641,9 @@ impl Runner {
                 a if a.is_mutating() => {
                     if matches!(a, Action::Reencrypt { .. } | Action::Copy { .. }) {
                         let key = self.copy_slot(v.step).expect("copy steps have a slot");
+                        let cap = self.slot_cap(&key);
                         let used = slots.entry(key).or_default();
-                        if *used >= self.copy_limit {
+                        if *used >= cap {
                             continue;
                         }
                         *used += 1;
@@ -674,6 +683,12 @@ impl Runner {
             }
         }
         Ok(jobs)
+    }
+
+    /// Copies allowed at once into a destination: the plan's limit, or less once AWS
+    /// said ResourceLimitExceeded there (other copies in the account hold slots).
+    fn slot_cap(&self, key: &(Side, String)) -> usize {
+        self.slot_caps.get(key).copied().unwrap_or(self.copy_limit)
     }
 
     fn one(&self, index: usize, action: Action) -> Job {
@@ -728,6 +743,23 @@ impl Runner {
                 if e.outcome_known() && action.is_mutating() {
                     // AWS answered with an error: the call did not take effect.
                     next.in_flight = false;
+                }
+                // The account's copy quota is taken by copies outside this run: queue
+                // behind the copies this run has in flight rather than retry-storm.
+                let quota_since = *self.sched[i].quota_since_ms.get_or_insert(now);
+                if matches!(action, Action::Copy { .. } | Action::Reencrypt { .. })
+                    && e.kind == ErrorKind::LimitExceeded
+                    && now - quota_since <= self.ctx.timeouts_ms.copy
+                {
+                    if let Some(key) = self.copy_slot(v.step) {
+                        let in_use = self.slots_in_use().get(&key).copied().unwrap_or(0).saturating_sub(1);
+                        let cap = in_use.max(1);
+                        tracing::warn!(volume = %v.source_volume, region = key.1, cap, "copy quota reached; queueing copies");
+                        self.slot_caps.insert(key, cap);
+                    }
+                    let j = self.jitter();
+                    self.sched[i].not_before_ms = now + QUOTA_WAIT_MS / 2 + (QUOTA_WAIT_MS as f64 / 2.0 * j) as i64;
+                    return self.set(i, next);
                 }
                 // A snapshot just shared can be invisible to the target account for a
                 // few seconds (the share propagates): a copy that cannot find it yet is

@@ -413,3 +413,23 @@ async fn a_copy_that_cannot_see_the_share_yet_is_retried() {
     assert_eq!(rig.made("copy"), 3);
     rig.sim.with_world(|w| assert!(w.calls["ec2:CopySnapshot"] > 3 + 2, "{:?}", w.calls));
 }
+
+#[tokio::test]
+async fn copies_queue_when_the_account_copy_quota_is_taken_by_others() {
+    let mut text = String::from(CROSS.split("volumes:").next().unwrap());
+    text.push_str("volumes:\n");
+    for i in 1..=8 {
+        text.push_str(&format!("  - id: vol-0000000000000020{i}\n"));
+    }
+    // The plan allows 20, but only 2 slots are free in the account.
+    let rig = Rig::with(plan(&text), |w| w.faults.copy_quota = Some(2));
+    let r = rig.run().await.unwrap();
+    assert_all_succeeded(&r);
+    assert_eq!(rig.made("copy"), 8);
+    rig.sim.with_world(|w| {
+        assert!(w.peak_copies.values().all(|p| *p <= 2), "{:?}", w.peak_copies);
+        // Queued, not hammered: a few refusals, not one per second of waiting.
+        let copies = w.calls["ec2:CopySnapshot"];
+        assert!(copies < 8 + 6 + 20, "{copies} CopySnapshot calls");
+    });
+}

@@ -32,6 +32,10 @@ pub struct Faults {
     /// their DryRun probes, are answered UnauthorizedOperation.
     #[serde(default)]
     pub denied: BTreeSet<String>,
+    /// The account's copy quota per destination, when lower than AWS's default 20
+    /// (copies made by others hold the rest).
+    #[serde(default)]
+    pub copy_quota: Option<usize>,
     /// A share reaches the other account only this long after ModifySnapshotAttribute.
     #[serde(default)]
     pub share_lag_ms: i64,
@@ -574,13 +578,12 @@ impl World {
                 format!("Snapshot '{}' is not in a completed state.", src.id),
             ));
         }
-        if self.copies_in_flight(account, region) >= MAX_CONCURRENT_COPIES {
+        let quota = self.faults.copy_quota.unwrap_or(MAX_CONCURRENT_COPIES);
+        if self.copies_in_flight(account, region) >= quota {
             return Err(err(
                 ErrorKind::LimitExceeded,
                 "ResourceLimitExceeded",
-                format!(
-                    "You have reached the limit of {MAX_CONCURRENT_COPIES} concurrent snapshot copies in {region}."
-                ),
+                format!("You have reached the limit of {quota} concurrent snapshot copies in {region}."),
             ));
         }
         // Key checks happen later, in the background, as in AWS: the copy is accepted
