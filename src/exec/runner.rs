@@ -711,6 +711,7 @@ impl Runner {
         match result {
             Ok(outcome) => {
                 self.sched[i].retries = 0;
+                self.sched[i].quota_since_ms = None;
                 let outcome = if outcome == Outcome::Missing {
                     let since = *self.sched[i].missing_since_ms.get_or_insert(now);
                     if now - since > MISSING_GRACE_MS {
@@ -746,11 +747,10 @@ impl Runner {
                 }
                 // The account's copy quota is taken by copies outside this run: queue
                 // behind the copies this run has in flight rather than retry-storm.
-                let quota_since = *self.sched[i].quota_since_ms.get_or_insert(now);
-                if matches!(action, Action::Copy { .. } | Action::Reencrypt { .. })
-                    && e.kind == ErrorKind::LimitExceeded
-                    && now - quota_since <= self.ctx.timeouts_ms.copy
-                {
+                let quota = matches!(action, Action::Copy { .. } | Action::Reencrypt { .. })
+                    && e.kind == ErrorKind::LimitExceeded;
+                let quota_since = if quota { *self.sched[i].quota_since_ms.get_or_insert(now) } else { now };
+                if quota && now - quota_since <= self.ctx.timeouts_ms.copy {
                     if let Some(key) = self.copy_slot(v.step) {
                         let in_use = self.slots_in_use().get(&key).copied().unwrap_or(0).saturating_sub(1);
                         let cap = in_use.max(1);
