@@ -530,6 +530,39 @@ fn kill_nine_at_random_moments_then_resume() {
     assert_eq!(grants(&inv).len(), 1, "{:#}", inv["policy"]);
 }
 
+#[test]
+fn sigint_and_sigterm_save_the_checkpoint_exit_130_and_the_run_resumes() {
+    let rig = Rig::start(&[
+        "--snapshot-pending-seconds",
+        "4",
+        "--copy-pending-seconds",
+        "4",
+        "--volume-pending-seconds",
+        "2",
+    ]);
+    let seed = rig.seed(&THREE, Some(Target::Cross));
+    let plan = rig.plan("e2e-signal", &seed.volumes, Target::Cross, None);
+    let mut run_id = None;
+    for signal in ["-INT", "-TERM"] {
+        let child = rig.command(&["run", arg(&plan)]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(2500));
+        let sent = Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+        assert!(sent.success());
+        let out = Run::from(child.wait_with_output().unwrap());
+        out.expect(130);
+        let doc = out.json();
+        assert_eq!(doc["status"], "interrupted", "{}", out.show());
+        // Both interruptions belong to the same run.
+        let id = doc["run_id"].as_str().unwrap().to_owned();
+        assert_eq!(run_id.get_or_insert(id.clone()), &id);
+    }
+    let run = rig.snapferry(&["run", arg(&plan)]);
+    run.expect(0);
+    assert_eq!(run.json()["run_id"].as_str(), run_id.as_deref(), "the interrupted run is resumed");
+    let inv = rig.inventory(&seed);
+    assert_copied(&inv, &run.json(), &seed, "e2e-signal", Target::Cross);
+}
+
 /// Named to sort first: the slowest test (the SDK's adaptive retry slows the client
 /// down after each throttle) then runs beside the others instead of after them.
 #[test]
