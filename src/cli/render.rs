@@ -20,12 +20,15 @@ pub fn report_text(r: &RunReport) -> String {
     let ok = r.volumes.iter().filter(|v| v.status == "succeeded").count();
     let _ = writeln!(
         s,
-        "run {} of plan {}: {} ({ok}/{} volumes succeeded){}",
+        "run {} of plan {}: {} ({ok}/{} volumes succeeded) in {}h{:02}m{:02}s{}",
         r.run_id,
         r.plan,
         r.status,
         r.volumes.len(),
-        if r.simulated { " [simulated]" } else { "" }
+        r.duration_seconds / 3600,
+        r.duration_seconds % 3600 / 60,
+        r.duration_seconds % 60,
+        if r.simulated { " of simulated time" } else { "" }
     );
     for v in &r.volumes {
         let _ = writeln!(

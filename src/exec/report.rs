@@ -28,6 +28,9 @@ pub struct RunReport {
     /// `succeeded`, `failed`, `interrupted` or `running`.
     pub status: String,
     pub simulated: bool,
+    /// From the run's creation to its end (or to now, for a run that has not ended);
+    /// virtual time under simulation.
+    pub duration_seconds: i64,
     pub volumes: Vec<VolumeReport>,
     /// What `options.keep` pruned after this run, when set.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -43,6 +46,7 @@ impl RunReport {
             plan: r.meta.plan.clone(),
             status: r.meta.status.as_str().to_owned(),
             simulated: r.meta.simulated,
+            duration_seconds: (r.meta.finished_ms.unwrap_or(r.meta.updated_ms) - r.meta.created_ms).max(0) / 1000,
             volumes: r
                 .volumes
                 .iter()
