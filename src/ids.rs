@@ -201,9 +201,10 @@ impl KeyRef {
         if ok { Ok(Self(s.to_owned())) } else { Err(err) }
     }
 
-    /// `alias/aws/ebs` (or its ARN form): the AWS managed EBS key, which cannot be shared.
+    /// `alias/aws/...` (or its ARN form): an AWS managed key such as `aws/ebs`, which cannot be shared.
     pub fn is_aws_managed_alias(&self) -> bool {
-        self.0 == "alias/aws/ebs" || self.0.ends_with(":alias/aws/ebs") || self.0.contains("alias/aws/")
+        // Every alias under alias/aws/ names an AWS managed key (aws/ebs among them).
+        self.0.starts_with("alias/aws/") || self.0.contains(":alias/aws/")
     }
 
     /// The region named in an ARN form, if any.

@@ -448,11 +448,6 @@ pub fn apply(v: &VolumeRun, outcome: &Outcome, ctx: &Ctx, now_ms: i64) -> Result
         return Ok(v.clone());
     }
     let mut n = v.clone();
-    let wait_timeout = |step: Step| match step {
-        Step::WaitSnapshot | Step::WaitReencrypt => ctx.timeouts_ms.snapshot,
-        Step::WaitCopy => ctx.timeouts_ms.copy,
-        _ => ctx.timeouts_ms.volume,
-    };
     let fail = |mut n: VolumeRun, message: String, hint: Option<String>| {
         n.failure = Some(Failure { step: n.step, message, hint });
         n.step = Step::Failed;
@@ -471,7 +466,7 @@ pub fn apply(v: &VolumeRun, outcome: &Outcome, ctx: &Ctx, now_ms: i64) -> Result
     match (v.step, outcome) {
         (_, Outcome::Fatal { message, hint }) => Ok(fail(n, message.clone(), hint.clone())),
         (Step::WaitSnapshot | Step::WaitReencrypt | Step::WaitCopy | Step::WaitVolume, Outcome::TimedOut) => {
-            let limit = wait_timeout(v.step) / 1000;
+            let limit = wait_limit_ms(v.step, ctx).unwrap_or(0) / 1000;
             let message = format!("gave up after waiting {}s at step {}", limit, v.step.as_str());
             Ok(fail(
                 n,
@@ -583,15 +578,22 @@ pub fn apply(v: &VolumeRun, outcome: &Outcome, ctx: &Ctx, now_ms: i64) -> Result
     }
 }
 
+/// How long a wait step may last; `None` for steps that are not waits.
+pub fn wait_limit_ms(step: Step, ctx: &Ctx) -> Option<i64> {
+    match step {
+        Step::WaitSnapshot | Step::WaitReencrypt => Some(ctx.timeouts_ms.snapshot),
+        Step::WaitCopy => Some(ctx.timeouts_ms.copy),
+        Step::WaitVolume => Some(ctx.timeouts_ms.volume),
+        _ => None,
+    }
+}
+
 /// True when a wait that began at `started_ms` has run past the step's timeout.
 pub fn wait_expired(v: &VolumeRun, ctx: &Ctx, now_ms: i64) -> bool {
-    let limit = match v.step {
-        Step::WaitSnapshot | Step::WaitReencrypt => ctx.timeouts_ms.snapshot,
-        Step::WaitCopy => ctx.timeouts_ms.copy,
-        Step::WaitVolume => ctx.timeouts_ms.volume,
-        _ => return false,
-    };
-    v.wait_started_ms.is_some_and(|s| now_ms - s > limit)
+    match (wait_limit_ms(v.step, ctx), v.wait_started_ms) {
+        (Some(limit), Some(start)) => now_ms - start > limit,
+        _ => false,
+    }
 }
 
 #[cfg(test)]

@@ -583,12 +583,7 @@ impl Runner {
             };
             wake = wake.min(t.max(now + 1));
             // A wait's timeout is a wake-up too.
-            if let Some(start) = v.wait_started_ms {
-                let limit = match v.step {
-                    Step::WaitSnapshot | Step::WaitReencrypt => self.ctx.timeouts_ms.snapshot,
-                    Step::WaitCopy => self.ctx.timeouts_ms.copy,
-                    _ => self.ctx.timeouts_ms.volume,
-                };
+            if let (Some(start), Some(limit)) = (v.wait_started_ms, engine::wait_limit_ms(v.step, &self.ctx)) {
                 wake = wake.min((start + limit + 1).max(now + 1));
             }
         }
