@@ -80,6 +80,9 @@ pub struct RunMeta {
     pub cross_account: bool,
     pub source_key_arn: Option<String>,
     pub target_key_arn: Option<String>,
+    /// The role assumed in the target account, for a cross-account run.
+    #[serde(default)]
+    pub target_role_arn: Option<String>,
     pub grant: Option<GrantRecord>,
     /// True once the run has been simulated rather than run against AWS.
     #[serde(default)]
@@ -375,6 +378,7 @@ mod tests {
                 cross_account: true,
                 source_key_arn: None,
                 target_key_arn: None,
+                target_role_arn: None,
                 grant: None,
                 simulated: true,
                 cleaned_up: false,

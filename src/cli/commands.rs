@@ -194,31 +194,52 @@ fn status(run_id: Option<&str>, common: &Common) -> Result<u8, Failure> {
 
 async fn cleanup(run_id: &str, plan_path: Option<&Path>, common: &Common) -> Result<u8, Failure> {
     let store = Store::new(&common.state_dir);
-    let record = store.load(run_id).map_err(|e| match e {
-        StoreError::NoSuchRun(_) => {
-            Failure::new(exit::USAGE, format!("no run {run_id} in {}", common.state_dir.display()))
-        }
-        e => store_failure(&e),
-    })?;
     let plan = match plan_path {
         Some(p) => Some(load_plan(p, common.format)?),
         None => None,
     };
-    let _lock = store.lock_plan(&record.meta.plan).map_err(|e| store_failure(&e))?;
-    let source_region = crate::ids::Region::parse(&record.meta.source_region)
+    // The state's record of the run, or (with --plan) nothing: the run is then
+    // found by its tags.
+    let record = match store.load(run_id) {
+        Ok(r) => Some(r),
+        Err(StoreError::NoSuchRun(_)) if plan.is_some() => None,
+        Err(StoreError::NoSuchRun(_)) => {
+            return Err(Failure::new(
+                exit::USAGE,
+                format!(
+                    "no run {run_id} in {}; to clean it up from its tags in AWS, name its plan: snapferry cleanup --plan PLAN {run_id}",
+                    common.state_dir.display()
+                ),
+            ));
+        }
+        Err(e) => return Err(store_failure(&e)),
+    };
+    let plan_name = record.as_ref().map(|r| r.meta.plan.clone()).or_else(|| plan.as_ref().map(|p| p.name.to_string()));
+    let plan_name = plan_name.unwrap_or_default();
+    let _lock = store.lock_plan(&plan_name).map_err(|e| store_failure(&e))?;
+    let region_text = record
+        .as_ref()
+        .map(|r| r.meta.source_region.clone())
+        .or_else(|| plan.as_ref().map(|p| p.source.region.to_string()))
+        .unwrap_or_default();
+    let source_region = crate::ids::Region::parse(&region_text)
         .map_err(|e| Failure::new(exit::FAILED, format!("checkpoint of {run_id}: source region: {e}")))?;
+    // The target role stops copies still pending: the plan's, else the one the run used.
+    let target_role = plan.as_ref().and_then(|p| p.target.role_arn.clone()).or_else(|| {
+        record.as_ref().and_then(|r| r.meta.target_role_arn.as_deref()).and_then(|a| crate::ids::RoleArn::parse(a).ok())
+    });
     let connected = connect(Reach {
         common,
-        plan_name: &record.meta.plan,
+        plan_name: &plan_name,
         source_region,
         source_profile: plan.as_ref().and_then(|p| p.source.profile.clone()),
-        target_role: None,
-        external_id: None,
+        target_role,
+        external_id: plan.as_ref().and_then(|p| p.target.external_id.clone()),
         session_name: session_name(run_id),
         seed: None,
     })
     .await?;
-    let result = exec::cleanup(&store, connected.cloud.as_ref(), connected.clock.as_ref(), run_id).await;
+    let result = exec::cleanup(&store, connected.cloud.as_ref(), connected.clock.as_ref(), run_id, plan.as_ref()).await;
     connected.save()?;
     let summary = result.map_err(|e| run_failure(&e))?;
     match common.format {

@@ -66,6 +66,9 @@ pub enum ErrorKind {
     NotFound,
     /// Missing permission in IAM or a key policy.
     AccessDenied,
+    /// The credentials are expired, invalid or cannot be had: nothing is wrong with
+    /// the resource; the invocation stops and a later one carries on.
+    Credentials,
     /// A quota: ResourceLimitExceeded, SnapshotCreationPerVolumeRateExceeded.
     LimitExceeded,
     /// The resource is in a state that does not allow the call (key disabled, ...).

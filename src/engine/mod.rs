@@ -80,10 +80,30 @@ impl Step {
     }
 }
 
+/// What a failure says about the resource of its step, which decides what a resumed
+/// run does with it (see [`VolumeRun::revive`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// A call failed, or a wait was given up for another reason than the resource:
+    /// the resource, if any, is kept and the step carries on where it stood.
+    #[default]
+    Call,
+    /// The invocation stopped waiting (the step's timeout): AWS goes on working on the
+    /// resource, which is kept and waited on again.
+    StoppedWaiting,
+    /// AWS reported the resource in state `error`: it is replaced.
+    ResourceError,
+    /// The resource is gone (deleted outside snapferry): it is made again.
+    Gone,
+}
+
 /// Why a volume failed: the step, what AWS said, and what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
     pub step: Step,
+    #[serde(default)]
+    pub kind: FailureKind,
     pub message: String,
     pub hint: Option<String>,
 }
@@ -151,28 +171,31 @@ impl VolumeRun {
         self.source_snapshot.iter().chain(self.reencrypted_snapshot.iter()).cloned().collect()
     }
 
-    /// Puts a failed volume back at the step that failed, for a resumed run. A target
-    /// volume or copy that ended in `error` is forgotten (the runner deletes it first),
-    /// so the step issues a fresh one.
+    /// Puts a failed volume back where it failed, for a resumed run. Only a resource
+    /// AWS reported in `error`, or one that is gone, is forgotten so its step makes it
+    /// again (the runner deletes one in `error` first); anything else is kept and
+    /// waited on, and a call whose outcome is unknown stays unknown (`in_flight`), so
+    /// it is looked up before it is issued again.
     pub fn revive(&mut self) {
         if self.step != Step::Failed {
             return;
         }
-        let at = self.failure.as_ref().map(|f| f.step).unwrap_or(Step::Snapshot);
+        let (at, kind) = self.failure.as_ref().map(|f| (f.step, f.kind)).unwrap_or((Step::Snapshot, FailureKind::Call));
+        let replace = matches!(kind, FailureKind::ResourceError | FailureKind::Gone);
         self.step = match at {
-            Step::WaitSnapshot | Step::Snapshot => {
+            Step::WaitSnapshot if replace => {
                 self.source_snapshot = None;
                 Step::Snapshot
             }
-            Step::WaitReencrypt | Step::Reencrypt => {
+            Step::WaitReencrypt if replace => {
                 self.reencrypted_snapshot = None;
                 Step::Reencrypt
             }
-            Step::WaitCopy | Step::Copy => {
+            Step::WaitCopy if replace => {
                 self.target_snapshot = None;
                 Step::Copy
             }
-            Step::WaitVolume | Step::CreateVolume => {
+            Step::WaitVolume if replace => {
                 if self.target_volume.take().is_some() {
                     self.volume_attempt += 1;
                 }
@@ -180,12 +203,25 @@ impl VolumeRun {
             }
             other => other,
         };
-        self.in_flight = false;
-        self.lookups_missed = 0;
+        if replace {
+            self.in_flight = false;
+            self.lookups_missed = 0;
+            self.wait_started_ms = None;
+        }
         self.failure = None;
         self.finished_ms = None;
-        self.wait_started_ms = None;
         self.progress = None;
+    }
+
+    /// The resource the current wait step is about, if any.
+    pub fn waited_on(&self) -> Option<&str> {
+        match self.step {
+            Step::WaitSnapshot => self.source_snapshot.as_ref().map(|s| s.as_str()),
+            Step::WaitReencrypt => self.reencrypted_snapshot.as_ref().map(|s| s.as_str()),
+            Step::WaitCopy => self.target_snapshot.as_ref().map(|s| s.as_str()),
+            Step::WaitVolume => self.target_volume.as_ref().map(|s| s.as_str()),
+            _ => None,
+        }
     }
 }
 
@@ -302,6 +338,8 @@ pub enum Outcome {
     VolumePending,
     VolumeAvailable,
     VolumeError,
+    /// The resource waited on stayed invisible past the grace period: it is gone.
+    Vanished,
     CleanedUp,
     /// The call failed for good; the volume fails with this message and hint.
     Fatal {
@@ -432,7 +470,7 @@ fn hint_for_snapshot_error(step: Step, message: &str) -> Option<String> {
                 .to_owned(),
         )
     } else {
-        Some("the snapshot failed in AWS; run the same command again to retry this step".to_owned())
+        Some("the snapshot failed in AWS; run the same command again to replace it".to_owned())
     }
 }
 
@@ -448,10 +486,11 @@ pub fn apply(v: &VolumeRun, outcome: &Outcome, ctx: &Ctx, now_ms: i64) -> Result
         return Ok(v.clone());
     }
     let mut n = v.clone();
-    let fail = |mut n: VolumeRun, message: String, hint: Option<String>| {
-        n.failure = Some(Failure { step: n.step, message, hint });
+    // A failure keeps `in_flight`: a call whose outcome is unknown stays unknown until
+    // a lookup settles it, whatever happens to the volume meanwhile.
+    let fail = |mut n: VolumeRun, kind: FailureKind, message: String, hint: Option<String>| {
+        n.failure = Some(Failure { step: n.step, kind, message, hint });
         n.step = Step::Failed;
-        n.in_flight = false;
         n.finished_ms = Some(now_ms);
         n
     };
@@ -464,14 +503,36 @@ pub fn apply(v: &VolumeRun, outcome: &Outcome, ctx: &Ctx, now_ms: i64) -> Result
         n
     };
     match (v.step, outcome) {
-        (_, Outcome::Fatal { message, hint }) => Ok(fail(n, message.clone(), hint.clone())),
+        (_, Outcome::Fatal { message, hint }) => Ok(fail(n, FailureKind::Call, message.clone(), hint.clone())),
         (Step::WaitSnapshot | Step::WaitReencrypt | Step::WaitCopy | Step::WaitVolume, Outcome::TimedOut) => {
             let limit = wait_limit_ms(v.step, ctx).unwrap_or(0) / 1000;
-            let message = format!("gave up after waiting {}s at step {}", limit, v.step.as_str());
+            let what = v.waited_on().unwrap_or("the resource");
+            let progress = v.progress.map(|p| format!(" at {p}%")).unwrap_or_default();
+            let message = format!(
+                "stopped waiting for {what}{progress} after {limit}s at step {}; it is left to finish in AWS",
+                v.step.as_str()
+            );
+            let field = match v.step {
+                Step::WaitCopy => "copy",
+                Step::WaitVolume => "volume",
+                _ => "snapshot",
+            };
             Ok(fail(
                 n,
+                FailureKind::StoppedWaiting,
                 message,
-                Some("raise options.timeouts in the plan if this is expected, then run the same command again to keep waiting".to_owned()),
+                Some(format!(
+                    "run the same command again to keep waiting for it (nothing is made again); raise options.timeouts.{field} if waits this long are expected"
+                )),
+            ))
+        }
+        (Step::WaitSnapshot | Step::WaitReencrypt | Step::WaitCopy | Step::WaitVolume, Outcome::Vanished) => {
+            let what = v.waited_on().unwrap_or("the resource");
+            Ok(fail(
+                n,
+                FailureKind::Gone,
+                format!("{what}, waited on at step {}, is gone", v.step.as_str()),
+                Some("it was deleted outside snapferry; run the same command again to make it again".into()),
             ))
         }
 
@@ -539,7 +600,7 @@ pub fn apply(v: &VolumeRun, outcome: &Outcome, ctx: &Ctx, now_ms: i64) -> Result
                 _ => v.target_snapshot.as_ref(),
             };
             let id = which.map(|s| s.as_str()).unwrap_or("?");
-            Ok(fail(n, format!("snapshot {id} went to state error: {message}"), hint))
+            Ok(fail(n, FailureKind::ResourceError, format!("snapshot {id} went to state error: {message}"), hint))
         }
 
         (Step::Share, Outcome::Shared) => {
@@ -561,6 +622,7 @@ pub fn apply(v: &VolumeRun, outcome: &Outcome, ctx: &Ctx, now_ms: i64) -> Result
             let id = v.target_volume.as_ref().map(|s| s.as_str()).unwrap_or("?");
             Ok(fail(
                 n,
+                FailureKind::ResourceError,
                 format!("volume {id} went to state error"),
                 Some(
                     "check the target key is enabled and usable by the target role, then run the same command again"

@@ -266,6 +266,7 @@ fn fatal_fails_from_any_live_step_and_timeouts_only_from_waits() {
     w.target_volume = Some(vol(2));
     let t = apply(&w, &Outcome::TimedOut, &c, 3).unwrap();
     assert_eq!(t.step, Step::Failed);
+    assert_eq!(t.failure.unwrap().kind, FailureKind::StoppedWaiting);
 }
 
 #[test]
@@ -305,10 +306,83 @@ fn revive_returns_a_failed_volume_to_its_failed_step() {
     let mut w = VolumeRun::new(vol(1));
     w.step = Step::Failed;
     w.target_volume = Some(vol(3));
-    w.failure = Some(Failure { step: Step::WaitVolume, message: "x".into(), hint: None });
+    w.failure =
+        Some(Failure { step: Step::WaitVolume, kind: FailureKind::ResourceError, message: "x".into(), hint: None });
     w.revive();
     assert_eq!(w.step, Step::CreateVolume);
     assert_eq!(w.volume_attempt, 1);
+}
+
+#[test]
+fn a_wait_that_timed_out_is_revived_to_the_same_wait_with_its_resource() {
+    let c = ctx(true, true, true);
+    for (step, which) in [
+        (Step::WaitSnapshot, Which::Source),
+        (Step::WaitReencrypt, Which::Reencrypted),
+        (Step::WaitCopy, Which::Target),
+    ] {
+        let mut v = VolumeRun::new(vol(1));
+        v.source_snapshot = Some(snap(1));
+        v.reencrypted_snapshot = Some(snap(2));
+        v.target_snapshot = Some(snap(3));
+        v.step = step;
+        v.wait_started_ms = Some(0);
+        v.progress = Some(40);
+        let failed = apply(&v, &Outcome::TimedOut, &c, 5_000).unwrap();
+        let f = failed.failure.clone().unwrap();
+        assert_eq!(f.kind, FailureKind::StoppedWaiting);
+        assert!(f.message.contains("stopped waiting") && f.message.contains("40%"), "{}", f.message);
+        assert!(f.hint.unwrap().contains("run the same command again to keep waiting"));
+        let mut r = failed.clone();
+        r.revive();
+        assert_eq!(r.step, step);
+        assert_eq!(r.wait_started_ms, Some(0), "the timeout still counts from the first wait");
+        assert_eq!(
+            (r.source_snapshot.clone(), r.reencrypted_snapshot.clone(), r.target_snapshot.clone()),
+            (Some(snap(1)), Some(snap(2)), Some(snap(3)))
+        );
+        assert!(matches!(next_action(&r, "r"), Action::PollSnapshot { which: w, .. } if w == which));
+    }
+    let mut v = VolumeRun::new(vol(1));
+    v.step = Step::WaitVolume;
+    v.target_snapshot = Some(snap(3));
+    v.target_volume = Some(vol(9));
+    v.wait_started_ms = Some(0);
+    let mut r = apply(&v, &Outcome::TimedOut, &c, 5_000).unwrap();
+    r.revive();
+    assert_eq!((r.step, r.target_volume.clone(), r.volume_attempt), (Step::WaitVolume, Some(vol(9)), 0));
+}
+
+#[test]
+fn an_unknown_outcome_survives_failure_and_revive() {
+    let c = ctx(true, true, true);
+    for step in [Step::Snapshot, Step::Reencrypt, Step::Copy, Step::CreateVolume] {
+        let mut v = VolumeRun::new(vol(1));
+        v.source_snapshot = Some(snap(1));
+        v.target_snapshot = Some(snap(3));
+        v.step = step;
+        let v = begin(&v, 0);
+        assert!(v.in_flight);
+        let mut f = apply(&v, &Outcome::Fatal { message: "no answer".into(), hint: None }, &c, 1).unwrap();
+        assert!(f.in_flight, "a failure must not forget the call at {step:?}");
+        f.revive();
+        assert_eq!(f.step, step);
+        assert!(f.in_flight);
+        assert!(matches!(next_action(&f, "r"), Action::LookUpSnapshot { .. } | Action::LookUpVolume), "{step:?}");
+    }
+}
+
+#[test]
+fn a_vanished_resource_is_made_again() {
+    let c = ctx(true, true, true);
+    let mut v = VolumeRun::new(vol(1));
+    v.source_snapshot = Some(snap(1));
+    v.target_snapshot = Some(snap(3));
+    v.step = Step::WaitCopy;
+    let mut f = apply(&v, &Outcome::Vanished, &c, 1).unwrap();
+    assert_eq!(f.failure.as_ref().unwrap().kind, FailureKind::Gone);
+    f.revive();
+    assert_eq!((f.step, f.target_snapshot.clone()), (Step::Copy, None));
 }
 
 #[test]

@@ -1,18 +1,34 @@
-//! `snapferry cleanup RUN_ID`: undo what a run left on the source side. Deletes the
-//! intermediate snapshots (which also ends their sharing) and revokes the run's
-//! key-policy statement when no other unfinished run on that key still needs it.
-//! The target side (copies and volumes) is what the run was for and stays.
+//! `snapferry cleanup RUN_ID`: undo what a run left on the source side, and stop what
+//! it left unfinished. Deletes the intermediate snapshots (which also ends their
+//! sharing) and revokes the plan's key-policy statement when no unfinished run on that
+//! key still needs it. Completed copies and volumes on the target side are what the
+//! run was for and stay.
+//!
+//! Step-aware: a copy still pending in the target account reads from the shared
+//! snapshot, so that copy is stopped first (deleted with the target role, an undo),
+//! and the snapshot it reads from is deleted only once the copy is gone. What cannot
+//! be deleted is kept in the state with the reason, and the run is marked cleaned up
+//! only when nothing it owns is left: running cleanup again finishes the job.
+//!
+//! Works from the state, or from the run's tags alone when the state is gone
+//! (`cleanup --plan PLAN RUN_ID`): the same listings adoption uses find every
+//! resource of the run, including those whose creating call's answer was lost.
+
+use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use crate::checkpoint::{RunStatus, Store};
+use crate::checkpoint::{FORMAT_VERSION, RunMeta, RunRecord, RunStatus, Store, StoreError};
 use crate::clock::Clock;
-use crate::cloud::{Cloud, ErrorKind, Loc, Side};
-use crate::ids::{AccountId, KeyArn, PlanName, Region};
+use crate::cloud::{Cloud, CloudError, ErrorKind, Loc, Side, Snapshot, SnapshotState};
+use crate::engine::{Failure, FailureKind, Step};
+use crate::ids::{AccountId, KeyArn, PlanName, Region, SnapshotId};
+use crate::plan::Plan;
 use crate::policy;
 
 use super::RunError;
-use super::act::delete_snapshot_quietly;
+use super::act::{TAG_RUN, TAG_SOURCE_VOLUME, TAG_STEP, delete_snapshot_quietly};
+use super::adopt::{self, Shape, Survey};
 use super::retry::retrying;
 
 /// What cleanup did.
@@ -20,97 +36,221 @@ use super::retry::retrying;
 pub struct CleanupSummary {
     pub run_id: String,
     pub deleted_snapshots: Vec<String>,
+    /// Pending target copies deleted to stop them.
+    pub stopped_copies: Vec<String>,
     pub unshared_snapshots: Vec<String>,
-    /// `revoked`, `kept (needed by RUN...)`, `not added by this run` or `none`.
+    /// `revoked`, `already gone`, `kept (needed by RUN...)` or `none`.
     pub grant: String,
     pub errors: Vec<String>,
 }
 
+/// Cleans up `run_id`. `plan`, when given, supplies regions, accounts and the role
+/// for a run the state does not know (it is then found by its tags).
 pub async fn cleanup(
     store: &Store,
     cloud: &dyn Cloud,
     clock: &dyn Clock,
     run_id: &str,
+    plan: Option<&Plan>,
 ) -> Result<CleanupSummary, RunError> {
-    let mut record = store.load(run_id)?;
-    let mut journal = store.reopen(&record)?;
+    let identity = retrying(clock, || cloud.caller_identity(Side::Source))
+        .await
+        .map_err(|e| RunError::Cloud { what: "reading the caller identity".into(), source: e })?;
+    let (mut record, mut journal) = match store.load(run_id) {
+        Ok(r) => {
+            let j = store.reopen(&r)?;
+            (r, j)
+        }
+        Err(StoreError::NoSuchRun(_)) => {
+            let Some(plan) = plan else {
+                return Err(RunError::Usage(format!(
+                    "no run {run_id} in the state dir; to clean it up from its tags in AWS, name its plan: snapferry cleanup --plan PLAN {run_id}"
+                )));
+            };
+            let r = from_tags(cloud, clock, plan, run_id, &identity.account).await?;
+            let j = store.create(&r)?;
+            (r, j)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(p) = plan
+        && p.name.as_str() != record.meta.plan
+    {
+        return Err(RunError::Usage(format!(
+            "run {run_id} belongs to plan {}, not {}; name its own plan",
+            record.meta.plan, p.name
+        )));
+    }
+    if let Some(acct) = &record.meta.source_account
+        && acct != identity.account.as_str()
+    {
+        return Err(RunError::Usage(format!(
+            "run {run_id} was made in account {acct}, but the credentials are of account {} ({}); use credentials of account {acct}",
+            identity.account, identity.arn
+        )));
+    }
+
     let mut summary = CleanupSummary { run_id: run_id.to_owned(), grant: "none".into(), ..Default::default() };
-    let region = Region::parse(&record.meta.source_region)
+    let source_region = Region::parse(&record.meta.source_region)
         .map_err(|e| RunError::Other(format!("checkpoint of {run_id}: source region: {e}")))?;
-    let loc = Loc::new(Side::Source, &region);
-    let target: Option<AccountId> = record.meta.target_account.as_deref().and_then(|a| AccountId::parse(a).ok());
+    let target_region = Region::parse(&record.meta.target_region)
+        .map_err(|e| RunError::Other(format!("checkpoint of {run_id}: target region: {e}")))?;
+    let src = Loc::new(Side::Source, &source_region);
+    let dst = Loc::new(Side::Target, &target_region);
+    let share_with: Option<AccountId> = record
+        .meta
+        .cross_account
+        .then(|| record.meta.target_account.as_deref().and_then(|a| AccountId::parse(a).ok()))
+        .flatten();
+
+    // What AWS holds of this run, including what a lost answer left unrecorded.
+    let mut survey = Survey::default();
+    match adopt_listing(cloud, clock, &record.meta.plan, &src, &dst).await {
+        Ok(s) => survey = s,
+        Err(e) => summary.errors.push(format!(
+            "listing the run's resources: {e}; only the snapshots the state names are cleaned up, and none a pending copy may still read from"
+        )),
+    }
+    let listed = summary.errors.is_empty();
+    let of_run = |s: &&Snapshot, step: &str| {
+        s.tags.get(TAG_RUN).map(String::as_str) == Some(run_id)
+            && s.tags.get(TAG_STEP).map(String::as_str) == Some(step)
+    };
 
     for i in 0..record.volumes.len() {
         let v = record.volumes[i].clone();
-        for id in v.intermediates() {
-            match retrying(clock, || delete_snapshot_quietly(cloud, &loc, &id)).await {
-                Ok(()) => summary.deleted_snapshots.push(id.to_string()),
+        let source = v.source_volume.as_str();
+        let mine = |s: &&Snapshot| s.tags.get(TAG_SOURCE_VOLUME).map(String::as_str) == Some(source);
+
+        // 1. Stop this volume's copies that are still pending (or failed) in the target
+        // account: they read from the shared snapshot.
+        let mut copy_blocks = false;
+        let mut copies: Vec<&Snapshot> =
+            survey.target_snapshots.iter().filter(|s| of_run(s, "copy") && mine(s)).collect();
+        copies.retain(|s| s.state != SnapshotState::Completed);
+        for c in copies {
+            match retrying(clock, || delete_snapshot_quietly(cloud, &dst, &c.id)).await {
+                Ok(()) => summary.stopped_copies.push(c.id.to_string()),
                 Err(e) => {
-                    // A snapshot that cannot be deleted (in use by an AMI, say) is at
-                    // least no longer shared.
-                    if let (true, Some(t)) = (v.shared, &target)
-                        && retrying(clock, || cloud.unshare_snapshot(&loc, &id, t)).await.is_ok()
-                    {
-                        summary.unshared_snapshots.push(id.to_string());
-                    }
-                    summary.errors.push(format!("snapshot {id}: {e}; delete it by hand"));
+                    copy_blocks = true;
+                    summary.errors.push(format!(
+                        "copy {} is still pending and could not be stopped: {e}; its source snapshot is kept until it ends",
+                        c.id
+                    ));
                 }
             }
         }
+        // Without a listing of the target side, a copy the state says is under way
+        // may still read from the shared snapshot.
+        let copy_may_run =
+            matches!(v.step, Step::WaitCopy) || (v.step == Step::Copy && v.in_flight) || failed_at_copy(&v);
+        if !listed && copy_may_run {
+            copy_blocks = true;
+        }
+
+        // 2. The intermediates: the re-encrypted one first (it may still be reading
+        // from the source snapshot, and deleting it stops it), then the source one.
+        let mut reenc: BTreeSet<SnapshotId> = v.reencrypted_snapshot.iter().cloned().collect();
+        reenc
+            .extend(survey.source_snapshots.iter().filter(|s| of_run(s, "reencrypt") && mine(s)).map(|s| s.id.clone()));
+        let mut snaps: BTreeSet<SnapshotId> = v.source_snapshot.iter().cloned().collect();
+        snaps.extend(survey.source_snapshots.iter().filter(|s| of_run(s, "snapshot") && mine(s)).map(|s| s.id.clone()));
+        let mut kept: Vec<SnapshotId> = vec![];
+        let mut reenc_left = false;
+        for (group, ids) in [("reencrypt", reenc), ("snapshot", snaps)] {
+            for id in ids {
+                // The shared snapshot of a copy still under way must outlive it.
+                let shared = group == "reencrypt" || v.reencrypted_snapshot.is_none();
+                if copy_blocks && shared {
+                    kept.push(id);
+                    continue;
+                }
+                if group == "snapshot" && reenc_left {
+                    summary.errors.push(format!(
+                        "snapshot {id} is kept: the re-encryption copy made from it could not be deleted"
+                    ));
+                    kept.push(id);
+                    continue;
+                }
+                match retrying(clock, || delete_snapshot_quietly(cloud, &src, &id)).await {
+                    Ok(()) => summary.deleted_snapshots.push(id.to_string()),
+                    Err(e) => {
+                        // A snapshot that cannot be deleted (in use by an AMI, say) is at
+                        // least no longer shared.
+                        if let Some(t) = &share_with
+                            && retrying(clock, || cloud.unshare_snapshot(&src, &id, t)).await.is_ok()
+                        {
+                            summary.unshared_snapshots.push(id.to_string());
+                        }
+                        summary.errors.push(format!("snapshot {id}: {e}; delete it by hand or run cleanup again"));
+                        if group == "reencrypt" {
+                            reenc_left = true;
+                        }
+                        kept.push(id);
+                    }
+                }
+            }
+        }
+        if copy_blocks && !kept.is_empty() && !summary.errors.iter().any(|e| e.contains("is still pending")) {
+            summary.errors.push(format!(
+                "volume {source}: the snapshots {} are kept while a copy may still read from them; run cleanup again once the copy ended",
+                kept.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            ));
+        }
+
         let mut n = v.clone();
         if !n.step.is_terminal() {
-            n.step = crate::engine::Step::Failed;
-            n.failure = Some(crate::engine::Failure {
+            n.step = Step::Failed;
+            n.in_flight = false;
+            n.failure = Some(Failure {
                 step: v.step,
+                kind: FailureKind::Call,
                 message: "stopped by snapferry cleanup".into(),
                 hint: Some("start a new run of the plan".into()),
             });
         }
-        n.source_snapshot = None;
-        n.reencrypted_snapshot = None;
-        n.shared = false;
+        n.source_snapshot = v.source_snapshot.clone().filter(|s| kept.contains(s));
+        n.reencrypted_snapshot = v.reencrypted_snapshot.clone().filter(|s| kept.contains(s));
+        if n.source_snapshot.is_none() && n.reencrypted_snapshot.is_none() {
+            n.shared = false;
+        }
         if n != v {
             record.volumes[i] = n;
             journal.volume(i, &record.volumes[i])?;
         }
     }
 
-    if let Some(grant) = record.meta.grant.clone() {
-        if !grant.added || grant.revoked {
-            summary.grant = "not added by this run".into();
+    let grant = grant_of(&record.meta, plan, share_with.as_ref(), &source_region);
+    if let Some((key, g)) = grant {
+        // Any unfinished run on the same key for the same account still needs it,
+        // whichever plan it is of: it may rely on this statement.
+        let others: Vec<String> = store
+            .list()?
+            .into_iter()
+            .filter(|r| {
+                r.meta.run_id != run_id
+                    && !r.meta.cleaned_up
+                    && r.meta.status != RunStatus::Succeeded
+                    && r.meta.source_key_arn.as_deref() == Some(key.as_str())
+                    && r.meta.target_account.as_deref() == Some(g.target_account.as_str())
+            })
+            .map(|r| r.meta.run_id)
+            .collect();
+        if !others.is_empty() {
+            summary.grant = format!("kept (needed by {})", others.join(", "));
         } else {
-            // Any other unfinished run on the same key and target account still needs it.
-            let others: Vec<String> = store
-                .list()?
-                .into_iter()
-                .filter(|r| {
-                    r.meta.run_id != run_id
-                        && !r.meta.cleaned_up
-                        && r.meta.status != RunStatus::Succeeded
-                        && r.meta.source_key_arn.as_deref() == Some(grant.key_arn.as_str())
-                        && r.meta.target_account == record.meta.target_account
-                })
-                .map(|r| r.meta.run_id)
-                .collect();
-            if !others.is_empty() {
-                summary.grant = format!("kept (needed by {})", others.join(", "));
-            } else if let (Ok(key), Ok(plan), Some(t)) =
-                (KeyArn::parse(&grant.key_arn), PlanName::parse(&record.meta.plan), target.clone())
-            {
-                let g = policy::Grant::new(plan, t, &region);
-                match revoke(cloud, clock, &loc, &key, &g).await {
-                    Ok(changed) => {
-                        summary.grant = if changed { "revoked".into() } else { "already gone".into() };
-                        if let Some(gr) = record.meta.grant.as_mut() {
-                            gr.revoked = true;
-                        }
+            match revoke(cloud, clock, &src, &key, &g).await {
+                Ok(changed) => {
+                    summary.grant = if changed { "revoked".into() } else { "already gone".into() };
+                    if let Some(gr) = record.meta.grant.as_mut() {
+                        gr.revoked = true;
                     }
-                    Err(e) => summary.errors.push(format!("key policy of {key}: {e}")),
                 }
+                Err(e) => summary.errors.push(format!("key policy of {key}: {e}")),
             }
         }
     }
-    record.meta.cleaned_up = true;
+    record.meta.cleaned_up = summary.errors.is_empty();
     record.meta.updated_ms = clock.now_ms();
     if record.meta.status == RunStatus::Running {
         record.meta.status = RunStatus::Interrupted;
@@ -118,6 +258,90 @@ pub async fn cleanup(
     journal.meta(&record.meta)?;
     journal.compact(&record)?;
     Ok(summary)
+}
+
+fn failed_at_copy(v: &crate::engine::VolumeRun) -> bool {
+    v.step == Step::Failed
+        && v.failure.as_ref().is_some_and(|f| f.step == Step::WaitCopy || (f.step == Step::Copy && v.in_flight))
+}
+
+async fn adopt_listing(
+    cloud: &dyn Cloud,
+    clock: &dyn Clock,
+    plan: &str,
+    src: &Loc,
+    dst: &Loc,
+) -> Result<Survey, CloudError> {
+    adopt::survey(cloud, clock, plan, src, dst).await
+}
+
+/// The key and statement this run's plan grants, if it is a cross-account run.
+fn grant_of(
+    meta: &RunMeta,
+    plan: Option<&Plan>,
+    target: Option<&AccountId>,
+    region: &Region,
+) -> Option<(KeyArn, policy::Grant)> {
+    let target = target?.clone();
+    let key = meta.grant.as_ref().map(|g| g.key_arn.clone()).or_else(|| meta.source_key_arn.clone())?;
+    let key = KeyArn::parse(&key).ok()?;
+    let name = PlanName::parse(&meta.plan).ok().or_else(|| plan.map(|p| p.name.clone()))?;
+    Some((key, policy::Grant::new(name, target, region)))
+}
+
+/// A run the state does not know, rebuilt from its tagged resources.
+async fn from_tags(
+    cloud: &dyn Cloud,
+    clock: &dyn Clock,
+    plan: &Plan,
+    run_id: &str,
+    caller: &AccountId,
+) -> Result<RunRecord, RunError> {
+    let src = Loc::new(Side::Source, &plan.source.region);
+    let dst = Loc::new(Side::Target, &plan.target.region);
+    let survey = adopt::survey(cloud, clock, plan.name.as_str(), &src, &dst)
+        .await
+        .map_err(|e| RunError::Cloud { what: format!("listing the resources of run {run_id}"), source: e })?;
+    let shape = Shape { create_volume: plan.options.create_volume, cleanup: plan.options.cleanup };
+    let found = adopt::rebuild_run(&survey, run_id, shape, clock.now_ms());
+    if found.volumes.is_empty() {
+        return Err(RunError::Usage(format!(
+            "no resource tagged snapferry:run={run_id} of plan {} in {} or {}; check the run id",
+            plan.name, plan.source.region, plan.target.region
+        )));
+    }
+    let target_account = plan.target.account.clone().unwrap_or_else(|| caller.clone());
+    let cross_account = plan.cross_account(caller);
+    let source_key = match retrying(clock, || cloud.describe_key(&src, &plan.source.kms_key)).await {
+        Ok(k) => Some(k.arn.to_string()),
+        Err(e) if e.kind == ErrorKind::NotFound => None,
+        Err(e) => return Err(RunError::Cloud { what: format!("DescribeKey of {}", plan.source.kms_key), source: e }),
+    };
+    let now = clock.now_ms();
+    Ok(RunRecord {
+        meta: RunMeta {
+            format_version: FORMAT_VERSION,
+            run_id: run_id.to_owned(),
+            plan: plan.name.to_string(),
+            plan_file: String::new(),
+            status: RunStatus::Interrupted,
+            created_ms: found.created_ms.min(now),
+            updated_ms: now,
+            finished_ms: None,
+            source_account: Some(caller.to_string()),
+            target_account: Some(target_account.to_string()),
+            source_region: plan.source.region.to_string(),
+            target_region: plan.target.region.to_string(),
+            cross_account,
+            source_key_arn: source_key,
+            target_key_arn: None,
+            target_role_arn: plan.target.role_arn.as_ref().map(|r| r.to_string()),
+            grant: None,
+            simulated: false,
+            cleaned_up: false,
+        },
+        volumes: found.volumes,
+    })
 }
 
 async fn revoke(

@@ -17,20 +17,24 @@
 //! reconciled by looking the resource up by its tags before it is issued again.
 
 mod act;
+pub mod adopt;
 pub mod cleanup;
+mod lifecycle;
 pub mod preflight;
 mod report;
 pub mod retention;
 mod retry;
 mod runner;
+pub mod sched;
 
 use std::sync::Arc;
 
 pub use cleanup::cleanup;
+pub use lifecycle::run;
 pub use preflight::preflight;
 pub use preflight::{PreflightError, Resolved, SourceVolume};
 pub use report::{RunReport, VolumeReport};
-pub use runner::{Progress, RunConfig, Tally, run};
+pub use runner::{Progress, RunConfig, Tally};
 
 use crate::checkpoint::StoreError;
 use crate::clock::Clock;
@@ -53,6 +57,20 @@ pub enum RunError {
     Preflight(Vec<PreflightError>),
     #[error("{what}: {source}")]
     Cloud { what: String, source: CloudError },
+    /// A resumed run whose plan now names other regions, accounts, keys or role.
+    #[error(
+        "run {run_id} was started with another plan: {} changed, which would leave its resources behind; either put the plan back and run it to finish, or run `snapferry cleanup {run_id}` and then start the changed plan",
+        fields.join(", ")
+    )]
+    PlanChanged { run_id: String, fields: Vec<String> },
+    /// The credentials of a side were refused mid-run: nothing failed, the run stops.
+    #[error(
+        "run {run_id} stopped: AWS refused the credentials ({source}); nothing failed and every volume is kept where it stood: refresh the credentials (aws sso login, a new OIDC token, a role session that lasts longer) and run the same command again to carry on"
+    )]
+    Credentials { run_id: String, source: CloudError },
+    /// A usage error found once the state was read (a run of another plan).
+    #[error("{0}")]
+    Usage(String),
     #[error("{0}")]
     Other(String),
 }
@@ -62,7 +80,7 @@ impl RunError {
     pub fn exit_code(&self) -> i32 {
         match self {
             RunError::Store(StoreError::Locked { .. }) => 3,
-            RunError::Preflight(_) => 2,
+            RunError::Preflight(_) | RunError::PlanChanged { .. } | RunError::Usage(_) => 2,
             _ => 1,
         }
     }

@@ -44,6 +44,20 @@ pub struct Resolved {
     pub volumes: Vec<SourceVolume>,
 }
 
+impl Resolved {
+    /// The account the target side's resources live in: the assumed role's for a
+    /// cross-account plan, else the caller's own. The one place this is worked out.
+    pub fn target_account(&self) -> crate::ids::AccountId {
+        self.target_identity.as_ref().map(|i| i.account.clone()).unwrap_or_else(|| self.source_identity.account.clone())
+    }
+
+    /// The account snapshots are shared with and the key policy grants: the target
+    /// account of a cross-account plan; none within one account.
+    pub fn share_with(&self) -> Option<crate::ids::AccountId> {
+        self.cross_account.then(|| self.target_account())
+    }
+}
+
 fn problem(resource: impl Into<String>, message: impl Into<String>) -> PreflightError {
     PreflightError { resource: resource.into(), message: message.into() }
 }

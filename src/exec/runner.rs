@@ -1,9 +1,10 @@
-//! The run itself: lock, resume or start, preflight, grant, then the tick loop that
-//! drives every volume's step machine (see the module doc of `exec`).
+//! The driving loop of a run: every volume's step machine moved on as its calls end,
+//! polls batched, copies under their limit, the state journalled before and after
+//! every call that changes AWS (see the module doc of `exec`). What happens after an
+//! error or a long wait is decided in `sched`; the run's lifecycle around this loop
+//! is in `lifecycle`.
 
-use std::collections::{BTreeMap, HashMap};
-
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -11,17 +12,16 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 
-use crate::checkpoint::{FORMAT_VERSION, GrantRecord, Journal, RunMeta, RunRecord, RunStatus};
+use crate::checkpoint::{Journal, RunRecord};
 use crate::cloud::{CloudError, ErrorKind, Loc, Side, Volume};
 use crate::engine::{self, Action, Ctx, Outcome, Step, TimeoutsMs, VolumeRun, Which};
 use crate::ids::{RunId, SnapshotId, VolumeId};
 use crate::plan::{Plan, TargetVolume};
-use crate::policy;
 
 use super::act::{self, ActCtx};
-use super::preflight::{Resolved, SourceVolume, preflight};
-use super::retry::{retrying, volume_backoff_ms};
-use super::{Env, RunError, RunReport};
+use super::preflight::{Resolved, SourceVolume};
+use super::sched::{Decision, VolumeSched};
+use super::{Env, RunError};
 
 /// The first poll of a new wait, and the floor of later ones, for small runs.
 const MIN_POLL_MS: i64 = 5_000;
@@ -36,14 +36,6 @@ const MAX_POLL_MS: i64 = 120_000;
 const DESCRIBE_BATCH: usize = 1_000;
 /// Calls in flight at once within one tick, to stay clear of API rate limits.
 const CALLS_IN_FLIGHT: usize = 16;
-/// Retries of one volume's action after throttling or a lost connection.
-const MAX_RETRIES: u32 = 30;
-/// How long a copy refused for the account's copy quota waits before asking again.
-const QUOTA_WAIT_MS: i64 = 60_000;
-/// Retries of a copy whose shared source snapshot is not visible yet (about 30 s).
-const SHARE_LAG_RETRIES: u32 = 5;
-/// How long a snapshot or volume may stay invisible before it counts as gone.
-const MISSING_GRACE_MS: i64 = 10 * 60_000;
 
 /// What to run.
 #[derive(Clone)]
@@ -77,313 +69,31 @@ pub trait Progress: Send + Sync {
     fn finish(&self);
 }
 
-/// Runtime scheduling of one volume; not checkpointed.
-#[derive(Debug, Clone, Default)]
-struct Sched {
-    not_before_ms: i64,
-    next_poll_ms: i64,
-    retries: u32,
-    missing_since_ms: Option<i64>,
-    /// Since when copies of this volume have been refused for the copy quota; the
-    /// wait is bounded by the copy timeout.
-    quota_since_ms: Option<i64>,
-}
-
-/// Runs (or resumes) the plan until every volume ends or `shutdown` turns true.
-/// Volumes that fail do not make this an `Err`: the report says which failed.
-pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> Result<RunReport, RunError> {
-    let plan = &cfg.plan;
-    let _lock = env.store.lock_plan(plan.name.as_str())?;
-    let clock = env.clock.clone();
-    let cloud = env.cloud.clone();
-
-    // Resume the plan's unfinished run, or the one named by --run-id.
-    let previous = match &cfg.run_id {
-        Some(id) => match env.store.load(id.as_str()) {
-            Ok(r) => Some(r),
-            Err(crate::checkpoint::StoreError::NoSuchRun(_)) => None,
-            Err(e) => return Err(e.into()),
-        },
-        None => env
-            .store
-            .latest_of_plan(plan.name.as_str())?
-            .filter(|r| r.meta.status != RunStatus::Succeeded && !r.meta.cleaned_up),
-    };
-    if let Some(p) = &previous {
-        if p.meta.plan != plan.name.as_str() {
-            return Err(RunError::Other(format!(
-                "run {} belongs to plan {}, not {}; name another --run-id",
-                p.meta.run_id, p.meta.plan, plan.name
-            )));
-        }
-        if p.meta.status == RunStatus::Succeeded {
-            tracing::info!(run = %p.meta.run_id, "run already succeeded; nothing to do");
-            return Ok(RunReport::from_record(p));
-        }
-    }
-
-    let resolved =
-        preflight(plan, cloud.as_ref(), clock.as_ref(), cfg.probe_permissions).await.map_err(RunError::Preflight)?;
-    let now = clock.now_ms();
-
-    let mut record = match previous {
-        Some(mut r) => {
-            tracing::info!(run = %r.meta.run_id, "resuming run");
-            r.meta.status = RunStatus::Running;
-            r.meta.updated_ms = now;
-            r.meta.finished_ms = None;
-            r
-        }
-        None => {
-            let run_id = match &cfg.run_id {
-                Some(id) => id.to_string(),
-                None => new_run_id(plan.name.as_str(), now),
-            };
-            tracing::info!(run = %run_id, volumes = resolved.volumes.len(), "starting run");
-            RunRecord {
-                meta: RunMeta {
-                    format_version: FORMAT_VERSION,
-                    run_id,
-                    plan: plan.name.to_string(),
-                    plan_file: cfg.plan_file.clone(),
-                    status: RunStatus::Running,
-                    created_ms: now,
-                    updated_ms: now,
-                    finished_ms: None,
-                    source_account: None,
-                    target_account: None,
-                    source_region: plan.source.region.to_string(),
-                    target_region: plan.target.region.to_string(),
-                    cross_account: false,
-                    source_key_arn: None,
-                    target_key_arn: None,
-                    grant: None,
-                    simulated: cfg.simulated,
-                    cleaned_up: false,
-                },
-                volumes: vec![],
-            }
-        }
-    };
-    let target_account = resolved.target_identity.as_ref().map(|i| i.account.clone()).or(plan.target.account.clone());
-    record.meta.source_account = Some(resolved.source_identity.account.to_string());
-    record.meta.target_account = target_account.as_ref().map(|a| a.to_string());
-    record.meta.cross_account = resolved.cross_account;
-    record.meta.source_key_arn = Some(resolved.source_key.arn.to_string());
-    record.meta.target_key_arn = Some(resolved.target_key.arn.to_string());
-    // Volumes the plan picks now and the run does not have yet join it.
-    for sv in &resolved.volumes {
-        if !record.volumes.iter().any(|v| v.source_volume == sv.volume.id) {
-            record.volumes.push(VolumeRun::new(sv.volume.id.clone()));
-        }
-    }
-    let mut journal = env.store.create_or_reopen(&record)?;
-
-    let actx = ActCtx {
-        plan: plan.name.to_string(),
-        run_id: record.meta.run_id.clone(),
-        source_region: plan.source.region.clone(),
-        target_region: plan.target.region.clone(),
-        target_account: if resolved.cross_account { target_account.clone() } else { None },
-        source_key: resolved.source_key.arn.clone(),
-        target_key: resolved.target_key.arn.clone(),
-        availability_zone: plan.target.availability_zone.clone(),
-        extra_tags: plan.options.tags.clone(),
-    };
-
-    // Failed volumes go back to the step that failed; what that step left in AWS
-    // in state `error` is deleted first so the retry does not orphan it.
-    for i in 0..record.volumes.len() {
-        if record.volumes[i].step == Step::Failed {
-            discard_failed(cloud.as_ref(), &actx, &record.volumes[i]).await;
-            record.volumes[i].revive();
-            journal.volume(i, &record.volumes[i])?;
-        }
-    }
-    journal.meta(&record.meta)?;
-    journal.sync()?;
-
-    if resolved.cross_account {
-        let grant = ensure_grant(&env, plan, &resolved, &mut record.meta).await;
-        if let Err(e) = grant {
-            record.meta.status = RunStatus::Failed;
-            record.meta.finished_ms = Some(clock.now_ms());
-            journal.meta(&record.meta)?;
-            journal.sync()?;
-            return Err(e);
-        }
-        journal.meta(&record.meta)?;
-        journal.sync()?;
-    }
-
-    let record_len = record.volumes.len();
-    let mut r = Runner {
-        env: env.clone(),
-        ctx: Ctx {
-            cross_account: resolved.cross_account,
-            source_key: resolved.source_key.arn.clone(),
-            create_volume: plan.options.create_volume,
-            cleanup: plan.options.cleanup,
-            timeouts_ms: TimeoutsMs {
-                snapshot: plan.options.timeouts.snapshot.as_millis() as i64,
-                copy: plan.options.timeouts.copy.as_millis() as i64,
-                volume: plan.options.timeouts.volume.as_millis() as i64,
-            },
-        },
-        actx: Arc::new(actx),
-        sched: vec![Sched::default(); record.volumes.len()],
-        sources: resolved.volumes.iter().map(|s| (s.volume.id.clone(), s.clone())).collect(),
-        copy_limit: plan.options.max_concurrent_copies as usize,
-        rng: seed(&record.meta.run_id),
-        poll_floor_ms: MIN_POLL_MS,
-        progress: cfg.progress.clone(),
-        busy: vec![false; record_len],
-        slot_caps: BTreeMap::new(),
-        record,
-        journal,
-    };
-    let interrupted = r.drive(shutdown).await;
-    if let Some(p) = &r.progress {
-        p.finish();
-    }
-    let interrupted = interrupted?;
-
-    let now = clock.now_ms();
-    let all_done = r.record.volumes.iter().all(|v| v.step == Step::Done);
-    r.record.meta.status = if interrupted {
-        RunStatus::Interrupted
-    } else if all_done {
-        RunStatus::Succeeded
-    } else {
-        RunStatus::Failed
-    };
-    r.record.meta.updated_ms = now;
-    if !interrupted {
-        r.record.meta.finished_ms = Some(now);
-    }
-    r.journal.meta(&r.record.meta)?;
-    r.journal.compact(&r.record)?;
-    tracing::info!(run = %r.record.meta.run_id, status = r.record.meta.status.as_str(), "run ended");
-    let mut report = RunReport::from_record(&r.record);
-    if let (true, Some(keep)) = (all_done && !interrupted, plan.options.keep) {
-        let dst = Loc::new(Side::Target, &plan.target.region);
-        match super::retention::prune(cloud.as_ref(), clock.as_ref(), &dst, plan.name.as_str(), keep, &r.record.volumes)
-            .await
-        {
-            Ok(p) => report.retention = Some(p),
-            Err(e) => {
-                tracing::warn!(error = %e, "retention failed; the copies of this run are complete, older ones were not pruned");
-                report.retention_error = Some(format!("retention in {}: {e}", plan.target.region));
-            }
-        }
-    }
-    Ok(report)
-}
-
 fn seed(run_id: &str) -> u64 {
     run_id.bytes().fold(0x9e37_79b9_7f4a_7c15u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)) | 1
 }
 
-/// `<plan>-<UTC yyyymmddThhmmssZ>-<4 hex>`: sortable, readable, unique.
-pub fn new_run_id(plan: &str, now_ms: i64) -> String {
-    let ts = jiff::Timestamp::from_millisecond(now_ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
-    let mut r = [0u8; 2];
-    let _ = aws_lc_rs::rand::fill(&mut r);
-    format!("{plan}-{}-{:02x}{:02x}", ts.strftime("%Y%m%dT%H%M%SZ"), r[0], r[1])
+/// How the driving loop ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// Every volume reached `Done` or `Failed`.
+    Finished,
+    /// Shutdown was asked for; volumes stay where they are.
+    Interrupted,
+    /// The credentials were refused (expired, invalid): the invocation stopped and no
+    /// volume failed for it.
+    Halted(CloudError),
 }
 
-async fn discard_failed(cloud: &dyn crate::cloud::Cloud, actx: &ActCtx, v: &VolumeRun) {
-    let Some(f) = &v.failure else { return };
-    let result = match f.step {
-        Step::WaitCopy => match &v.target_snapshot {
-            Some(s) => act::delete_snapshot_quietly(cloud, &actx.dst(), s).await,
-            None => Ok(()),
-        },
-        Step::WaitReencrypt => match &v.reencrypted_snapshot {
-            Some(s) => act::delete_snapshot_quietly(cloud, &actx.src(), s).await,
-            None => Ok(()),
-        },
-        Step::WaitSnapshot => match &v.source_snapshot {
-            Some(s) => act::delete_snapshot_quietly(cloud, &actx.src(), s).await,
-            None => Ok(()),
-        },
-        Step::WaitVolume => match &v.target_volume {
-            Some(id) => match cloud.delete_volume(&actx.dst(), id).await {
-                Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
-                other => other,
-            },
-            None => Ok(()),
-        },
-        _ => Ok(()),
-    };
-    if let Err(e) = result {
-        tracing::warn!(volume = %v.source_volume, error = %e, "could not delete what the failed step left; delete it by hand");
-    }
-}
-
-/// Adds the target account's statement to the source key policy, once per run.
-async fn ensure_grant(env: &Env, plan: &Plan, resolved: &Resolved, meta: &mut RunMeta) -> Result<(), RunError> {
-    let clock = env.clock.as_ref();
-    let cloud = env.cloud.as_ref();
-    let loc = Loc::new(Side::Source, &plan.source.region);
-    let key = &resolved.source_key.arn;
-    let Some(target) = resolved.target_identity.as_ref().map(|i| i.account.clone()).or(plan.target.account.clone())
-    else {
-        return Ok(());
-    };
-    let grant = policy::Grant {
-        plan: plan.name.clone(),
-        target_account: target.clone(),
-        partition: plan.source.region.partition(),
-    };
-    let cloud_err = |what: &str, e: CloudError| {
-        let hint = if e.kind == ErrorKind::AccessDenied {
-            "; the caller needs kms:GetKeyPolicy and kms:PutKeyPolicy on the source key (snapferry run PLAN --dry-run prints the statement to add by hand instead)"
-        } else {
-            ""
-        };
-        RunError::Cloud { what: format!("{what} of source key {key}{hint}"), source: e }
-    };
-    // Another plan may edit the same policy at the same time: re-read, merge and
-    // verify, a few times, so neither loses its statement.
-    for attempt in 0..5 {
-        let current =
-            retrying(clock, || cloud.get_key_policy(&loc, key)).await.map_err(|e| cloud_err("GetKeyPolicy", e))?;
-        let change = policy::ensure_grant(&current, &grant)
-            .map_err(|e| RunError::Other(format!("cannot grant account {target} use of source key {key}: {e}")))?;
-        if !change.changed {
-            if meta.grant.is_none() {
-                meta.grant =
-                    Some(GrantRecord { key_arn: key.to_string(), sid: grant.sid(), added: false, revoked: false });
-            }
-            tracing::info!(key = %key, account = %target, "key policy already grants the target account");
-            return Ok(());
-        }
-        retrying(clock, || cloud.put_key_policy(&loc, key, &change.new_policy))
-            .await
-            .map_err(|e| cloud_err("PutKeyPolicy", e))?;
-        let back =
-            retrying(clock, || cloud.get_key_policy(&loc, key)).await.map_err(|e| cloud_err("GetKeyPolicy", e))?;
-        if !policy::ensure_grant(&back, &grant).map(|c| c.changed).unwrap_or(true) {
-            meta.grant = Some(GrantRecord { key_arn: key.to_string(), sid: grant.sid(), added: true, revoked: false });
-            tracing::info!(key = %key, account = %target, "granted the target account use of the source key");
-            return Ok(());
-        }
-        tracing::warn!(key = %key, attempt, "key policy changed under us; merging again");
-        clock.sleep_until(clock.now_ms() + 1_000 * (attempt + 1)).await;
-    }
-    Err(RunError::Other(format!(
-        "the policy of source key {key} keeps changing while snapferry adds its statement; run again when other edits are done"
-    )))
-}
-
-struct Runner {
+pub struct Runner {
     env: Env,
     ctx: Ctx,
     actx: Arc<ActCtx>,
     record: RunRecord,
     journal: Journal,
-    sched: Vec<Sched>,
+    sched: Vec<VolumeSched>,
+    /// Set when the credentials were refused: nothing more is issued.
+    halt: Option<CloudError>,
     sources: HashMap<VolumeId, SourceVolume>,
     copy_limit: usize,
     rng: u64,
@@ -419,6 +129,49 @@ impl Job {
 type Results = Vec<(usize, Action, Result<Outcome, CloudError>)>;
 
 impl Runner {
+    pub fn new(
+        cfg: &RunConfig,
+        env: Env,
+        resolved: &Resolved,
+        actx: Arc<ActCtx>,
+        record: RunRecord,
+        journal: Journal,
+    ) -> Self {
+        let plan: &Plan = &cfg.plan;
+        let n = record.volumes.len();
+        Runner {
+            env,
+            ctx: Ctx {
+                cross_account: resolved.cross_account,
+                source_key: resolved.source_key.arn.clone(),
+                create_volume: plan.options.create_volume,
+                cleanup: plan.options.cleanup,
+                timeouts_ms: TimeoutsMs {
+                    snapshot: plan.options.timeouts.snapshot.as_millis() as i64,
+                    copy: plan.options.timeouts.copy.as_millis() as i64,
+                    volume: plan.options.timeouts.volume.as_millis() as i64,
+                },
+            },
+            actx,
+            sched: vec![VolumeSched::default(); n],
+            halt: None,
+            sources: resolved.volumes.iter().map(|s| (s.volume.id.clone(), s.clone())).collect(),
+            copy_limit: plan.options.max_concurrent_copies as usize,
+            rng: seed(&record.meta.run_id),
+            poll_floor_ms: MIN_POLL_MS,
+            progress: cfg.progress.clone(),
+            busy: vec![false; n],
+            slot_caps: BTreeMap::new(),
+            record,
+            journal,
+        }
+    }
+
+    /// The run's state and journal, once the loop has ended.
+    pub fn into_parts(self) -> (RunRecord, Journal) {
+        (self.record, self.journal)
+    }
+
     fn jitter(&mut self) -> f64 {
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
@@ -461,13 +214,14 @@ impl Runner {
         m
     }
 
-    /// Drives all volumes to a terminal step; returns true when interrupted.
+    /// Drives all volumes to a terminal step, or until shutdown or a credentials
+    /// failure stops the invocation.
     ///
     /// Jobs run concurrently and each volume moves on as soon as its own job ends: a
     /// slow or throttled call holds up only its own volumes. On the simulated AWS's
     /// virtual clock time only moves while no job is under way, so a rehearsal is
     /// deterministic.
-    async fn drive(&mut self, shutdown: watch::Receiver<bool>) -> Result<bool, RunError> {
+    pub async fn drive(&mut self, shutdown: watch::Receiver<bool>) -> Result<Ended, RunError> {
         let clock = self.env.clock.clone();
         let virtual_time = clock.is_virtual();
         let mut shutdown = shutdown;
@@ -477,13 +231,14 @@ impl Runner {
         // Once the sender is gone no shutdown can come; stop listening for one.
         let mut listening = true;
         loop {
-            stopping |= *shutdown.borrow();
+            stopping |= *shutdown.borrow() || self.halt.is_some();
             let now = clock.now_ms();
             if !stopping {
-                // Waits past their timeout fail their volume.
+                // Waits past their timeout are given up for this invocation, once
+                // polled by it; the resource stays in AWS and is waited on next time.
                 for i in 0..self.record.volumes.len() {
                     let v = &self.record.volumes[i];
-                    if !self.busy[i] && engine::wait_expired(v, &self.ctx, now) {
+                    if !self.busy[i] && self.sched[i].wait_given_up(v, &self.ctx, now) {
                         let next = engine::apply(v, &Outcome::TimedOut, &self.ctx, now)
                             .map_err(|e| RunError::Other(e.to_string()))?;
                         self.set(i, next)?;
@@ -496,7 +251,7 @@ impl Runner {
                     queue.extend(jobs);
                 }
             }
-            while inflight.len() < CALLS_IN_FLIGHT {
+            while !stopping && inflight.len() < CALLS_IN_FLIGHT {
                 let Some(job) = queue.pop_front() else { break };
                 inflight.push(Box::pin(perform_job(self.env.cloud.clone(), self.actx.clone(), job)));
             }
@@ -504,10 +259,13 @@ impl Runner {
                 self.journal.sync()?;
                 if stopping {
                     // Queued jobs were never issued; their intents are reconciled on resume.
-                    return Ok(true);
+                    return Ok(match self.halt.take() {
+                        Some(e) => Ended::Halted(e),
+                        None => Ended::Interrupted,
+                    });
                 }
                 if self.record.volumes.iter().all(|v| v.step.is_terminal()) {
-                    return Ok(false);
+                    return Ok(Ended::Finished);
                 }
                 let wake = self.next_wake(now);
                 tokio::select! {
@@ -705,30 +463,11 @@ impl Runner {
         let polled = matches!(action, Action::PollSnapshot { .. } | Action::PollVolume { .. });
         match result {
             Ok(outcome) => {
-                self.sched[i].retries = 0;
-                self.sched[i].quota_since_ms = None;
-                let outcome = if outcome == Outcome::Missing {
-                    let since = *self.sched[i].missing_since_ms.get_or_insert(now);
-                    if now - since > MISSING_GRACE_MS {
-                        Outcome::Fatal {
-                            message: format!("the resource waited on at step {} disappeared", v.step.as_str()),
-                            hint: Some(
-                                "someone deleted it outside snapferry; run the same command again to redo the step"
-                                    .into(),
-                            ),
-                        }
-                    } else {
-                        Outcome::Missing
-                    }
-                } else {
-                    self.sched[i].missing_since_ms = None;
-                    outcome
-                };
-                if matches!(outcome, Outcome::NotFound) {
-                    // Give an eventually consistent listing time to show the resource.
-                    self.sched[i].not_before_ms = now + MIN_POLL_MS * (1 << v.lookups_missed.min(4));
-                }
+                let outcome = self.sched[i].on_outcome(&v, outcome, polled, now);
                 let next = engine::apply(&v, &outcome, &self.ctx, now).map_err(|e| RunError::Other(e.to_string()))?;
+                if next.step != v.step {
+                    self.sched[i].step_changed();
+                }
                 if polled || next.step != v.step {
                     self.schedule_poll(i, &next, now);
                 }
@@ -740,40 +479,36 @@ impl Runner {
                     // AWS answered with an error: the call did not take effect.
                     next.in_flight = false;
                 }
-                // The account's copy quota is taken by copies outside this run: queue
-                // behind the copies this run has in flight rather than retry-storm.
-                let quota = matches!(action, Action::Copy { .. } | Action::Reencrypt { .. })
-                    && e.kind == ErrorKind::LimitExceeded;
-                let quota_since = if quota { *self.sched[i].quota_since_ms.get_or_insert(now) } else { now };
-                if quota && now - quota_since <= self.ctx.timeouts_ms.copy {
-                    if let Some(key) = self.copy_slot(v.step) {
-                        let in_use = self.slots_in_use().get(&key).copied().unwrap_or(0).saturating_sub(1);
-                        let cap = in_use.max(1);
-                        tracing::warn!(volume = %v.source_volume, region = key.1, cap, "copy quota reached; queueing copies");
-                        self.slot_caps.insert(key, cap);
+                let jitter = self.jitter();
+                let decision =
+                    self.sched[i].on_error(action, &e, &self.ctx, now, jitter, || explain(&v, action, &e, &self.actx));
+                match decision {
+                    Decision::Halt => {
+                        tracing::error!(volume = %v.source_volume, step = v.step.as_str(), error = %e, "credentials refused; stopping");
+                        self.halt.get_or_insert(e);
+                        self.set(i, next)
                     }
-                    let j = self.jitter();
-                    self.sched[i].not_before_ms = now + QUOTA_WAIT_MS / 2 + (QUOTA_WAIT_MS as f64 / 2.0 * j) as i64;
-                    return self.set(i, next);
+                    Decision::QueueForQuota { .. } => {
+                        // The account's copy quota is taken by copies outside this run:
+                        // queue behind the copies this run has in flight.
+                        if let Some(key) = self.copy_slot(v.step) {
+                            let in_use = self.slots_in_use().get(&key).copied().unwrap_or(0).saturating_sub(1);
+                            let cap = in_use.max(1);
+                            tracing::warn!(volume = %v.source_volume, region = key.1, cap, "copy quota reached; queueing copies");
+                            self.slot_caps.insert(key, cap);
+                        }
+                        self.set(i, next)
+                    }
+                    Decision::Retry { delay_ms } => {
+                        tracing::debug!(volume = %v.source_volume, step = v.step.as_str(), error = %e, delay_ms, "retrying");
+                        self.set(i, next)
+                    }
+                    Decision::Fail(outcome) => {
+                        let next = engine::apply(&next, &outcome, &self.ctx, now)
+                            .map_err(|e| RunError::Other(e.to_string()))?;
+                        self.set(i, next)
+                    }
                 }
-                // A snapshot just shared can be invisible to the target account for a
-                // few seconds (the share propagates): a copy that cannot find it yet is
-                // asked again a few times before the volume fails.
-                let share_lag = matches!(action, Action::Copy { .. })
-                    && e.kind == ErrorKind::NotFound
-                    && self.sched[i].retries < SHARE_LAG_RETRIES;
-                if (e.is_retryable() || share_lag) && self.sched[i].retries < MAX_RETRIES {
-                    self.sched[i].retries += 1;
-                    let j = self.jitter();
-                    let delay = volume_backoff_ms(self.sched[i].retries, j);
-                    self.sched[i].not_before_ms = now + delay;
-                    tracing::debug!(volume = %v.source_volume, step = v.step.as_str(), error = %e, delay_ms = delay, "retrying");
-                    return self.set(i, next);
-                }
-                let (message, hint) = explain(&v, action, &e, &self.actx);
-                let next = engine::apply(&next, &Outcome::Fatal { message, hint }, &self.ctx, now)
-                    .map_err(|e| RunError::Other(e.to_string()))?;
-                self.set(i, next)
             }
         }
     }

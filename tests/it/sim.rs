@@ -238,16 +238,239 @@ async fn copies_stay_under_the_per_region_limit() {
     });
 }
 
+/// Mutating calls the world has seen, by action.
+fn mutating(rig: &Rig) -> Vec<(String, u64)> {
+    rig.sim.with_world(|w| {
+        w.calls
+            .iter()
+            .filter(|(a, _)| {
+                ["ec2:CreateSnapshot", "ec2:CopySnapshot", "ec2:CreateVolume", "ec2:DeleteSnapshot", "ec2:DeleteVolume"]
+                    .contains(&a.as_str())
+            })
+            .map(|(a, n)| (a.clone(), *n))
+            .collect()
+    })
+}
+
+fn calls(rig: &Rig, action: &str) -> u64 {
+    rig.sim.with_world(|w| w.calls.get(action).copied().unwrap_or(0))
+}
+
+/// For every wait step: a wait past its timeout ends the invocation's wait, not the
+/// resource. A rerun while AWS is still working polls, stops waiting again, and makes
+/// and deletes nothing; a rerun after AWS finished carries on to success, with exactly
+/// the calls of a run that never timed out.
 #[tokio::test]
-async fn a_wait_past_its_timeout_fails_the_volume() {
-    let text = format!("{CROSS}  timeouts: {{volume: 10s}}\n");
-    let rig = Rig::with(plan(&text), |w| w.timing.volume_base_ms = 3_600_000);
-    let r = rig.run().await.unwrap();
-    assert_eq!(r.status, "failed");
-    for v in &r.volumes {
-        assert_eq!(v.step, "wait-volume");
-        assert!(v.error.as_deref().unwrap().contains("gave up after waiting 10s"), "{v:#?}");
+async fn a_wait_past_its_timeout_keeps_the_resource_and_a_rerun_carries_on() {
+    const HOUR: i64 = 3_600_000;
+    type Slow = fn(&mut World);
+    let cases: [(&str, &str, Slow); 4] = [
+        ("wait-snapshot", "snapshot: 30m", |w| w.timing.snapshot_base_ms = 2 * HOUR),
+        // The seeded volumes are large: their snapshots take over two hours.
+        ("wait-reencrypt", "snapshot: 3h", |w| w.timing.reencrypt_extra_ms = 6 * HOUR),
+        ("wait-copy", "copy: 30m", |w| w.timing.copy_base_ms = 2 * HOUR),
+        ("wait-volume", "volume: 30m", |w| w.timing.volume_base_ms = 2 * HOUR),
+    ];
+    let clean = Rig::new(plan(CROSS));
+    assert_all_succeeded(&clean.run().await.unwrap());
+    let clean_calls = mutating(&clean);
+    for (step, timeout, slow) in cases {
+        let text = format!("{CROSS}  timeouts: {{{timeout}}}\n");
+        let rig = Rig::with(plan(&text), slow);
+        let first = rig.run().await.unwrap();
+        assert_eq!(first.status, "failed", "{step}");
+        let stopped: Vec<_> = first.volumes.iter().filter(|v| v.status == "failed").collect();
+        assert!(!stopped.is_empty(), "{step}: {first:#?}");
+        for v in &stopped {
+            assert_eq!(v.step, step);
+            let e = v.error.as_deref().unwrap();
+            assert!(e.contains("stopped waiting") && e.contains("left to finish in AWS"), "{e}");
+            assert!(v.hint.as_deref().unwrap().contains("run the same command again to keep waiting"));
+        }
+        let after_first = mutating(&rig);
+
+        // AWS has not finished: the rerun looks, stops waiting again, changes nothing.
+        let again = rig.run().await.unwrap();
+        assert_eq!(again.status, "failed", "{step}");
+        assert_eq!(again.run_id, first.run_id);
+        assert_eq!(mutating(&rig), after_first, "{step}: a rerun while AWS works made or deleted something");
+
+        // AWS finished meanwhile: the rerun carries on from the same resources.
+        // Later steps take their usual time.
+        rig.sim.with_world(|w| {
+            w.now_ms += 12 * HOUR;
+            w.timing = Default::default();
+        });
+        let done = rig.run().await.unwrap();
+        assert_all_succeeded(&done);
+        assert_eq!(done.run_id, first.run_id);
+        assert_eq!(mutating(&rig), clean_calls, "{step}: the calls differ from a run that never timed out");
+        assert_eq!(calls(&rig, "ec2:DeleteVolume"), 0);
+        assert_eq!(rig.made("copy"), 3);
+        assert_eq!(rig.made("volume"), 3);
     }
+}
+
+/// A call whose answer was lost stays unknown across the volume's failure and the
+/// next invocation: it is looked up, found, and never issued a second time.
+#[tokio::test]
+async fn a_failed_volume_with_an_unknown_outcome_is_looked_up_before_any_reissue() {
+    let clean = Rig::new(plan(CROSS));
+    assert_all_succeeded(&clean.run().await.unwrap());
+    for action in ["ec2:CreateSnapshot", "ec2:CopySnapshot"] {
+        let rig = Rig::new(plan(CROSS));
+        // An invocation stopped at once leaves the run in the state, every volume at
+        // its first step.
+        let (_tx, stop_now) = watch::channel(true);
+        let stopped = run(rig.cfg(), rig.env(&rig.sim), stop_now).await.unwrap();
+        assert_eq!(stopped.status, "interrupted");
+        // Answers of `action` are lost and lookups refused: the volumes fail with the
+        // outcome unknown.
+        rig.sim.with_world(|w| {
+            w.faults.lose_answers_of.insert(action.to_owned());
+            w.faults.lookups_fail = true;
+        });
+        let r = rig.run().await;
+        let first = match r {
+            Ok(r) => r,
+            Err(e) => panic!("{action}: {e}"),
+        };
+        assert_eq!(first.status, "failed", "{action}");
+        let issued = calls(&rig, action);
+        rig.sim.with_world(|w| {
+            w.faults.lose_answers_of.clear();
+            w.faults.lookups_fail = false;
+        });
+        let done = rig.run().await.unwrap();
+        assert_all_succeeded(&done);
+        assert!(issued > 0, "{action} was never issued");
+        // Exactly the calls of a run whose answers all arrived.
+        assert_eq!(calls(&rig, action), calls(&clean, action), "{action} was issued again without looking");
+        assert_eq!(rig.made("copy"), 3, "{action}");
+        assert_eq!(rig.made("snapshot") + rig.made("reencrypt"), 0, "{action}: orphans");
+    }
+}
+
+/// Expired credentials stop the invocation and fail no volume; the next invocation,
+/// with fresh credentials, carries on with nothing made twice.
+#[tokio::test]
+async fn expired_credentials_stop_the_run_without_failing_any_volume() {
+    let total = calls_of_a_clean_run(CROSS).await;
+    for k in [total / 4, total / 2, total * 3 / 4] {
+        let rig = Rig::with(plan(CROSS), |w| w.faults.credentials_expire_after_calls = Some(k));
+        let e = rig.run().await.unwrap_err();
+        assert_eq!(e.exit_code(), 1);
+        let text = e.to_string();
+        assert!(text.contains("refused the credentials") && text.contains("run the same command again"), "{text}");
+        let store = Store::new(rig.dir.path());
+        let record = store.latest_of_plan("crash-test").unwrap().unwrap();
+        assert_eq!(record.meta.status.as_str(), "interrupted");
+        assert!(record.volumes.iter().all(|v| v.failure.is_none()), "after {k} calls: {:#?}", record.volumes);
+        rig.sim.with_world(|w| w.faults.credentials_expire_after_calls = None);
+        let done = rig.run().await.unwrap();
+        assert_all_succeeded(&done);
+        assert_eq!(done.run_id, record.meta.run_id);
+        assert_eq!(rig.made("copy"), 3, "after {k} calls");
+        assert_eq!(rig.made("volume"), 3);
+        assert_eq!(rig.made("snapshot") + rig.made("reencrypt"), 0);
+    }
+}
+
+/// A half-done run whose plan now moves its resources is refused (exit 2) and
+/// changes nothing; a harmless edit applies.
+#[tokio::test]
+async fn a_resumed_run_whose_plan_moved_its_resources_is_refused() {
+    let text = format!("{CROSS}  timeouts: {{copy: 30m}}\n");
+    let rig = Rig::with(plan(&text), |w| w.timing.copy_base_ms = 7_200_000);
+    let first = rig.run().await.unwrap();
+    assert_eq!(first.status, "failed");
+    let before = mutating(&rig);
+    for (from, to, field) in [
+        ("region: eu-west-1\n", "region: eu-central-1\n", "target.region"),
+        ("kms_key: alias/dr\n", "kms_key: alias/other\n", "target.kms_key"),
+    ] {
+        let moved = text.replace(from, to).replace(
+            "availability_zone: eu-west-1b",
+            if field == "target.region" { "availability_zone: eu-central-1b" } else { "availability_zone: eu-west-1b" },
+        );
+        let mut cfg = rig.cfg();
+        cfg.plan = plan(&moved);
+        rig.sim.with_world(|w| {
+            // The moved plan's key exists, so only the run's own record refuses it.
+            let mut extra = w.keys.iter().find(|k| k.aliases.iter().any(|a| a == "dr")).unwrap().clone();
+            if field == "target.region" {
+                extra.region = snapferry::ids::Region::parse("eu-central-1").unwrap();
+                extra.arn =
+                    snapferry::ids::KeyArn::parse(&extra.arn.as_str().replace("eu-west-1", "eu-central-1")).unwrap();
+            } else {
+                extra.aliases = vec!["other".into()];
+                let mut arn = extra.arn.as_str().to_owned();
+                let last = if arn.ends_with('0') { '1' } else { '0' };
+                arn.pop();
+                arn.push(last);
+                extra.arn = snapferry::ids::KeyArn::parse(&arn).unwrap();
+            }
+            w.keys.push(extra);
+        });
+        let (_tx, rx) = watch::channel(false);
+        let e = run(cfg, rig.env(&rig.sim), rx).await.unwrap_err();
+        assert_eq!(e.exit_code(), 2, "{e}");
+        let msg = e.to_string();
+        assert!(msg.contains(field) && msg.contains("snapferry cleanup"), "{msg}");
+    }
+    assert_eq!(mutating(&rig), before);
+    // Timeouts are harmless: the run carries on.
+    let longer = text.replace("copy: 30m", "copy: 6h");
+    let mut cfg = rig.cfg();
+    cfg.plan = plan(&longer);
+    let (_tx, rx) = watch::channel(false);
+    assert_all_succeeded(&run(cfg, rig.env(&rig.sim), rx).await.unwrap());
+    assert_eq!(rig.made("copy"), 3);
+}
+
+/// `cleanup` during pending copies stops them first (deleting the pending copy with
+/// the target role), then deletes the snapshots they read from, and revokes the
+/// statement.
+#[tokio::test]
+async fn cleanup_during_a_pending_copy_stops_it_before_deleting_its_source() {
+    let text = format!("{CROSS}  timeouts: {{copy: 30m}}\n");
+    let rig = Rig::with(plan(&text), |w| w.timing.copy_base_ms = 7_200_000);
+    let first = rig.run().await.unwrap();
+    assert_eq!(first.status, "failed");
+    assert_eq!(rig.made("copy"), 3);
+    let env = rig.env(&rig.sim);
+    let summary = snapferry::exec::cleanup(&env.store, env.cloud.as_ref(), env.clock.as_ref(), &first.run_id, None)
+        .await
+        .unwrap();
+    assert!(summary.errors.is_empty(), "{summary:#?}");
+    assert_eq!(summary.stopped_copies.len(), 3);
+    assert_eq!(summary.grant, "revoked");
+    assert_eq!(rig.made("copy"), 0);
+    assert_eq!(rig.made("snapshot") + rig.made("reencrypt"), 0);
+    rig.sim.with_world(|w| {
+        let k = w.keys.iter().find(|k| k.aliases.iter().any(|a| a == "share")).unwrap();
+        assert!(!k.policy.contains("SnapferryShare-crash-test"), "{}", k.policy);
+    });
+    let record = env.store.load(&first.run_id).unwrap();
+    assert!(record.meta.cleaned_up);
+}
+
+/// Cleanup from tags alone: the state is gone, the plan names where to look.
+#[tokio::test]
+async fn cleanup_from_tags_when_the_state_is_gone() {
+    let text = format!("{CROSS}  timeouts: {{copy: 30m}}\n");
+    let rig = Rig::with(plan(&text), |w| w.timing.copy_base_ms = 7_200_000);
+    let first = rig.run().await.unwrap();
+    std::fs::remove_dir_all(rig.dir.path()).unwrap();
+    let env = rig.env(&rig.sim);
+    let summary =
+        snapferry::exec::cleanup(&env.store, env.cloud.as_ref(), env.clock.as_ref(), &first.run_id, Some(&rig.plan))
+            .await
+            .unwrap();
+    assert!(summary.errors.is_empty(), "{summary:#?}");
+    assert_eq!(summary.stopped_copies.len(), 3);
+    assert_eq!(rig.made("copy") + rig.made("snapshot") + rig.made("reencrypt"), 0);
+    assert_eq!(summary.grant, "revoked");
 }
 
 /// Runs the plan, halting (as a crash would) right after the k-th call took effect
@@ -293,6 +516,50 @@ async fn crash_at_every_call(text: &str, volumes: usize, create_volume: bool) {
             assert_eq!(untagged, 0, "untagged snapshots after call {k}");
         });
     }
+}
+
+/// As `crash_after`, but the state dir is lost with the crash (an ephemeral CI
+/// runner): the rerun adopts the run from its tags.
+async fn crash_and_lose_state_after(text: &str, k: u64) -> Option<(Rig, RunReport, String)> {
+    let rig = Rig::with(plan(text), |w| w.faults.halt_after_calls = Some(k));
+    let (_tx, rx) = watch::channel(false);
+    tokio::select! {
+        _ = run(rig.cfg(), rig.env(&rig.sim), rx) => return None,
+        _ = rig.sim.halted() => {}
+    }
+    let lost = Store::new(rig.dir.path()).latest_of_plan("crash-test").unwrap().map(|r| r.meta.run_id);
+    std::fs::remove_dir_all(rig.dir.path()).unwrap();
+    let resumed = rig.sim.resume_after_halt();
+    let (_tx, rx) = watch::channel(false);
+    let r = run(rig.cfg(), rig.env(&resumed), rx).await.unwrap_or_else(|e| panic!("rerun after {k} calls: {e}"));
+    Some((rig, r, lost.unwrap_or_default()))
+}
+
+#[tokio::test]
+async fn crash_at_every_call_with_the_state_dir_lost_adopts_the_run_from_its_tags() {
+    let total = calls_of_a_clean_run(CROSS).await;
+    let mut adopted = 0;
+    for k in 1..total {
+        let Some((rig, r, lost)) = crash_and_lose_state_after(CROSS, k).await else {
+            panic!("the run ended before call {k} of {total}");
+        };
+        assert_all_succeeded(&r);
+        assert_eq!(rig.made("copy"), 3, "copies after a crash at call {k} and a lost state");
+        assert_eq!(rig.made("volume"), 3, "volumes after a crash at call {k} and a lost state");
+        assert_eq!(rig.made("snapshot") + rig.made("reencrypt"), 0, "orphans after call {k}");
+        rig.sim.with_world(|w| {
+            let untagged = w.snapshots.values().filter(|s| !s.tags.contains_key("snapferry:step")).count();
+            assert_eq!(untagged, 0, "untagged snapshots after call {k}");
+            let runs: std::collections::BTreeSet<&String> =
+                w.volumes.values().filter_map(|v| v.tags.get("snapferry:run")).collect();
+            assert_eq!(runs.len(), 1, "one run's volumes after call {k}: {runs:?}");
+        });
+        if rig.sim.with_world(|w| w.snapshots.values().any(|s| s.tags.get("snapferry:run") == Some(&lost))) {
+            assert_eq!(r.run_id, lost, "the lost run is carried on under its own id");
+            adopted += 1;
+        }
+    }
+    assert!(adopted > total / 2, "adopted {adopted} of {total}");
 }
 
 #[tokio::test]

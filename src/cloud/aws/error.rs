@@ -35,16 +35,18 @@ pub(crate) fn kind_for_code(code: &str, message: &str) -> ErrorKind {
         "NotFoundException" | "NoSuchEntity" => ErrorKind::NotFound,
         c if c.ends_with(".NotFound") => ErrorKind::NotFound,
 
-        "UnauthorizedOperation"
-        | "AuthFailure"
-        | "OptInRequired"
-        | "Blocked"
+        // The credentials themselves were refused: expired (a session that outlived its
+        // hour), revoked or wrong. Nothing about the resource.
+        "AuthFailure"
         | "InvalidClientTokenId"
         | "UnrecognizedClientException"
         | "SignatureDoesNotMatch"
         | "ExpiredToken"
         | "ExpiredTokenException"
-        | "RegionDisabledException" => ErrorKind::AccessDenied,
+        | "RequestExpired"
+        | "InvalidToken" => ErrorKind::Credentials,
+
+        "UnauthorizedOperation" | "OptInRequired" | "Blocked" | "RegionDisabledException" => ErrorKind::AccessDenied,
         c if c.starts_with("AccessDenied") => ErrorKind::AccessDenied,
 
         "ResourceLimitExceeded"
@@ -193,7 +195,7 @@ fn credentials_error(action: &str, err: &CredentialsError) -> CloudError {
     }
     let kind = match err {
         CredentialsError::ProviderTimedOut(_) => ErrorKind::Transport,
-        CredentialsError::InvalidConfiguration(_) | CredentialsError::CredentialsNotLoaded(_) => ErrorKind::Other,
+        CredentialsError::InvalidConfiguration(_) | CredentialsError::CredentialsNotLoaded(_) => ErrorKind::Credentials,
         _ => {
             let text = DisplayErrorContext(err).to_string();
             if text.contains("AccessDenied") || text.contains("is not authorized to perform") {
@@ -253,6 +255,11 @@ mod tests {
             ("UnauthorizedOperation", ErrorKind::AccessDenied),
             ("AccessDenied", ErrorKind::AccessDenied),
             ("AccessDeniedException", ErrorKind::AccessDenied),
+            ("ExpiredToken", ErrorKind::Credentials),
+            ("ExpiredTokenException", ErrorKind::Credentials),
+            ("RequestExpired", ErrorKind::Credentials),
+            ("AuthFailure", ErrorKind::Credentials),
+            ("InvalidClientTokenId", ErrorKind::Credentials),
             ("ResourceLimitExceeded", ErrorKind::LimitExceeded),
             ("SnapshotCreationPerVolumeRateExceeded", ErrorKind::LimitExceeded),
             ("LimitExceededException", ErrorKind::LimitExceeded),

@@ -96,6 +96,14 @@ impl SimCloud {
                     Some(e) => Err(e),
                     None => f(&mut w),
                 };
+                let result = match result {
+                    Ok(_) if w.faults.lose_answers_of.contains(action) => Err(crate::cloud::CloudError::new(
+                        crate::cloud::ErrorKind::Transport,
+                        "RequestTimeout",
+                        format!("{action}: no answer from AWS in time; the call may or may not have taken effect"),
+                    )),
+                    other => other,
+                };
                 if w.faults.halt_after_calls.is_some_and(|n| w.total_calls >= n) {
                     w.halted = true;
                     None
@@ -196,6 +204,7 @@ impl Cloud for SimCloud {
     async fn find_volumes(&self, loc: &Loc, tags: &Tags) -> CloudResult<Vec<Volume>> {
         self.call("ec2:DescribeVolumes", |w| {
             let acct = self.account(w, loc.side)?;
+            w.lookup_fault()?;
             Ok(w.describe_volumes(&acct, &loc.region, |v| world::has_tags(&v.tags, tags)))
         })
         .await
@@ -244,6 +253,7 @@ impl Cloud for SimCloud {
     async fn find_snapshots(&self, loc: &Loc, tags: &Tags) -> CloudResult<Vec<Snapshot>> {
         self.call("ec2:DescribeSnapshots", |w| {
             let acct = self.account(w, loc.side)?;
+            w.lookup_fault()?;
             Ok(w.describe_snapshots(&acct, &loc.region, |s| world::has_tags(&s.tags, tags)))
         })
         .await

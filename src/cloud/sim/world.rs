@@ -39,6 +39,18 @@ pub struct Faults {
     /// A share reaches the other account only this long after ModifySnapshotAttribute.
     #[serde(default)]
     pub share_lag_ms: i64,
+    /// After this many calls in total, every call is refused with ExpiredToken, as
+    /// when a session's credentials outlive their hour.
+    #[serde(default)]
+    pub credentials_expire_after_calls: Option<u64>,
+    /// Actions that take effect but whose answer is lost (a timeout on the way back):
+    /// the caller gets a transport error and cannot know the outcome.
+    #[serde(default)]
+    pub lose_answers_of: BTreeSet<String>,
+    /// Lookups by tag (DescribeSnapshots and DescribeVolumes with tag filters) are
+    /// refused, while describes by id still answer.
+    #[serde(default)]
+    pub lookups_fail: bool,
 }
 
 /// How long things take, as functions of size (milliseconds).
@@ -49,6 +61,9 @@ pub struct Timing {
     pub copy_base_ms: i64,
     pub copy_per_gib_ms: i64,
     pub volume_base_ms: i64,
+    /// Added to copies within one region (re-encryption), to tell them apart in tests.
+    #[serde(default)]
+    pub reencrypt_extra_ms: i64,
 }
 
 impl Default for Timing {
@@ -61,6 +76,7 @@ impl Default for Timing {
             copy_base_ms: 60_000,
             copy_per_gib_ms: 6_000,
             volume_base_ms: 20_000,
+            reencrypt_extra_ms: 0,
         }
     }
 }
@@ -211,6 +227,13 @@ impl World {
 
     /// The permission fault for `action`, if it is denied.
     pub fn deny(&self, action: &str) -> Option<CloudError> {
+        if self.faults.credentials_expire_after_calls.is_some_and(|n| self.total_calls > n) {
+            return Some(err(
+                ErrorKind::Credentials,
+                "ExpiredToken",
+                "The security token included in the request is expired",
+            ));
+        }
         self.faults.denied.contains(action).then(|| {
             err(
                 ErrorKind::AccessDenied,
@@ -218,6 +241,14 @@ impl World {
                 format!("You are not authorized to perform this operation. ({action})"),
             )
         })
+    }
+
+    /// The `lookups_fail` fault, for listings by tag.
+    pub fn lookup_fault(&self) -> CloudResult<()> {
+        if self.faults.lookups_fail {
+            return Err(err(ErrorKind::AccessDenied, "UnauthorizedOperation", "lookups by tag are refused (fault)"));
+        }
+        Ok(())
     }
 
     pub fn throttle(&mut self, action: &str) -> Option<CloudError> {
@@ -621,7 +652,11 @@ impl World {
         let id = self.new_snapshot_id();
         let cross_region = src.region != *region;
         let per_gib = if cross_region { self.timing.copy_per_gib_ms } else { self.timing.snapshot_per_gib_ms };
-        let base = if cross_region { self.timing.copy_base_ms } else { self.timing.snapshot_base_ms };
+        let base = if cross_region {
+            self.timing.copy_base_ms
+        } else {
+            self.timing.snapshot_base_ms + self.timing.reencrypt_extra_ms
+        };
         let s = SimSnapshot {
             id: id.clone(),
             owner: account.clone(),

@@ -1,0 +1,404 @@
+//! Adoption: a run rebuilt from what AWS holds under the plan's tags, for when the
+//! state has no unfinished run (a fresh CI runner, a deleted state dir, another
+//! machine). A lost state then costs a few listing calls, never a second copy.
+//!
+//! Every resource a run makes carries `snapferry:plan`, `snapferry:run`,
+//! `snapferry:source-volume` and `snapferry:step`. [`survey`] lists them with three
+//! paginated calls (source snapshots, target snapshots, target volumes); [`infer`]
+//! groups them by run and rebuilds, per source volume, the furthest step whose
+//! resource exists and is not in `error`.
+//!
+//! A finished chain is told from an unfinished one by what exists, with no marker
+//! of its own: a chain is finished when its last resource is ready (the target
+//! volume available, or with `create_volume: false` the copy completed) and, with
+//! `cleanup: true`, no intermediate source snapshot is left. A run is unfinished when
+//! any of its chains is. Only the newest run of the plan (by its resources' start
+//! times) is a candidate: older runs were either finished or given up by a newer one.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::clock::Clock;
+use crate::cloud::{Cloud, CloudResult, Loc, Snapshot, SnapshotState, Tags, Volume, VolumeState};
+use crate::engine::{Step, VolumeRun};
+use crate::ids::{SnapshotId, VolumeId};
+
+use super::act::{TAG_PLAN, TAG_RUN, TAG_SOURCE_VOLUME, TAG_STEP};
+use super::retry::retrying;
+
+/// What AWS holds under one plan's tag.
+#[derive(Debug, Clone, Default)]
+pub struct Survey {
+    pub source_snapshots: Vec<Snapshot>,
+    pub target_snapshots: Vec<Snapshot>,
+    pub target_volumes: Vec<Volume>,
+}
+
+impl Survey {
+    /// Adds what `other` saw and this did not (a later listing of the same plan).
+    pub fn merge(&mut self, other: Survey) {
+        fn add_snaps(into: &mut Vec<Snapshot>, from: Vec<Snapshot>) {
+            for s in from {
+                match into.iter_mut().find(|x| x.id == s.id) {
+                    Some(x) => *x = s,
+                    None => into.push(s),
+                }
+            }
+        }
+        add_snaps(&mut self.source_snapshots, other.source_snapshots);
+        add_snaps(&mut self.target_snapshots, other.target_snapshots);
+        for v in other.target_volumes {
+            match self.target_volumes.iter_mut().find(|x| x.id == v.id) {
+                Some(x) => *x = v,
+                None => self.target_volumes.push(v),
+            }
+        }
+    }
+
+    /// The start time of the newest resource, in ms since the epoch.
+    pub fn newest_ms(&self) -> Option<i64> {
+        let snaps = self.source_snapshots.iter().chain(&self.target_snapshots).filter_map(|s| s.start_time_ms);
+        snaps.chain(self.target_volumes.iter().filter_map(|v| v.create_time_ms)).max()
+    }
+}
+
+/// Lists every resource tagged with the plan: source snapshots, target snapshots and
+/// target volumes. Each listing is paginated by the cloud.
+pub async fn survey(cloud: &dyn Cloud, clock: &dyn Clock, plan: &str, src: &Loc, dst: &Loc) -> CloudResult<Survey> {
+    let tags: Tags = BTreeMap::from([(TAG_PLAN.to_owned(), plan.to_owned())]);
+    let source_snapshots = retrying(clock, || cloud.find_snapshots(src, &tags)).await?;
+    let (target_snapshots, target_volumes) = if src == dst {
+        (source_snapshots.clone(), retrying(clock, || cloud.find_volumes(dst, &tags)).await?)
+    } else {
+        (
+            retrying(clock, || cloud.find_snapshots(dst, &tags)).await?,
+            retrying(clock, || cloud.find_volumes(dst, &tags)).await?,
+        )
+    };
+    Ok(Survey { source_snapshots, target_snapshots, target_volumes })
+}
+
+/// What the plan asks of a chain, for telling finished from unfinished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    pub create_volume: bool,
+    pub cleanup: bool,
+}
+
+/// A run found in AWS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub run_id: String,
+    /// The start time of its oldest resource (ms), as the run's creation time.
+    pub created_ms: i64,
+    pub volumes: Vec<VolumeRun>,
+    /// True when some chain of the run is not finished.
+    pub unfinished: bool,
+}
+
+fn tag<'a>(tags: &'a Tags, key: &str) -> Option<&'a str> {
+    tags.get(key).map(String::as_str)
+}
+
+/// The newest run of the plan in `survey`, rebuilt per source volume. `now_ms` starts
+/// the waits it resumes.
+pub fn infer(survey: &Survey, shape: Shape, now_ms: i64) -> Option<Found> {
+    let run_id = newest_run(survey)?;
+    Some(rebuild_run(survey, &run_id, shape, now_ms))
+}
+
+/// The run whose newest resource started last.
+pub fn newest_run(survey: &Survey) -> Option<String> {
+    survey
+        .runs()
+        .into_iter()
+        .max_by(|(a, (_, last_a)), (b, (_, last_b))| (last_a, a).cmp(&(last_b, b)))
+        .map(|(id, _)| id)
+}
+
+impl Survey {
+    /// Every run in the survey with the start times of its oldest and newest resource.
+    fn runs(&self) -> BTreeMap<String, (i64, i64)> {
+        let mut runs: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+        let mut note = |tags: &Tags, t: Option<i64>| {
+            if let Some(run) = tags.get(TAG_RUN) {
+                let t = t.unwrap_or(0);
+                let e = runs.entry(run.clone()).or_insert((t, t));
+                e.0 = e.0.min(t);
+                e.1 = e.1.max(t);
+            }
+        };
+        for s in self.source_snapshots.iter().chain(&self.target_snapshots) {
+            note(&s.tags, s.start_time_ms);
+        }
+        for v in &self.target_volumes {
+            note(&v.tags, v.create_time_ms);
+        }
+        runs
+    }
+}
+
+/// One run of the survey rebuilt per source volume (no volumes when it has no
+/// resources).
+pub fn rebuild_run(survey: &Survey, run_id: &str, shape: Shape, now_ms: i64) -> Found {
+    let created_ms = survey.runs().get(run_id).map(|t| t.0).unwrap_or(now_ms);
+    let run_id = run_id.to_owned();
+    let of_run =
+        |tags: &Tags, step: &str| tag(tags, TAG_RUN) == Some(run_id.as_str()) && tag(tags, TAG_STEP) == Some(step);
+    let sources: BTreeSet<&str> = survey
+        .source_snapshots
+        .iter()
+        .chain(&survey.target_snapshots)
+        .map(|s| &s.tags)
+        .chain(survey.target_volumes.iter().map(|v| &v.tags))
+        .filter(|t| tag(t, TAG_RUN) == Some(run_id.as_str()))
+        .filter_map(|t| tag(t, TAG_SOURCE_VOLUME))
+        .collect();
+
+    let mut volumes = vec![];
+    for source in sources {
+        let Ok(id) = VolumeId::parse(source) else { continue };
+        let mine = |t: &Tags| tag(t, TAG_SOURCE_VOLUME) == Some(source);
+        // The oldest resource not in error, as a lookup after a crash picks it.
+        let pick = |list: &[Snapshot], step: &str| -> Option<Snapshot> {
+            list.iter()
+                .filter(|s| of_run(&s.tags, step) && mine(&s.tags) && s.state != SnapshotState::Error)
+                .min_by_key(|s| (s.start_time_ms.unwrap_or(0), s.id.clone()))
+                .cloned()
+        };
+        let snapshot = pick(&survey.source_snapshots, "snapshot");
+        let reencrypted = pick(&survey.source_snapshots, "reencrypt");
+        let copy = pick(&survey.target_snapshots, "copy");
+        let volume = survey
+            .target_volumes
+            .iter()
+            .filter(|v| of_run(&v.tags, "volume") && mine(&v.tags))
+            .filter(|v| !matches!(v.state, VolumeState::Error | VolumeState::Deleting | VolumeState::Deleted))
+            .min_by_key(|v| (v.create_time_ms.unwrap_or(0), v.id.clone()))
+            .cloned();
+        volumes.push(rebuild(id, shape, snapshot, reencrypted, copy, volume, now_ms));
+    }
+    volumes.sort_by(|a, b| a.source_volume.cmp(&b.source_volume));
+    let unfinished = volumes.iter().any(|v| v.step != Step::Done);
+    Found { run_id, created_ms, volumes, unfinished }
+}
+
+/// One source volume's chain, from what exists of it.
+fn rebuild(
+    source: VolumeId,
+    shape: Shape,
+    snapshot: Option<Snapshot>,
+    reencrypted: Option<Snapshot>,
+    copy: Option<Snapshot>,
+    volume: Option<Volume>,
+    now_ms: i64,
+) -> VolumeRun {
+    let mut v = VolumeRun::new(source);
+    v.source_snapshot = snapshot.as_ref().map(|s| s.id.clone());
+    v.reencrypted_snapshot = reencrypted.as_ref().map(|s| s.id.clone());
+    v.target_snapshot = copy.as_ref().map(|s| s.id.clone());
+    v.target_volume = volume.as_ref().map(|x| x.id.clone());
+    if v.target_snapshot.is_none() {
+        // A volume whose copy is no longer listed still names the snapshot it came from.
+        v.target_snapshot =
+            volume.as_ref().and_then(|x| x.snapshot_id.as_deref()).and_then(|s| SnapshotId::parse(s).ok());
+    }
+    let intermediates_left = snapshot.is_some() || reencrypted.is_some();
+    let finish = |mut v: VolumeRun| {
+        if shape.cleanup && intermediates_left {
+            v.step = Step::Cleanup;
+        } else {
+            v.step = Step::Done;
+            v.finished_ms = Some(now_ms);
+        }
+        v
+    };
+    let wait = |mut v: VolumeRun, step: Step| {
+        v.step = step;
+        v.wait_started_ms = Some(now_ms);
+        v
+    };
+    v.started_ms = Some(now_ms);
+    match (&volume, &copy) {
+        (Some(x), _) if shape.create_volume => {
+            if matches!(x.state, VolumeState::Available | VolumeState::InUse) {
+                finish(v)
+            } else {
+                wait(v, Step::WaitVolume)
+            }
+        }
+        (_, Some(c)) => {
+            if c.state == SnapshotState::Completed && !shape.create_volume {
+                finish(v)
+            } else {
+                // Polled first: completed moves on to the volume, pending waits.
+                wait(v, Step::WaitCopy)
+            }
+        }
+        _ if reencrypted.is_some() => wait(v, Step::WaitReencrypt),
+        _ if snapshot.is_some() => wait(v, Step::WaitSnapshot),
+        _ => {
+            v.started_ms = None;
+            v
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::AccountId;
+
+    fn tags(run: &str, vol: &str, step: &str) -> Tags {
+        BTreeMap::from([
+            (TAG_PLAN.to_owned(), "p".to_owned()),
+            (TAG_RUN.to_owned(), run.to_owned()),
+            (TAG_SOURCE_VOLUME.to_owned(), vol.to_owned()),
+            (TAG_STEP.to_owned(), step.to_owned()),
+        ])
+    }
+
+    fn snap(n: u32, run: &str, vol: &str, step: &str, state: SnapshotState, t: i64) -> Snapshot {
+        Snapshot {
+            id: SnapshotId::parse(&format!("snap-{n:017x}")).unwrap(),
+            volume_id: None,
+            owner: Some(AccountId::parse("111111111111").unwrap()),
+            state,
+            progress: None,
+            state_message: None,
+            encrypted: true,
+            kms_key_id: None,
+            size_gib: Some(8),
+            tags: tags(run, vol, step),
+            start_time_ms: Some(t),
+        }
+    }
+
+    fn volume(n: u32, run: &str, vol: &str, state: VolumeState, t: i64) -> Volume {
+        Volume {
+            id: VolumeId::parse(&format!("vol-{n:017x}")).unwrap(),
+            state,
+            availability_zone: "eu-west-1a".into(),
+            size_gib: 8,
+            encrypted: true,
+            kms_key_id: None,
+            volume_type: None,
+            iops: None,
+            throughput: None,
+            snapshot_id: None,
+            tags: tags(run, vol, "volume"),
+            attachments: 0,
+            create_time_ms: Some(t),
+        }
+    }
+
+    const V1: &str = "vol-00000000000000001";
+    const V2: &str = "vol-00000000000000002";
+    const FULL: Shape = Shape { create_volume: true, cleanup: true };
+
+    #[test]
+    fn nothing_tagged_is_no_run() {
+        assert_eq!(infer(&Survey::default(), FULL, 0), None);
+    }
+
+    #[test]
+    fn each_chain_resumes_at_its_furthest_live_resource() {
+        use SnapshotState::*;
+        let s = Survey {
+            source_snapshots: vec![
+                snap(1, "r", V1, "snapshot", Completed, 10),
+                snap(2, "r", V1, "reencrypt", Completed, 20),
+                snap(3, "r", V2, "snapshot", Pending, 11),
+            ],
+            target_snapshots: vec![
+                // An errored copy is no progress: the chain is at its re-encryption.
+                snap(4, "r", V2, "copy", Error, 30),
+                snap(5, "r", V1, "copy", Pending, 31),
+            ],
+            target_volumes: vec![],
+        };
+        let found = infer(&s, FULL, 99).unwrap();
+        assert_eq!(found.run_id, "r");
+        assert!(found.unfinished);
+        assert_eq!(found.created_ms, 10);
+        let v1 = &found.volumes[0];
+        assert_eq!(
+            (v1.step, v1.target_snapshot.as_ref().map(|s| s.as_str())),
+            (Step::WaitCopy, Some("snap-00000000000000005"))
+        );
+        assert_eq!(v1.intermediates().len(), 2, "kept for cleanup");
+        let v2 = &found.volumes[1];
+        assert_eq!((v2.step, v2.wait_started_ms), (Step::WaitSnapshot, Some(99)));
+    }
+
+    #[test]
+    fn a_finished_chain_is_done_and_one_with_intermediates_left_is_cleaned_up() {
+        use SnapshotState::*;
+        let s = Survey {
+            source_snapshots: vec![snap(1, "r", V2, "snapshot", Completed, 10)],
+            target_snapshots: vec![snap(4, "r", V1, "copy", Completed, 30), snap(5, "r", V2, "copy", Completed, 31)],
+            target_volumes: vec![
+                volume(7, "r", V1, VolumeState::Available, 40),
+                volume(8, "r", V2, VolumeState::InUse, 41),
+            ],
+        };
+        let found = infer(&s, FULL, 99).unwrap();
+        assert_eq!(found.volumes[0].step, Step::Done);
+        assert_eq!(found.volumes[1].step, Step::Cleanup);
+        assert!(found.unfinished);
+        let no_cleanup = infer(&s, Shape { create_volume: true, cleanup: false }, 99).unwrap();
+        assert!(!no_cleanup.unfinished);
+        let found = infer(&s, Shape { create_volume: false, cleanup: true }, 99).unwrap();
+        assert_eq!(found.volumes[0].step, Step::Done, "a completed copy ends a chain without volumes");
+    }
+
+    #[test]
+    fn a_volume_still_creating_is_waited_on_and_a_failed_one_is_ignored() {
+        use SnapshotState::*;
+        let s = Survey {
+            source_snapshots: vec![],
+            target_snapshots: vec![snap(4, "r", V1, "copy", Completed, 30), snap(5, "r", V2, "copy", Completed, 31)],
+            target_volumes: vec![
+                volume(7, "r", V1, VolumeState::Creating, 40),
+                volume(8, "r", V2, VolumeState::Error, 41),
+            ],
+        };
+        let found = infer(&s, FULL, 99).unwrap();
+        assert_eq!(found.volumes[0].step, Step::WaitVolume);
+        assert_eq!(found.volumes[1].step, Step::WaitCopy, "polled, then a new volume is made");
+        assert_eq!(found.volumes[1].target_volume, None);
+    }
+
+    #[test]
+    fn only_the_newest_run_is_a_candidate() {
+        use SnapshotState::*;
+        let s = Survey {
+            source_snapshots: vec![
+                snap(1, "old", V1, "snapshot", Pending, 10),
+                snap(2, "new", V1, "snapshot", Pending, 50),
+            ],
+            target_snapshots: vec![snap(3, "old", V1, "copy", Completed, 20)],
+            target_volumes: vec![],
+        };
+        let found = infer(&s, FULL, 99).unwrap();
+        assert_eq!(found.run_id, "new");
+        assert_eq!(found.volumes.len(), 1);
+        assert_eq!(found.volumes[0].source_snapshot.as_ref().unwrap().as_str(), "snap-00000000000000002");
+    }
+
+    #[test]
+    fn a_later_listing_adds_what_the_first_did_not_see() {
+        use SnapshotState::*;
+        let mut a = Survey { source_snapshots: vec![snap(1, "r", V1, "snapshot", Pending, 10)], ..Survey::default() };
+        let b = Survey {
+            source_snapshots: vec![
+                snap(1, "r", V1, "snapshot", Completed, 10),
+                snap(2, "r", V2, "snapshot", Pending, 12),
+            ],
+            ..Survey::default()
+        };
+        a.merge(b);
+        assert_eq!(a.source_snapshots.len(), 2);
+        assert_eq!(a.source_snapshots[0].state, Completed);
+        assert_eq!(a.newest_ms(), Some(12));
+    }
+}

@@ -1,0 +1,399 @@
+//! The life of one invocation of a run: take the plan's lock, find what to carry on
+//! (the state's unfinished run, or one adopted from AWS's tags), refuse a plan that
+//! moved a run's resources, preflight, put failed volumes back where they stood,
+//! grant the target account use of the source key, drive every volume (the loop is in
+//! `runner`), and end: status, report, retention.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::checkpoint::{FORMAT_VERSION, GrantRecord, RunMeta, RunRecord, RunStatus, StoreError};
+use crate::cloud::{CloudError, ErrorKind, Loc, Side};
+use crate::engine::{FailureKind, Step, VolumeRun};
+use crate::plan::Plan;
+use crate::policy;
+
+use super::act::{self, ActCtx};
+use super::adopt::{self, Shape};
+use super::preflight::{Resolved, preflight};
+use super::retry::retrying;
+use super::runner::{Ended, RunConfig, Runner};
+use super::sched::LOOKUP_SPACING_MS;
+use super::{Env, RunError, RunReport};
+
+/// Listings of the plan's tags when adopting a run whose resources are recent: a
+/// resource made just before the state was lost can be missing from the first one
+/// (eventual consistency), as a lookup after a crash must miss this often.
+const ADOPT_LISTINGS: u32 = crate::engine::RECONCILE_LOOKUPS as u32;
+/// Resources younger than this make adoption list again before it trusts a miss.
+const RECENT_MS: i64 = 10 * 60_000;
+
+/// Runs (or resumes) the plan until every volume ends or `shutdown` turns true.
+/// Volumes that fail do not make this an `Err`: the report says which failed.
+pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> Result<RunReport, RunError> {
+    let plan = &cfg.plan;
+    let _lock = env.store.lock_plan(plan.name.as_str())?;
+    let clock = env.clock.clone();
+    let cloud = env.cloud.clone();
+
+    let previous = previous_run(&cfg, &env)?;
+    if let Some(p) = &previous
+        && p.meta.status == RunStatus::Succeeded
+    {
+        tracing::info!(run = %p.meta.run_id, "run already succeeded; nothing to do");
+        return Ok(RunReport::from_record(p));
+    }
+
+    let resolved =
+        preflight(plan, cloud.as_ref(), clock.as_ref(), cfg.probe_permissions).await.map_err(RunError::Preflight)?;
+    if let Some(p) = &previous {
+        let moved = moved_fields(&p.meta, plan, &resolved);
+        if !moved.is_empty() {
+            return Err(RunError::PlanChanged { run_id: p.meta.run_id.clone(), fields: moved });
+        }
+    }
+    let now = clock.now_ms();
+    let src = Loc::new(Side::Source, &plan.source.region);
+    let dst = Loc::new(Side::Target, &plan.target.region);
+
+    let mut record = match previous {
+        Some(mut r) => {
+            tracing::info!(run = %r.meta.run_id, "resuming run");
+            r.meta.status = RunStatus::Running;
+            r.meta.updated_ms = now;
+            r.meta.finished_ms = None;
+            r
+        }
+        None => {
+            let adopted = adopt_from_tags(&cfg, &env, &src, &dst).await?;
+            let (run_id, created_ms, volumes) = match adopted {
+                Some(found) => {
+                    tracing::warn!(
+                        run = %found.run_id,
+                        volumes = found.volumes.len(),
+                        "the state has no record of this plan's unfinished run; carrying it on from its tagged resources"
+                    );
+                    (found.run_id, found.created_ms, found.volumes)
+                }
+                None => {
+                    let run_id = match &cfg.run_id {
+                        Some(id) => id.to_string(),
+                        None => new_run_id(plan.name.as_str(), now),
+                    };
+                    tracing::info!(run = %run_id, volumes = resolved.volumes.len(), "starting run");
+                    (run_id, now, vec![])
+                }
+            };
+            RunRecord {
+                meta: RunMeta {
+                    format_version: FORMAT_VERSION,
+                    run_id,
+                    plan: plan.name.to_string(),
+                    plan_file: cfg.plan_file.clone(),
+                    status: RunStatus::Running,
+                    created_ms: created_ms.min(now),
+                    updated_ms: now,
+                    finished_ms: None,
+                    source_account: None,
+                    target_account: None,
+                    source_region: plan.source.region.to_string(),
+                    target_region: plan.target.region.to_string(),
+                    cross_account: false,
+                    source_key_arn: None,
+                    target_key_arn: None,
+                    target_role_arn: None,
+                    grant: None,
+                    simulated: cfg.simulated,
+                    cleaned_up: false,
+                },
+                volumes,
+            }
+        }
+    };
+    record.meta.source_account = Some(resolved.source_identity.account.to_string());
+    record.meta.target_account = Some(resolved.target_account().to_string());
+    record.meta.cross_account = resolved.cross_account;
+    record.meta.source_key_arn = Some(resolved.source_key.arn.to_string());
+    record.meta.target_key_arn = Some(resolved.target_key.arn.to_string());
+    record.meta.target_role_arn =
+        plan.target.role_arn.as_ref().filter(|_| resolved.cross_account).map(|r| r.to_string());
+    // Volumes the plan picks now and the run does not have yet join it.
+    for sv in &resolved.volumes {
+        if !record.volumes.iter().any(|v| v.source_volume == sv.volume.id) {
+            record.volumes.push(VolumeRun::new(sv.volume.id.clone()));
+        }
+    }
+    let mut journal = env.store.create_or_reopen(&record)?;
+
+    let actx = ActCtx {
+        plan: plan.name.to_string(),
+        run_id: record.meta.run_id.clone(),
+        source_region: plan.source.region.clone(),
+        target_region: plan.target.region.clone(),
+        target_account: resolved.share_with(),
+        source_key: resolved.source_key.arn.clone(),
+        target_key: resolved.target_key.arn.clone(),
+        availability_zone: plan.target.availability_zone.clone(),
+        extra_tags: plan.options.tags.clone(),
+    };
+
+    // Failed volumes go back where they stood. Only what AWS reported in `error` is
+    // replaced (and deleted first, so the retry leaves no orphan); anything else is
+    // kept and waited on again.
+    for i in 0..record.volumes.len() {
+        if record.volumes[i].step == Step::Failed {
+            discard_errored(cloud.as_ref(), clock.as_ref(), &actx, &record.volumes[i]).await;
+            record.volumes[i].revive();
+            journal.volume(i, &record.volumes[i])?;
+        }
+    }
+    journal.meta(&record.meta)?;
+    journal.sync()?;
+
+    if resolved.cross_account {
+        let grant = ensure_grant(&env, plan, &resolved, &mut record.meta).await;
+        if let Err(e) = grant {
+            record.meta.status = RunStatus::Failed;
+            record.meta.finished_ms = Some(clock.now_ms());
+            journal.meta(&record.meta)?;
+            journal.sync()?;
+            return Err(e);
+        }
+        journal.meta(&record.meta)?;
+        journal.sync()?;
+    }
+
+    let mut r = Runner::new(&cfg, env.clone(), &resolved, Arc::new(actx), record, journal);
+    let ended = r.drive(shutdown).await;
+    if let Some(p) = &cfg.progress {
+        p.finish();
+    }
+    let ended = ended?;
+    let (mut record, mut journal) = r.into_parts();
+
+    let now = clock.now_ms();
+    let all_done = record.volumes.iter().all(|v| v.step == Step::Done);
+    record.meta.status = match &ended {
+        Ended::Finished if all_done => RunStatus::Succeeded,
+        Ended::Finished => RunStatus::Failed,
+        Ended::Interrupted | Ended::Halted(_) => RunStatus::Interrupted,
+    };
+    record.meta.updated_ms = now;
+    if matches!(ended, Ended::Finished) {
+        record.meta.finished_ms = Some(now);
+    }
+    journal.meta(&record.meta)?;
+    journal.compact(&record)?;
+    tracing::info!(run = %record.meta.run_id, status = record.meta.status.as_str(), "run ended");
+    if let Ended::Halted(e) = ended {
+        return Err(RunError::Credentials { run_id: record.meta.run_id.clone(), source: e });
+    }
+    let mut report = RunReport::from_record(&record);
+    if let (true, Ended::Finished, Some(keep)) = (all_done, &ended, plan.options.keep) {
+        match super::retention::prune(cloud.as_ref(), clock.as_ref(), &dst, plan.name.as_str(), keep, &record.volumes)
+            .await
+        {
+            Ok(p) => report.retention = Some(p),
+            Err(e) => {
+                tracing::warn!(error = %e, "retention failed; the copies of this run are complete, older ones were not pruned");
+                report.retention_error = Some(format!("retention in {}: {e}", plan.target.region));
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// The run this invocation carries on, from the state: the one `--run-id` names, or
+/// the plan's newest run when it did not succeed and was not cleaned up.
+fn previous_run(cfg: &RunConfig, env: &Env) -> Result<Option<RunRecord>, RunError> {
+    let plan = cfg.plan.name.as_str();
+    let previous = match &cfg.run_id {
+        Some(id) => match env.store.load(id.as_str()) {
+            Ok(r) => Some(r),
+            Err(StoreError::NoSuchRun(_)) => None,
+            Err(e) => return Err(e.into()),
+        },
+        None => env.store.latest_of_plan(plan)?.filter(|r| r.meta.status != RunStatus::Succeeded && !r.meta.cleaned_up),
+    };
+    if let Some(p) = &previous
+        && p.meta.plan != plan
+    {
+        return Err(RunError::Usage(format!(
+            "run {} belongs to plan {}, not {plan}; name a run of this plan with --run-id, or none",
+            p.meta.run_id, p.meta.plan
+        )));
+    }
+    Ok(previous)
+}
+
+/// With no unfinished run in the state: the plan's newest run in AWS, when its tagged
+/// resources show it unfinished and the state does not know it as succeeded or
+/// cleaned up.
+async fn adopt_from_tags(cfg: &RunConfig, env: &Env, src: &Loc, dst: &Loc) -> Result<Option<adopt::Found>, RunError> {
+    let plan = &cfg.plan;
+    let clock = env.clock.as_ref();
+    let cloud = env.cloud.as_ref();
+    let shape = Shape { create_volume: plan.options.create_volume, cleanup: plan.options.cleanup };
+    let listing_err = |e: CloudError| RunError::Cloud {
+        what: format!("listing the resources tagged snapferry:plan={} to carry on a run the state has lost", plan.name),
+        source: e,
+    };
+    let mut survey = adopt::survey(cloud, clock, plan.name.as_str(), src, dst).await.map_err(listing_err)?;
+    let recent = survey.newest_ms().is_some_and(|t| clock.now_ms() - t < RECENT_MS);
+    if recent {
+        // Something was made moments ago: what was made just after it may not be
+        // listed yet. Ask again, spaced, before trusting a miss.
+        for n in 1..ADOPT_LISTINGS {
+            clock.sleep_until(clock.now_ms() + LOOKUP_SPACING_MS * (1 << (n - 1))).await;
+            survey.merge(adopt::survey(cloud, clock, plan.name.as_str(), src, dst).await.map_err(listing_err)?);
+        }
+    }
+    let Some(found) = adopt::infer(&survey, shape, clock.now_ms()) else { return Ok(None) };
+    if !found.unfinished {
+        return Ok(None);
+    }
+    if let Some(id) = &cfg.run_id
+        && id.as_str() != found.run_id
+    {
+        return Ok(None);
+    }
+    match env.store.load(&found.run_id) {
+        Ok(known) if known.meta.status == RunStatus::Succeeded || known.meta.cleaned_up => return Ok(None),
+        Ok(_) | Err(StoreError::NoSuchRun(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(Some(found))
+}
+
+/// The fields whose change would move a half-done run's resources: its regions,
+/// accounts, keys and role. Anything else (timeouts, tags, limits) may change.
+fn moved_fields(meta: &RunMeta, plan: &Plan, resolved: &Resolved) -> Vec<String> {
+    let mut moved = vec![];
+    let mut check = |field: &str, was: Option<&str>, now: Option<&str>| {
+        if let Some(was) = was
+            && Some(was) != now
+        {
+            moved.push(format!("{field} (was {was}, now {})", now.unwrap_or("none")));
+        }
+    };
+    check("source.region", Some(&meta.source_region), Some(plan.source.region.as_str()));
+    check("target.region", Some(&meta.target_region), Some(plan.target.region.as_str()));
+    check("source.account", meta.source_account.as_deref(), Some(resolved.source_identity.account.as_str()));
+    let target_account = resolved.target_account();
+    check("target.account", meta.target_account.as_deref(), Some(target_account.as_str()));
+    check("source.kms_key", meta.source_key_arn.as_deref(), Some(resolved.source_key.arn.as_str()));
+    check("target.kms_key", meta.target_key_arn.as_deref(), Some(resolved.target_key.arn.as_str()));
+    let role = plan.target.role_arn.as_ref().filter(|_| resolved.cross_account).map(|r| r.to_string());
+    check("target.role_arn", meta.target_role_arn.as_deref(), role.as_deref());
+    moved
+}
+
+/// Deletes what a failed step left in state `error` (or no longer needs: a volume
+/// that errored), so that replacing it leaves no orphan. Nothing else is deleted:
+/// a resource that was only waited on too long is kept and waited on again.
+async fn discard_errored(
+    cloud: &dyn crate::cloud::Cloud,
+    clock: &dyn crate::clock::Clock,
+    actx: &ActCtx,
+    v: &VolumeRun,
+) {
+    let Some(f) = &v.failure else { return };
+    if f.kind != FailureKind::ResourceError {
+        return;
+    }
+    let (src, dst) = (actx.src(), actx.dst());
+    let result = match f.step {
+        Step::WaitCopy => match &v.target_snapshot {
+            Some(s) => retrying(clock, || act::delete_snapshot_quietly(cloud, &dst, s)).await,
+            None => Ok(()),
+        },
+        Step::WaitReencrypt => match &v.reencrypted_snapshot {
+            Some(s) => retrying(clock, || act::delete_snapshot_quietly(cloud, &src, s)).await,
+            None => Ok(()),
+        },
+        Step::WaitSnapshot => match &v.source_snapshot {
+            Some(s) => retrying(clock, || act::delete_snapshot_quietly(cloud, &src, s)).await,
+            None => Ok(()),
+        },
+        Step::WaitVolume => match &v.target_volume {
+            Some(id) => {
+                retrying(clock, || async {
+                    match cloud.delete_volume(&dst, id).await {
+                        Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
+                        other => other,
+                    }
+                })
+                .await
+            }
+            None => Ok(()),
+        },
+        _ => Ok(()),
+    };
+    if let Err(e) = result {
+        tracing::warn!(volume = %v.source_volume, error = %e, "could not delete what AWS reported in state error; delete it by hand");
+    }
+}
+
+/// `<plan>-<UTC yyyymmddThhmmssZ>-<4 hex>`: sortable, readable, unique.
+pub fn new_run_id(plan: &str, now_ms: i64) -> String {
+    let ts = jiff::Timestamp::from_millisecond(now_ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    let mut r = [0u8; 2];
+    let _ = aws_lc_rs::rand::fill(&mut r);
+    format!("{plan}-{}-{:02x}{:02x}", ts.strftime("%Y%m%dT%H%M%SZ"), r[0], r[1])
+}
+
+/// Adds the target account's statement to the source key policy, once per run.
+async fn ensure_grant(env: &Env, plan: &Plan, resolved: &Resolved, meta: &mut RunMeta) -> Result<(), RunError> {
+    let clock = env.clock.as_ref();
+    let cloud = env.cloud.as_ref();
+    let loc = Loc::new(Side::Source, &plan.source.region);
+    let key = &resolved.source_key.arn;
+    let Some(target) = resolved.share_with() else {
+        return Ok(());
+    };
+    let grant = policy::Grant {
+        plan: plan.name.clone(),
+        target_account: target.clone(),
+        partition: plan.source.region.partition(),
+    };
+    let cloud_err = |what: &str, e: CloudError| {
+        let hint = if e.kind == ErrorKind::AccessDenied {
+            "; the caller needs kms:GetKeyPolicy and kms:PutKeyPolicy on the source key (snapferry run PLAN --dry-run prints the statement to add by hand instead)"
+        } else {
+            ""
+        };
+        RunError::Cloud { what: format!("{what} of source key {key}{hint}"), source: e }
+    };
+    // Another plan may edit the same policy at the same time: re-read, merge and
+    // verify, a few times, so neither loses its statement.
+    for attempt in 0..5 {
+        let current =
+            retrying(clock, || cloud.get_key_policy(&loc, key)).await.map_err(|e| cloud_err("GetKeyPolicy", e))?;
+        let change = policy::ensure_grant(&current, &grant)
+            .map_err(|e| RunError::Other(format!("cannot grant account {target} use of source key {key}: {e}")))?;
+        if !change.changed {
+            if meta.grant.is_none() {
+                meta.grant =
+                    Some(GrantRecord { key_arn: key.to_string(), sid: grant.sid(), added: false, revoked: false });
+            }
+            tracing::info!(key = %key, account = %target, "key policy already grants the target account");
+            return Ok(());
+        }
+        retrying(clock, || cloud.put_key_policy(&loc, key, &change.new_policy))
+            .await
+            .map_err(|e| cloud_err("PutKeyPolicy", e))?;
+        let back =
+            retrying(clock, || cloud.get_key_policy(&loc, key)).await.map_err(|e| cloud_err("GetKeyPolicy", e))?;
+        if !policy::ensure_grant(&back, &grant).map(|c| c.changed).unwrap_or(true) {
+            meta.grant = Some(GrantRecord { key_arn: key.to_string(), sid: grant.sid(), added: true, revoked: false });
+            tracing::info!(key = %key, account = %target, "granted the target account use of the source key");
+            return Ok(());
+        }
+        tracing::warn!(key = %key, attempt, "key policy changed under us; merging again");
+        clock.sleep_until(clock.now_ms() + 1_000 * (attempt + 1)).await;
+    }
+    Err(RunError::Other(format!(
+        "the policy of source key {key} keeps changing while snapferry adds its statement; run again when other edits are done"
+    )))
+}
