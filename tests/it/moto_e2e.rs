@@ -508,6 +508,7 @@ fn kill_nine_at_random_moments_then_resume() {
     let plan = rig.plan("e2e-kill", &seed.volumes, Target::Cross, None);
     let mut rng = Rng(0x5eed_cafe_f00d_0001);
     let mut kills = vec![];
+    let mut landed = 0;
     for _ in 0..5 {
         let after = Duration::from_secs_f64(0.3 + 2.2 * rng.next_f64());
         let mut child = rig.spawn(&["run", arg(&plan)]);
@@ -516,11 +517,20 @@ fn kill_nine_at_random_moments_then_resume() {
             Some(status) => status,
             None => {
                 child.kill().unwrap(); // SIGKILL
-                child.wait().unwrap()
+                let status = child.wait().unwrap();
+                // The kill landed mid-run: the process was alive and its run unfinished.
+                let runs = rig.snapferry(&["status"]);
+                let unfinished = runs.json()["runs"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().any(|r| r["plan"] == "e2e-kill" && r["status"] != "succeeded"));
+                assert!(unfinished, "a kill at {after:?} found the run finished: {}", runs.show());
+                landed += 1;
+                status
             }
         };
         kills.push(format!("{:.2}s: {status}", after.as_secs_f64()));
     }
+    assert!(landed >= 3, "only {landed} of 5 kills landed mid-run: {kills:?}");
     let started = Instant::now();
     let run = rig.snapferry(&["run", arg(&plan)]);
     eprintln!("kills: {kills:?}; final run took {:.1}s", started.elapsed().as_secs_f64());
@@ -850,4 +860,114 @@ fn twenty_volumes_calls_per_volume() {
         per_volume_chain + copy_s
     );
     assert!((total as f64 / n) < 12.0, "{:.2} calls per volume: {calls:#}", total as f64 / n);
+}
+
+/// Waits (bounded) until `check` holds of the inventory.
+fn wait_for(rig: &Rig, seed: &Seed, what: &str, limit: Duration, check: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let inv = rig.inventory(seed);
+        if check(&inv) {
+            return inv;
+        }
+        assert!(start.elapsed() < limit, "gave up waiting for {what} after {limit:?}: {inv:#}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Adds `options` lines to a written plan.
+fn with_options(path: &Path, lines: &str) {
+    let text = fs::read_to_string(path).unwrap();
+    fs::write(path, text.replace("options:\n", &format!("options:\n{lines}"))).unwrap();
+}
+
+#[test]
+fn a_copy_past_its_timeout_is_waited_on_again_never_made_again() {
+    let rig = Rig::start(&["--copy-pending-seconds", "14"]);
+    let seed = rig.seed(&["cmk", "cmk"], Some(Target::Cross));
+    let plan = rig.plan("e2e-timeout", &seed.volumes, Target::Cross, None);
+    with_options(&plan, "  timeouts: {copy: 1s}\n");
+
+    let first = rig.snapferry(&["run", arg(&plan)]);
+    first.expect(1);
+    let report = first.json();
+    for v in report["volumes"].as_array().unwrap() {
+        assert_eq!(v["step"], "wait-copy", "{v:#}");
+        assert!(v["error"].as_str().unwrap().contains("stopped waiting"), "{v:#}");
+    }
+    // Run again while the copies are still pending: looked at, not made again.
+    rig.snapferry(&["run", arg(&plan)]).expect(1);
+    let inv = rig.inventory(&seed);
+    assert_eq!(made(&inv["target_snapshots"], "e2e-timeout", Some("copy"), None).len(), 2, "{inv:#}");
+
+    wait_for(&rig, &seed, "the copies to complete", Duration::from_secs(60), |inv| {
+        made(&inv["target_snapshots"], "e2e-timeout", Some("copy"), None).iter().all(|c| c["state"] == "completed")
+    });
+    let done = rig.snapferry(&["run", arg(&plan)]);
+    done.expect(0);
+    assert_eq!(done.json()["run_id"], report["run_id"]);
+    let inv = rig.inventory(&seed);
+    assert_copied(&inv, &done.json(), &seed, "e2e-timeout", Target::Cross);
+    let by_account = rig.moto.calls_view("by-account");
+    let calls = rig.moto.calls_view("mutating");
+    eprintln!("calls over three invocations: {calls}; by account: {by_account}");
+    assert_eq!(count(&calls, "ec2:CopySnapshot"), 2, "one target CopySnapshot per volume: {calls}");
+    assert_eq!(count(&calls, "ec2:CreateSnapshot"), 2, "{calls}");
+    assert_eq!(count(&calls, "ec2:DeleteSnapshot"), 2, "only the cleanup of the source snapshots: {calls}");
+    assert_eq!(count(&calls, "ec2:DeleteVolume"), 0, "{calls}");
+}
+
+#[test]
+fn kill_nine_with_copies_pending_and_the_state_dir_lost_then_rerun() {
+    let rig = Rig::start(&["--snapshot-pending-seconds", "1", "--copy-pending-seconds", "8"]);
+    let seed = rig.seed(&["cmk", "cmk", "ebs", "plain"], Some(Target::Cross));
+    let plan = rig.plan("e2e-lost", &seed.volumes, Target::Cross, None);
+    let mut child = rig.spawn(&["run", arg(&plan)]);
+    wait_for(&rig, &seed, "four pending copies", Duration::from_secs(90), |inv| {
+        made(&inv["target_snapshots"], "e2e-lost", Some("copy"), None).len() == 4
+    });
+    assert!(child.try_wait().unwrap().is_none(), "the run ended before the kill");
+    child.kill().unwrap(); // SIGKILL, mid-run: the copies are pending
+    child.wait().unwrap();
+    let inv = rig.inventory(&seed);
+    let pending = made(&inv["target_snapshots"], "e2e-lost", Some("copy"), None);
+    assert!(pending.iter().any(|c| c["state"] == "pending"), "the kill landed after the copies ended: {pending:#?}");
+    let lost_run = pending[0]["tags"][TAG_RUN].as_str().unwrap().to_owned();
+    fs::remove_dir_all(rig.state_dir()).unwrap();
+    rig.moto.reset_calls();
+
+    let rerun = rig.snapferry(&["run", arg(&plan)]);
+    rerun.expect(0);
+    let report = rerun.json();
+    assert_eq!(report["run_id"], lost_run.as_str(), "the lost run is carried on under its own id");
+    let inv = rig.inventory(&seed);
+    assert_copied(&inv, &report, &seed, "e2e-lost", Target::Cross);
+    let calls = rig.moto.calls();
+    eprintln!("calls of the rerun after the state was lost: {calls}");
+    assert_eq!(count(&calls, "ec2:CopySnapshot"), 0, "{calls}");
+    assert_eq!(count(&calls, "ec2:CreateSnapshot"), 0, "{calls}");
+}
+
+#[test]
+fn cleanup_during_a_pending_copy_stops_it_then_deletes_its_source() {
+    let rig = Rig::start(&["--copy-pending-seconds", "60"]);
+    // Volumes under the source key: no re-encryption copy, both copies start at once.
+    let seed = rig.seed(&["cmk", "cmk"], Some(Target::Cross));
+    let plan = rig.plan("e2e-undo", &seed.volumes, Target::Cross, None);
+    with_options(&plan, "  timeouts: {copy: 1s}\n");
+    let first = rig.snapferry(&["run", arg(&plan)]);
+    first.expect(1);
+    let run_id = first.json()["run_id"].as_str().unwrap().to_owned();
+    let inv = rig.inventory(&seed);
+    assert_eq!(made(&inv["target_snapshots"], "e2e-undo", Some("copy"), None).len(), 2);
+
+    let clean = rig.snapferry(&["cleanup", &run_id]);
+    clean.expect(0);
+    let summary = clean.json();
+    assert_eq!(summary["stopped_copies"].as_array().map(Vec::len), Some(2), "{summary:#}");
+    assert_eq!(summary["grant"], "revoked", "{summary:#}");
+    let inv = rig.inventory(&seed);
+    assert!(made(&inv["target_snapshots"], "e2e-undo", None, None).is_empty(), "{inv:#}");
+    assert!(made(&inv["source_snapshots"], "e2e-undo", None, None).is_empty(), "{inv:#}");
+    assert!(grants(&inv).is_empty(), "{:#}", inv["policy"]);
 }

@@ -157,6 +157,9 @@ pub struct World {
     pub timing: Timing,
     /// Calls by `service:Action`.
     pub calls: BTreeMap<String, u64>,
+    /// Of those, the listings by tag (DescribeSnapshots/DescribeVolumes with tag filters).
+    #[serde(default)]
+    pub listings: u64,
     pub total_calls: u64,
     #[serde(default)]
     pub halted: bool,
@@ -202,6 +205,7 @@ impl World {
             faults: Faults::default(),
             timing: Timing::default(),
             calls: BTreeMap::new(),
+            listings: 0,
             total_calls: 0,
             halted: false,
             peak_copies: BTreeMap::new(),
@@ -244,7 +248,8 @@ impl World {
     }
 
     /// The `lookups_fail` fault, for listings by tag.
-    pub fn lookup_fault(&self) -> CloudResult<()> {
+    pub fn lookup_fault(&mut self) -> CloudResult<()> {
+        self.listings += 1;
         if self.faults.lookups_fail {
             return Err(err(ErrorKind::AccessDenied, "UnauthorizedOperation", "lookups by tag are refused (fault)"));
         }
