@@ -218,6 +218,8 @@ pub struct CopySnapshotReq {
     pub kms_key: KeyArn,
     pub description: String,
     pub tags: Tags,
+    /// A time-based copy: CompletionDurationMinutes (15 to 2,880, steps of 15).
+    pub completion_minutes: Option<u32>,
 }
 
 /// CreateVolume from a snapshot.

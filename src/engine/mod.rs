@@ -136,6 +136,13 @@ pub struct VolumeRun {
     pub started_ms: Option<i64>,
     pub finished_ms: Option<i64>,
     pub failure: Option<Failure>,
+    /// The run id this volume's resources are tagged with, when it is not the run's own:
+    /// a recurring plan carries an unfinished copy, or a fresh one, into a later run.
+    #[serde(default)]
+    pub chain: Option<String>,
+    /// A recurring plan left this volume alone: its newest copy (`started_ms`) is recent.
+    #[serde(default)]
+    pub fresh: bool,
 }
 
 impl VolumeRun {
@@ -156,7 +163,14 @@ impl VolumeRun {
             started_ms: None,
             finished_ms: None,
             failure: None,
+            chain: None,
+            fresh: false,
         }
+    }
+
+    /// The run id this volume's resources carry: its chain's, else the run's.
+    pub fn chain_run<'a>(&'a self, run_id: &'a str) -> &'a str {
+        self.chain.as_deref().unwrap_or(run_id)
     }
 
     /// The snapshot that is (or will be) shared and copied: the re-encrypted one when
@@ -410,7 +424,7 @@ pub fn next_action(v: &VolumeRun, run_id: &str) -> Action {
         Step::CreateVolume => match &v.target_snapshot {
             Some(s) => Action::CreateVolume {
                 snapshot: s.clone(),
-                client_token: client_token(run_id, &v.source_volume, v.volume_attempt),
+                client_token: client_token(v.chain_run(run_id), &v.source_volume, v.volume_attempt),
             },
             None => Action::Nothing,
         },

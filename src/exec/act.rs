@@ -25,6 +25,8 @@ pub struct ActCtx {
     pub availability_zone: AvailabilityZone,
     /// `options.tags` of the plan.
     pub extra_tags: Tags,
+    /// `options.copy_within`, for the copy into the target account.
+    pub copy_within_minutes: Option<u32>,
 }
 
 pub const TAG_PLAN: &str = "snapferry:plan";
@@ -52,7 +54,7 @@ impl ActCtx {
     pub fn identity_tags(&self, v: &VolumeRun, step: &str) -> Tags {
         BTreeMap::from([
             (TAG_PLAN.to_owned(), self.plan.clone()),
-            (TAG_RUN.to_owned(), self.run_id.clone()),
+            (TAG_RUN.to_owned(), v.chain_run(&self.run_id).to_owned()),
             (TAG_SOURCE_VOLUME.to_owned(), v.source_volume.to_string()),
             (TAG_STEP.to_owned(), step.to_owned()),
         ])
@@ -70,7 +72,7 @@ impl ActCtx {
     }
 
     fn description(&self, v: &VolumeRun, what: &str) -> String {
-        format!("snapferry {} run {}: {what} of {}", self.plan, self.run_id, v.source_volume)
+        format!("snapferry {} run {}: {what} of {}", self.plan, v.chain_run(&self.run_id), v.source_volume)
     }
 }
 
@@ -137,6 +139,7 @@ pub async fn perform(
                 kms_key: ctx.source_key.clone(),
                 description: ctx.description(v, "re-encrypted snapshot"),
                 tags: ctx.tags(v, "reencrypt", None),
+                completion_minutes: None,
             };
             Ok(Outcome::SnapshotCreated(cloud.copy_snapshot(&ctx.src(), &req).await?))
         }
@@ -154,6 +157,7 @@ pub async fn perform(
                 kms_key: ctx.target_key.clone(),
                 description: ctx.description(v, "copy"),
                 tags: ctx.tags(v, "copy", None),
+                completion_minutes: ctx.copy_within_minutes,
             };
             Ok(Outcome::SnapshotCreated(cloud.copy_snapshot(&ctx.dst(), &req).await?))
         }

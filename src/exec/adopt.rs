@@ -182,6 +182,22 @@ pub fn rebuild_run(survey: &Survey, run_id: &str, shape: Shape, now_ms: i64) -> 
     Found { run_id, created_ms, volumes, unfinished }
 }
 
+/// Per source volume, its newest chain in any run (recurring plans, whose volumes'
+/// chains belong to different runs), each tagged with its run as `chain`.
+pub fn newest_chains(survey: &Survey, shape: Shape, now_ms: i64) -> Vec<VolumeRun> {
+    let mut best: BTreeMap<VolumeId, VolumeRun> = BTreeMap::new();
+    for run_id in survey.runs().into_keys() {
+        for mut v in rebuild_run(survey, &run_id, shape, now_ms).volumes {
+            v.chain = Some(run_id.clone());
+            let newer = best.get(&v.source_volume).is_none_or(|b| v.started_ms > b.started_ms);
+            if newer {
+                best.insert(v.source_volume.clone(), v);
+            }
+        }
+    }
+    best.into_values().collect()
+}
+
 /// One source volume's chain, from what exists of it.
 fn rebuild(
     source: VolumeId,
@@ -217,7 +233,14 @@ fn rebuild(
         v.wait_started_ms = Some(now_ms);
         v
     };
-    v.started_ms = Some(now_ms);
+    // The chain began when its first resource did: what freshness is measured from.
+    let began = [&snapshot, &reencrypted, &copy]
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.start_time_ms)
+        .chain(volume.iter().filter_map(|x| x.create_time_ms))
+        .min();
+    v.started_ms = Some(began.unwrap_or(now_ms));
     match (&volume, &copy) {
         (Some(x), _) if shape.create_volume => {
             if matches!(x.state, VolumeState::Available | VolumeState::InUse) {

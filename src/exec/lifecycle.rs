@@ -10,13 +10,14 @@ use tokio::sync::watch;
 
 use crate::checkpoint::{FORMAT_VERSION, GrantRecord, RunMeta, RunRecord, RunStatus, StoreError};
 use crate::cloud::{CloudError, ErrorKind, Loc, Side};
-use crate::engine::{FailureKind, Step, VolumeRun};
+use crate::engine::{Failure, FailureKind, Step, VolumeRun};
 use crate::plan::Plan;
 use crate::policy;
 
 use super::act::{self, ActCtx};
 use super::adopt::{self, Shape};
 use super::preflight::{Resolved, preflight};
+use super::recurring::{self, Recur};
 use super::retry::retrying;
 use super::runner::{Ended, RunConfig, Runner};
 use super::sched::LOOKUP_SPACING_MS;
@@ -37,9 +38,12 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
     let clock = env.clock.clone();
     let cloud = env.cloud.clone();
 
-    let previous = previous_run(&cfg, &env)?;
+    // A recurring plan (`every`, no --run-id) decides per volume what is due.
+    let recurring = plan.options.every.is_some() && cfg.run_id.is_none();
+    let previous = previous_run(&cfg, &env, recurring)?;
     if let Some(p) = &previous
         && p.meta.status == RunStatus::Succeeded
+        && !recurring
     {
         tracing::info!(run = %p.meta.run_id, "run already succeeded; nothing to do");
         return Ok(RunReport::from_record(p));
@@ -47,7 +51,8 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
 
     let resolved =
         preflight(plan, cloud.as_ref(), clock.as_ref(), cfg.probe_permissions).await.map_err(RunError::Preflight)?;
-    if let Some(p) = &previous {
+    // Only a half-done run has resources a moved plan would leave behind.
+    if let Some(p) = previous.as_ref().filter(|p| p.volumes.iter().any(|v| v.step != Step::Done)) {
         let moved = moved_fields(&p.meta, plan, &resolved);
         if !moved.is_empty() {
             return Err(RunError::PlanChanged { run_id: p.meta.run_id.clone(), fields: moved });
@@ -57,8 +62,17 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
     let src = Loc::new(Side::Source, &plan.source.region);
     let dst = Loc::new(Side::Target, &plan.target.region);
 
+    let previous = match recurring {
+        true => recur(&cfg, &env, &resolved, previous, &src, &dst, now).await?,
+        false => previous.map(Carry::Resume),
+    };
     let mut record = match previous {
-        Some(mut r) => {
+        Some(Carry::Start(volumes)) => {
+            let run_id = new_run_id(plan.name.as_str(), now);
+            tracing::info!(run = %run_id, due = volumes.iter().filter(|v| v.chain.is_none()).count(), "starting a round of the recurring plan");
+            new_record(&cfg, run_id, now, volumes)
+        }
+        Some(Carry::Resume(mut r)) => {
             tracing::info!(run = %r.meta.run_id, "resuming run");
             r.meta.status = RunStatus::Running;
             r.meta.updated_ms = now;
@@ -85,30 +99,7 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
                     (run_id, now, vec![])
                 }
             };
-            RunRecord {
-                meta: RunMeta {
-                    format_version: FORMAT_VERSION,
-                    run_id,
-                    plan: plan.name.to_string(),
-                    plan_file: cfg.plan_file.clone(),
-                    status: RunStatus::Running,
-                    created_ms: created_ms.min(now),
-                    updated_ms: now,
-                    finished_ms: None,
-                    source_account: None,
-                    target_account: None,
-                    source_region: plan.source.region.to_string(),
-                    target_region: plan.target.region.to_string(),
-                    cross_account: false,
-                    source_key_arn: None,
-                    target_key_arn: None,
-                    target_role_arn: None,
-                    grant: None,
-                    simulated: cfg.simulated,
-                    cleaned_up: false,
-                },
-                volumes,
-            }
+            new_record(&cfg, run_id, created_ms.min(now), volumes)
         }
     };
     record.meta.source_account = Some(resolved.source_identity.account.to_string());
@@ -119,9 +110,9 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
     record.meta.target_role_arn =
         plan.target.role_arn.as_ref().filter(|_| resolved.cross_account).map(|r| r.to_string());
     // Volumes the plan picks now and the run does not have yet join it.
-    for sv in &resolved.volumes {
-        if !record.volumes.iter().any(|v| v.source_volume == sv.volume.id) {
-            record.volumes.push(VolumeRun::new(sv.volume.id.clone()));
+    for id in resolved.volumes.iter().map(|sv| &sv.volume.id).chain(&resolved.missing) {
+        if !record.volumes.iter().any(|v| &v.source_volume == id) {
+            record.volumes.push(VolumeRun::new(id.clone()));
         }
     }
     let mut journal = env.store.create_or_reopen(&record)?;
@@ -136,6 +127,7 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
         target_key: resolved.target_key.arn.clone(),
         availability_zone: plan.target.availability_zone.clone(),
         extra_tags: plan.options.tags.clone(),
+        copy_within_minutes: plan.options.copy_within.map(|c| c.minutes()),
     };
 
     // Failed volumes go back where they stood. Only what AWS reported in `error` is
@@ -145,6 +137,24 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
         if record.volumes[i].step == Step::Failed {
             discard_errored(cloud.as_ref(), clock.as_ref(), &actx, &record.volumes[i]).await;
             record.volumes[i].revive();
+            journal.volume(i, &record.volumes[i])?;
+        }
+    }
+    // A recurring plan's listed volume that is gone fails alone, with nothing made.
+    for id in &resolved.missing {
+        if let Some(i) = record.volumes.iter().position(|v| &v.source_volume == id)
+            && record.volumes[i].step == Step::Snapshot
+            && !record.volumes[i].in_flight
+        {
+            let v = &mut record.volumes[i];
+            v.failure = Some(Failure {
+                step: Step::Snapshot,
+                kind: FailureKind::Gone,
+                message: format!("source volume {id} no longer exists in {}", plan.source.region),
+                hint: Some("restore the volume, or remove it from the plan; the other volumes go on".into()),
+            });
+            v.step = Step::Failed;
+            v.finished_ms = Some(now);
             journal.volume(i, &record.volumes[i])?;
         }
     }
@@ -190,7 +200,8 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
         return Err(RunError::Credentials { run_id: record.meta.run_id.clone(), source: e });
     }
     let mut report = RunReport::from_record(&record);
-    if let (true, Ended::Finished, Some(keep)) = (all_done, &ended, plan.options.keep) {
+    let made_something = record.volumes.iter().any(|v| !v.fresh);
+    if let (true, true, Ended::Finished, Some(keep)) = (all_done, made_something, &ended, plan.options.keep) {
         match super::retention::prune(cloud.as_ref(), clock.as_ref(), &dst, plan.name.as_str(), keep, &record.volumes)
             .await
         {
@@ -204,9 +215,18 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
     Ok(report)
 }
 
+/// What a recurring plan carries on.
+enum Carry {
+    /// The run goes on as it is.
+    Resume(RunRecord),
+    /// A new run with these volumes (due, carried and fresh).
+    Start(Vec<VolumeRun>),
+}
+
 /// The run this invocation carries on, from the state: the one `--run-id` names, or
-/// the plan's newest run when it did not succeed and was not cleaned up.
-fn previous_run(cfg: &RunConfig, env: &Env) -> Result<Option<RunRecord>, RunError> {
+/// the plan's newest run when it did not succeed and was not cleaned up (for a
+/// recurring plan, whatever its status: freshness is read from it).
+fn previous_run(cfg: &RunConfig, env: &Env, recurring: bool) -> Result<Option<RunRecord>, RunError> {
     let plan = cfg.plan.name.as_str();
     let previous = match &cfg.run_id {
         Some(id) => match env.store.load(id.as_str()) {
@@ -214,7 +234,10 @@ fn previous_run(cfg: &RunConfig, env: &Env) -> Result<Option<RunRecord>, RunErro
             Err(StoreError::NoSuchRun(_)) => None,
             Err(e) => return Err(e.into()),
         },
-        None => env.store.latest_of_plan(plan)?.filter(|r| r.meta.status != RunStatus::Succeeded && !r.meta.cleaned_up),
+        None => env
+            .store
+            .latest_of_plan(plan)?
+            .filter(|r| (recurring || r.meta.status != RunStatus::Succeeded) && !r.meta.cleaned_up),
     };
     if let Some(p) = &previous
         && p.meta.plan != plan
@@ -225,6 +248,83 @@ fn previous_run(cfg: &RunConfig, env: &Env) -> Result<Option<RunRecord>, RunErro
         )));
     }
     Ok(previous)
+}
+
+/// A recurring plan's work this invocation: per volume, carry on, copy anew or leave
+/// fresh. Without any run in the state, the chains are found by their tags.
+async fn recur(
+    cfg: &RunConfig,
+    env: &Env,
+    resolved: &Resolved,
+    previous: Option<RunRecord>,
+    src: &Loc,
+    dst: &Loc,
+    now: i64,
+) -> Result<Option<Carry>, RunError> {
+    let plan = &cfg.plan;
+    let mut wanted: Vec<_> =
+        resolved.volumes.iter().map(|v| v.volume.id.clone()).chain(resolved.missing.clone()).collect();
+    // In the plan's order, selected volumes after the listed ones.
+    let listed: Vec<&crate::ids::VolumeId> = plan
+        .volumes
+        .iter()
+        .filter_map(|s| match &s.pick {
+            crate::plan::Pick::Id(id) => Some(id),
+            crate::plan::Pick::Selector(_) => None,
+        })
+        .collect();
+    wanted.sort_by_key(|id| listed.iter().position(|l| *l == id).unwrap_or(usize::MAX));
+    let (volumes, run_id) = match &previous {
+        Some(r) => (r.volumes.clone(), Some(r.meta.run_id.clone())),
+        None => {
+            let shape = Shape { create_volume: plan.options.create_volume, cleanup: plan.options.cleanup };
+            let survey = adopt::survey(env.cloud.as_ref(), env.clock.as_ref(), plan.name.as_str(), src, dst)
+                .await
+                .map_err(|e| RunError::Cloud {
+                    what: format!("listing the resources tagged snapferry:plan={} to learn what is fresh", plan.name),
+                    source: e,
+                })?;
+            (adopt::newest_chains(&survey, shape, now), None)
+        }
+    };
+    Ok(Some(match recurring::plan(&volumes, run_id.as_deref(), &wanted, &plan.options, now) {
+        Recur::Resume => {
+            let mut r = previous.expect("resume needs a previous run");
+            for v in r.volumes.iter_mut().filter(|v| v.step == Step::Done) {
+                v.fresh = true;
+            }
+            Carry::Resume(r)
+        }
+        Recur::Start(volumes) => Carry::Start(volumes),
+    }))
+}
+
+fn new_record(cfg: &RunConfig, run_id: String, created_ms: i64, volumes: Vec<VolumeRun>) -> RunRecord {
+    let plan = &cfg.plan;
+    RunRecord {
+        meta: RunMeta {
+            format_version: FORMAT_VERSION,
+            run_id,
+            plan: plan.name.to_string(),
+            plan_file: cfg.plan_file.clone(),
+            status: RunStatus::Running,
+            created_ms,
+            updated_ms: created_ms,
+            finished_ms: None,
+            source_account: None,
+            target_account: None,
+            source_region: plan.source.region.to_string(),
+            target_region: plan.target.region.to_string(),
+            cross_account: false,
+            source_key_arn: None,
+            target_key_arn: None,
+            target_role_arn: None,
+            grant: None,
+            simulated: cfg.simulated,
+            cleaned_up: false,
+        },
+        volumes,
+    }
 }
 
 /// With no unfinished run in the state: the plan's newest run in AWS, when its tagged

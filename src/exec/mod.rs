@@ -21,6 +21,7 @@ pub mod adopt;
 pub mod cleanup;
 mod lifecycle;
 pub mod preflight;
+pub mod recurring;
 mod report;
 pub mod retention;
 mod retry;

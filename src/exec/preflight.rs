@@ -42,6 +42,9 @@ pub struct Resolved {
     pub source_key: KeyInfo,
     pub target_key: KeyInfo,
     pub volumes: Vec<SourceVolume>,
+    /// Listed volumes that no longer exist, in a recurring plan (where they fail alone
+    /// instead of refusing the plan).
+    pub missing: Vec<VolumeId>,
 }
 
 impl Resolved {
@@ -221,9 +224,16 @@ pub async fn preflight(
         None
     };
 
+    let mut missing_ids = vec![];
     let volumes = match resolve_volumes(plan, cloud, clock, &src_loc).await {
         Ok((v, missing)) => {
-            errors.extend(missing);
+            if plan.options.every.is_some() {
+                // A recurring plan goes on without a decommissioned volume: that volume
+                // fails alone, every run, until the plan drops it.
+                missing_ids = missing.into_iter().filter_map(|m| m.volume).collect();
+            } else {
+                errors.extend(missing.into_iter().map(|m| m.problem));
+            }
             v
         }
         Err(e) => {
@@ -269,21 +279,35 @@ pub async fn preflight(
     }
 
     match (source_key, target_key) {
-        (Some(source_key), Some(target_key)) if errors.is_empty() => {
-            Ok(Resolved { source_identity, target_identity, cross_account, source_key, target_key, volumes })
-        }
+        (Some(source_key), Some(target_key)) if errors.is_empty() => Ok(Resolved {
+            source_identity,
+            target_identity,
+            cross_account,
+            source_key,
+            target_key,
+            volumes,
+            missing: missing_ids,
+        }),
         _ => Err(errors),
     }
 }
 
 /// The plan's volumes, ids and selectors together, each once, in plan order; and a
 /// problem for every id that does not exist and every selector that picks nothing.
+/// A volume (or selector) of the plan that found nothing.
+#[derive(Debug, Clone)]
+pub struct Missing {
+    /// The listed volume id; `None` for a selector that picks nothing.
+    pub volume: Option<VolumeId>,
+    pub problem: PreflightError,
+}
+
 pub async fn resolve_volumes(
     plan: &Plan,
     cloud: &dyn Cloud,
     clock: &dyn Clock,
     loc: &Loc,
-) -> Result<(Vec<SourceVolume>, Vec<PreflightError>), CloudError> {
+) -> Result<(Vec<SourceVolume>, Vec<Missing>), CloudError> {
     let ids: Vec<VolumeId> = plan
         .volumes
         .iter()
@@ -308,18 +332,27 @@ pub async fn resolve_volumes(
                         out.push(SourceVolume { volume: v.clone(), target: spec.target.clone() });
                     }
                 }
-                None => problems.push(problem(
-                    format!("volume {id}"),
-                    format!("does not exist in the source account in {}; fix the id or the source region", loc.region),
-                )),
+                None => problems.push(Missing {
+                    volume: Some(id.clone()),
+                    problem: problem(
+                        format!("volume {id}"),
+                        format!(
+                            "does not exist in the source account in {}; fix the id or the source region",
+                            loc.region
+                        ),
+                    ),
+                }),
             },
             Pick::Selector(tags) => {
                 let picked = retrying(clock, || cloud.find_volumes(loc, tags)).await?;
                 if picked.is_empty() {
-                    problems.push(problem(
-                        format!("selector {tags:?}"),
-                        format!("picks no volume in {}; check the tags", loc.region),
-                    ));
+                    problems.push(Missing {
+                        volume: None,
+                        problem: problem(
+                            format!("selector {tags:?}"),
+                            format!("picks no volume in {}; check the tags", loc.region),
+                        ),
+                    });
                 }
                 let mut picked = picked;
                 picked.sort_by(|a, b| a.id.cmp(&b.id));

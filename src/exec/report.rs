@@ -13,7 +13,9 @@ pub struct VolumeReport {
     pub shared_snapshot: Option<String>,
     pub target_snapshot: Option<String>,
     pub target_volume: Option<String>,
-    /// `succeeded`, `failed` or `pending` (the run stopped before this volume ended).
+    /// `succeeded`, `failed`, `fresh` (a recurring plan left it alone: its newest copy is
+    /// recent, and the ids are that copy's) or `in_progress` (the run stopped before this
+    /// volume ended).
     pub status: String,
     /// The step reached (or the one that failed).
     pub step: String,
@@ -57,9 +59,10 @@ impl RunReport {
                     target_snapshot: v.target_snapshot.as_ref().map(|s| s.to_string()),
                     target_volume: v.target_volume.as_ref().map(|s| s.to_string()),
                     status: match v.step {
+                        Step::Done if v.fresh => "fresh",
                         Step::Done => "succeeded",
                         Step::Failed => "failed",
-                        _ => "pending",
+                        _ => "in_progress",
                     }
                     .to_owned(),
                     step: v.failure.as_ref().map(|f| f.step).unwrap_or(v.step).as_str().to_owned(),

@@ -81,6 +81,45 @@ pub struct Options {
     /// this plan made.
     pub keep: Option<u32>,
     pub timeouts: Timeouts,
+    /// Recurring replication: a volume whose newest successful copy began at least
+    /// 90% of this long ago is copied again; others are left alone (`fresh`).
+    pub every: Option<Duration>,
+    /// Time-based copy: CopySnapshot `CompletionDurationMinutes`.
+    pub copy_within: Option<CopyWithin>,
+    /// Source-side snapshots kept per volume even with `cleanup: true`.
+    pub keep_source: u32,
+}
+
+/// A time-based copy's completion duration, in minutes: 15 to 2,880 in steps of 15
+/// (EBS User Guide, "Time-based copies").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyWithin(u32);
+
+impl CopyWithin {
+    pub const MIN_MINUTES: u32 = 15;
+    pub const MAX_MINUTES: u32 = 2_880;
+    pub const STEP_MINUTES: u32 = 15;
+
+    /// `None` unless `minutes` is one AWS accepts.
+    pub fn from_minutes(minutes: u32) -> Option<Self> {
+        ((Self::MIN_MINUTES..=Self::MAX_MINUTES).contains(&minutes) && minutes % Self::STEP_MINUTES == 0)
+            .then_some(CopyWithin(minutes))
+    }
+
+    pub fn minutes(self) -> u32 {
+        self.0
+    }
+}
+
+impl Options {
+    /// A volume whose newest good copy began at `last_ms` is due again at `now_ms`:
+    /// 90% of `every` has passed, so a schedule slightly early still copies.
+    pub fn due(&self, last_ms: Option<i64>, now_ms: i64) -> bool {
+        match (self.every, last_ms) {
+            (Some(every), Some(last)) => now_ms - last >= every.as_millis() as i64 * 9 / 10,
+            _ => true,
+        }
+    }
 }
 
 /// The longest each kind of wait may take before its volume fails.
@@ -112,6 +151,9 @@ impl Default for Options {
             create_volume: true,
             keep: None,
             timeouts: Timeouts::default(),
+            every: None,
+            copy_within: None,
+            keep_source: 0,
         }
     }
 }

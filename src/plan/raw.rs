@@ -159,6 +159,18 @@ pub struct RawOptions {
     /// The longest each kind of wait may take before its volume fails.
     #[schemars(with = "Option<RawTimeouts>")]
     pub timeouts: Option<Spanned<RawTimeouts>>,
+    /// Recurring replication: each invocation copies a volume again only when its newest
+    /// successful copy began at least 90% of this long ago (24h, 1h, ...).
+    #[schemars(with = "Option<String>", length(min = 2), regex(pattern = DURATION_PATTERN))]
+    pub every: Option<Spanned<String>>,
+    /// Time-based copy: CopySnapshot's CompletionDurationMinutes, 15m to 48h in steps
+    /// of 15 minutes.
+    #[schemars(with = "Option<String>", length(min = 2), regex(pattern = DURATION_PATTERN))]
+    pub copy_within: Option<Spanned<String>>,
+    /// Keep the newest N source-side snapshots per volume even with cleanup: true;
+    /// default 0.
+    #[schemars(with = "Option<u32>", range(min = 0))]
+    pub keep_source: Option<Spanned<i64>>,
 }
 
 /// Wait limits, each a duration like 6h, 30m, 90s, 1h30m or 2d.

@@ -21,7 +21,7 @@ use serde_saphyr::{Location, Spanned};
 
 use super::duration;
 use super::error::PlanIssue;
-use super::model::{Options, Pick, Plan, Source, Target, TargetVolume, Timeouts, VolumeSpec};
+use super::model::{CopyWithin, Options, Pick, Plan, Source, Target, TargetVolume, Timeouts, VolumeSpec};
 use super::raw::{AccountText, RawOptions, RawPlan, RawSelector, RawSource, RawTarget, RawTimeouts, RawVolume, TagMap};
 use super::yaml::SourceText;
 use crate::ids::{AccountId, AvailabilityZone, IdError, KeyRef, PlanName, Region, RoleArn, VolumeId};
@@ -684,6 +684,39 @@ impl Checker<'_> {
             Some(t) => self.timeouts(&t.value, defaults.timeouts),
             None => Some(defaults.timeouts),
         };
+        let every = match &o.every {
+            Some(v) => self.duration(Some(v), "options.every", Duration::ZERO).map(Some),
+            None => Some(None),
+        };
+        let copy_within = match &o.copy_within {
+            Some(v) => self.duration(Some(v), "options.copy_within", Duration::ZERO).and_then(|d| {
+                let secs = d.as_secs();
+                let minutes = u32::try_from(secs / 60).ok().filter(|_| secs % 60 == 0);
+                match minutes.and_then(CopyWithin::from_minutes) {
+                    Some(c) => Some(Some(c)),
+                    None => {
+                        let message = format!(
+                            "expected 15m to 48h in steps of 15 minutes (CopySnapshot CompletionDurationMinutes), found `{}`",
+                            v.value
+                        );
+                        self.report(&v.referenced, "options.copy_within", message);
+                        None
+                    }
+                }
+            }),
+            None => Some(None),
+        };
+        let keep_source = match &o.keep_source {
+            Some(v) => match u32::try_from(v.value) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    let message = format!("expected 0 or more, found {}", v.value);
+                    self.report(&v.referenced, "options.keep_source", message);
+                    None
+                }
+            },
+            None => Some(0),
+        };
         Some(Options {
             tags: tags?,
             max_concurrent_copies: max_concurrent_copies?,
@@ -691,6 +724,9 @@ impl Checker<'_> {
             create_volume: o.create_volume.as_ref().map_or(defaults.create_volume, |v| v.value),
             keep: keep?,
             timeouts: timeouts?,
+            every: every?,
+            copy_within: copy_within?,
+            keep_source: keep_source?,
         })
     }
 

@@ -263,6 +263,8 @@ async fn scenario(endpoint: &str, seed: &str) {
         kms_key: source_key.clone(),
         description: "snapferry it copy".into(),
         tags: copy_tags.clone(),
+        // A time-based copy: the parameter reaches the API and is accepted.
+        completion_minutes: Some(60),
     };
     let copy = cloud.copy_snapshot(&src_dr, &copy_req).await.unwrap();
     assert_ne!(copy, snap.id);

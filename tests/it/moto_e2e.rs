@@ -971,3 +971,57 @@ fn cleanup_during_a_pending_copy_stops_it_then_deletes_its_source() {
     assert!(made(&inv["source_snapshots"], "e2e-undo", None, None).is_empty(), "{inv:#}");
     assert!(grants(&inv).is_empty(), "{:#}", inv["policy"]);
 }
+
+#[test]
+fn a_recurring_plan_over_three_invocations_with_a_volume_deleted_after_the_first() {
+    let rig = Rig::start(&[]);
+    let seed = rig.seed(&["cmk", "cmk", "ebs"], Some(Target::Cross));
+    let plan = rig.plan("e2e-every", &seed.volumes, Target::Cross, None);
+    with_options(&plan, "  every: 2s\n");
+
+    let first = rig.snapferry(&["run", arg(&plan)]);
+    first.expect(0);
+    let inv = rig.inventory(&seed);
+    assert_copied(&inv, &first.json(), &seed, "e2e-every", Target::Cross);
+    let gone = seed.volumes[1].clone();
+    rig.py(r#"client("ec2").delete_volume(VolumeId=ARGS["id"]); out(1)"#, json!({"id": gone}));
+
+    for round in 2..=3 {
+        std::thread::sleep(Duration::from_secs(2));
+        let r = rig.snapferry(&["run", arg(&plan)]);
+        r.expect(1);
+        let report = r.json();
+        for v in report["volumes"].as_array().unwrap() {
+            if v["source_volume"] == gone.as_str() {
+                assert_eq!(v["status"], "failed", "{v:#}");
+                assert!(v["error"].as_str().unwrap().contains("no longer exists"), "{v:#}");
+            } else {
+                assert_eq!(v["status"], "succeeded", "round {round}: {v:#}");
+            }
+        }
+        let inv = rig.inventory(&seed);
+        for src in &seed.volumes {
+            let copies = made(&inv["target_snapshots"], "e2e-every", Some("copy"), Some(src)).len();
+            let want = if *src == gone { 1 } else { round };
+            assert_eq!(copies, want, "round {round}: copies of {src}");
+        }
+        let left: Vec<_> = made(&inv["source_snapshots"], "e2e-every", None, None)
+            .into_iter()
+            .filter(|s| s["tags"][TAG_STEP] != "copy")
+            .collect();
+        assert!(left.is_empty(), "round {round}: source-side snapshots left: {left:#?}");
+    }
+
+    // Within the interval nothing is due: every healthy volume is fresh, nothing changes.
+    let text = fs::read_to_string(&plan).unwrap();
+    fs::write(&plan, text.replace("every: 2s", "every: 1h")).unwrap();
+    rig.moto.reset_calls();
+    let fresh = rig.snapferry(&["run", arg(&plan)]);
+    fresh.expect(1);
+    for v in fresh.json()["volumes"].as_array().unwrap() {
+        let want = if v["source_volume"] == gone.as_str() { "failed" } else { "fresh" };
+        assert_eq!(v["status"], want, "{v:#}");
+    }
+    let calls = rig.moto.calls_view("mutating");
+    assert_eq!(calls.as_object().map(|m| m.values().filter_map(Value::as_u64).sum::<u64>()), Some(0), "{calls}");
+}

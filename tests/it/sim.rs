@@ -92,7 +92,9 @@ impl Rig {
 fn assert_all_succeeded(r: &RunReport) {
     assert_eq!(r.status, "succeeded", "{r:#?}");
     for v in &r.volumes {
-        assert_eq!(v.status, "succeeded", "{v:#?}");
+        // A recurring plan resumed after a crash reports what the crashed invocation
+        // already finished as fresh.
+        assert!(v.status == "succeeded" || v.status == "fresh", "{v:#?}");
         assert!(v.target_snapshot.is_some());
     }
 }
@@ -699,4 +701,97 @@ async fn copies_queue_when_the_account_copy_quota_is_taken_by_others() {
         let copies = w.calls["ec2:CopySnapshot"];
         assert!(copies < 8 + 6 + 20, "{copies} CopySnapshot calls");
     });
+}
+
+fn recurring_plan() -> String {
+    format!("{CROSS}  every: 24h\n")
+}
+
+fn volume_statuses(r: &RunReport) -> Vec<(String, String)> {
+    r.volumes.iter().map(|v| (v.source_volume.clone(), v.status.clone())).collect()
+}
+
+/// `every`: a second invocation within the interval makes no change and reports every
+/// volume fresh, with the ids of its newest copy; once due, each volume is copied again.
+#[tokio::test]
+async fn a_recurring_plan_copies_what_is_due_and_leaves_what_is_fresh() {
+    let rig = Rig::new(plan(&recurring_plan()));
+    let first = rig.run().await.unwrap();
+    assert_all_succeeded(&first);
+    let after_first = mutating(&rig);
+
+    rig.sim.with_world(|w| w.now_ms += 3_600_000);
+    let second = rig.run().await.unwrap();
+    assert_eq!(second.status, "succeeded");
+    assert_eq!(mutating(&rig), after_first, "a fresh invocation changed something");
+    for (v, f) in second.volumes.iter().zip(&first.volumes) {
+        assert_eq!(v.status, "fresh", "{v:#?}");
+        assert_eq!((&v.target_snapshot, &v.target_volume), (&f.target_snapshot, &f.target_volume));
+    }
+
+    // 22 hours after the first copies began: past 90% of a day, all due.
+    rig.sim.with_world(|w| w.now_ms += 21 * 3_600_000);
+    let third = rig.run().await.unwrap();
+    assert_all_succeeded(&third);
+    assert_ne!(third.run_id, first.run_id);
+    assert_eq!(rig.made("copy"), 6);
+    assert!(third.volumes.iter().all(|v| v.status == "succeeded"));
+}
+
+/// A decommissioned volume fails alone, every invocation, while the others get new
+/// copies whenever they are due.
+#[tokio::test]
+async fn a_decommissioned_volume_fails_alone_in_a_recurring_plan() {
+    let rig = Rig::new(plan(&recurring_plan()));
+    assert_all_succeeded(&rig.run().await.unwrap());
+    rig.sim.with_world(|w| {
+        w.volumes.remove("vol-00000000000000002");
+    });
+    for round in 1..=2 {
+        rig.sim.with_world(|w| w.now_ms += 24 * 3_600_000);
+        let r = rig.run().await.unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(r.status, "failed", "round {round}");
+        let statuses = volume_statuses(&r);
+        assert_eq!(
+            statuses,
+            vec![
+                ("vol-00000000000000001".to_owned(), "succeeded".to_owned()),
+                ("vol-00000000000000002".to_owned(), "failed".to_owned()),
+                ("vol-00000000000000003".to_owned(), "succeeded".to_owned()),
+            ],
+            "round {round}"
+        );
+        let gone = &r.volumes[1];
+        assert!(gone.error.as_deref().unwrap().contains("no longer exists"), "{gone:#?}");
+        assert_eq!(rig.made("copy"), 3 + 2 * round, "round {round}");
+    }
+}
+
+/// With the state dir gone, freshness comes from the copies' tags: a new machine
+/// does not copy everything again.
+#[tokio::test]
+async fn freshness_comes_from_tags_when_the_state_dir_is_gone() {
+    let rig = Rig::new(plan(&recurring_plan()));
+    let first = rig.run().await.unwrap();
+    assert_all_succeeded(&first);
+    let after_first = mutating(&rig);
+    std::fs::remove_dir_all(rig.dir.path()).unwrap();
+    rig.sim.with_world(|w| w.now_ms += 3_600_000);
+    let second = rig.run().await.unwrap();
+    assert_eq!(second.status, "succeeded");
+    assert_eq!(mutating(&rig), after_first, "a fresh invocation on a new machine changed something");
+    for (v, f) in second.volumes.iter().zip(&first.volumes) {
+        assert_eq!(v.status, "fresh", "{v:#?}");
+        assert_eq!(v.target_volume, f.target_volume);
+    }
+    std::fs::remove_dir_all(rig.dir.path()).unwrap();
+    rig.sim.with_world(|w| w.now_ms += 22 * 3_600_000);
+    assert_all_succeeded(&rig.run().await.unwrap());
+    assert_eq!(rig.made("copy"), 6);
+}
+
+/// A recurring plan crashed at every call and resumed: one copy per volume.
+#[tokio::test]
+async fn crash_at_every_call_of_a_recurring_plan() {
+    crash_at_every_call(&recurring_plan(), 3, true).await;
 }

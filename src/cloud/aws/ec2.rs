@@ -129,6 +129,7 @@ pub(crate) async fn copy_snapshot(client: &Client, req: &CopySnapshotReq) -> Clo
         .encrypted(true)
         .kms_key_id(req.kms_key.as_str())
         .description(&req.description)
+        .set_completion_duration_minutes(req.completion_minutes.map(|m| m as i32))
         // Tags are not copied from the source snapshot; these are how a resumed run
         // finds the copy.
         .set_tag_specifications(tag_spec(ResourceType::Snapshot, &req.tags))

@@ -1,0 +1,144 @@
+//! Recurring plans (`options.every`): what one invocation does per volume. Pure.
+//!
+//! Each invocation carries on every unfinished volume where it stands (a failed one is
+//! retried), starts a new copy of each volume whose newest successful copy began at
+//! least 90% of `every` ago, and leaves the others alone (`fresh`). A volume never
+//! holds back another: each has its own chain, tagged with the run that began it
+//! (`VolumeRun::chain`), so one run record can carry chains of several runs.
+//!
+//! When nothing is due, the previous run goes on as it is; when something is due, a
+//! new run starts with the due volumes, the unfinished ones carried over and the fresh
+//! ones recorded as they were.
+
+use std::collections::BTreeSet;
+
+use crate::engine::{Step, VolumeRun};
+use crate::ids::VolumeId;
+use crate::plan::Options;
+
+/// What to run this invocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recur {
+    /// Nothing is due: carry on the previous run as it is.
+    Resume,
+    /// Something is due: a new run with these volumes.
+    Start(Vec<VolumeRun>),
+}
+
+/// Decides this invocation's work. `previous` are the volumes of the plan's latest run
+/// (`previous_run` its id), or the newest chains found by tag when the state is gone;
+/// `wanted` the volumes the plan picks now.
+pub fn plan(
+    previous: &[VolumeRun],
+    previous_run: Option<&str>,
+    wanted: &[VolumeId],
+    options: &Options,
+    now_ms: i64,
+) -> Recur {
+    let mut out = vec![];
+    let mut any_due = previous_run.is_none() && !previous.iter().any(|v| v.step != Step::Done);
+    let mut seen = BTreeSet::new();
+    for id in wanted {
+        if !seen.insert(id.clone()) {
+            continue;
+        }
+        match previous.iter().find(|v| &v.source_volume == id) {
+            Some(v) if v.step == Step::Done => {
+                if options.due(v.started_ms, now_ms) {
+                    any_due = true;
+                    out.push(VolumeRun::new(id.clone()));
+                } else {
+                    out.push(carried(v, previous_run, true));
+                }
+            }
+            Some(v) => out.push(carried(v, previous_run, false)),
+            None => {
+                any_due = true;
+                out.push(VolumeRun::new(id.clone()));
+            }
+        }
+    }
+    // A volume the plan no longer picks still finishes what it began.
+    for v in previous.iter().filter(|v| v.step != Step::Done && !seen.contains(&v.source_volume)) {
+        out.push(carried(v, previous_run, false));
+    }
+    if previous_run.is_some() && !any_due { Recur::Resume } else { Recur::Start(out) }
+}
+
+fn carried(v: &VolumeRun, previous_run: Option<&str>, fresh: bool) -> VolumeRun {
+    let mut c = v.clone();
+    if c.chain.is_none() {
+        c.chain = previous_run.map(str::to_owned);
+    }
+    c.fresh = fresh;
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const HOUR: i64 = 3_600_000;
+
+    fn vol(n: u8) -> VolumeId {
+        VolumeId::parse(&format!("vol-{n:017x}")).unwrap()
+    }
+
+    fn opts() -> Options {
+        Options { every: Some(Duration::from_secs(24 * 3600)), ..Options::default() }
+    }
+
+    fn done(n: u8, started: i64) -> VolumeRun {
+        let mut v = VolumeRun::new(vol(n));
+        v.step = Step::Done;
+        v.started_ms = Some(started);
+        v
+    }
+
+    #[test]
+    fn nothing_due_resumes_the_previous_run() {
+        let prev = [done(1, 0), done(2, HOUR)];
+        assert_eq!(plan(&prev, Some("r1"), &[vol(1), vol(2)], &opts(), 20 * HOUR), Recur::Resume);
+    }
+
+    #[test]
+    fn due_volumes_start_anew_fresh_ones_stay_and_unfinished_ones_carry_on() {
+        let mut failed = VolumeRun::new(vol(3));
+        failed.step = Step::Failed;
+        let prev = [done(1, 0), done(2, 10 * HOUR), failed];
+        // 90% of a day after volume 1's copy began: due; volume 2's is recent.
+        let Recur::Start(vs) = plan(&prev, Some("r1"), &[vol(1), vol(2), vol(3)], &opts(), 22 * HOUR) else {
+            panic!("a volume is due")
+        };
+        assert_eq!((vs[0].step, vs[0].chain.as_deref(), vs[0].fresh), (Step::Snapshot, None, false));
+        assert_eq!((vs[1].step, vs[1].chain.as_deref(), vs[1].fresh), (Step::Done, Some("r1"), true));
+        assert_eq!((vs[2].step, vs[2].chain.as_deref(), vs[2].fresh), (Step::Failed, Some("r1"), false));
+    }
+
+    #[test]
+    fn ninety_percent_of_every_is_due() {
+        let prev = [done(1, 0)];
+        assert_eq!(plan(&prev, Some("r"), &[vol(1)], &opts(), 21 * HOUR), Recur::Resume);
+        assert!(matches!(plan(&prev, Some("r"), &[vol(1)], &opts(), 21 * HOUR + 36 * 60_000), Recur::Start(_)));
+    }
+
+    #[test]
+    fn a_new_volume_is_due_and_a_dropped_unfinished_one_still_finishes() {
+        let mut half = VolumeRun::new(vol(9));
+        half.step = Step::WaitCopy;
+        let prev = [done(1, 20 * HOUR), half];
+        let Recur::Start(vs) = plan(&prev, Some("r1"), &[vol(1), vol(2)], &opts(), 21 * HOUR) else { panic!() };
+        let ids: Vec<_> = vs.iter().map(|v| (v.source_volume.clone(), v.step)).collect();
+        assert_eq!(ids, vec![(vol(1), Step::Done), (vol(2), Step::Snapshot), (vol(9), Step::WaitCopy)]);
+    }
+
+    #[test]
+    fn without_a_previous_run_found_chains_keep_their_own_run() {
+        let mut a = done(1, 20 * HOUR);
+        a.chain = Some("old".into());
+        let Recur::Start(vs) = plan(&[a], None, &[vol(1)], &opts(), 21 * HOUR) else { panic!() };
+        assert_eq!((vs[0].fresh, vs[0].chain.as_deref()), (true, Some("old")));
+    }
+}
