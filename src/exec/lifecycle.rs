@@ -64,7 +64,7 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
 
     let previous = match recurring {
         true => recur(&cfg, &env, &resolved, previous, &src, &dst, now).await?,
-        false => previous.map(Carry::Resume),
+        false => previous.map(|r| Carry::Resume(Box::new(r))),
     };
     let mut record = match previous {
         Some(Carry::Start(volumes)) => {
@@ -72,7 +72,8 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
             tracing::info!(run = %run_id, due = volumes.iter().filter(|v| v.chain.is_none()).count(), "starting a round of the recurring plan");
             new_record(&cfg, run_id, now, volumes)
         }
-        Some(Carry::Resume(mut r)) => {
+        Some(Carry::Resume(r)) => {
+            let mut r = *r;
             tracing::info!(run = %r.meta.run_id, "resuming run");
             r.meta.status = RunStatus::Running;
             r.meta.updated_ms = now;
@@ -218,7 +219,7 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
 /// What a recurring plan carries on.
 enum Carry {
     /// The run goes on as it is.
-    Resume(RunRecord),
+    Resume(Box<RunRecord>),
     /// A new run with these volumes (due, carried and fresh).
     Start(Vec<VolumeRun>),
 }
@@ -293,7 +294,7 @@ async fn recur(
             for v in r.volumes.iter_mut().filter(|v| v.step == Step::Done) {
                 v.fresh = true;
             }
-            Carry::Resume(r)
+            Carry::Resume(Box::new(r))
         }
         Recur::Start(volumes) => Carry::Start(volumes),
     }))

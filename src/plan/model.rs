@@ -102,7 +102,7 @@ impl CopyWithin {
 
     /// `None` unless `minutes` is one AWS accepts.
     pub fn from_minutes(minutes: u32) -> Option<Self> {
-        ((Self::MIN_MINUTES..=Self::MAX_MINUTES).contains(&minutes) && minutes % Self::STEP_MINUTES == 0)
+        ((Self::MIN_MINUTES..=Self::MAX_MINUTES).contains(&minutes) && minutes.is_multiple_of(Self::STEP_MINUTES))
             .then_some(CopyWithin(minutes))
     }
 
