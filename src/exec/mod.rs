@@ -53,17 +53,10 @@ pub enum RunError {
     Preflight(Vec<PreflightError>),
     #[error("{what}: {source}")]
     Cloud { what: String, source: CloudError },
+    /// The request does not fit the state dir (a `--run-id` of another plan's run);
+    /// nothing was changed.
+    #[error("{0}")]
+    Usage(String),
     #[error("{0}")]
     Other(String),
-}
-
-impl RunError {
-    /// The process exit code of the contract for this error.
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            RunError::Store(StoreError::Locked { .. }) => 3,
-            RunError::Preflight(_) => 2,
-            _ => 1,
-        }
-    }
 }

@@ -111,7 +111,7 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
     };
     if let Some(p) = &previous {
         if p.meta.plan != plan.name.as_str() {
-            return Err(RunError::Other(format!(
+            return Err(RunError::Usage(format!(
                 "run {} belongs to plan {}, not {}; name another --run-id",
                 p.meta.run_id, p.meta.plan, plan.name
             )));

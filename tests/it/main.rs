@@ -10,3 +10,4 @@ mod plan;
 mod policy;
 mod sim;
 mod support;
+mod tidy;

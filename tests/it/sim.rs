@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use snapferry::checkpoint::Store;
+use snapferry::checkpoint::{RunStatus, Store};
 use snapferry::cloud::sim::{SimCloud, World, seed_from_plan};
 use snapferry::exec::{Env, RunConfig, RunError, RunReport, run};
 use snapferry::plan::{Plan, parse};
@@ -90,7 +90,7 @@ impl Rig {
 }
 
 fn assert_all_succeeded(r: &RunReport) {
-    assert_eq!(r.status, "succeeded", "{r:#?}");
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:#?}");
     for v in &r.volumes {
         assert_eq!(v.status, "succeeded", "{v:#?}");
         assert!(v.target_snapshot.is_some());
@@ -171,7 +171,7 @@ async fn ungranted_key_fails_that_volume_with_the_state_message_and_others_finis
         w.faults.key_inaccessible_for = Some("vol-00000000000000002".parse().unwrap());
     });
     let r = rig.run().await.unwrap();
-    assert_eq!(r.status, "failed");
+    assert_eq!(r.status, RunStatus::Failed);
     let bad = r.volumes.iter().find(|v| v.source_volume == "vol-00000000000000002").unwrap();
     assert_eq!(bad.status, "failed");
     let msg = bad.error.as_deref().unwrap();
@@ -197,7 +197,7 @@ async fn missing_volume_and_key_stop_in_preflight_and_change_nothing() {
         w.volumes.remove("vol-00000000000000003");
     });
     let err = rig.run().await.unwrap_err();
-    assert_eq!(err.exit_code(), 2);
+    assert_eq!(snapferry::cli::exit::of_run_error(&err), 2);
     let text = err.to_string();
     assert!(text.contains("vol-00000000000000003"), "{text}");
     assert!(text.contains("target key alias/dr: does not exist"), "{text}");
@@ -216,7 +216,7 @@ async fn a_second_run_of_the_plan_is_refused_while_the_first_holds_the_lock() {
     let rig = Rig::new(plan(CROSS));
     let _held = Store::new(rig.dir.path()).lock_plan("crash-test").unwrap();
     let err = rig.run().await.unwrap_err();
-    assert_eq!(err.exit_code(), 3, "{err}");
+    assert_eq!(snapferry::cli::exit::of_run_error(&err), 3, "{err}");
 }
 
 #[tokio::test]
@@ -243,7 +243,7 @@ async fn a_wait_past_its_timeout_fails_the_volume() {
     let text = format!("{CROSS}  timeouts: {{volume: 10s}}\n");
     let rig = Rig::with(plan(&text), |w| w.timing.volume_base_ms = 3_600_000);
     let r = rig.run().await.unwrap();
-    assert_eq!(r.status, "failed");
+    assert_eq!(r.status, RunStatus::Failed);
     for v in &r.volumes {
         assert_eq!(v.step, "wait-volume");
         assert!(v.error.as_deref().unwrap().contains("gave up after waiting 10s"), "{v:#?}");
@@ -395,7 +395,7 @@ async fn missing_permissions_are_all_reported_by_dry_run_probes_before_any_chang
         w.faults.denied = ["ec2:CreateSnapshot".to_owned(), "ec2:CreateVolume".to_owned()].into();
     });
     let err = rig.run().await.unwrap_err();
-    assert_eq!(err.exit_code(), 2);
+    assert_eq!(snapferry::cli::exit::of_run_error(&err), 2);
     let text = err.to_string();
     assert!(text.contains("ec2:CreateSnapshot") && text.contains("ec2:CreateVolume"), "{text}");
     assert!(text.contains("the target role may not call ec2:CreateVolume in eu-west-1"), "{text}");
