@@ -4,6 +4,7 @@
 
 mod aws_adapter;
 mod cli;
+mod edges;
 mod envelope;
 mod moto_e2e;
 mod plan;
