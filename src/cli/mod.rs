@@ -29,6 +29,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 pub use args::{Cli, Command, Format, LogFormat};
+pub use dryrun::DryRun;
 pub use failure::Failure;
 pub use plan_file::{LoadError, read_plan};
 

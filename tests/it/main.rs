@@ -4,6 +4,7 @@
 
 mod aws_adapter;
 mod cli;
+mod dryrun;
 mod edges;
 mod envelope;
 mod moto_e2e;
