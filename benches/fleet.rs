@@ -81,7 +81,7 @@ fn main() {
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let report = rt.block_on(run(cfg, env, rx)).expect("run");
     let wall = wall.elapsed();
-    assert_eq!(report.status, "succeeded");
+    assert_eq!(report.status, snapferry::checkpoint::RunStatus::Succeeded);
 
     let (calls, total, end_ms) = sim.with_world(|w| (w.calls.clone(), w.total_calls, w.now_ms));
     let makespan = end_ms - start_ms;
@@ -141,7 +141,7 @@ fn adoption(rt: &tokio::runtime::Runtime, text: &str, halt_at: u64, n: usize) {
         Env { cloud: Arc::new(resumed.clone()), clock: Arc::new(resumed.clone()), store: Store::new(fresh.path()) };
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let report = rt.block_on(run(cfg, env, rx)).expect("rerun");
-    assert_eq!(report.status, "succeeded");
+    assert_eq!(report.status, snapferry::checkpoint::RunStatus::Succeeded);
     let (after, copies) = resumed.with_world(|w| {
         (
             w.listings,

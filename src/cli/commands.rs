@@ -5,14 +5,16 @@ use std::path::Path;
 
 use tokio::sync::watch;
 
-use crate::checkpoint::{RunRecord, Store, StoreError};
-use crate::exec::{self, Env, RunConfig, RunError};
+use crate::checkpoint::{RunRecord, RunStatus, Store, StoreError};
+use crate::exec::{self, Env, RunConfig};
 use crate::ids::RunId;
-use crate::plan::{self, LoadError, Plan};
+use crate::plan;
 
 use super::args::{Command, Common, Format, RunArgs};
 use super::cloud::{Reach, connect, session_name};
-use super::{Failure, exit, render};
+use super::plan_file::load_plan;
+use super::render::{self, emit};
+use super::{Failure, exit};
 
 pub async fn dispatch(cli: super::Cli) -> Result<u8, Failure> {
     match cli.command {
@@ -29,43 +31,13 @@ pub async fn dispatch(cli: super::Cli) -> Result<u8, Failure> {
     }
 }
 
-/// Loads a plan or fails with exit 2 and every problem, each with file:line:column.
-pub fn load_plan(path: &Path, format: Format) -> Result<Plan, Failure> {
-    plan::load(path).map_err(|e| match e {
-        LoadError::Invalid(invalid) => {
-            let json = serde_json::json!({
-                "status": "invalid",
-                "exit_code": exit::USAGE,
-                "file": invalid.file,
-                "errors": invalid.issues.iter().map(|i| serde_json::json!({
-                    "line": i.line, "column": i.column, "field": i.field, "message": i.message,
-                })).collect::<Vec<_>>(),
-            });
-            if format == Format::Text {
-                eprintln!("{:?}", invalid.clone().into_report());
-            }
-            Failure {
-                code: exit::USAGE,
-                message: format!("{} is not a valid plan:\n{invalid}", path.display()),
-                json: Some(json),
-            }
-        }
-        other => Failure::new(exit::USAGE, other.to_string()),
-    })
-}
-
 fn validate(path: &Path, format: Format) -> Result<u8, Failure> {
     let plan = load_plan(path, format)?;
-    match format {
-        Format::Json => println!(
-            "{}",
-            serde_json::json!({"status": "valid", "plan": plan.name.as_str(), "file": path.display().to_string(),
-                "volumes": plan.volumes.len()})
-        ),
-        Format::Text => {
-            println!("{}: plan {} is valid ({} volume entries)", path.display(), plan.name, plan.volumes.len())
-        }
-    }
+    let doc = serde_json::json!({"status": "valid", "plan": plan.name.as_str(), "file": path.display().to_string(),
+        "volumes": plan.volumes.len()});
+    emit(format, &doc, |_| {
+        format!("{}: plan {} is valid ({} volume entries)\n", path.display(), plan.name, plan.volumes.len())
+    });
     Ok(exit::OK)
 }
 
@@ -106,7 +78,7 @@ async fn run(args: &RunArgs) -> Result<u8, Failure> {
     };
     let store = Store::new(&args.common.state_dir);
     // Fail fast on a held lock, before any call to AWS.
-    drop(store.lock_plan(plan.name.as_str()).map_err(|e| store_failure(&e))?);
+    drop(store.lock_plan(plan.name.as_str()).map_err(|e| Failure::from(&e))?);
 
     let session = session_name(run_id.as_ref().map(|r| r.as_str()).unwrap_or(plan.name.as_str()));
     let connected = connect(Reach::for_plan(&args.common, &plan, session)).await?;
@@ -123,42 +95,30 @@ async fn run(args: &RunArgs) -> Result<u8, Failure> {
     };
     let result = exec::run(cfg, env, shutdown_signal()).await;
     connected.save()?;
-    let report = match result {
-        Ok(r) => r,
-        Err(e) => return Err(run_failure(&e)),
-    };
+    let report = result.map_err(|e| Failure::from(&e))?;
+    // The run is over and checkpointed: a metrics file that cannot be written is worth
+    // a warning, not a failed run (the next invocation would start a new one).
     if let Some(path) = &args.metrics_file {
-        let runs = store.list().map_err(|e| store_failure(&e))?;
-        render::write_metrics(path, &plan, &runs)
-            .map_err(|e| Failure::new(exit::FAILED, format!("cannot write metrics file {}: {e}", path.display())))?;
+        let written = store
+            .list()
+            .map_err(|e| e.to_string())
+            .and_then(|runs| render::write_metrics(path, &plan, &runs).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            tracing::warn!("cannot write metrics file {}: {e}; the run's result stands", path.display());
+        }
     }
-    match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default()),
-        Format::Text => print!("{}", render::report_text(&report)),
-    }
-    Ok(match report.status.as_str() {
-        "succeeded" => exit::OK,
-        "interrupted" => exit::INTERRUPTED,
-        _ => exit::FAILED,
-    })
+    emit(format, &report, render::report_text);
+    Ok(exit::of_status(report.status))
 }
 
-fn store_failure(e: &StoreError) -> Failure {
-    let code = if matches!(e, StoreError::Locked { .. }) { exit::LOCKED } else { exit::FAILED };
-    Failure::new(code, e.to_string())
-}
-
-fn run_failure(e: &RunError) -> Failure {
-    let code = e.exit_code() as u8;
-    let mut doc = serde_json::json!({"status": "error", "exit_code": code, "error": e.to_string()});
-    if let RunError::Preflight(problems) = e {
-        doc["problems"] = problems
-            .iter()
-            .map(|p| serde_json::json!({"resource": p.resource, "message": p.message}))
-            .collect::<Vec<_>>()
-            .into();
+/// A run's status as `status` shows it: a run checkpointed as running whose plan lock
+/// is free has no live process (killed, or its machine lost), so it shows as
+/// interrupted, which is what it is: resumable by running the plan again.
+fn observed(store: &Store, mut r: RunRecord) -> RunRecord {
+    if r.meta.status == RunStatus::Running && store.lock_plan(&r.meta.plan).is_ok() {
+        r.meta.status = RunStatus::Interrupted;
     }
-    Failure { code, message: e.to_string(), json: Some(doc) }
+    r
 }
 
 fn status(run_id: Option<&str>, common: &Common) -> Result<u8, Failure> {
@@ -170,23 +130,15 @@ fn status(run_id: Option<&str>, common: &Common) -> Result<u8, Failure> {
                     exit::USAGE,
                     format!("no run {id} in {}; `snapferry status` lists the runs", common.state_dir.display()),
                 ),
-                e => store_failure(&e),
+                e => Failure::from(&e),
             })?;
-            match common.format {
-                Format::Json => {
-                    println!("{}", serde_json::to_string_pretty(&render::run_status_json(&r)).unwrap_or_default())
-                }
-                Format::Text => print!("{}", render::run_status_text(&r)),
-            }
+            let r = observed(&store, r);
+            emit(common.format, &render::run_status_json(&r), |_| render::run_status_text(&r));
         }
         None => {
-            let runs: Vec<RunRecord> = store.list().map_err(|e| store_failure(&e))?;
-            match common.format {
-                Format::Json => {
-                    println!("{}", serde_json::to_string_pretty(&render::runs_json(&runs)).unwrap_or_default())
-                }
-                Format::Text => print!("{}", render::runs_text(&runs)),
-            }
+            let runs: Vec<RunRecord> = store.list().map_err(|e| Failure::from(&e))?;
+            let runs: Vec<RunRecord> = runs.into_iter().map(|r| observed(&store, r)).collect();
+            emit(common.format, &render::runs_json(&runs), |_| render::runs_text(&runs));
         }
     }
     Ok(exit::OK)
@@ -212,11 +164,11 @@ async fn cleanup(run_id: &str, plan_path: Option<&Path>, common: &Common) -> Res
                 ),
             ));
         }
-        Err(e) => return Err(store_failure(&e)),
+        Err(e) => return Err(Failure::from(&e)),
     };
     let plan_name = record.as_ref().map(|r| r.meta.plan.clone()).or_else(|| plan.as_ref().map(|p| p.name.to_string()));
     let plan_name = plan_name.unwrap_or_default();
-    let _lock = store.lock_plan(&plan_name).map_err(|e| store_failure(&e))?;
+    let _lock = store.lock_plan(&plan_name).map_err(|e| Failure::from(&e))?;
     let region_text = record
         .as_ref()
         .map(|r| r.meta.source_region.clone())
@@ -241,10 +193,7 @@ async fn cleanup(run_id: &str, plan_path: Option<&Path>, common: &Common) -> Res
     .await?;
     let result = exec::cleanup(&store, connected.cloud.as_ref(), connected.clock.as_ref(), run_id, plan.as_ref()).await;
     connected.save()?;
-    let summary = result.map_err(|e| run_failure(&e))?;
-    match common.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default()),
-        Format::Text => print!("{}", render::cleanup_text(&summary)),
-    }
+    let summary = result.map_err(|e| Failure::from(&e))?;
+    emit(common.format, &summary, render::cleanup_text);
     Ok(if summary.errors.is_empty() { exit::OK } else { exit::FAILED })
 }

@@ -6,9 +6,14 @@
 //! placeholders where a value needs AWS. It never takes the plan lock and never
 //! writes to the state dir.
 
-use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::cloud::{Loc, Side};
+use crate::engine::{self, Route, Step};
 use crate::exec::{PreflightError, Resolved, preflight};
 use crate::ids::AccountId;
 use crate::plan::{Pick, Plan};
@@ -16,7 +21,8 @@ use crate::policy::{self, Grant, IamContext};
 
 use super::args::{Format, RunArgs};
 use super::cloud::{Reach, connect, session_name};
-use super::commands::load_plan;
+use super::plan_file::load_plan;
+use super::render::emit;
 use super::{Failure, exit};
 
 /// Stand-ins for account ids the offline dry-run cannot know, swapped for readable
@@ -24,11 +30,15 @@ use super::{Failure, exit};
 const SOURCE_ACCOUNT_STANDIN: &str = "000000000001";
 const TARGET_ACCOUNT_STANDIN: &str = "000000000002";
 
+/// A string with the offline stand-ins swapped for placeholders.
+fn placeholder(s: &str) -> String {
+    s.replace(SOURCE_ACCOUNT_STANDIN, "<source-account>").replace(TARGET_ACCOUNT_STANDIN, "<target-account>")
+}
+
+/// A document with the offline stand-ins swapped for placeholders in every string.
 fn placeholders(v: Value) -> Value {
     match v {
-        Value::String(s) => Value::String(
-            s.replace(SOURCE_ACCOUNT_STANDIN, "<source-account>").replace(TARGET_ACCOUNT_STANDIN, "<target-account>"),
-        ),
+        Value::String(s) => Value::String(placeholder(&s)),
         Value::Array(a) => Value::Array(a.into_iter().map(placeholders).collect()),
         Value::Object(o) => Value::Object(o.into_iter().map(|(k, v)| (k, placeholders(v))).collect()),
         other => other,
@@ -69,239 +79,347 @@ pub async fn dry_run(args: &RunArgs) -> Result<u8, Failure> {
             Err(problems) => (None, problems, None),
         }
     };
-    let doc = document(&plan, resolved.as_ref(), &problems, current_policy.as_deref(), args.offline);
-    // With problems, the failure path prints the JSON document, so stdout carries one.
-    match format {
-        Format::Json if problems.is_empty() => println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default()),
-        Format::Json => {}
-        Format::Text => print!("{}", text(&doc)),
-    }
+    let report = DryRun::new(&plan, resolved.as_ref(), &problems, current_policy.as_deref(), args.offline);
     if problems.is_empty() {
-        Ok(exit::OK)
-    } else {
-        Err(Failure {
-            code: exit::USAGE,
-            message: format!("the run would stop in preflight: {} problem(s) listed above", problems.len()),
-            json: Some(doc),
-        })
+        emit(format, &report, DryRun::text);
+        return Ok(exit::OK);
+    }
+    // With problems, the failure path prints the JSON document, so stdout carries one.
+    if format == Format::Text {
+        print!("{}", report.text());
+    }
+    Err(Failure {
+        code: exit::USAGE,
+        message: format!("the run would stop in preflight: {} problem(s) listed above", problems.len()),
+        json: Some(serde_json::to_value(&report).unwrap_or(Value::Null)),
+    })
+}
+
+/// The dry-run report of the contract: plan, steps, key_policy, iam (+ problems). Text
+/// and JSON are both rendered from it. Offline stand-ins are already placeholders here.
+#[derive(Debug, Clone, Serialize)]
+pub struct DryRun {
+    pub plan: String,
+    /// Always true: tells a dry-run document from a run report.
+    pub dry_run: bool,
+    pub offline: bool,
+    pub source: SourceSide,
+    pub target: TargetSide,
+    pub cross_account: bool,
+    pub steps: Vec<VolumeSteps>,
+    pub key_policy: KeyPolicyChange,
+    pub iam: IamPolicies,
+    pub problems: Vec<Problem>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceSide {
+    pub account: String,
+    pub region: String,
+    pub kms_key: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetSide {
+    pub account: String,
+    pub region: String,
+    pub kms_key: String,
+    pub role_arn: Option<String>,
+}
+
+/// The steps of one volume entry of the plan.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum VolumeSteps {
+    /// A volume preflight found, with what it learnt of it.
+    Resolved { source_volume: String, size_gib: i32, current_key: Option<String>, steps: Vec<&'static str> },
+    /// A volume named by id, offline.
+    Named { source_volume: String, steps: Vec<&'static str> },
+    /// A selector, offline: the volumes it picks are only known online.
+    Selector { selector: BTreeMap<String, String>, steps: Vec<&'static str> },
+}
+
+impl VolumeSteps {
+    fn who(&self) -> String {
+        match self {
+            VolumeSteps::Resolved { source_volume, .. } | VolumeSteps::Named { source_volume, .. } => {
+                source_volume.clone()
+            }
+            VolumeSteps::Selector { selector, .. } => {
+                format!("selector {}", serde_json::to_string(selector).unwrap_or_default())
+            }
+        }
+    }
+
+    fn steps(&self) -> &[&'static str] {
+        match self {
+            VolumeSteps::Resolved { steps, .. }
+            | VolumeSteps::Named { steps, .. }
+            | VolumeSteps::Selector { steps, .. } => steps,
+        }
     }
 }
 
-/// The dry-run document of the contract: plan, steps, key_policy, iam (+ problems).
-pub fn document(
-    plan: &Plan,
-    resolved: Option<&Resolved>,
-    problems: &[PreflightError],
-    current_policy: Option<&str>,
-    offline: bool,
-) -> Value {
-    let source_account = resolved
-        .map(|r| r.source_identity.account.clone())
-        .or(plan.source.account.clone())
-        .unwrap_or_else(|| AccountId::parse(SOURCE_ACCOUNT_STANDIN).expect("valid"));
-    let target_account = resolved
-        .and_then(|r| r.target_identity.as_ref().map(|i| i.account.clone()))
-        .or(plan.target.account.clone())
-        .or(plan.target.role_arn.as_ref().map(|r| r.account()))
-        .unwrap_or_else(|| source_account.clone());
-    let cross = resolved.map(|r| r.cross_account).unwrap_or(target_account != source_account);
-    let source_key = resolved
-        .map(|r| r.source_key.arn.to_string())
-        .unwrap_or_else(|| key_placeholder(plan.source.kms_key.as_str(), "source"));
-    let target_key = resolved
-        .map(|r| r.target_key.arn.to_string())
-        .unwrap_or_else(|| key_placeholder(plan.target.kms_key.as_str(), "target"));
+/// The change to the source key's policy.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyPolicyChange {
+    pub key_arn: String,
+    /// The statement to add; `None` when nothing is shared (same account).
+    pub add_statement: Option<Value>,
+    /// Whether an equivalent statement is there already; `None` when the policy could
+    /// not be read (offline).
+    pub already_present: Option<bool>,
+    /// The line diff of the policy, when it was read and would change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff: Option<String>,
+    /// Why the statement cannot be merged into the current policy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// False for a same-account copy: the key policy needs no statement.
+    #[serde(skip_serializing_if = "is_true")]
+    pub needed: bool,
+}
 
-    let mut reencrypt_keys = vec![];
-    let steps: Vec<Value> = match resolved {
-        Some(r) => r
-            .volumes
-            .iter()
-            .map(|sv| {
-                let under_source = sv.volume.kms_key_id.as_deref() == Some(source_key.as_str());
-                if let Some(k) = sv.volume.kms_key_id.as_ref().filter(|k| !under_source && !reencrypt_keys.contains(*k))
-                {
-                    reencrypt_keys.push(k.clone());
-                }
-                json!({
-                    "source_volume": sv.volume.id.as_str(),
-                    "size_gib": sv.volume.size_gib,
-                    "current_key": sv.volume.kms_key_id,
-                    "steps": volume_steps(plan, cross, Some(!under_source)),
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IamPolicies {
+    pub source_caller: Value,
+    pub target_role: Value,
+    /// `None` when the accounts are one and no role is assumed.
+    pub target_role_trust: Option<Value>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    pub resource: String,
+    pub message: String,
+}
+
+impl DryRun {
+    pub fn new(
+        plan: &Plan,
+        resolved: Option<&Resolved>,
+        problems: &[PreflightError],
+        current_policy: Option<&str>,
+        offline: bool,
+    ) -> Self {
+        let source_account = resolved
+            .map(|r| r.source_identity.account.clone())
+            .or(plan.source.account.clone())
+            .unwrap_or_else(|| AccountId::parse(SOURCE_ACCOUNT_STANDIN).expect("valid"));
+        let target_account = resolved
+            .and_then(|r| r.target_identity.as_ref().map(|i| i.account.clone()))
+            .or(plan.target.account.clone())
+            .or(plan.target.role_arn.as_ref().map(|r| r.account()))
+            .unwrap_or_else(|| source_account.clone());
+        let cross = resolved.map(|r| r.cross_account).unwrap_or(target_account != source_account);
+        let source_key = resolved
+            .map(|r| r.source_key.arn.to_string())
+            .unwrap_or_else(|| key_placeholder(plan.source.kms_key.as_str(), "source"));
+        let target_key = resolved
+            .map(|r| r.target_key.arn.to_string())
+            .unwrap_or_else(|| key_placeholder(plan.target.kms_key.as_str(), "target"));
+
+        let mut reencrypt_keys = vec![];
+        let steps: Vec<VolumeSteps> = match resolved {
+            Some(r) => r
+                .volumes
+                .iter()
+                .map(|sv| {
+                    let under_source = sv.volume.kms_key_id.as_deref() == Some(source_key.as_str());
+                    if let Some(k) =
+                        sv.volume.kms_key_id.as_ref().filter(|k| !under_source && !reencrypt_keys.contains(*k))
+                    {
+                        reencrypt_keys.push(k.clone());
+                    }
+                    VolumeSteps::Resolved {
+                        source_volume: sv.volume.id.to_string(),
+                        size_gib: sv.volume.size_gib,
+                        current_key: sv.volume.kms_key_id.clone(),
+                        steps: volume_steps(plan, cross, Some(!under_source)),
+                    }
                 })
-            })
-            .collect(),
-        None => plan
-            .volumes
-            .iter()
-            .map(|spec| {
-                let name = match &spec.pick {
-                    Pick::Id(id) => json!({"source_volume": id.as_str()}),
-                    Pick::Selector(tags) => json!({"selector": tags}),
-                };
-                let mut v = name;
-                v["steps"] = json!(volume_steps(plan, cross, None));
-                v
-            })
-            .collect(),
-    };
+                .collect(),
+            None => plan
+                .volumes
+                .iter()
+                .map(|spec| match &spec.pick {
+                    Pick::Id(id) => {
+                        VolumeSteps::Named { source_volume: id.to_string(), steps: volume_steps(plan, cross, None) }
+                    }
+                    Pick::Selector(tags) => {
+                        VolumeSteps::Selector { selector: tags.clone(), steps: volume_steps(plan, cross, None) }
+                    }
+                })
+                .collect(),
+        };
 
-    let key_policy = if cross {
-        let grant = Grant::new(plan.name.clone(), target_account.clone(), &plan.source.region);
-        let statement = policy::grant_statement(&grant);
-        match current_policy.map(|p| policy::ensure_grant(p, &grant)) {
-            Some(Ok(change)) => json!({
-                "key_arn": source_key,
-                "add_statement": change.statement,
-                "already_present": !change.changed,
-                "diff": policy::diff(current_policy.unwrap_or("{}"), &change.new_policy),
-            }),
-            Some(Err(e)) => json!({
-                "key_arn": source_key, "add_statement": statement, "already_present": false,
-                "error": e.to_string(),
-            }),
-            None => json!({"key_arn": source_key, "add_statement": statement, "already_present": Value::Null}),
+        let key_policy = if cross {
+            let grant = Grant::new(plan.name.clone(), target_account.clone(), &plan.source.region);
+            let statement = policy::grant_statement(&grant);
+            let mut change = KeyPolicyChange {
+                key_arn: placeholder(&source_key),
+                add_statement: Some(placeholders(statement)),
+                already_present: None,
+                diff: None,
+                error: None,
+                needed: true,
+            };
+            match current_policy.map(|p| (p, policy::ensure_grant(p, &grant))) {
+                Some((current, Ok(c))) => {
+                    change.add_statement = Some(placeholders(c.statement));
+                    change.already_present = Some(!c.changed);
+                    change.diff = Some(placeholder(&policy::diff(current, &c.new_policy)));
+                }
+                Some((_, Err(e))) => {
+                    change.already_present = Some(false);
+                    change.error = Some(e.to_string());
+                }
+                None => {}
+            }
+            change
+        } else {
+            KeyPolicyChange {
+                key_arn: placeholder(&source_key),
+                add_statement: None,
+                already_present: Some(false),
+                diff: None,
+                error: None,
+                needed: false,
+            }
+        };
+
+        let ctx = IamContext {
+            partition: plan.source.region.partition(),
+            plan: plan.name.clone(),
+            source_account: source_account.clone(),
+            source_region: plan.source.region.clone(),
+            target_account: target_account.clone(),
+            target_region: plan.target.region.clone(),
+            source_key: source_key.clone(),
+            target_key: target_key.clone(),
+            role_arn: plan.target.role_arn.clone(),
+            external_id: plan.target.external_id.clone(),
+            caller_arn: resolved.map(|r| r.source_identity.arn.clone()),
+            reencrypt_keys,
+            cross_account: cross,
+            create_volume: plan.options.create_volume,
+            keep: plan.options.keep.is_some(),
+        };
+        let docs = policy::documents(&ctx);
+        DryRun {
+            plan: plan.name.to_string(),
+            dry_run: true,
+            offline,
+            source: SourceSide {
+                account: placeholder(source_account.as_str()),
+                region: plan.source.region.to_string(),
+                kms_key: placeholder(&source_key),
+            },
+            target: TargetSide {
+                account: placeholder(target_account.as_str()),
+                region: plan.target.region.to_string(),
+                kms_key: placeholder(&target_key),
+                role_arn: plan.target.role_arn.as_ref().map(|r| r.to_string()),
+            },
+            cross_account: cross,
+            steps,
+            key_policy,
+            iam: IamPolicies {
+                source_caller: placeholders(docs.source_caller),
+                target_role: placeholders(docs.target_role),
+                target_role_trust: docs.target_role_trust.map(placeholders),
+            },
+            problems: problems
+                .iter()
+                .map(|p| Problem { resource: p.resource.clone(), message: p.message.clone() })
+                .collect(),
         }
-    } else {
-        // Same account: nothing is shared, so the key policy needs no statement.
-        json!({"key_arn": source_key, "add_statement": Value::Null, "already_present": false, "needed": false})
-    };
+    }
 
-    let ctx = IamContext {
-        partition: plan.source.region.partition(),
-        plan: plan.name.clone(),
-        source_account: source_account.clone(),
-        source_region: plan.source.region.clone(),
-        target_account: target_account.clone(),
-        target_region: plan.target.region.clone(),
-        source_key: source_key.clone(),
-        target_key: target_key.clone(),
-        role_arn: plan.target.role_arn.clone(),
-        external_id: plan.target.external_id.clone(),
-        caller_arn: resolved.map(|r| r.source_identity.arn.clone()),
-        reencrypt_keys,
+    /// The report for people.
+    pub fn text(&self) -> String {
+        let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "dry run of plan {}{}: nothing was changed",
+            self.plan,
+            if self.offline { " (offline: placeholders in <angle brackets>)" } else { "" }
+        );
+        let (src, dst) = (&self.source, &self.target);
+        let _ = writeln!(s, "\nsource: account {} region {} key {}", src.account, src.region, src.kms_key);
+        let _ = writeln!(s, "target: account {} region {} key {}", dst.account, dst.region, dst.kms_key);
+        let _ = writeln!(s, "\n== steps per volume");
+        for v in &self.steps {
+            let _ = writeln!(s, "  {}: {}", v.who(), v.steps().join(" -> "));
+        }
+        let kp = &self.key_policy;
+        if !kp.needed {
+            let _ = writeln!(s, "\n== key policy: no change (same-account copy, nothing is shared)");
+        } else {
+            let _ = writeln!(s, "\n== key policy of {}", kp.key_arn);
+            let statement = kp.add_statement.as_ref().map(pretty).unwrap_or_default();
+            match kp.already_present {
+                Some(true) => {
+                    let _ = writeln!(s, "an equivalent statement is already present: no change");
+                }
+                Some(false) => {
+                    let _ = writeln!(s, "statement to add:\n{statement}");
+                    if let Some(d) = &kp.diff {
+                        let _ = writeln!(s, "\ndiff of the policy:\n{d}");
+                    }
+                    if let Some(e) = &kp.error {
+                        let _ = writeln!(s, "\nthe statement cannot be added: {e}");
+                    }
+                }
+                None => {
+                    let _ = writeln!(s, "statement to add unless an equivalent one is present:\n{statement}");
+                }
+            }
+        }
+        let _ = writeln!(
+            s,
+            "\n== IAM policy for the identity running snapferry (source account)\n{}",
+            pretty(&self.iam.source_caller)
+        );
+        let _ = writeln!(s, "\n== IAM policy for the target role\n{}", pretty(&self.iam.target_role));
+        if let Some(trust) = &self.iam.target_role_trust {
+            let _ = writeln!(s, "\n== trust policy of the target role\n{}", pretty(trust));
+        }
+        if !self.problems.is_empty() {
+            let _ = writeln!(s, "\n== problems the run would stop on");
+            for p in &self.problems {
+                let _ = writeln!(s, "  - {}: {}", p.resource, p.message);
+            }
+        }
+        s
+    }
+}
+
+/// The steps of one volume, as the engine takes them, plus the run-wide steps around
+/// them: the key grant before the share, retention at the end. `reencrypt` is `None`
+/// offline, when the volume's key is not known.
+fn volume_steps(plan: &Plan, cross: bool, reencrypt: Option<bool>) -> Vec<&'static str> {
+    let route = Route {
+        reencrypt: reencrypt.unwrap_or(true),
         cross_account: cross,
         create_volume: plan.options.create_volume,
-        keep: plan.options.keep.is_some(),
+        cleanup: plan.options.cleanup,
     };
-    let docs = policy::documents(&ctx);
-    placeholders(json!({
-        "plan": plan.name.as_str(),
-        "dry_run": true,
-        "offline": offline,
-        "source": {"account": source_account.as_str(), "region": plan.source.region.as_str(), "kms_key": source_key},
-        "target": {"account": target_account.as_str(), "region": plan.target.region.as_str(), "kms_key": target_key,
-                   "role_arn": plan.target.role_arn.as_ref().map(|r| r.as_str())},
-        "cross_account": cross,
-        "steps": steps,
-        "key_policy": key_policy,
-        "iam": {
-            "source_caller": docs.source_caller,
-            "target_role": docs.target_role,
-            "target_role_trust": docs.target_role_trust,
-        },
-        "problems": problems.iter().map(|p| json!({"resource": p.resource, "message": p.message})).collect::<Vec<_>>(),
-    }))
-}
-
-fn volume_steps(plan: &Plan, cross: bool, reencrypt: Option<bool>) -> Vec<&'static str> {
-    let mut s = vec!["snapshot"];
-    match reencrypt {
-        Some(true) => s.push("reencrypt"),
-        None => s.push("reencrypt-if-not-under-source-key"),
-        Some(false) => {}
-    }
-    if cross {
-        s.extend(["grant-key", "share"]);
-    }
-    s.push("copy");
-    if plan.options.create_volume {
-        s.push("create-volume");
-    }
-    if plan.options.cleanup {
-        s.push("cleanup");
+    let mut s = vec![];
+    for step in engine::planned_steps(route) {
+        match step {
+            Step::Reencrypt if reencrypt.is_none() => s.push("reencrypt-if-not-under-source-key"),
+            Step::Share => s.extend(["grant-key", "share"]),
+            other => s.push(other.as_str()),
+        }
     }
     if plan.options.keep.is_some() {
         s.push("retention");
-    }
-    s
-}
-
-fn text(doc: &Value) -> String {
-    let st = |v: &Value| v.as_str().unwrap_or("").to_owned();
-    use std::fmt::Write as _;
-    let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "dry run of plan {}{}: nothing was changed",
-        doc["plan"].as_str().unwrap_or(""),
-        if doc["offline"] == json!(true) { " (offline: placeholders in <angle brackets>)" } else { "" }
-    );
-    let _ = writeln!(
-        s,
-        "\nsource: account {} region {} key {}",
-        st(&doc["source"]["account"]),
-        st(&doc["source"]["region"]),
-        st(&doc["source"]["kms_key"])
-    );
-    let _ = writeln!(
-        s,
-        "target: account {} region {} key {}",
-        st(&doc["target"]["account"]),
-        st(&doc["target"]["region"]),
-        st(&doc["target"]["kms_key"])
-    );
-    let _ = writeln!(s, "\n== steps per volume");
-    for v in doc["steps"].as_array().into_iter().flatten() {
-        let who = v
-            .get("source_volume")
-            .and_then(|x| x.as_str())
-            .map(str::to_owned)
-            .unwrap_or_else(|| format!("selector {}", v["selector"]));
-        let steps: Vec<&str> = v["steps"].as_array().into_iter().flatten().filter_map(|x| x.as_str()).collect();
-        let _ = writeln!(s, "  {who}: {}", steps.join(" -> "));
-    }
-    let kp = &doc["key_policy"];
-    if kp["needed"] == json!(false) {
-        let _ = writeln!(s, "\n== key policy: no change (same-account copy, nothing is shared)");
-    } else {
-        let _ = writeln!(s, "\n== key policy of {}", kp["key_arn"].as_str().unwrap_or(""));
-        match kp["already_present"].as_bool() {
-            Some(true) => {
-                let _ = writeln!(s, "an equivalent statement is already present: no change");
-            }
-            Some(false) => {
-                let _ = writeln!(s, "statement to add:\n{}", pretty(&kp["add_statement"]));
-                if let Some(d) = kp["diff"].as_str() {
-                    let _ = writeln!(s, "\ndiff of the policy:\n{d}");
-                }
-            }
-            None => {
-                let _ = writeln!(
-                    s,
-                    "statement to add unless an equivalent one is present:\n{}",
-                    pretty(&kp["add_statement"])
-                );
-            }
-        }
-    }
-    let _ = writeln!(
-        s,
-        "\n== IAM policy for the identity running snapferry (source account)\n{}",
-        pretty(&doc["iam"]["source_caller"])
-    );
-    let _ = writeln!(s, "\n== IAM policy for the target role\n{}", pretty(&doc["iam"]["target_role"]));
-    if !doc["iam"]["target_role_trust"].is_null() {
-        let _ = writeln!(s, "\n== trust policy of the target role\n{}", pretty(&doc["iam"]["target_role_trust"]));
-    }
-    let problems = doc["problems"].as_array().cloned().unwrap_or_default();
-    if !problems.is_empty() {
-        let _ = writeln!(s, "\n== problems the run would stop on");
-        for p in problems {
-            let _ =
-                writeln!(s, "  - {}: {}", p["resource"].as_str().unwrap_or(""), p["message"].as_str().unwrap_or(""));
-        }
     }
     s
 }

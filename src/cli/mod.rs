@@ -1,50 +1,37 @@
 //! The command line: clap definitions, the choice of cloud (AWS or simulated),
-//! rendering of results (text for people, JSON for CI) and the exit-code table.
+//! rendering of results (text for people, JSON for CI) and the exit-code table
+//! ([`exit`], the only place an exit code is chosen).
 //!
-//! | code | meaning |
-//! |---|---|
-//! | 0 | success (dry-run: nothing wrong found) |
-//! | 1 | the run failed (an AWS error, a snapshot in `error`, a timeout); resumable |
-//! | 2 | invalid plan or usage; nothing was sent to AWS |
-//! | 3 | another run of this plan holds the lock |
-//! | 130 | interrupted (SIGINT/SIGTERM); checkpoint saved, resumable |
+//! Layout:
+//! - `args`: clap definitions of every command and option
+//! - `commands`: one function per command
+//! - `dryrun`: `run --dry-run`, its typed report
+//! - `plan_file`: reading a plan file, and the failure for a plan that cannot be used
+//! - `failure`: [`Failure`], a command's failure with its exit code
+//! - `exit`: the exit-code table and the mapping from typed results onto it
+//! - `cloud`: connecting to AWS or the simulated AWS
+//! - `render`: text, JSON and Prometheus renderings
+//! - `envelope`: the envelope commands
 
 mod args;
 mod cloud;
 mod commands;
 mod dryrun;
 mod envelope;
+pub mod exit;
+mod failure;
+mod plan_file;
 mod render;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
 
 pub use args::{Cli, Command, Format, LogFormat};
-
-/// Exit codes of the contract.
-pub mod exit {
-    pub const OK: u8 = 0;
-    pub const FAILED: u8 = 1;
-    pub const USAGE: u8 = 2;
-    pub const LOCKED: u8 = 3;
-    pub const INTERRUPTED: u8 = 130;
-}
-
-/// A command's failure, already worded for the user, with its exit code.
-#[derive(Debug)]
-pub struct Failure {
-    pub code: u8,
-    pub message: String,
-    /// A JSON document to print on stdout with `--format json`, if any.
-    pub json: Option<serde_json::Value>,
-}
-
-impl Failure {
-    pub fn new(code: u8, message: impl Into<String>) -> Self {
-        Failure { code, message: message.into(), json: None }
-    }
-}
+pub use dryrun::DryRun;
+pub use failure::Failure;
+pub use plan_file::{LoadError, read_plan};
 
 /// Parses the command line, runs the command and returns its exit code.
 pub fn main() -> ExitCode {
@@ -69,11 +56,7 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(f) => {
             if format == Format::Json {
-                let doc = f
-                    .json
-                    .clone()
-                    .unwrap_or_else(|| serde_json::json!({"status": "error", "exit_code": f.code, "error": f.message}));
-                println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+                println!("{}", serde_json::to_string_pretty(&f.document()).unwrap_or_default());
             }
             eprintln!("error: {}", f.message);
             f.code
@@ -84,6 +67,12 @@ pub fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
+/// Whether log lines on stderr may carry colour: only for a terminal, and never with
+/// `NO_COLOR` set to anything non-empty (no-color.org).
+pub fn colour_allowed(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 fn init_tracing(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
     let level = match cli.verbose {
@@ -92,7 +81,12 @@ fn init_tracing(cli: &Cli) {
         _ => "snapferry=trace,debug",
     };
     let filter = EnvFilter::try_from_env("SNAPFERRY_LOG").unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let ansi = colour_allowed(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR").as_deref());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(ansi);
     let _ = match cli.log_format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.compact().try_init(),

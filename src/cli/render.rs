@@ -5,11 +5,22 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::checkpoint::RunRecord;
+use crate::checkpoint::{RunRecord, RunStatus};
 use crate::engine::Step;
 use crate::exec::RunReport;
 use crate::exec::cleanup::CleanupSummary;
 use crate::plan::Plan;
+
+use super::Format;
+
+/// Prints a command's result on stdout: `value` as one JSON document for CI, or `text`
+/// of it for people. Both come from the same value, so they cannot disagree.
+pub fn emit<T: serde::Serialize + ?Sized>(format: Format, value: &T, text: impl FnOnce(&T) -> String) {
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(value).unwrap_or_default()),
+        Format::Text => print!("{}", text(value)),
+    }
+}
 
 fn ts(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms).map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_default()
@@ -23,7 +34,7 @@ pub fn report_text(r: &RunReport) -> String {
         "run {} of plan {}: {} ({ok}/{} volumes succeeded) in {}h{:02}m{:02}s{}",
         r.run_id,
         r.plan,
-        r.status,
+        r.status.as_str(),
         r.volumes.len(),
         r.duration_seconds / 3600,
         r.duration_seconds % 3600 / 60,
@@ -48,14 +59,28 @@ pub fn report_text(r: &RunReport) -> String {
             let _ = writeln!(s, "      what to do: {h}");
         }
     }
-    match r.status.as_str() {
-        "failed" => {
+    if let Some(p) = &r.retention {
+        let _ = writeln!(s, "retention: {}", retention_summary(p));
+    }
+    if let Some(e) = &r.retention_error {
+        let _ = writeln!(s, "warning: {e}; the copies of this run are complete, older ones were not pruned");
+    }
+    match r.status {
+        RunStatus::Failed => {
             let _ = writeln!(s, "fix what is named above, then run the same command again: done volumes are kept");
         }
-        "interrupted" => {
+        RunStatus::Interrupted => {
             let _ = writeln!(s, "interrupted: run the same command again to resume");
         }
-        _ => {}
+        RunStatus::Succeeded | RunStatus::Running => {}
+    }
+    s
+}
+
+fn retention_summary(p: &crate::exec::retention::Pruned) -> String {
+    let mut s = format!("deleted {} older snapshot(s) and {} volume(s)", p.snapshots.len(), p.volumes.len());
+    if !p.in_use.is_empty() {
+        let _ = write!(s, "; left {} attached volume(s) alone: {}", p.in_use.len(), p.in_use.join(", "));
     }
     s
 }
@@ -239,9 +264,9 @@ pub fn write_metrics(path: &Path, plan: &Plan, runs: &[RunRecord]) -> std::io::R
 
 /// A progress bar on stderr when it is a terminal and the output is for people; plain
 /// log lines otherwise (CI, pipes, `--format json`).
-pub fn progress_bar(format: super::Format) -> Option<std::sync::Arc<dyn crate::exec::Progress>> {
+pub fn progress_bar(format: Format) -> Option<std::sync::Arc<dyn crate::exec::Progress>> {
     use std::io::IsTerminal;
-    if format != super::Format::Text || !std::io::stderr().is_terminal() {
+    if format != Format::Text || !std::io::stderr().is_terminal() {
         return None;
     }
     let bar = indicatif::ProgressBar::new(0);

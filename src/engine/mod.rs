@@ -674,3 +674,33 @@ pub fn wait_expired(v: &VolumeRun, ctx: &Ctx, now_ms: i64) -> bool {
 
 #[cfg(test)]
 mod tests;
+
+/// What decides a volume's route through the steps, for [`planned_steps`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// The snapshot is not under the source key, so it is re-encrypted first.
+    pub reencrypt: bool,
+    pub cross_account: bool,
+    pub create_volume: bool,
+    pub cleanup: bool,
+}
+
+/// The steps that act (waits left out) on a volume's way from `Snapshot` to `Done`,
+/// in the order [`apply`] takes them; the dry-run prints them.
+pub fn planned_steps(route: Route) -> Vec<Step> {
+    let mut steps = vec![Step::Snapshot];
+    if route.reencrypt {
+        steps.push(Step::Reencrypt);
+    }
+    if route.cross_account {
+        steps.push(Step::Share);
+    }
+    steps.push(Step::Copy);
+    if route.create_volume {
+        steps.push(Step::CreateVolume);
+    }
+    if route.cleanup {
+        steps.push(Step::Cleanup);
+    }
+    steps
+}

@@ -75,14 +75,3 @@ pub enum RunError {
     #[error("{0}")]
     Other(String),
 }
-
-impl RunError {
-    /// The process exit code of the contract for this error.
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            RunError::Store(StoreError::Locked { .. }) => 3,
-            RunError::Preflight(_) | RunError::PlanChanged { .. } | RunError::Usage(_) => 2,
-            _ => 1,
-        }
-    }
-}

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::checkpoint::RunRecord;
+use crate::checkpoint::{RunRecord, RunStatus};
 use crate::engine::Step;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -28,7 +28,7 @@ pub struct RunReport {
     pub run_id: String,
     pub plan: String,
     /// `succeeded`, `failed`, `interrupted` or `running`.
-    pub status: String,
+    pub status: RunStatus,
     pub simulated: bool,
     /// From the run's creation to its end (or to now, for a run that has not ended);
     /// virtual time under simulation.
@@ -46,7 +46,7 @@ impl RunReport {
         RunReport {
             run_id: r.meta.run_id.clone(),
             plan: r.meta.plan.clone(),
-            status: r.meta.status.as_str().to_owned(),
+            status: r.meta.status,
             simulated: r.meta.simulated,
             duration_seconds: (r.meta.finished_ms.unwrap_or(r.meta.updated_ms) - r.meta.created_ms).max(0) / 1000,
             volumes: r

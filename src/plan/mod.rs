@@ -9,7 +9,8 @@
 //! - `duration`: `6h`, `1h30m` and friends.
 //! - `model`: the validated plan.
 //!
-//! Only [`load`] touches the filesystem; everything else is pure.
+//! Pure: the plan arrives as text (the CLI reads the file), and nothing here touches
+//! the filesystem, the network or the clock.
 
 pub mod duration;
 mod error;
@@ -18,30 +19,12 @@ mod raw;
 mod validate;
 mod yaml;
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
-
 use serde_saphyr::{DuplicateKeyPolicy, Location, Spanned};
 
 pub use error::{InvalidPlan, PlanIssue};
 pub use model::*;
 pub use validate::{MAX_CONCURRENT_COPIES, PLAN_VERSION, VOLUME_TYPES};
 pub use yaml::MAX_PLAN_BYTES;
-
-/// Why [`load`] gave no plan.
-#[derive(Debug, thiserror::Error, miette::Diagnostic)]
-pub enum LoadError {
-    #[error("cannot read plan {}: {source}", path.display())]
-    #[diagnostic(code(snapferry::plan::io))]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    #[diagnostic(transparent)]
-    Invalid(#[from] InvalidPlan),
-}
 
 /// Parses and validates plan text. `file` names the plan in every issue.
 pub fn parse(file: &str, text: &str) -> Result<Plan, InvalidPlan> {
@@ -60,19 +43,6 @@ pub fn parse(file: &str, text: &str) -> Result<Plan, InvalidPlan> {
         serde_saphyr::from_str_with_options(text, yaml::options(DuplicateKeyPolicy::Error))
             .map_err(|e| invalid(vec![yaml::issue_from_error(&src, Some(&tree), &e)]))?;
     validate::validate(&raw, &src).map_err(invalid)
-}
-
-/// Reads and parses a plan file. The path, as given, names the plan in every issue.
-pub fn load(path: &Path) -> Result<Plan, LoadError> {
-    let io = |source| LoadError::Io { path: path.to_owned(), source };
-    let file = std::fs::File::open(path).map_err(io)?;
-    // Read one byte past the limit so an oversized file is refused without reading it
-    // whole.
-    let mut bytes = Vec::new();
-    file.take(MAX_PLAN_BYTES as u64 + 1).read_to_end(&mut bytes).map_err(io)?;
-    let text = String::from_utf8(bytes)
-        .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("expected UTF-8 text: {e}"))))?;
-    Ok(parse(&path.display().to_string(), &text)?)
 }
 
 /// The JSON Schema of a plan file, as printed by `snapferry schema`.

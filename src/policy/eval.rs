@@ -226,6 +226,76 @@ pub fn allows(policy_json: &str, account: &AccountId, action: &str, grant_is_for
     allowed
 }
 
+/// One request to an identity-based IAM policy: the action, the resource ARN and the
+/// condition keys the request carries (`aws:ResourceTag/...`, `ec2:CreateAction`,
+/// `kms:GrantIsForAWSResource`), for [`identity_allows`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IamRequest {
+    pub action: String,
+    pub resource: String,
+    pub context: std::collections::BTreeMap<String, String>,
+}
+
+/// Whether an identity-based policy (the documents of `iam.rs`) allows a request.
+///
+/// Understood: `Action`/`NotAction` with IAM wildcards, `Resource`/`NotResource` with
+/// `*` and `?` (case-sensitive, as ARNs are), and the condition operators
+/// `StringEquals`, `StringLike` and `Bool` (keys case-insensitive, missing keys never
+/// match). Anything else fails closed: such an Allow does not apply, such a Deny does.
+pub fn identity_allows(policy: &Value, req: &IamRequest) -> bool {
+    let Ok(stmts) = statements(policy) else {
+        return false;
+    };
+    let mut allowed = false;
+    for stmt in stmts {
+        let action = match (stmt.get("Action"), stmt.get("NotAction")) {
+            (Some(a), None) => Tri::from_bool(str_list(a).iter().any(|p| action_matches(p, &req.action))),
+            (None, Some(na)) => Tri::from_bool(!str_list(na).iter().any(|p| action_matches(p, &req.action))),
+            _ => Tri::Unknown,
+        };
+        let arn = |p: &&str| glob_match(p.as_bytes(), req.resource.as_bytes());
+        let resource = match (stmt.get("Resource"), stmt.get("NotResource")) {
+            (Some(r), None) => Tri::from_bool(str_list(r).iter().any(arn)),
+            (None, Some(nr)) => Tri::from_bool(!str_list(nr).iter().any(arn)),
+            _ => Tri::Unknown,
+        };
+        let applies = action.and(resource).and(identity_condition(stmt.get("Condition"), &req.context));
+        match stmt.get("Effect").and_then(Value::as_str) {
+            Some("Deny") if applies != Tri::No => return false,
+            Some("Allow") if applies == Tri::Yes => allowed = true,
+            _ => {}
+        }
+    }
+    allowed
+}
+
+fn identity_condition(cond: Option<&Value>, context: &std::collections::BTreeMap<String, String>) -> Tri {
+    let Some(cond) = cond else { return Tri::Yes };
+    let Some(ops) = cond.as_object() else { return Tri::Unknown };
+    let mut result = Tri::Yes;
+    for (op, block) in ops {
+        let Some(keys) = block.as_object() else { return Tri::Unknown };
+        for (key, expected) in keys {
+            let actual = context.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.as_str());
+            let expected = match expected {
+                Value::Bool(b) => vec![if *b { "true" } else { "false" }],
+                other => str_list(other),
+            };
+            let holds = match (op.as_str(), actual) {
+                ("StringEquals" | "StringLike" | "Bool", None) => Tri::No,
+                ("StringEquals", Some(a)) => Tri::from_bool(expected.contains(&a)),
+                ("StringLike", Some(a)) => {
+                    Tri::from_bool(expected.iter().any(|e| glob_match(e.as_bytes(), a.as_bytes())))
+                }
+                ("Bool", Some(a)) => Tri::from_bool(expected.iter().any(|e| e.eq_ignore_ascii_case(a))),
+                _ => Tri::Unknown,
+            };
+            result = result.and(holds);
+        }
+    }
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

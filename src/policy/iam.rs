@@ -8,6 +8,10 @@
 //! and key; tagging is only allowed as part of creating; deletion and sharing only touch
 //! resources tagged with the plan. Describe calls support no resource scoping and get
 //! `*`.
+//!
+//! The documents cover every call the runner can make on each side, failure paths
+//! included (deleting a failed or duplicate copy); `tests/it/dryrun.rs` replays a run's
+//! calls against them.
 
 use serde_json::{Value, json};
 
@@ -38,8 +42,10 @@ pub struct IamContext {
     pub role_arn: Option<RoleArn>,
     /// The external id the trust policy requires, when the plan sets one.
     pub external_id: Option<String>,
-    /// The ARN of the identity that assumes the role, to trust it alone; `None` trusts
-    /// the source account, whose IAM then decides who may assume.
+    /// The ARN of the identity that assumes the role (GetCallerIdentity's answer), to
+    /// trust it alone; `None` trusts the source account, whose IAM then decides who may
+    /// assume. An assumed-role session ARN is trusted as its role, see
+    /// [`trust_principal`].
     pub caller_arn: Option<String>,
     /// The current keys of source volumes whose snapshots must be re-encrypted under
     /// the source key first (other customer managed keys, `aws/ebs`); unencrypted
@@ -51,6 +57,8 @@ pub struct IamContext {
     /// Whether the run creates volumes from the target snapshots.
     pub create_volume: bool,
     /// Whether retention (`options.keep`) deletes older target snapshots and volumes.
+    /// Deletes are allowed either way (failed and duplicate copies are deleted), so the
+    /// documents do not depend on it; it stays for what the dry-run says about a plan.
     pub keep: bool,
 }
 
@@ -166,8 +174,9 @@ pub fn source_caller_policy(ctx: &IamContext) -> Value {
 
 /// What the target role needs in the target region (or, when the accounts are one,
 /// what the caller needs there on top of `source_caller_policy`): copy the shared
-/// snapshot under the target key, create the volume, tag both, and with retention
-/// delete the plan's older copies.
+/// snapshot under the target key, create the volume, tag both, and delete what the
+/// plan made there (failed or duplicate copies and volumes, and with retention the
+/// plan's older copies).
 pub fn target_role_policy(ctx: &IamContext) -> Value {
     let p = ctx.partition;
     let region = &ctx.target_region;
@@ -210,20 +219,21 @@ pub fn target_role_policy(ctx: &IamContext) -> Value {
         create_actions.push("CreateVolume");
     }
     stmts.push(tag_on_create("SnapferryTagOnCreate", &tagged, &create_actions));
-    if ctx.keep {
-        let mut actions = vec!["ec2:DeleteSnapshot"];
-        if ctx.create_volume {
-            actions.push("ec2:DeleteVolume");
-        }
-        stmts.push(json!({
-            "Sid": "SnapferryRetention",
-            "Effect": "Allow",
-            // Retention deletes only snapshots and volumes this plan made.
-            "Action": actions,
-            "Resource": tagged,
-            "Condition": plan_tag_condition(&ctx.plan),
-        }));
+    // Deletes happen on every run, not only with retention: a copy or volume that ended
+    // in `error` is deleted before it is made again, a duplicate copy found after an
+    // unknown outcome is deleted, and `keep` prunes older copies. Only what this plan
+    // made (its tag) may be deleted.
+    let mut deletes = vec!["ec2:DeleteSnapshot"];
+    if ctx.create_volume {
+        deletes.push("ec2:DeleteVolume");
     }
+    stmts.push(json!({
+        "Sid": "SnapferryDeleteOwnResources",
+        "Effect": "Allow",
+        "Action": deletes,
+        "Resource": tagged,
+        "Condition": plan_tag_condition(&ctx.plan),
+    }));
     stmts.push(json!({
         "Sid": "SnapferryUseKeys",
         "Effect": "Allow",
@@ -244,8 +254,10 @@ pub fn target_role_trust(ctx: &IamContext) -> Option<Value> {
     if !ctx.cross_account {
         return None;
     }
-    let principal =
-        ctx.caller_arn.clone().unwrap_or_else(|| format!("arn:{}:iam::{}:root", ctx.partition, ctx.source_account));
+    let principal = match &ctx.caller_arn {
+        Some(arn) => trust_principal(arn),
+        None => format!("arn:{}:iam::{}:root", ctx.partition, ctx.source_account),
+    };
     let mut stmt = json!({
         "Sid": "SnapferryAssumeFromSource",
         "Effect": "Allow",
@@ -256,6 +268,24 @@ pub fn target_role_trust(ctx: &IamContext) -> Option<Value> {
         obj.insert("Condition".to_owned(), json!({ "StringEquals": { "sts:ExternalId": id } }));
     }
     Some(document(vec![stmt]))
+}
+
+/// The principal a trust policy names for a caller ARN. A session of an assumed role
+/// (`arn:P:sts::ACCOUNT:assumed-role/ROLE/SESSION`) is trusted as its role
+/// (`arn:P:iam::ACCOUNT:role/ROLE`): a session ARN would tie the trust to one session
+/// name. The STS ARN does not carry the role's path, so a role with a path
+/// (`role/ci/ROLE`) must be written with it by hand (`aws iam get-role` shows it).
+/// Users and roots are trusted as they are.
+pub fn trust_principal(caller_arn: &str) -> String {
+    let mut parts = caller_arn.splitn(6, ':');
+    if let (Some("arn"), Some(partition), Some("sts"), Some(""), Some(account), Some(resource)) =
+        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        && let Some(rest) = resource.strip_prefix("assumed-role/")
+        && let Some((role, _session)) = rest.split_once('/')
+    {
+        return format!("arn:{partition}:iam::{account}:role/{role}");
+    }
+    caller_arn.to_owned()
 }
 
 fn document(statements: Vec<Value>) -> Value {

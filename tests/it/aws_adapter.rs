@@ -1,27 +1,33 @@
 //! The AWS adapter against moto, a local emulator of EC2, KMS and STS: every call of
-//! the `Cloud` trait goes through the real SDK, over loopback HTTP, to a moto server
-//! the test starts on a free port and stops when done.
+//! the `Cloud` trait goes through the real SDK, over loopback HTTP, to the project's
+//! moto server ([`Moto`], the same launcher the end-to-end tests use) on a free port.
 //!
 //! The SDK takes credentials from the environment, and the environment of a running
-//! test cannot be changed safely, so the test runs its scenario in a child process of
-//! this same test binary with the emulator's endpoint and test credentials set.
+//! test cannot be changed safely, so the test runs its checks in a child process of
+//! this same test binary with the emulator's endpoint and test credentials set. The
+//! checks are independent sections, each with its own resources; every section runs
+//! and every failing one is reported, so one failure does not hide the others.
 //!
-//! moto (`python3 -m moto.server`) must be installed: `.ci/run` installs it, and the
-//! test fails with the pip line when it is missing.
+//! moto must be installed (`scripts/test` installs the pinned version); the launcher
+//! fails with the pip line when it is missing.
 //!
 //! Moto answers like AWS for what is checked here; what it leaves out (cross-account
 //! CopySnapshot, pending states and Progress, ClientToken, key policy enforcement) is
 //! covered by the simulated cloud instead.
 
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::future::Future;
+use std::net::TcpListener;
+use std::pin::Pin;
+use std::process::Command;
+use std::sync::Arc;
 
 use snapferry::cloud::aws::{AwsCloud, AwsConfig};
 use snapferry::cloud::{
     Cloud, CopySnapshotReq, CreateSnapshotReq, CreateVolumeReq, ErrorKind, KeyManager, Loc, Side, SnapshotState, Tags,
 };
 use snapferry::ids::{AccountId, AvailabilityZone, KeyArn, KeyRef, Region, RoleArn, SnapshotId, VolumeId};
+
+use super::support::moto::Moto;
 
 /// Set in the child process: the emulator's endpoint.
 const ENDPOINT_VAR: &str = "SNAPFERRY_IT_MOTO_ENDPOINT";
@@ -31,11 +37,10 @@ const SEED_VAR: &str = "SNAPFERRY_IT_MOTO_SEED";
 const SOURCE_ACCOUNT: &str = "123456789012";
 /// Moto answers as the account of the role assumed.
 const TARGET_ACCOUNT: &str = "222222222222";
-/// A moto server is up in a second or two; a slow machine gets more.
-const MOTO_START_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Makes, with boto3 against moto, what the trait cannot: a source volume and a key in
-/// each account. Prints `VOLUME SOURCE_KEY_ARN TARGET_KEY_ARN`.
+/// Makes, with boto3 against moto, what the trait cannot: a source volume, a key in
+/// each account, and a source-account key in eu-west-1 for copies there (a key only
+/// works in its own region). Prints `VOLUME SOURCE_KEY_ARN TARGET_KEY_ARN DR_KEY_ARN`.
 const SEED_SCRIPT: &str = r#"
 import sys, boto3
 ep = sys.argv[1]
@@ -51,53 +56,9 @@ tkms = boto3.client("kms", endpoint_url=ep, region_name="eu-west-1", aws_access_
                     aws_secret_access_key=c["SecretAccessKey"], aws_session_token=c["SessionToken"])
 dst = tkms.create_key(Description="snapferry it target")["KeyMetadata"]
 tkms.create_alias(AliasName="alias/it-dst", TargetKeyId=dst["KeyId"])
-print(vol["VolumeId"], src["Arn"], dst["Arn"])
+dr = boto3.client("kms", endpoint_url=ep, region_name="eu-west-1").create_key(Description="snapferry it dr")
+print(vol["VolumeId"], src["Arn"], dst["Arn"], dr["KeyMetadata"]["Arn"])
 "#;
-
-/// A moto server, stopped when dropped.
-struct Moto {
-    child: Child,
-    endpoint: String,
-}
-
-impl Moto {
-    fn start() -> Moto {
-        // Bind port 0 to have the OS pick a free port, then hand it to moto.
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new("python3")
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start python3 -m moto.server");
-        let moto = Moto { child, endpoint: format!("http://127.0.0.1:{port}") };
-        let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < MOTO_START_TIMEOUT, "moto did not listen on port {port} in time");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        moto
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn moto_available() -> bool {
-    Command::new("python3")
-        .args(["-c", "import moto.server, boto3"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
 
 /// The environment of the child: test credentials, nothing from the user's own
 /// configuration, no instance metadata lookups.
@@ -131,10 +92,6 @@ fn adapter_against_moto() {
         rt.block_on(scenario(&endpoint, &seed));
         return;
     }
-    assert!(
-        moto_available(),
-        "python3 cannot import moto.server: install it with python3 -m pip install 'moto[server]==5.2.1'"
-    );
     let moto = Moto::start();
 
     let seed = isolate(Command::new("python3").args(["-c", SEED_SCRIPT, &moto.endpoint]))
@@ -152,7 +109,7 @@ fn adapter_against_moto() {
         .expect("run the scenario in a child process");
     let out = String::from_utf8_lossy(&child.stdout);
     let err = String::from_utf8_lossy(&child.stderr);
-    assert!(child.status.success(), "scenario failed\n--- stdout\n{out}\n--- stderr\n{err}");
+    assert!(child.status.success(), "sections failed\n--- stdout\n{out}\n--- stderr\n{err}");
     // The child must really have run the scenario, not filtered it away.
     assert!(out.contains("1 passed"), "scenario did not run\n--- stdout\n{out}\n--- stderr\n{err}");
 }
@@ -176,39 +133,92 @@ fn config(endpoint: &str) -> AwsConfig {
     }
 }
 
+/// What every section starts from: the adapter on moto and what the seed made.
+struct Fixture {
+    endpoint: String,
+    cloud: AwsCloud,
+    volume: VolumeId,
+    source_key: KeyArn,
+    target_key: KeyArn,
+    /// A source-account key in eu-west-1.
+    dr_key: KeyArn,
+    src: Loc,
+    src_dr: Loc,
+    dst: Loc,
+    target_account: AccountId,
+}
+
+type Section = fn(Arc<Fixture>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Every section, by name. Each makes its own resources, tagged with its name.
+const SECTIONS: [(&str, Section); 9] = [
+    ("identities", |f| Box::pin(identities(f))),
+    ("keys", |f| Box::pin(keys(f))),
+    ("key_policy", |f| Box::pin(key_policy(f))),
+    ("volumes", |f| Box::pin(volumes(f))),
+    ("snapshots_and_sharing", |f| Box::pin(snapshots_and_sharing(f))),
+    ("copy_then_volume", |f| Box::pin(copy_then_volume(f))),
+    ("envelope_calls", |f| Box::pin(envelope_calls(f))),
+    ("configuration", |f| Box::pin(configuration(f))),
+    ("unreachable_endpoint", |f| Box::pin(unreachable_endpoint(f))),
+];
+
+/// Runs every section, each as its own task so a failed assertion ends only that
+/// section, and fails naming every section that failed.
 async fn scenario(endpoint: &str, seed: &str) {
     let seed: Vec<&str> = seed.split_whitespace().collect();
-    let volume = VolumeId::parse(seed[0]).unwrap();
-    let source_key = KeyArn::parse(seed[1]).unwrap();
-    let target_key = KeyArn::parse(seed[2]).unwrap();
+    let f = Arc::new(Fixture {
+        endpoint: endpoint.to_owned(),
+        cloud: AwsCloud::connect(config(endpoint)).await.unwrap(),
+        volume: VolumeId::parse(seed[0]).unwrap(),
+        source_key: KeyArn::parse(seed[1]).unwrap(),
+        target_key: KeyArn::parse(seed[2]).unwrap(),
+        dr_key: KeyArn::parse(seed[3]).unwrap(),
+        src: Loc::new(Side::Source, &region("us-east-1")),
+        src_dr: Loc::new(Side::Source, &region("eu-west-1")),
+        dst: Loc::new(Side::Target, &region("eu-west-1")),
+        target_account: AccountId::parse(TARGET_ACCOUNT).unwrap(),
+    });
+    let mut failed = vec![];
+    for (name, section) in SECTIONS {
+        if let Err(e) = tokio::spawn(section(f.clone())).await {
+            let why = e
+                .try_into_panic()
+                .ok()
+                .and_then(|p| p.downcast_ref::<String>().cloned().or(p.downcast_ref::<&str>().map(|s| s.to_string())))
+                .unwrap_or_default();
+            failed.push(format!("{name}: {why}"));
+        }
+    }
+    assert!(failed.is_empty(), "{} of {} sections failed:\n{}", failed.len(), SECTIONS.len(), failed.join("\n"));
+}
 
-    let cloud = AwsCloud::connect(config(endpoint)).await.unwrap();
-    let src = Loc::new(Side::Source, &region("us-east-1"));
-    let src_dr = Loc::new(Side::Source, &region("eu-west-1"));
-    let dst = Loc::new(Side::Target, &region("eu-west-1"));
-    let target_account = AccountId::parse(TARGET_ACCOUNT).unwrap();
-
-    // Identities: plain credentials on the source side, the assumed role on the target.
-    assert_eq!(cloud.caller_identity(Side::Source).await.unwrap().account.as_str(), SOURCE_ACCOUNT);
-    let target = cloud.caller_identity(Side::Target).await.unwrap();
-    assert_eq!(target.account, target_account);
+/// Plain credentials on the source side, the assumed role on the target.
+async fn identities(f: Arc<Fixture>) {
+    assert_eq!(f.cloud.caller_identity(Side::Source).await.unwrap().account.as_str(), SOURCE_ACCOUNT);
+    let target = f.cloud.caller_identity(Side::Target).await.unwrap();
+    assert_eq!(target.account, f.target_account);
     assert!(target.arn.contains("snapferry-dr/snapferry-it-run"), "{}", target.arn);
+}
 
-    // Keys: aliases resolve to key ARNs, in each account.
-    let key = cloud.describe_key(&src, &KeyRef::parse("alias/it-src").unwrap()).await.unwrap();
-    assert_eq!(key.arn, source_key);
+/// Aliases resolve to key ARNs, in each account; a missing alias is NotFound.
+async fn keys(f: Arc<Fixture>) {
+    let key = f.cloud.describe_key(&f.src, &KeyRef::parse("alias/it-src").unwrap()).await.unwrap();
+    assert_eq!(key.arn, f.source_key);
     assert_eq!(key.account.as_str(), SOURCE_ACCOUNT);
     assert!(key.enabled && key.is_symmetric());
     assert_eq!(key.manager, KeyManager::Customer);
-    let tkey = cloud.describe_key(&dst, &KeyRef::parse("alias/it-dst").unwrap()).await.unwrap();
-    assert_eq!(tkey.arn, target_key);
-    assert_eq!(tkey.account, target_account);
-    let missing = cloud.describe_key(&src, &KeyRef::parse("alias/it-missing").unwrap()).await.unwrap_err();
+    let tkey = f.cloud.describe_key(&f.dst, &KeyRef::parse("alias/it-dst").unwrap()).await.unwrap();
+    assert_eq!(tkey.arn, f.target_key);
+    assert_eq!(tkey.account, f.target_account);
+    let missing = f.cloud.describe_key(&f.src, &KeyRef::parse("alias/it-missing").unwrap()).await.unwrap_err();
     assert_eq!(missing.kind, ErrorKind::NotFound, "{missing}");
     assert!(missing.message.contains("kms:DescribeKey"), "{missing}");
+}
 
-    // Key policy: read, replace, read back.
-    let policy = cloud.get_key_policy(&src, &key.arn).await.unwrap();
+/// Key policy: read, replace, read back.
+async fn key_policy(f: Arc<Fixture>) {
+    let policy = f.cloud.get_key_policy(&f.src, &f.source_key).await.unwrap();
     assert!(policy.contains("Statement"), "{policy}");
     let mut doc: serde_json::Value = serde_json::from_str(&policy).unwrap();
     doc["Statement"].as_array_mut().unwrap().push(serde_json::json!({
@@ -216,66 +226,85 @@ async fn scenario(endpoint: &str, seed: &str) {
         "Principal": {"AWS": format!("arn:aws:iam::{TARGET_ACCOUNT}:root")},
         "Action": ["kms:Decrypt", "kms:DescribeKey"], "Resource": "*"
     }));
-    cloud.put_key_policy(&src, &key.arn, &doc.to_string()).await.unwrap();
-    assert!(cloud.get_key_policy(&src, &key.arn).await.unwrap().contains("snapferry-it"));
+    f.cloud.put_key_policy(&f.src, &f.source_key, &doc.to_string()).await.unwrap();
+    assert!(f.cloud.get_key_policy(&f.src, &f.source_key).await.unwrap().contains("snapferry-it"));
+}
 
-    // Volumes by id leave out the ones that do not exist; by tags, all must match.
-    let absent_volume = VolumeId::parse("vol-0123456789abcdef0").unwrap();
-    let vols = cloud.describe_volumes(&src, &[volume.clone(), absent_volume.clone()]).await.unwrap();
+/// Volumes by id leave out the ones that do not exist; by tags, all must match.
+async fn volumes(f: Arc<Fixture>) {
+    let absent = VolumeId::parse("vol-0123456789abcdef0").unwrap();
+    let vols = f.cloud.describe_volumes(&f.src, &[f.volume.clone(), absent.clone()]).await.unwrap();
     assert_eq!(vols.len(), 1);
-    assert_eq!(vols[0].id, volume);
+    assert_eq!(vols[0].id, f.volume);
     assert_eq!(vols[0].size_gib, 8);
     assert_eq!(vols[0].availability_zone, "us-east-1a");
-    assert!(cloud.describe_volumes(&src, &[absent_volume]).await.unwrap().is_empty());
-    let found = cloud.find_volumes(&src, &tags(&[("Backup", "dr"), ("Name", "it-db")])).await.unwrap();
-    assert_eq!(found.iter().map(|v| &v.id).collect::<Vec<_>>(), [&volume]);
-    assert!(cloud.find_volumes(&src, &tags(&[("Backup", "none")])).await.unwrap().is_empty());
+    assert!(f.cloud.describe_volumes(&f.src, &[absent]).await.unwrap().is_empty());
+    let found = f.cloud.find_volumes(&f.src, &tags(&[("Backup", "dr"), ("Name", "it-db")])).await.unwrap();
+    assert_eq!(found.iter().map(|v| &v.id).collect::<Vec<_>>(), [&f.volume]);
+    assert!(f.cloud.find_volumes(&f.src, &tags(&[("Backup", "none")])).await.unwrap().is_empty());
+}
 
-    // Snapshot, tagged at creation, found again by id and by tags.
-    let run_tags = tags(&[("snapferry:plan", "it"), ("snapferry:run", "it-run"), ("snapferry:step", "snapshot")]);
-    let req = CreateSnapshotReq { volume: volume.clone(), description: "snapferry it".into(), tags: run_tags.clone() };
-    let snap = cloud.create_snapshot(&src, &req).await.unwrap();
-    assert_eq!(snap.volume_id.as_deref(), Some(volume.as_str()));
+/// A snapshot of the seeded volume, tagged at creation with `section`.
+async fn snapshot(f: &Fixture, section: &str) -> (snapferry::cloud::Snapshot, Tags) {
+    let run_tags = tags(&[("snapferry:plan", "it"), ("snapferry:run", section), ("snapferry:step", "snapshot")]);
+    let req =
+        CreateSnapshotReq { volume: f.volume.clone(), description: "snapferry it".into(), tags: run_tags.clone() };
+    (f.cloud.create_snapshot(&f.src, &req).await.unwrap(), run_tags)
+}
+
+/// Snapshot found again by id and by tags, shared with one account and back, and
+/// deleted; deleting it again is NotFound.
+async fn snapshots_and_sharing(f: Arc<Fixture>) {
+    let (snap, run_tags) = snapshot(&f, "snapshots").await;
+    assert_eq!(snap.volume_id.as_deref(), Some(f.volume.as_str()));
     assert_eq!(snap.tags, run_tags);
-    let absent_snap = SnapshotId::parse("snap-0123456789abcdef0").unwrap();
-    let snaps = cloud.describe_snapshots(&src, &[absent_snap.clone(), snap.id.clone()]).await.unwrap();
+    let absent = SnapshotId::parse("snap-0123456789abcdef0").unwrap();
+    let snaps = f.cloud.describe_snapshots(&f.src, &[absent, snap.id.clone()]).await.unwrap();
     assert_eq!(snaps.len(), 1);
     assert_eq!(snaps[0].id, snap.id);
     assert_eq!(snaps[0].state, SnapshotState::Completed);
     assert_eq!(snaps[0].owner.as_ref().map(AccountId::as_str), Some(SOURCE_ACCOUNT));
     assert!(snaps[0].start_time_ms.is_some_and(|t| t > 1_600_000_000_000));
-    let by_tags = cloud.find_snapshots(&src, &run_tags).await.unwrap();
+    let by_tags = f.cloud.find_snapshots(&f.src, &run_tags).await.unwrap();
     assert_eq!(by_tags.iter().map(|s| &s.id).collect::<Vec<_>>(), [&snap.id]);
 
-    // Sharing with one account, and back.
-    cloud.share_snapshot(&src, &snap.id, &target_account).await.unwrap();
-    let shared = cloud.snapshot_shared_with(&src, &snap.id).await.unwrap();
-    assert_eq!(shared, std::slice::from_ref(&target_account));
-    cloud.unshare_snapshot(&src, &snap.id, &target_account).await.unwrap();
-    assert!(cloud.snapshot_shared_with(&src, &snap.id).await.unwrap().is_empty());
+    f.cloud.share_snapshot(&f.src, &snap.id, &f.target_account).await.unwrap();
+    let shared = f.cloud.snapshot_shared_with(&f.src, &snap.id).await.unwrap();
+    assert_eq!(shared, std::slice::from_ref(&f.target_account));
+    f.cloud.unshare_snapshot(&f.src, &snap.id, &f.target_account).await.unwrap();
+    assert!(f.cloud.snapshot_shared_with(&f.src, &snap.id).await.unwrap().is_empty());
 
-    // Copy across regions, sent to the destination region (moto copies within one
-    // account only).
-    let copy_tags = tags(&[("snapferry:run", "it-run"), ("snapferry:step", "copy")]);
+    f.cloud.delete_snapshot(&f.src, &snap.id).await.unwrap();
+    assert!(f.cloud.describe_snapshots(&f.src, std::slice::from_ref(&snap.id)).await.unwrap().is_empty());
+    let again = f.cloud.delete_snapshot(&f.src, &snap.id).await.unwrap_err();
+    assert_eq!(again.kind, ErrorKind::NotFound, "{again}");
+    assert!(again.message.contains("ec2:DeleteSnapshot"), "{again}");
+}
+
+/// A copy across regions, sent to the destination region (moto copies within one
+/// account only), then a volume from it with type, performance and tags; both
+/// deleted again.
+async fn copy_then_volume(f: Arc<Fixture>) {
+    let (snap, _) = snapshot(&f, "copy").await;
+    let copy_tags = tags(&[("snapferry:run", "copy"), ("snapferry:step", "copy")]);
     let copy_req = CopySnapshotReq {
         source_region: region("us-east-1"),
         source_snapshot: snap.id.clone(),
-        kms_key: source_key.clone(),
+        kms_key: f.dr_key.clone(),
         description: "snapferry it copy".into(),
         tags: copy_tags.clone(),
         // A time-based copy: the parameter reaches the API and is accepted.
         completion_minutes: Some(60),
     };
-    let copy = cloud.copy_snapshot(&src_dr, &copy_req).await.unwrap();
+    let copy = f.cloud.copy_snapshot(&f.src_dr, &copy_req).await.unwrap();
     assert_ne!(copy, snap.id);
-    let copied = cloud.describe_snapshots(&src_dr, std::slice::from_ref(&copy)).await.unwrap();
+    let copied = f.cloud.describe_snapshots(&f.src_dr, std::slice::from_ref(&copy)).await.unwrap();
     assert_eq!(copied.len(), 1);
     assert!(copied[0].encrypted);
     assert_eq!(copied[0].tags, copy_tags);
-    assert_eq!(cloud.find_snapshots(&src_dr, &copy_tags).await.unwrap().len(), 1);
-    assert!(cloud.describe_snapshots(&src, std::slice::from_ref(&copy)).await.unwrap().is_empty());
+    assert_eq!(f.cloud.find_snapshots(&f.src_dr, &copy_tags).await.unwrap().len(), 1);
+    assert!(f.cloud.describe_snapshots(&f.src, std::slice::from_ref(&copy)).await.unwrap().is_empty());
 
-    // Volume from the copy, with type, performance and tags.
     let vol_tags = tags(&[("snapferry:step", "volume"), ("Name", "it-db-dr")]);
     let vreq = CreateVolumeReq {
         snapshot: copy.clone(),
@@ -283,12 +312,12 @@ async fn scenario(endpoint: &str, seed: &str) {
         volume_type: Some("gp3".into()),
         iops: Some(3000),
         throughput: Some(125),
-        kms_key: source_key.clone(),
+        kms_key: f.dr_key.clone(),
         tags: vol_tags.clone(),
         client_token: "snapferry-it-run-vol-0123456789abcdef0".into(),
     };
-    let new_vol = cloud.create_volume(&src_dr, &vreq).await.unwrap();
-    let made = cloud.describe_volumes(&src_dr, std::slice::from_ref(&new_vol)).await.unwrap();
+    let new_vol = f.cloud.create_volume(&f.src_dr, &vreq).await.unwrap();
+    let made = f.cloud.describe_volumes(&f.src_dr, std::slice::from_ref(&new_vol)).await.unwrap();
     assert_eq!(made.len(), 1);
     let made = &made[0];
     assert!(made.encrypted);
@@ -298,45 +327,46 @@ async fn scenario(endpoint: &str, seed: &str) {
     assert_eq!(made.snapshot_id.as_deref(), Some(copy.as_str()));
     assert_eq!(made.tags, vol_tags);
     assert_eq!(made.attachments, 0);
-    assert_eq!(cloud.find_volumes(&src_dr, &vol_tags).await.unwrap().len(), 1);
+    assert_eq!(f.cloud.find_volumes(&f.src_dr, &vol_tags).await.unwrap().len(), 1);
 
-    // Clean up; what is gone is left out, and deleting it again is NotFound.
-    cloud.delete_volume(&src_dr, &new_vol).await.unwrap();
-    assert!(cloud.describe_volumes(&src_dr, std::slice::from_ref(&new_vol)).await.unwrap().is_empty());
-    cloud.delete_snapshot(&src_dr, &copy).await.unwrap();
-    cloud.delete_snapshot(&src, &snap.id).await.unwrap();
-    assert!(cloud.describe_snapshots(&src, std::slice::from_ref(&snap.id)).await.unwrap().is_empty());
-    let again = cloud.delete_snapshot(&src, &snap.id).await.unwrap_err();
-    assert_eq!(again.kind, ErrorKind::NotFound, "{again}");
-    assert!(again.message.contains("ec2:DeleteSnapshot"), "{again}");
+    f.cloud.delete_volume(&f.src_dr, &new_vol).await.unwrap();
+    assert!(f.cloud.describe_volumes(&f.src_dr, std::slice::from_ref(&new_vol)).await.unwrap().is_empty());
+    f.cloud.delete_snapshot(&f.src_dr, &copy).await.unwrap();
+    f.cloud.delete_snapshot(&f.src, &snap.id).await.unwrap();
+}
 
-    // Envelope encryption calls.
+/// The KMS calls of envelope encryption.
+async fn envelope_calls(f: Arc<Fixture>) {
     let alias = KeyRef::parse("alias/it-src").unwrap();
-    let dk = cloud.generate_data_key(&src, &alias).await.unwrap();
+    let dk = f.cloud.generate_data_key(&f.src, &alias).await.unwrap();
     assert_eq!(dk.plaintext.len(), 32);
-    assert_eq!(dk.key_arn, source_key);
-    let (plain, wrapped_by) = cloud.decrypt(&src, &dk.ciphertext).await.unwrap();
+    assert_eq!(dk.key_arn, f.source_key);
+    let (plain, wrapped_by) = f.cloud.decrypt(&f.src, &dk.ciphertext).await.unwrap();
     assert_eq!(*plain, *dk.plaintext);
-    assert_eq!(wrapped_by, source_key);
-    let wk = cloud.generate_data_key_without_plaintext(&src, &alias).await.unwrap();
-    assert_eq!(wk.key_arn, source_key);
-    assert_eq!(cloud.decrypt(&src, &wk.ciphertext).await.unwrap().0.len(), 32);
-    assert_eq!(cloud.generate_random(&src, 16).await.unwrap().len(), 16);
-    assert_eq!(cloud.generate_random(&src, 0).await.unwrap_err().kind, ErrorKind::Invalid);
+    assert_eq!(wrapped_by, f.source_key);
+    let wk = f.cloud.generate_data_key_without_plaintext(&f.src, &alias).await.unwrap();
+    assert_eq!(wk.key_arn, f.source_key);
+    assert_eq!(f.cloud.decrypt(&f.src, &wk.ciphertext).await.unwrap().0.len(), 32);
+    assert_eq!(f.cloud.generate_random(&f.src, 16).await.unwrap().len(), 16);
+    assert_eq!(f.cloud.generate_random(&f.src, 0).await.unwrap_err().kind, ErrorKind::Invalid);
+}
 
-    // Configuration checks.
-    let mut insecure = config(endpoint);
+/// A clear-text endpoint off this machine is refused before anything is sent.
+async fn configuration(f: Arc<Fixture>) {
+    let mut insecure = config(&f.endpoint);
     insecure.endpoint_url = Some("http://192.0.2.10:4566".into());
     let refused = AwsCloud::connect(insecure).await.unwrap_err();
     assert_eq!(refused.kind, ErrorKind::Invalid);
     assert!(refused.message.contains("TLS"), "{refused}");
+}
 
-    // Nothing listening: a transport failure, whose outcome is unknown.
+/// Nothing listening: a transport failure, whose outcome is unknown.
+async fn unreachable_endpoint(f: Arc<Fixture>) {
     let closed_port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut unreachable = config(endpoint);
+    let mut unreachable = config(&f.endpoint);
     unreachable.endpoint_url = Some(format!("http://127.0.0.1:{closed_port}"));
     let nowhere = AwsCloud::connect(unreachable).await.unwrap();
-    let failed = nowhere.describe_volumes(&src, std::slice::from_ref(&volume)).await.unwrap_err();
+    let failed = nowhere.describe_volumes(&f.src, std::slice::from_ref(&f.volume)).await.unwrap_err();
     assert_eq!(failed.kind, ErrorKind::Transport, "{failed}");
     assert!(!failed.outcome_known());
 }

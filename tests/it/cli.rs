@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-fn bin() -> Command {
+pub(crate) fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_snapferry"));
     // Nothing from the developer's environment may reach AWS or change the output.
     for v in ["AWS_ENDPOINT_URL", "AWS_PROFILE", "SNAPFERRY_STATE_DIR", "SNAPFERRY_LOG", "AWS_REGION"] {
@@ -16,15 +16,15 @@ fn bin() -> Command {
     c
 }
 
-fn root(p: &str) -> PathBuf {
+pub(crate) fn root(p: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
 }
 
-fn run(args: &[&str], dir: &Path) -> Output {
+pub(crate) fn run(args: &[&str], dir: &Path) -> Output {
     bin().args(args).current_dir(dir).output().expect("the binary runs")
 }
 
-fn json(o: &Output) -> Value {
+pub(crate) fn json(o: &Output) -> Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
         panic!(
             "stdout is not one JSON document ({e}):\n{}\nstderr:\n{}",
@@ -34,7 +34,7 @@ fn json(o: &Output) -> Value {
     })
 }
 
-fn code(o: &Output) -> i32 {
+pub(crate) fn code(o: &Output) -> i32 {
     o.status.code().unwrap_or(-1)
 }
 

@@ -1,12 +1,16 @@
 //! The integration tests, one binary so the crate links once: the plan parser, policy
 //! editing, envelope encryption, the engine against the simulated AWS, crash safety,
-//! and the binary end to end against moto's server.
+//! the dry-run against a run's calls, the binary's edges, the binary end to end
+//! against moto's server, and the architecture invariants (`tidy`).
 
 mod aws_adapter;
 mod cli;
+mod dryrun;
+mod edges;
 mod envelope;
 mod moto_e2e;
 mod plan;
 mod policy;
 mod sim;
 mod support;
+mod tidy;

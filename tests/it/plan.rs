@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use snapferry::cli::{LoadError, read_plan};
 use snapferry::ids::AccountId;
-use snapferry::plan::{self, InvalidPlan, LoadError, Pick, Plan};
+use snapferry::plan::{self, InvalidPlan, Pick, Plan};
 
 fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -15,7 +16,7 @@ fn manifest_dir() -> PathBuf {
 
 fn load_example(name: &str) -> Plan {
     let path = manifest_dir().join("plans").join(name);
-    match plan::load(&path) {
+    match read_plan(&path) {
         Ok(plan) => plan,
         Err(e) => panic!("{name} should be valid:\n{e}"),
     }
@@ -342,7 +343,7 @@ fn an_alias_bomb_hits_the_budget() {
 #[test]
 fn load_reports_a_missing_file_as_io() {
     let missing = manifest_dir().join("plans/does-not-exist.yaml");
-    match plan::load(&missing) {
+    match read_plan(&missing) {
         Err(LoadError::Io { path, .. }) => assert_eq!(path, missing),
         other => panic!("expected an I/O error, got {other:?}"),
     }
@@ -351,7 +352,7 @@ fn load_reports_a_missing_file_as_io() {
 #[test]
 fn load_names_the_file_as_given() {
     let path = manifest_dir().join("tests/fixtures/plans/invalid/06-version.yaml");
-    match plan::load(&path) {
+    match read_plan(&path) {
         Err(LoadError::Invalid(e)) => {
             assert_eq!(e.file, path.display().to_string());
             assert!(e.to_string().starts_with(&format!("{}:4:10: version:", path.display())), "{e}");

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use snapferry::ids::{AccountId, PlanName, Region, RoleArn};
 use snapferry::policy::{
     GRANT_ACTIONS, Grant, IamContext, MAX_KEY_POLICY_BYTES, PolicyError, allows, diff, documents, ensure_grant,
-    grant_statement, revoke_grant,
+    grant_statement, revoke_grant, trust_principal,
 };
 
 const KMS_DEFAULT: &str = include_str!("../fixtures/policies/kms-default.json");
@@ -435,8 +435,12 @@ fn iam_documents_for_a_cross_account_plan() {
         json!(["arn:aws:ec2:eu-west-1:222222222222:volume/*", "arn:aws:ec2:eu-west-1::snapshot/*"])
     );
     assert_eq!(
-        statement(tgt, "SnapferryRetention").unwrap()["Action"],
+        statement(tgt, "SnapferryDeleteOwnResources").unwrap()["Action"],
         json!(["ec2:DeleteSnapshot", "ec2:DeleteVolume"])
+    );
+    assert_eq!(
+        statement(tgt, "SnapferryDeleteOwnResources").unwrap()["Condition"],
+        json!({"StringEquals": {"aws:ResourceTag/snapferry:plan": "prod-db-dr"}})
     );
     assert_eq!(
         statement(tgt, "SnapferryUseKeys").unwrap()["Resource"],
@@ -467,9 +471,13 @@ fn iam_documents_for_one_account_skip_the_share() {
     for sid in ["SnapferryShareSnapshot", "SnapferryEditSourceKeyPolicy", "SnapferryAssumeTargetRole"] {
         assert!(statement(&docs.source_caller, sid).is_none(), "{sid}");
     }
-    for sid in ["SnapferryCreateVolume", "SnapferryRetention"] {
-        assert!(statement(&docs.target_role, sid).is_none(), "{sid}");
-    }
+    assert!(statement(&docs.target_role, "SnapferryCreateVolume").is_none());
+    // Failed or duplicate copies are deleted even without retention; no volume, no
+    // DeleteVolume.
+    assert_eq!(
+        statement(&docs.target_role, "SnapferryDeleteOwnResources").unwrap()["Action"],
+        json!(["ec2:DeleteSnapshot"])
+    );
     assert_eq!(
         statement(&docs.target_role, "SnapferryTagOnCreate").unwrap()["Condition"],
         json!({"StringEquals": {"ec2:CreateAction": ["CopySnapshot"]}})
@@ -486,6 +494,22 @@ fn trust_names_the_caller_when_known() {
     let stmt = &trust["Statement"][0];
     assert_eq!(stmt["Principal"]["AWS"], "arn:aws:iam::111111111111:role/ci");
     assert!(stmt.get("Condition").is_none());
+}
+
+#[test]
+fn trust_names_the_role_behind_an_assumed_role_session() {
+    let mut ctx = context(true);
+    ctx.caller_arn = Some("arn:aws:sts::111111111111:assumed-role/ci-deployer/gha-run-4711".into());
+    let trust = documents(&ctx).target_role_trust.unwrap();
+    // The role, not the one session: the next CI run has another session name.
+    assert_eq!(trust["Statement"][0]["Principal"]["AWS"], "arn:aws:iam::111111111111:role/ci-deployer");
+    assert_eq!(
+        trust_principal("arn:aws-us-gov:sts::111111111111:assumed-role/r/s"),
+        "arn:aws-us-gov:iam::111111111111:role/r"
+    );
+    for kept in ["arn:aws:iam::111111111111:user/alice", "arn:aws:iam::111111111111:root", "not an arn"] {
+        assert_eq!(trust_principal(kept), kept);
+    }
 }
 
 // Generated policies: statements with random Sids, principals, actions, conditions and

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use snapferry::checkpoint::Store;
+use snapferry::checkpoint::{RunStatus, Store};
 use snapferry::cloud::sim::{SimCloud, World, seed_from_plan};
 use snapferry::exec::{Env, RunConfig, RunError, RunReport, run};
 use snapferry::plan::{Plan, parse};
@@ -90,7 +90,7 @@ impl Rig {
 }
 
 fn assert_all_succeeded(r: &RunReport) {
-    assert_eq!(r.status, "succeeded", "{r:#?}");
+    assert_eq!(r.status, RunStatus::Succeeded, "{r:#?}");
     for v in &r.volumes {
         // A recurring plan resumed after a crash reports what the crashed invocation
         // already finished as fresh.
@@ -173,7 +173,7 @@ async fn ungranted_key_fails_that_volume_with_the_state_message_and_others_finis
         w.faults.key_inaccessible_for = Some("vol-00000000000000002".parse().unwrap());
     });
     let r = rig.run().await.unwrap();
-    assert_eq!(r.status, "failed");
+    assert_eq!(r.status, RunStatus::Failed);
     let bad = r.volumes.iter().find(|v| v.source_volume == "vol-00000000000000002").unwrap();
     assert_eq!(bad.status, "failed");
     let msg = bad.error.as_deref().unwrap();
@@ -199,7 +199,7 @@ async fn missing_volume_and_key_stop_in_preflight_and_change_nothing() {
         w.volumes.remove("vol-00000000000000003");
     });
     let err = rig.run().await.unwrap_err();
-    assert_eq!(err.exit_code(), 2);
+    assert_eq!(snapferry::cli::exit::of_run_error(&err), 2);
     let text = err.to_string();
     assert!(text.contains("vol-00000000000000003"), "{text}");
     assert!(text.contains("target key alias/dr: does not exist"), "{text}");
@@ -218,7 +218,7 @@ async fn a_second_run_of_the_plan_is_refused_while_the_first_holds_the_lock() {
     let rig = Rig::new(plan(CROSS));
     let _held = Store::new(rig.dir.path()).lock_plan("crash-test").unwrap();
     let err = rig.run().await.unwrap_err();
-    assert_eq!(err.exit_code(), 3, "{err}");
+    assert_eq!(snapferry::cli::exit::of_run_error(&err), 3, "{err}");
 }
 
 #[tokio::test]
@@ -280,7 +280,7 @@ async fn a_wait_past_its_timeout_keeps_the_resource_and_a_rerun_carries_on() {
         let text = format!("{CROSS}  timeouts: {{{timeout}}}\n");
         let rig = Rig::with(plan(&text), slow);
         let first = rig.run().await.unwrap();
-        assert_eq!(first.status, "failed", "{step}");
+        assert_eq!(first.status, RunStatus::Failed, "{step}");
         let stopped: Vec<_> = first.volumes.iter().filter(|v| v.status == "failed").collect();
         assert!(!stopped.is_empty(), "{step}: {first:#?}");
         for v in &stopped {
@@ -293,7 +293,7 @@ async fn a_wait_past_its_timeout_keeps_the_resource_and_a_rerun_carries_on() {
 
         // AWS has not finished: the rerun looks, stops waiting again, changes nothing.
         let again = rig.run().await.unwrap();
-        assert_eq!(again.status, "failed", "{step}");
+        assert_eq!(again.status, RunStatus::Failed, "{step}");
         assert_eq!(again.run_id, first.run_id);
         assert_eq!(mutating(&rig), after_first, "{step}: a rerun while AWS works made or deleted something");
 
@@ -325,7 +325,7 @@ async fn a_failed_volume_with_an_unknown_outcome_is_looked_up_before_any_reissue
         // its first step.
         let (_tx, stop_now) = watch::channel(true);
         let stopped = run(rig.cfg(), rig.env(&rig.sim), stop_now).await.unwrap();
-        assert_eq!(stopped.status, "interrupted");
+        assert_eq!(stopped.status, RunStatus::Interrupted);
         // Answers of `action` are lost and lookups refused: the volumes fail with the
         // outcome unknown.
         rig.sim.with_world(|w| {
@@ -337,7 +337,7 @@ async fn a_failed_volume_with_an_unknown_outcome_is_looked_up_before_any_reissue
             Ok(r) => r,
             Err(e) => panic!("{action}: {e}"),
         };
-        assert_eq!(first.status, "failed", "{action}");
+        assert_eq!(first.status, RunStatus::Failed, "{action}");
         let issued = calls(&rig, action);
         rig.sim.with_world(|w| {
             w.faults.lose_answers_of.clear();
@@ -361,7 +361,7 @@ async fn expired_credentials_stop_the_run_without_failing_any_volume() {
     for k in [total / 4, total / 2, total * 3 / 4] {
         let rig = Rig::with(plan(CROSS), |w| w.faults.credentials_expire_after_calls = Some(k));
         let e = rig.run().await.unwrap_err();
-        assert_eq!(e.exit_code(), 1);
+        assert_eq!(snapferry::cli::exit::of_run_error(&e), 1);
         let text = e.to_string();
         assert!(text.contains("refused the credentials") && text.contains("run the same command again"), "{text}");
         let store = Store::new(rig.dir.path());
@@ -385,7 +385,7 @@ async fn a_resumed_run_whose_plan_moved_its_resources_is_refused() {
     let text = format!("{CROSS}  timeouts: {{copy: 30m}}\n");
     let rig = Rig::with(plan(&text), |w| w.timing.copy_base_ms = 7_200_000);
     let first = rig.run().await.unwrap();
-    assert_eq!(first.status, "failed");
+    assert_eq!(first.status, RunStatus::Failed);
     let before = mutating(&rig);
     for (from, to, field) in [
         ("region: eu-west-1\n", "region: eu-central-1\n", "target.region"),
@@ -416,7 +416,7 @@ async fn a_resumed_run_whose_plan_moved_its_resources_is_refused() {
         });
         let (_tx, rx) = watch::channel(false);
         let e = run(cfg, rig.env(&rig.sim), rx).await.unwrap_err();
-        assert_eq!(e.exit_code(), 2, "{e}");
+        assert_eq!(snapferry::cli::exit::of_run_error(&e), 2, "{e}");
         let msg = e.to_string();
         assert!(msg.contains(field) && msg.contains("snapferry cleanup"), "{msg}");
     }
@@ -438,7 +438,7 @@ async fn cleanup_during_a_pending_copy_stops_it_before_deleting_its_source() {
     let text = format!("{CROSS}  timeouts: {{copy: 30m}}\n");
     let rig = Rig::with(plan(&text), |w| w.timing.copy_base_ms = 7_200_000);
     let first = rig.run().await.unwrap();
-    assert_eq!(first.status, "failed");
+    assert_eq!(first.status, RunStatus::Failed);
     assert_eq!(rig.made("copy"), 3);
     let env = rig.env(&rig.sim);
     let summary = snapferry::exec::cleanup(&env.store, env.cloud.as_ref(), env.clock.as_ref(), &first.run_id, None)
@@ -664,7 +664,7 @@ async fn missing_permissions_are_all_reported_by_dry_run_probes_before_any_chang
         w.faults.denied = ["ec2:CreateSnapshot".to_owned(), "ec2:CreateVolume".to_owned()].into();
     });
     let err = rig.run().await.unwrap_err();
-    assert_eq!(err.exit_code(), 2);
+    assert_eq!(snapferry::cli::exit::of_run_error(&err), 2);
     let text = err.to_string();
     assert!(text.contains("ec2:CreateSnapshot") && text.contains("ec2:CreateVolume"), "{text}");
     assert!(text.contains("the target role may not call ec2:CreateVolume in eu-west-1"), "{text}");
@@ -722,7 +722,7 @@ async fn a_recurring_plan_copies_what_is_due_and_leaves_what_is_fresh() {
 
     rig.sim.with_world(|w| w.now_ms += 3_600_000);
     let second = rig.run().await.unwrap();
-    assert_eq!(second.status, "succeeded");
+    assert_eq!(second.status, RunStatus::Succeeded);
     assert_eq!(mutating(&rig), after_first, "a fresh invocation changed something");
     for (v, f) in second.volumes.iter().zip(&first.volumes) {
         assert_eq!(v.status, "fresh", "{v:#?}");
@@ -750,7 +750,7 @@ async fn a_decommissioned_volume_fails_alone_in_a_recurring_plan() {
     for round in 1..=2 {
         rig.sim.with_world(|w| w.now_ms += 24 * 3_600_000);
         let r = rig.run().await.unwrap_or_else(|e| panic!("round {round}: {e}"));
-        assert_eq!(r.status, "failed", "round {round}");
+        assert_eq!(r.status, RunStatus::Failed, "round {round}");
         let statuses = volume_statuses(&r);
         assert_eq!(
             statuses,
@@ -778,7 +778,7 @@ async fn freshness_comes_from_tags_when_the_state_dir_is_gone() {
     std::fs::remove_dir_all(rig.dir.path()).unwrap();
     rig.sim.with_world(|w| w.now_ms += 3_600_000);
     let second = rig.run().await.unwrap();
-    assert_eq!(second.status, "succeeded");
+    assert_eq!(second.status, RunStatus::Succeeded);
     assert_eq!(mutating(&rig), after_first, "a fresh invocation on a new machine changed something");
     for (v, f) in second.volumes.iter().zip(&first.volumes) {
         assert_eq!(v.status, "fresh", "{v:#?}");

@@ -193,27 +193,54 @@ fn credentials_error(action: &str, err: &CredentialsError) -> CloudError {
         e.message = format!("{} (needed for {action})", e.message);
         return e;
     }
-    let kind = match err {
-        CredentialsError::ProviderTimedOut(_) => ErrorKind::Transport,
-        CredentialsError::InvalidConfiguration(_) | CredentialsError::CredentialsNotLoaded(_) => ErrorKind::Credentials,
+    // The chain's own words (each provider's answer, HTTP responses included) are for
+    // `-v`; the message says in one sentence what was tried and what to set.
+    tracing::debug!(action, chain = %DisplayErrorContext(err), "credential chain failed");
+    let (kind, why) = match err {
+        CredentialsError::ProviderTimedOut(_) => {
+            (ErrorKind::Transport, "the credential provider did not answer in time".to_owned())
+        }
+        CredentialsError::CredentialsNotLoaded(_) => (ErrorKind::Credentials, NO_CREDENTIALS.to_owned()),
         _ => {
             let text = DisplayErrorContext(err).to_string();
-            if text.contains("AccessDenied") || text.contains("is not authorized to perform") {
+            let kind = if text.contains("AccessDenied") || text.contains("is not authorized to perform") {
                 ErrorKind::AccessDenied
             } else {
                 ErrorKind::Other
-            }
+            };
+            (kind, readable_cause(err).unwrap_or_else(|| NO_CREDENTIALS.to_owned()))
         }
     };
     CloudError {
         kind,
         code: None,
-        message: format!(
-            "no usable AWS credentials for {action}: {}; check the profile, environment or role",
-            DisplayErrorContext(err)
-        ),
+        message: format!("no usable AWS credentials for {action}: {why}; {CREDENTIALS_HINT}"),
         request_id: None,
     }
+}
+
+/// What the standard chain tries, for a failure that names no single source.
+const NO_CREDENTIALS: &str = "none of the standard sources had any (environment variables, the shared config \
+     and credentials files, SSO, web identity, container and instance metadata)";
+
+/// What to set, for every credentials failure.
+const CREDENTIALS_HINT: &str = "set AWS_PROFILE (or `profile:` in the plan) to a configured profile, \
+     run `aws sso login` for an SSO profile, or in CI set AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE (OIDC); \
+     `-v` shows what each source answered";
+
+/// The deepest cause in the chain that reads as a sentence: not a Debug dump of a
+/// provider error or an HTTP response.
+fn readable_cause(err: &(dyn StdError + 'static)) -> Option<String> {
+    let mut best = None;
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        let text = e.to_string();
+        if !text.is_empty() && !text.contains('{') && text.len() <= 300 {
+            best = Some(text);
+        }
+        cur = e.source();
+    }
+    best
 }
 
 /// The first error of type `T` in `err` or its chain of sources.

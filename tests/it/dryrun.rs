@@ -1,0 +1,422 @@
+//! The dry-run against what a run really does: the step order it prints is the one
+//! the engine takes, and the IAM policies it prints allow every call the runner makes
+//! on each side, deletes and failure paths included (replayed from runs on the
+//! simulated AWS through a recording `Cloud`).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use serde_json::Value;
+use snapferry::checkpoint::{RunStatus, Store};
+use snapferry::cli::DryRun;
+use snapferry::cloud::sim::{SimCloud, seed_from_plan};
+use snapferry::cloud::{
+    Cloud, CloudResult, CopySnapshotReq, CreateSnapshotReq, CreateVolumeReq, DataKey, Identity, KeyInfo, Loc, Probe,
+    Side, Snapshot, Tags, Volume, WrappedKey,
+};
+use snapferry::engine::{self, Action, Ctx, Outcome, Route, Step, TimeoutsMs, VolumeRun, Which};
+use snapferry::exec::{Env, RunConfig, preflight, run};
+use snapferry::ids::{AccountId, KeyArn, KeyRef, RoleArn, SnapshotId, VolumeId};
+use snapferry::plan::{Plan, parse};
+use snapferry::policy::{IamRequest, identity_allows};
+use tokio::sync::watch;
+use zeroize::Zeroizing;
+
+/// Walks the engine through a volume's happy path and names the steps it acts at.
+fn walk(route: Route) -> Vec<Step> {
+    let source_key =
+        KeyArn::parse("arn:aws:kms:us-east-1:111111111111:key/1234abcd-12ab-34cd-56ef-1234567890ab").unwrap();
+    let ctx = Ctx {
+        cross_account: route.cross_account,
+        source_key: source_key.clone(),
+        create_volume: route.create_volume,
+        cleanup: route.cleanup,
+        timeouts_ms: TimeoutsMs { snapshot: 1, copy: 1, volume: 1 },
+    };
+    let first_key = if route.reencrypt { None } else { Some(source_key.to_string()) };
+    let mut v = VolumeRun::new(VolumeId::parse("vol-00000000000000001").unwrap());
+    let mut acted = vec![];
+    let mut n = 0u32;
+    while v.step != Step::Done {
+        assert!(v.step != Step::Failed && acted.len() < 20, "{v:?}");
+        let action = engine::next_action(&v, "run");
+        n += 1;
+        let snap = SnapshotId::parse(&format!("snap-{n:017x}")).unwrap();
+        let outcome = match &action {
+            Action::CreateSnapshot | Action::Reencrypt { .. } | Action::Copy { .. } => Outcome::SnapshotCreated(snap),
+            Action::Share { .. } => Outcome::Shared,
+            Action::CreateVolume { .. } => Outcome::VolumeCreated(VolumeId::parse(&format!("vol-{n:017x}")).unwrap()),
+            Action::Cleanup { .. } => Outcome::CleanedUp,
+            Action::PollSnapshot { which: Which::Source, .. } => {
+                Outcome::SnapshotCompleted { kms_key: first_key.clone() }
+            }
+            Action::PollSnapshot { .. } => Outcome::SnapshotCompleted { kms_key: Some(source_key.to_string()) },
+            Action::PollVolume { .. } => Outcome::VolumeAvailable,
+            other => panic!("unexpected action {other:?} at {:?}", v.step),
+        };
+        if action.is_mutating() {
+            acted.push(v.step);
+            v = engine::begin(&v, 0);
+        }
+        v = engine::apply(&v, &outcome, &ctx, 0).unwrap();
+    }
+    acted
+}
+
+#[test]
+fn planned_steps_are_the_steps_the_engine_takes() {
+    for bits in 0..16u8 {
+        let route = Route {
+            reencrypt: bits & 1 != 0,
+            cross_account: bits & 2 != 0,
+            create_volume: bits & 4 != 0,
+            cleanup: bits & 8 != 0,
+        };
+        assert_eq!(engine::planned_steps(route), walk(route), "{route:?}");
+    }
+}
+
+/// One IAM request a cloud call makes, on one side.
+#[derive(Debug, Clone)]
+struct Call {
+    side: Side,
+    request: IamRequest,
+}
+
+/// A `Cloud` that performs every call on the simulated AWS and writes down the IAM
+/// requests each one makes: the API action itself on each resource it authorizes,
+/// the tags on create, and the KMS calls EBS makes on the caller's behalf.
+struct Recorder {
+    inner: SimCloud,
+    source_account: AccountId,
+    target_account: AccountId,
+    role: Option<RoleArn>,
+    calls: Mutex<Vec<Call>>,
+}
+
+const PLAN_TAG: &str = "snapferry:plan";
+
+impl Recorder {
+    fn account(&self, side: Side) -> &AccountId {
+        match side {
+            Side::Source => &self.source_account,
+            Side::Target => &self.target_account,
+        }
+    }
+
+    fn note(&self, side: Side, action: &str, resource: &str, context: &[(&str, &str)]) {
+        let context = context.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let request = IamRequest { action: action.to_owned(), resource: resource.to_owned(), context };
+        self.calls.lock().unwrap().push(Call { side, request });
+    }
+
+    /// The KMS calls EBS makes with the caller's permissions when it encrypts or
+    /// decrypts under `key` (AWS KMS developer guide, "How Amazon EBS uses AWS KMS").
+    fn ebs_uses_key(&self, side: Side, key: &str) {
+        for action in ["kms:DescribeKey", "kms:GenerateDataKeyWithoutPlaintext", "kms:Decrypt", "kms:ReEncryptFrom"] {
+            self.note(side, action, key, &[]);
+        }
+        self.note(side, "kms:ReEncryptTo", key, &[]);
+        self.note(side, "kms:CreateGrant", key, &[("kms:GrantIsForAWSResource", "true")]);
+    }
+
+    fn snapshot_arn(loc: &Loc, id: &str) -> String {
+        format!("arn:aws:ec2:{}::snapshot/{id}", loc.region)
+    }
+
+    fn volume_arn(&self, loc: &Loc, id: &str) -> String {
+        format!("arn:aws:ec2:{}:{}:volume/{id}", loc.region, self.account(loc.side))
+    }
+
+    async fn snapshot(&self, loc: &Loc, id: &SnapshotId) -> Option<Snapshot> {
+        self.inner.describe_snapshots(loc, std::slice::from_ref(id)).await.ok()?.into_iter().next()
+    }
+
+    fn plan_tag(tags: &Tags) -> Vec<(&str, &str)> {
+        tags.get(PLAN_TAG).map(|p| vec![("aws:ResourceTag/snapferry:plan", p.as_str())]).unwrap_or_default()
+    }
+}
+
+#[async_trait]
+impl Cloud for Recorder {
+    async fn caller_identity(&self, side: Side) -> CloudResult<Identity> {
+        match (side, &self.role) {
+            // The target side's credentials come from AssumeRole with the caller's.
+            (Side::Target, Some(role)) => self.note(Side::Source, "sts:AssumeRole", role.as_str(), &[]),
+            // GetCallerIdentity needs no permission; the source policy allows it anyway.
+            _ => self.note(Side::Source, "sts:GetCallerIdentity", "*", &[]),
+        }
+        self.inner.caller_identity(side).await
+    }
+    async fn describe_key(&self, loc: &Loc, key: &KeyRef) -> CloudResult<KeyInfo> {
+        let info = self.inner.describe_key(loc, key).await?;
+        self.note(loc.side, "kms:DescribeKey", info.arn.as_str(), &[]);
+        Ok(info)
+    }
+    async fn get_key_policy(&self, loc: &Loc, key: &KeyArn) -> CloudResult<String> {
+        self.note(loc.side, "kms:GetKeyPolicy", key.as_str(), &[]);
+        self.inner.get_key_policy(loc, key).await
+    }
+    async fn put_key_policy(&self, loc: &Loc, key: &KeyArn, policy: &str) -> CloudResult<()> {
+        self.note(loc.side, "kms:PutKeyPolicy", key.as_str(), &[]);
+        self.inner.put_key_policy(loc, key, policy).await
+    }
+    async fn describe_volumes(&self, loc: &Loc, ids: &[VolumeId]) -> CloudResult<Vec<Volume>> {
+        self.note(loc.side, "ec2:DescribeVolumes", "*", &[]);
+        self.inner.describe_volumes(loc, ids).await
+    }
+    async fn find_volumes(&self, loc: &Loc, tags: &Tags) -> CloudResult<Vec<Volume>> {
+        self.note(loc.side, "ec2:DescribeVolumes", "*", &[]);
+        self.inner.find_volumes(loc, tags).await
+    }
+    async fn create_volume(&self, loc: &Loc, req: &CreateVolumeReq) -> CloudResult<VolumeId> {
+        let volume = self.volume_arn(loc, "*");
+        self.note(loc.side, "ec2:CreateVolume", &volume, &[]);
+        self.note(loc.side, "ec2:CreateVolume", &Self::snapshot_arn(loc, req.snapshot.as_str()), &[]);
+        self.note(loc.side, "ec2:CreateTags", &volume, &[("ec2:CreateAction", "CreateVolume")]);
+        self.ebs_uses_key(loc.side, req.kms_key.as_str());
+        self.inner.create_volume(loc, req).await
+    }
+    async fn delete_volume(&self, loc: &Loc, id: &VolumeId) -> CloudResult<()> {
+        let found = self.inner.describe_volumes(loc, std::slice::from_ref(id)).await?;
+        if let Some(v) = found.first() {
+            self.note(loc.side, "ec2:DeleteVolume", &self.volume_arn(loc, id.as_str()), &Self::plan_tag(&v.tags));
+        }
+        self.inner.delete_volume(loc, id).await
+    }
+    async fn create_snapshot(&self, loc: &Loc, req: &CreateSnapshotReq) -> CloudResult<Snapshot> {
+        let snapshots = Self::snapshot_arn(loc, "*");
+        self.note(loc.side, "ec2:CreateSnapshot", &self.volume_arn(loc, req.volume.as_str()), &[]);
+        self.note(loc.side, "ec2:CreateSnapshot", &snapshots, &[]);
+        self.note(loc.side, "ec2:CreateTags", &snapshots, &[("ec2:CreateAction", "CreateSnapshot")]);
+        self.inner.create_snapshot(loc, req).await
+    }
+    async fn copy_snapshot(&self, loc: &Loc, req: &CopySnapshotReq) -> CloudResult<SnapshotId> {
+        let from = Loc::new(Side::Source, &req.source_region);
+        let new = Self::snapshot_arn(loc, "*");
+        self.note(loc.side, "ec2:CopySnapshot", &Self::snapshot_arn(&from, req.source_snapshot.as_str()), &[]);
+        self.note(loc.side, "ec2:CopySnapshot", &new, &[]);
+        self.note(loc.side, "ec2:CreateTags", &new, &[("ec2:CreateAction", "CopySnapshot")]);
+        // EBS decrypts under the key the snapshot is under and encrypts under the new one.
+        if let Some(key) = self.snapshot(&from, &req.source_snapshot).await.and_then(|s| s.kms_key_id) {
+            self.ebs_uses_key(loc.side, &key);
+        }
+        self.ebs_uses_key(loc.side, req.kms_key.as_str());
+        self.inner.copy_snapshot(loc, req).await
+    }
+    async fn describe_snapshots(&self, loc: &Loc, ids: &[SnapshotId]) -> CloudResult<Vec<Snapshot>> {
+        self.note(loc.side, "ec2:DescribeSnapshots", "*", &[]);
+        self.inner.describe_snapshots(loc, ids).await
+    }
+    async fn find_snapshots(&self, loc: &Loc, tags: &Tags) -> CloudResult<Vec<Snapshot>> {
+        self.note(loc.side, "ec2:DescribeSnapshots", "*", &[]);
+        self.inner.find_snapshots(loc, tags).await
+    }
+    async fn delete_snapshot(&self, loc: &Loc, id: &SnapshotId) -> CloudResult<()> {
+        if let Some(s) = self.snapshot(loc, id).await {
+            self.note(loc.side, "ec2:DeleteSnapshot", &Self::snapshot_arn(loc, id.as_str()), &Self::plan_tag(&s.tags));
+        }
+        self.inner.delete_snapshot(loc, id).await
+    }
+    async fn share_snapshot(&self, loc: &Loc, id: &SnapshotId, with: &AccountId) -> CloudResult<()> {
+        let tags = self.snapshot(loc, id).await.map(|s| s.tags).unwrap_or_default();
+        self.note(
+            loc.side,
+            "ec2:ModifySnapshotAttribute",
+            &Self::snapshot_arn(loc, id.as_str()),
+            &Self::plan_tag(&tags),
+        );
+        self.inner.share_snapshot(loc, id, with).await
+    }
+    async fn unshare_snapshot(&self, loc: &Loc, id: &SnapshotId, with: &AccountId) -> CloudResult<()> {
+        let tags = self.snapshot(loc, id).await.map(|s| s.tags).unwrap_or_default();
+        self.note(
+            loc.side,
+            "ec2:ModifySnapshotAttribute",
+            &Self::snapshot_arn(loc, id.as_str()),
+            &Self::plan_tag(&tags),
+        );
+        self.inner.unshare_snapshot(loc, id, with).await
+    }
+    async fn snapshot_shared_with(&self, loc: &Loc, id: &SnapshotId) -> CloudResult<Vec<AccountId>> {
+        self.note(loc.side, "ec2:DescribeSnapshotAttribute", &Self::snapshot_arn(loc, id.as_str()), &[]);
+        self.inner.snapshot_shared_with(loc, id).await
+    }
+    async fn dry_run(&self, loc: &Loc, probe: &Probe) -> CloudResult<()> {
+        let resource = match probe {
+            Probe::CreateSnapshot { volume } => self.volume_arn(loc, volume.as_str()),
+            Probe::CreateVolume { .. } => self.volume_arn(loc, "*"),
+        };
+        self.note(loc.side, probe.action(), &resource, &[]);
+        self.inner.dry_run(loc, probe).await
+    }
+    async fn generate_data_key(&self, loc: &Loc, key: &KeyRef) -> CloudResult<DataKey> {
+        self.note(loc.side, "kms:GenerateDataKey", key.as_str(), &[]);
+        self.inner.generate_data_key(loc, key).await
+    }
+    async fn generate_data_key_without_plaintext(&self, loc: &Loc, key: &KeyRef) -> CloudResult<WrappedKey> {
+        self.note(loc.side, "kms:GenerateDataKeyWithoutPlaintext", key.as_str(), &[]);
+        self.inner.generate_data_key_without_plaintext(loc, key).await
+    }
+    async fn decrypt(&self, loc: &Loc, ciphertext: &[u8]) -> CloudResult<(Zeroizing<Vec<u8>>, KeyArn)> {
+        let (plain, key) = self.inner.decrypt(loc, ciphertext).await?;
+        self.note(loc.side, "kms:Decrypt", key.as_str(), &[]);
+        Ok((plain, key))
+    }
+    async fn generate_random(&self, loc: &Loc, bytes: u32) -> CloudResult<Vec<u8>> {
+        self.note(loc.side, "kms:GenerateRandom", "*", &[]);
+        self.inner.generate_random(loc, bytes).await
+    }
+}
+
+const CROSS: &str = r#"
+version: 1
+name: iam-check
+source:
+  region: us-east-1
+  account: "111111111111"
+  kms_key: alias/share
+target:
+  region: eu-west-1
+  account: "222222222222"
+  role_arn: arn:aws:iam::222222222222:role/dr
+  external_id: x-1
+  kms_key: alias/dr
+  availability_zone: eu-west-1b
+volumes:
+  - id: vol-00000000000000001
+  - id: vol-00000000000000002
+  - id: vol-00000000000000003
+options:
+  keep: 1
+  cleanup: true
+"#;
+
+/// Runs `plan` on one simulated world until retention prunes older copies; with
+/// `key_failure`, the middle run's copies of one volume fail on their key, so the
+/// last run deletes the copy in error before it copies again. Returns what the
+/// dry-run prints for the plan and every request the runs made.
+async fn replay(plan: &Plan, key_failure: bool) -> (DryRun, Vec<Call>) {
+    let (world, sides) = seed_from_plan(plan, 1_800_000_000_000);
+    let sim = SimCloud::new(world, sides.clone());
+    let source_account = sides.source_account.clone();
+    let target_account = plan.target.account.clone().unwrap_or_else(|| source_account.clone());
+    let recorder = Arc::new(Recorder {
+        inner: sim.clone(),
+        source_account,
+        target_account,
+        role: sides.target_role.clone(),
+        calls: Mutex::new(vec![]),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let env = Env { cloud: recorder.clone(), clock: Arc::new(sim.clone()), store: Store::new(dir.path()) };
+    let cfg = RunConfig {
+        plan: plan.clone(),
+        plan_file: "plan.yaml".into(),
+        run_id: None,
+        simulated: true,
+        probe_permissions: true,
+        progress: None,
+    };
+
+    // What the dry-run prints, from the same world before anything changed.
+    let resolved = preflight(plan, &sim, &sim, false).await.unwrap();
+    let loc = Loc::new(Side::Source, &plan.source.region);
+    let policy = sim.get_key_policy(&loc, &resolved.source_key.arn).await.unwrap();
+    let printed = DryRun::new(plan, Some(&resolved), &[], Some(&policy), false);
+
+    let (_tx, rx) = watch::channel(false);
+    let first = run(cfg.clone(), env.clone(), rx.clone()).await.unwrap();
+    assert_eq!(first.status, RunStatus::Succeeded, "{first:#?}");
+    if key_failure {
+        let snapferry::plan::Pick::Id(failing) = plan.volumes[1].pick.clone() else { unreachable!() };
+        sim.with_world(|w| w.faults.key_inaccessible_for = Some(failing));
+        let second = run(cfg.clone(), env.clone(), rx.clone()).await.unwrap();
+        assert_eq!(second.status, RunStatus::Failed, "{second:#?}");
+        sim.with_world(|w| w.faults.key_inaccessible_for = None);
+    }
+    let third = run(cfg, env, rx).await.unwrap();
+    assert_eq!(third.status, RunStatus::Succeeded, "{third:#?}");
+    if plan.options.keep.is_some() {
+        assert!(third.retention.is_some_and(|p| !p.snapshots.is_empty()), "retention pruned older copies");
+    }
+    let calls = recorder.calls.lock().unwrap().clone();
+    (printed, calls)
+}
+
+/// Every request the policy of its side does not allow.
+fn refused(printed: &DryRun, calls: &[Call], cross_account: bool) -> Vec<String> {
+    let allowed = |doc: &Value, r: &IamRequest| identity_allows(doc, r);
+    let mut out: Vec<String> = calls
+        .iter()
+        .filter(|c| match (c.side, cross_account) {
+            (Side::Source, _) => !allowed(&printed.iam.source_caller, &c.request),
+            (Side::Target, true) => !allowed(&printed.iam.target_role, &c.request),
+            // One account: the caller holds both documents.
+            (Side::Target, false) => {
+                !allowed(&printed.iam.source_caller, &c.request) && !allowed(&printed.iam.target_role, &c.request)
+            }
+        })
+        .map(|c| format!("{} {} on {} {:?}", c.side, c.request.action, c.request.resource, c.request.context))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn actions_on(calls: &[Call], side: Side) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for c in calls.iter().filter(|c| c.side == side) {
+        *m.entry(c.request.action.clone()).or_default() += 1;
+    }
+    m
+}
+
+#[tokio::test]
+async fn printed_policies_allow_every_call_of_a_cross_account_run() {
+    let plan = parse("plan.yaml", CROSS).unwrap();
+    let (printed, calls) = replay(&plan, true).await;
+    let target = actions_on(&calls, Side::Target);
+    // The replay reaches the deletes on the target side, not only the happy path.
+    for action in ["ec2:CopySnapshot", "ec2:CreateVolume", "ec2:DeleteSnapshot", "ec2:DeleteVolume", "kms:CreateGrant"]
+    {
+        assert!(target.contains_key(action), "{action} on the target side: {target:?}");
+    }
+    let source = actions_on(&calls, Side::Source);
+    for action in ["ec2:CreateSnapshot", "ec2:CopySnapshot", "ec2:ModifySnapshotAttribute", "kms:PutKeyPolicy"] {
+        assert!(source.contains_key(action), "{action} on the source side: {source:?}");
+    }
+    let refused = refused(&printed, &calls, true);
+    assert!(refused.is_empty(), "calls the printed policies do not allow:\n{}", refused.join("\n"));
+    // And the documents are not simply `*`: a delete of something another plan made
+    // is refused.
+    let foreign = IamRequest {
+        action: "ec2:DeleteSnapshot".into(),
+        resource: "arn:aws:ec2:eu-west-1::snapshot/snap-0123456789abcdef0".into(),
+        context: [("aws:ResourceTag/snapferry:plan".to_owned(), "another-plan".to_owned())].into(),
+    };
+    assert!(!identity_allows(&printed.iam.target_role, &foreign));
+}
+
+#[tokio::test]
+async fn without_retention_the_target_role_may_still_delete_a_copy_in_error() {
+    let plan = parse("plan.yaml", &CROSS.replace("  keep: 1\n", "")).unwrap();
+    assert!(plan.options.keep.is_none());
+    let (printed, calls) = replay(&plan, true).await;
+    assert!(actions_on(&calls, Side::Target).contains_key("ec2:DeleteSnapshot"), "the copy in error is deleted");
+    let refused = refused(&printed, &calls, true);
+    assert!(refused.is_empty(), "calls the printed policies do not allow:\n{}", refused.join("\n"));
+}
+
+#[tokio::test]
+async fn printed_policies_allow_every_call_of_a_same_account_run() {
+    let text = CROSS
+        .replace("  account: \"222222222222\"\n  role_arn: arn:aws:iam::222222222222:role/dr\n  external_id: x-1\n", "")
+        .replace("name: iam-check", "name: iam-check-same");
+    let plan = parse("plan.yaml", &text).unwrap();
+    let (printed, calls) = replay(&plan, false).await;
+    assert!(actions_on(&calls, Side::Target).contains_key("ec2:DeleteSnapshot"));
+    let refused = refused(&printed, &calls, false);
+    assert!(refused.is_empty(), "calls the printed policies do not allow:\n{}", refused.join("\n"));
+}
