@@ -83,6 +83,10 @@ pub struct RunMeta {
     /// The role assumed in the target account, for a cross-account run.
     #[serde(default)]
     pub target_role_arn: Option<String>,
+    /// The external id passed when assuming it (an identifier, not a secret, in AWS's
+    /// words), so `cleanup` can assume the role without the plan.
+    #[serde(default)]
+    pub target_external_id: Option<String>,
     pub grant: Option<GrantRecord>,
     /// True once the run has been simulated rather than run against AWS.
     #[serde(default)]
@@ -379,6 +383,7 @@ mod tests {
                 source_key_arn: None,
                 target_key_arn: None,
                 target_role_arn: None,
+                target_external_id: None,
                 grant: None,
                 simulated: true,
                 cleaned_up: false,

@@ -186,7 +186,10 @@ async fn cleanup(run_id: &str, plan_path: Option<&Path>, common: &Common) -> Res
         source_region,
         source_profile: plan.as_ref().and_then(|p| p.source.profile.clone()),
         target_role,
-        external_id: plan.as_ref().and_then(|p| p.target.external_id.clone()),
+        external_id: plan
+            .as_ref()
+            .and_then(|p| p.target.external_id.clone())
+            .or_else(|| record.as_ref().and_then(|r| r.meta.target_external_id.clone())),
         session_name: session_name(run_id),
         seed: None,
     })

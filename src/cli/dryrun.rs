@@ -110,6 +110,23 @@ pub struct DryRun {
     pub key_policy: KeyPolicyChange,
     pub iam: IamPolicies,
     pub problems: Vec<Problem>,
+    /// Per resolved volume: whether the next copy is expected full or incremental, and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub copy_kinds: Vec<CopyKind>,
+    /// What the plan's schedule options imply (recurring, time-based copies, kept sources).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub schedule: Vec<String>,
+}
+
+/// The kind of copy a volume's next copy is expected to be (EBS User Guide, "Copy an
+/// Amazon EBS snapshot", incremental copies).
+#[derive(Debug, Clone, Serialize)]
+pub struct CopyKind {
+    pub source_volume: String,
+    pub size_gib: i32,
+    /// `full`, or `incremental` when AWS's conditions hold.
+    pub expected: &'static str,
+    pub why: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -196,6 +213,62 @@ pub struct IamPolicies {
 pub struct Problem {
     pub resource: String,
     pub message: String,
+}
+
+/// The expected kind of each resolved volume's next copy into the target.
+fn copy_kinds(r: &Resolved, source_key: &str) -> Vec<CopyKind> {
+    r.volumes
+        .iter()
+        .map(|sv| {
+            let under_source = sv.volume.kms_key_id.as_deref() == Some(source_key);
+            let (expected, why) = if under_source {
+                (
+                    "incremental",
+                    "full the first time; incremental while this plan's newest copy of it still exists in the \
+                     target under the same key (deleting that copy, or changing target.kms_key, makes the next \
+                     one full)"
+                        .to_owned(),
+                )
+            } else {
+                let key = if sv.volume.encrypted { "under another key (aws/ebs or another)" } else { "unencrypted" };
+                (
+                    "full",
+                    format!(
+                        "the volume is {key}: each snapshot is re-encrypted under source.kms_key, a full copy every \
+                         time ({} GiB); move the volume to the customer managed key to make later copies incremental",
+                        sv.volume.size_gib
+                    ),
+                )
+            };
+            CopyKind { source_volume: sv.volume.id.to_string(), size_gib: sv.volume.size_gib, expected, why }
+        })
+        .collect()
+}
+
+/// What `every`, `copy_within` and `keep_source` mean for this plan.
+fn schedule_notes(plan: &Plan) -> Vec<String> {
+    let o = &plan.options;
+    let mut notes = vec![];
+    if let Some(every) = o.every {
+        notes.push(format!(
+            "every {}s: each invocation copies a volume again when its newest successful copy began at least {}s ago (90%), and reports the others fresh",
+            every.as_secs(),
+            every.as_secs() * 9 / 10
+        ));
+    }
+    if let Some(c) = o.copy_within {
+        notes.push(format!(
+            "copy_within {} minutes: time-based copies (CopySnapshot CompletionDurationMinutes); AWS bills them per GiB copied at a rate set by the duration chosen (shorter costs more), on top of snapshot storage; each copy runs at up to 500 MiB/s and concurrent time-based copies share 2,000 MiB/s per source-destination region pair (EBS User Guide, time-based copies)",
+            c.minutes()
+        ));
+    }
+    if o.keep_source > 0 {
+        notes.push(format!(
+            "keep_source {}: the newest {} source-side snapshots per volume are kept (unshared) after cleanup; whether AWS needs them for incremental copies is not documented",
+            o.keep_source, o.keep_source
+        ));
+    }
+    notes
 }
 
 impl DryRun {
@@ -337,6 +410,8 @@ impl DryRun {
                 .iter()
                 .map(|p| Problem { resource: p.resource.clone(), message: p.message.clone() })
                 .collect(),
+            copy_kinds: resolved.map(|r| copy_kinds(r, &source_key)).unwrap_or_default(),
+            schedule: schedule_notes(plan),
         }
     }
 
@@ -389,6 +464,18 @@ impl DryRun {
         let _ = writeln!(s, "\n== IAM policy for the target role\n{}", pretty(&self.iam.target_role));
         if let Some(trust) = &self.iam.target_role_trust {
             let _ = writeln!(s, "\n== trust policy of the target role\n{}", pretty(trust));
+        }
+        if !self.copy_kinds.is_empty() {
+            let _ = writeln!(s, "\n== next copy per volume");
+            for c in &self.copy_kinds {
+                let _ = writeln!(s, "  {} ({} GiB): {}: {}", c.source_volume, c.size_gib, c.expected, c.why);
+            }
+        }
+        if !self.schedule.is_empty() {
+            let _ = writeln!(s, "\n== schedule");
+            for n in &self.schedule {
+                let _ = writeln!(s, "  {n}");
+            }
         }
         if !self.problems.is_empty() {
             let _ = writeln!(s, "\n== problems the run would stop on");

@@ -247,6 +247,8 @@ pub struct Ctx {
     pub source_key: KeyArn,
     pub create_volume: bool,
     pub cleanup: bool,
+    /// `options.keep_source > 0`: cleanup keeps the shared snapshot.
+    pub keep_source: bool,
     pub timeouts_ms: TimeoutsMs,
 }
 
@@ -305,8 +307,10 @@ pub enum Action {
         id: VolumeId,
     },
     /// Delete the intermediate source-side snapshots (deleting also ends the share).
+    /// With `keep_source`, the shared snapshot is kept, no longer shared.
     Cleanup {
         delete: Vec<SnapshotId>,
+        keep: Option<SnapshotId>,
     },
     /// Terminal: nothing to do.
     Nothing,
@@ -432,8 +436,21 @@ pub fn next_action(v: &VolumeRun, run_id: &str) -> Action {
             Some(id) => Action::PollVolume { id: id.clone() },
             None => Action::Nothing,
         },
-        Step::Cleanup => Action::Cleanup { delete: v.intermediates() },
+        Step::Cleanup => Action::Cleanup { delete: v.intermediates(), keep: None },
         Step::Done | Step::Failed => Action::Nothing,
+    }
+}
+
+/// [`next_action`] under the run's options: with `keep_source`, cleanup keeps the
+/// shared snapshot (the one the copy was made from) and deletes only the others.
+pub fn next_action_in(v: &VolumeRun, run_id: &str, ctx: &Ctx) -> Action {
+    match next_action(v, run_id) {
+        Action::Cleanup { delete, .. } if ctx.keep_source => {
+            let keep = v.shared_snapshot().cloned();
+            let delete = delete.into_iter().filter(|s| Some(s) != keep.as_ref()).collect();
+            Action::Cleanup { delete, keep }
+        }
+        a => a,
     }
 }
 

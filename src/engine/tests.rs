@@ -20,8 +20,23 @@ fn ctx(cross: bool, create_volume: bool, cleanup: bool) -> Ctx {
         source_key: KeyArn::parse(SOURCE_KEY).unwrap(),
         create_volume,
         cleanup,
+        keep_source: false,
         timeouts_ms: TimeoutsMs { snapshot: 1000, copy: 2000, volume: 500 },
     }
+}
+
+#[test]
+fn keep_source_keeps_the_shared_snapshot_and_deletes_the_rest() {
+    let mut c = ctx(true, true, true);
+    let mut v = VolumeRun::new(vol(1));
+    v.step = Step::Cleanup;
+    v.source_snapshot = Some(snap(1));
+    v.reencrypted_snapshot = Some(snap(2));
+    assert_eq!(next_action_in(&v, "r", &c), Action::Cleanup { delete: vec![snap(1), snap(2)], keep: None });
+    c.keep_source = true;
+    assert_eq!(next_action_in(&v, "r", &c), Action::Cleanup { delete: vec![snap(1)], keep: Some(snap(2)) });
+    v.reencrypted_snapshot = None;
+    assert_eq!(next_action_in(&v, "r", &c), Action::Cleanup { delete: vec![], keep: Some(snap(1)) });
 }
 
 /// Drives a volume with the given outcomes, returning every step it passed through.
@@ -389,7 +404,7 @@ fn a_vanished_resource_is_made_again() {
 fn only_calls_that_change_aws_are_mutating() {
     assert!(Action::CreateSnapshot.is_mutating());
     assert!(Action::Copy { from: snap(1) }.is_mutating());
-    assert!(Action::Cleanup { delete: vec![] }.is_mutating());
+    assert!(Action::Cleanup { delete: vec![], keep: None }.is_mutating());
     assert!(!Action::LookUpVolume.is_mutating());
     assert!(!Action::PollSnapshot { which: Which::Source, id: snap(1) }.is_mutating());
     assert!(!Action::Nothing.is_mutating());

@@ -207,9 +207,16 @@ pub async fn perform(
                 Some(x) => Ok(Outcome::VolumeCreated(x.id.clone())),
             }
         }
-        Action::Cleanup { delete } => {
+        Action::Cleanup { delete, keep } => {
             for id in delete {
                 delete_snapshot_quietly(cloud, &ctx.src(), id).await?;
+            }
+            // A snapshot kept for `keep_source` is no longer shared.
+            if let (Some(id), Some(account)) = (keep, &ctx.target_account) {
+                match cloud.unshare_snapshot(&ctx.src(), id, account).await {
+                    Err(e) if e.kind == ErrorKind::NotFound => {}
+                    other => other?,
+                }
             }
             Ok(Outcome::CleanedUp)
         }

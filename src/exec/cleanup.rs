@@ -336,6 +336,7 @@ async fn from_tags(
             source_key_arn: source_key,
             target_key_arn: None,
             target_role_arn: plan.target.role_arn.as_ref().map(|r| r.to_string()),
+            target_external_id: plan.target.external_id.clone(),
             grant: None,
             simulated: false,
             cleaned_up: false,

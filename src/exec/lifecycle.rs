@@ -110,6 +110,7 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
     record.meta.target_key_arn = Some(resolved.target_key.arn.to_string());
     record.meta.target_role_arn =
         plan.target.role_arn.as_ref().filter(|_| resolved.cross_account).map(|r| r.to_string());
+    record.meta.target_external_id = plan.target.external_id.clone().filter(|_| resolved.cross_account);
     // Volumes the plan picks now and the run does not have yet join it.
     for id in resolved.volumes.iter().map(|sv| &sv.volume.id).chain(&resolved.missing) {
         if !record.volumes.iter().any(|v| &v.source_volume == id) {
@@ -201,15 +202,50 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
         return Err(RunError::Credentials { run_id: record.meta.run_id.clone(), source: e });
     }
     let mut report = RunReport::from_record(&record);
+    // Retention once the invocation ended with its volumes settled: per volume whose
+    // copy finished (a failing volume keeps all its copies), never after a round that
+    // made nothing.
     let made_something = record.volumes.iter().any(|v| !v.fresh);
-    if let (true, true, Ended::Finished, Some(keep)) = (all_done, made_something, &ended, plan.options.keep) {
-        match super::retention::prune(cloud.as_ref(), clock.as_ref(), &dst, plan.name.as_str(), keep, &record.volumes)
+    if let (true, Ended::Finished) = (made_something, &ended) {
+        if let Some(keep) = plan.options.keep {
+            match super::retention::prune(
+                cloud.as_ref(),
+                clock.as_ref(),
+                &dst,
+                plan.name.as_str(),
+                keep,
+                &record.volumes,
+            )
             .await
-        {
-            Ok(p) => report.retention = Some(p),
-            Err(e) => {
-                tracing::warn!(error = %e, "retention failed; the copies of this run are complete, older ones were not pruned");
-                report.retention_error = Some(format!("retention in {}: {e}", plan.target.region));
+            {
+                Ok(p) => report.retention = Some(p),
+                Err(e) => {
+                    tracing::warn!(error = %e, "retention failed; the copies of this run are complete, older ones were not pruned");
+                    report.retention_error = Some(format!("retention in {}: {e}", plan.target.region));
+                }
+            }
+        }
+        if plan.options.cleanup && plan.options.keep_source > 0 {
+            let kept = plan.options.keep_source;
+            match super::retention::prune_source(
+                cloud.as_ref(),
+                clock.as_ref(),
+                &src,
+                plan.name.as_str(),
+                kept,
+                &record.volumes,
+            )
+            .await
+            {
+                Ok(deleted) => {
+                    if !deleted.is_empty() {
+                        report.retention.get_or_insert_with(Default::default).source_snapshots = deleted;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "source retention failed; older source snapshots were not pruned");
+                    report.retention_error = Some(format!("source retention in {}: {e}", plan.source.region));
+                }
             }
         }
     }
@@ -320,6 +356,7 @@ fn new_record(cfg: &RunConfig, run_id: String, created_ms: i64, volumes: Vec<Vol
             source_key_arn: None,
             target_key_arn: None,
             target_role_arn: None,
+            target_external_id: None,
             grant: None,
             simulated: cfg.simulated,
             cleaned_up: false,

@@ -3,7 +3,13 @@
 //!
 //! Only resources carrying this plan's `snapferry:plan` tag are considered, found with
 //! one listing per kind for the whole plan. The copy and volume the current run made
-//! are never deleted, whatever their age; volumes in use are left with a warning.
+//! (or found fresh) are never deleted, whatever their age, and a volume whose copy in
+//! this run did not finish is not pruned at all: its newest copy is kept until a
+//! successor completed (the next copy is incremental only while it exists). Volumes in
+//! use are left with a warning.
+//!
+//! `options.keep_source: N` does the same on the source side: per source volume, the
+//! newest N snapshots the cleanup step kept, older ones deleted.
 
 use std::collections::BTreeMap;
 
@@ -11,7 +17,7 @@ use serde::Serialize;
 
 use crate::clock::Clock;
 use crate::cloud::{Cloud, CloudError, ErrorKind, Loc, Tags, VolumeState};
-use crate::engine::VolumeRun;
+use crate::engine::{Step, VolumeRun};
 
 use super::act::{TAG_PLAN, TAG_SOURCE_VOLUME, TAG_STEP, delete_snapshot_quietly};
 use super::retry::retrying;
@@ -23,6 +29,9 @@ pub struct Pruned {
     pub volumes: Vec<String>,
     /// Volumes over the limit that are attached, left alone.
     pub in_use: Vec<String>,
+    /// Source-side snapshots past `keep_source`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub source_snapshots: Vec<String>,
 }
 
 fn by_source<T>(items: Vec<T>, tags: impl Fn(&T) -> &Tags) -> BTreeMap<String, Vec<T>> {
@@ -46,6 +55,8 @@ pub async fn prune(
 ) -> Result<Pruned, CloudError> {
     let keep = keep.max(1) as usize;
     let mut out = Pruned::default();
+    let unfinished: Vec<String> =
+        this_run.iter().filter(|v| v.step != Step::Done).map(|v| v.source_volume.to_string()).collect();
     let protected_snaps: Vec<String> =
         this_run.iter().filter_map(|v| v.target_snapshot.as_ref().map(|s| s.to_string())).collect();
     let protected_vols: Vec<String> =
@@ -55,7 +66,10 @@ pub async fn prune(
         |step: &str| Tags::from([(TAG_PLAN.to_owned(), plan.to_owned()), (TAG_STEP.to_owned(), step.to_owned())]);
     let copy_tags = tags("copy");
     let snaps = retrying(clock, || cloud.find_snapshots(dst, &copy_tags)).await?;
-    for (_, mut list) in by_source(snaps, |s| &s.tags) {
+    for (source, mut list) in by_source(snaps, |s| &s.tags) {
+        if unfinished.contains(&source) {
+            continue;
+        }
         // Newest first; the ones past `keep` go.
         list.sort_by_key(|s| std::cmp::Reverse((s.start_time_ms.unwrap_or(0), s.id.clone())));
         for s in list.into_iter().skip(keep) {
@@ -69,7 +83,10 @@ pub async fn prune(
 
     let volume_tags = tags("volume");
     let vols = retrying(clock, || cloud.find_volumes(dst, &volume_tags)).await?;
-    for (_, mut list) in by_source(vols, |v| &v.tags) {
+    for (source, mut list) in by_source(vols, |v| &v.tags) {
+        if unfinished.contains(&source) {
+            continue;
+        }
         list.sort_by_key(|v| std::cmp::Reverse((v.create_time_ms.unwrap_or(0), v.id.clone())));
         for v in list.into_iter().skip(keep) {
             if protected_vols.contains(&v.id.to_string()) {
@@ -100,4 +117,47 @@ pub async fn prune(
         );
     }
     Ok(out)
+}
+
+/// `options.keep_source`: per source volume whose copy finished in this run, keeps the
+/// newest `keep` source-side snapshots of this plan and deletes older ones. Snapshots
+/// this run still needs are never touched.
+pub async fn prune_source(
+    cloud: &dyn Cloud,
+    clock: &dyn Clock,
+    src: &Loc,
+    plan: &str,
+    keep: u32,
+    this_run: &[VolumeRun],
+) -> Result<Vec<String>, CloudError> {
+    let keep = keep.max(1) as usize;
+    let done: Vec<String> =
+        this_run.iter().filter(|v| v.step == Step::Done).map(|v| v.source_volume.to_string()).collect();
+    let needed: Vec<String> = this_run
+        .iter()
+        .filter(|v| v.step != Step::Done)
+        .flat_map(|v| v.intermediates())
+        .map(|s| s.to_string())
+        .collect();
+    let tags = Tags::from([(TAG_PLAN.to_owned(), plan.to_owned())]);
+    let snaps = retrying(clock, || cloud.find_snapshots(src, &tags)).await?;
+    let snaps: Vec<_> = snaps
+        .into_iter()
+        .filter(|s| matches!(s.tags.get(TAG_STEP).map(String::as_str), Some("snapshot" | "reencrypt")))
+        .collect();
+    let mut deleted = vec![];
+    for (source, mut list) in by_source(snaps, |s| &s.tags) {
+        if !done.contains(&source) {
+            continue;
+        }
+        list.sort_by_key(|s| std::cmp::Reverse((s.start_time_ms.unwrap_or(0), s.id.clone())));
+        for s in list.into_iter().skip(keep) {
+            if needed.contains(&s.id.to_string()) {
+                continue;
+            }
+            retrying(clock, || delete_snapshot_quietly(cloud, src, &s.id)).await?;
+            deleted.push(s.id.to_string());
+        }
+    }
+    Ok(deleted)
 }

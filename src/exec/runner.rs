@@ -146,6 +146,7 @@ impl Runner {
                 source_key: resolved.source_key.arn.clone(),
                 create_volume: plan.options.create_volume,
                 cleanup: plan.options.cleanup,
+                keep_source: plan.options.keep_source > 0,
                 timeouts_ms: TimeoutsMs {
                     snapshot: plan.options.timeouts.snapshot.as_millis() as i64,
                     copy: plan.options.timeouts.copy.as_millis() as i64,
@@ -366,7 +367,7 @@ impl Runner {
             {
                 continue;
             }
-            let action = engine::next_action(v, &self.actx.run_id);
+            let action = engine::next_action_in(v, &self.actx.run_id, &self.ctx);
             let due = self.sched[i].next_poll_ms <= now;
             match action {
                 Action::Nothing => {
@@ -560,7 +561,7 @@ fn explain(v: &VolumeRun, action: &Action, e: &CloudError, actx: &ActCtx) -> (St
             format!("CopySnapshot of {from} into {} under target key {}", actx.target_region, actx.target_key)
         }
         Action::CreateVolume { snapshot, .. } => format!("CreateVolume from {snapshot} in {}", actx.availability_zone),
-        Action::Cleanup { delete } => format!("deleting intermediate snapshots {delete:?}"),
+        Action::Cleanup { delete, .. } => format!("deleting intermediate snapshots {delete:?}"),
         other => format!("{other:?}"),
     };
     let hint = match e.kind {

@@ -148,6 +148,7 @@ mod tests {
                 .unwrap(),
             create_volume: true,
             cleanup: true,
+            keep_source: false,
             timeouts_ms: TimeoutsMs { snapshot: 1_000, copy: 100_000, volume: 500 },
         }
     }

@@ -244,3 +244,31 @@ fn metrics_file_reports_freshness_per_volume() {
     }
     assert!(text.contains("# TYPE snapferry_last_duration_seconds gauge"));
 }
+
+#[test]
+fn dry_run_says_which_copies_are_full_and_what_the_schedule_implies() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(root("plans/example.yaml")).unwrap();
+    let text = text.replace("options:\n", "options:\n  every: 24h\n  copy_within: 2h\n  keep_source: 1\n");
+    let plan = dir.path().join("recurring.yaml");
+    std::fs::write(&plan, text).unwrap();
+    let o = run(&["run", plan.to_str().unwrap(), "--dry-run", "--simulate", "--format", "json"], dir.path());
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let d = json(&o);
+    let kinds = d["copy_kinds"].as_array().expect("copy_kinds");
+    assert!(!kinds.is_empty());
+    for k in kinds {
+        let why = k["why"].as_str().unwrap();
+        match k["expected"].as_str().unwrap() {
+            "full" => assert!(why.contains("re-encrypted") && why.contains("GiB"), "{k:#}"),
+            "incremental" => assert!(why.contains("full the first time"), "{k:#}"),
+            other => panic!("unexpected kind {other}"),
+        }
+    }
+    let schedule: Vec<&str> = d["schedule"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
+    assert_eq!(schedule.len(), 3, "{schedule:#?}");
+    assert!(schedule[1].contains("120 minutes") && schedule[1].contains("per GiB"), "{schedule:#?}");
+    let o = run(&["run", plan.to_str().unwrap(), "--dry-run", "--simulate"], dir.path());
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(text.contains("== next copy per volume") && text.contains("== schedule"), "{text}");
+}

@@ -32,6 +32,7 @@ fn walk(route: Route) -> Vec<Step> {
         source_key: source_key.clone(),
         create_volume: route.create_volume,
         cleanup: route.cleanup,
+        keep_source: false,
         timeouts_ms: TimeoutsMs { snapshot: 1, copy: 1, volume: 1 },
     };
     let first_key = if route.reencrypt { None } else { Some(source_key.to_string()) };

@@ -795,3 +795,24 @@ async fn freshness_comes_from_tags_when_the_state_dir_is_gone() {
 async fn crash_at_every_call_of_a_recurring_plan() {
     crash_at_every_call(&recurring_plan(), 3, true).await;
 }
+
+/// `keep_source: 1` with `cleanup: true`: per volume the newest shared snapshot stays
+/// (no longer shared), older ones go; `keep: 2` keeps two copies per volume. A round
+/// with a failing volume prunes only the others.
+#[tokio::test]
+async fn keep_source_and_keep_prune_per_volume_across_rounds() {
+    let text = format!("{CROSS}  every: 24h\n  keep: 2\n  keep_source: 1\n");
+    let rig = Rig::new(plan(&text));
+    for round in 1..=3 {
+        let r = rig.run().await.unwrap();
+        assert_all_succeeded(&r);
+        let kept = rig.made("snapshot") + rig.made("reencrypt");
+        assert_eq!(kept, 3, "round {round}: one source snapshot per volume");
+        assert_eq!(rig.made("copy"), 3 * round.min(2), "round {round}");
+        rig.sim.with_world(|w| {
+            let shared = w.snapshots.values().filter(|s| !s.shared_with.is_empty()).count();
+            assert_eq!(shared, 0, "round {round}: kept snapshots stay private");
+            w.now_ms += 24 * 3_600_000;
+        });
+    }
+}
