@@ -257,6 +257,55 @@ pub fn write_metrics(path: &Path, plan: &Plan, runs: &[RunRecord]) -> std::io::R
     for (v, (_, _, ok)) in &latest {
         let _ = writeln!(s, "snapferry_last_success{{plan=\"{p}\",volume=\"{v}\"}} {}", u8::from(*ok));
     }
+    if let Some(every) = plan.options.every {
+        // Recurring plans: how old each volume's newest good copy is (from when it
+        // began, as `every` counts), whether that is older than `every`, and since when
+        // a volume has been failing.
+        let every_ms = every.as_millis() as i64;
+        let now = crate::clock::Clock::now_ms(&crate::clock::WallClock);
+        let mut newest: BTreeMap<String, i64> = BTreeMap::new();
+        let mut failing: BTreeMap<String, i64> = BTreeMap::new();
+        if let Some(r) = runs.iter().filter(|r| r.meta.plan == p).max_by_key(|r| r.meta.created_ms) {
+            for v in &r.volumes {
+                if let Some(since) = v.failing_since_ms.filter(|_| v.step == Step::Failed) {
+                    failing.insert(v.source_volume.to_string(), since);
+                }
+            }
+        }
+        for r in runs.iter().filter(|r| r.meta.plan == p) {
+            for v in r.volumes.iter().filter(|v| v.step == Step::Done) {
+                if let Some(start) = v.started_ms {
+                    let e = newest.entry(v.source_volume.to_string()).or_insert(start);
+                    *e = (*e).max(start);
+                }
+            }
+        }
+        let _ =
+            writeln!(s, "# HELP snapferry_copy_age_seconds Age of the volume's newest good copy, from when it began.");
+        let _ = writeln!(s, "# TYPE snapferry_copy_age_seconds gauge");
+        for (v, start) in &newest {
+            let _ = writeln!(
+                s,
+                "snapferry_copy_age_seconds{{plan=\"{p}\",volume=\"{v}\"}} {}",
+                (now - start).max(0) / 1000
+            );
+        }
+        let _ =
+            writeln!(s, "# HELP snapferry_stale Whether the volume's newest good copy is older than options.every.");
+        let _ = writeln!(s, "# TYPE snapferry_stale gauge");
+        for (v, start) in &newest {
+            let _ = writeln!(s, "snapferry_stale{{plan=\"{p}\",volume=\"{v}\"}} {}", u8::from(now - start > every_ms));
+        }
+        let _ = writeln!(s, "# HELP snapferry_failing_since_timestamp_seconds Since when the volume has been failing.");
+        let _ = writeln!(s, "# TYPE snapferry_failing_since_timestamp_seconds gauge");
+        for (v, since) in &failing {
+            let _ = writeln!(
+                s,
+                "snapferry_failing_since_timestamp_seconds{{plan=\"{p}\",volume=\"{v}\"}} {}",
+                since / 1000
+            );
+        }
+    }
     let tmp = path.with_extension("prom.tmp");
     std::fs::write(&tmp, s)?;
     std::fs::rename(tmp, path)

@@ -143,6 +143,10 @@ pub struct VolumeRun {
     /// A recurring plan left this volume alone: its newest copy (`started_ms`) is recent.
     #[serde(default)]
     pub fresh: bool,
+    /// Since when this volume has failed, across revives and invocations; cleared when
+    /// it succeeds.
+    #[serde(default)]
+    pub failing_since_ms: Option<i64>,
 }
 
 impl VolumeRun {
@@ -165,6 +169,7 @@ impl VolumeRun {
             failure: None,
             chain: None,
             fresh: false,
+            failing_since_ms: None,
         }
     }
 
@@ -523,6 +528,7 @@ pub fn apply(v: &VolumeRun, outcome: &Outcome, ctx: &Ctx, now_ms: i64) -> Result
         n.failure = Some(Failure { step: n.step, kind, message, hint });
         n.step = Step::Failed;
         n.finished_ms = Some(now_ms);
+        n.failing_since_ms.get_or_insert(now_ms);
         n
     };
     let start_wait = |mut n: VolumeRun, step: Step| {

@@ -157,6 +157,7 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
             });
             v.step = Step::Failed;
             v.finished_ms = Some(now);
+            v.failing_since_ms.get_or_insert(now);
             journal.volume(i, &record.volumes[i])?;
         }
     }

@@ -180,7 +180,10 @@ impl Runner {
         (self.rng >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    fn set(&mut self, index: usize, next: VolumeRun) -> Result<(), RunError> {
+    fn set(&mut self, index: usize, mut next: VolumeRun) -> Result<(), RunError> {
+        if next.step == Step::Done {
+            next.failing_since_ms = None;
+        }
         if next != self.record.volumes[index] {
             let before = self.record.volumes[index].step;
             if before != next.step {

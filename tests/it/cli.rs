@@ -272,3 +272,33 @@ fn dry_run_says_which_copies_are_full_and_what_the_schedule_implies() {
     let text = String::from_utf8(o.stdout).unwrap();
     assert!(text.contains("== next copy per volume") && text.contains("== schedule"), "{text}");
 }
+
+#[test]
+fn metrics_of_a_recurring_plan_say_how_old_each_copy_is_and_what_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(root("plans/example.yaml")).unwrap();
+    let plan = dir.path().join("recurring.yaml");
+    std::fs::write(&plan, text.replace("options:\n", "options:\n  every: 1m\n")).unwrap();
+    let prom = dir.path().join("dr.prom");
+    let args = ["run", plan.to_str().unwrap(), "--simulate", "--metrics-file", prom.to_str().unwrap()];
+    let o = run(&args, dir.path());
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    // The volume is decommissioned in the simulated world.
+    let world_path = dir.path().join(".snapferry/simulated-aws/prod-db-dr.json");
+    let mut world: Value = serde_json::from_slice(&std::fs::read(&world_path).unwrap()).unwrap();
+    world["volumes"].as_object_mut().unwrap().remove("vol-0123456789abcdef0").expect("seeded volume");
+    std::fs::write(&world_path, serde_json::to_vec(&world).unwrap()).unwrap();
+    let o = run(&args, dir.path());
+    assert_eq!(code(&o), 1, "a failing volume fails the invocation: {}", String::from_utf8_lossy(&o.stderr));
+    let text = std::fs::read_to_string(&prom).unwrap();
+    for v in ["vol-0fedcba9876543210", "vol-00112233445566778"] {
+        assert!(text.contains(&format!("snapferry_stale{{plan=\"prod-db-dr\",volume=\"{v}\"}} 0")), "{text}");
+        assert!(text.contains(&format!("snapferry_copy_age_seconds{{plan=\"prod-db-dr\",volume=\"{v}\"}} ")), "{text}");
+    }
+    assert!(
+        text.contains(
+            "snapferry_failing_since_timestamp_seconds{plan=\"prod-db-dr\",volume=\"vol-0123456789abcdef0\"} "
+        ),
+        "{text}"
+    );
+}
