@@ -70,12 +70,24 @@
 mod error;
 mod file;
 mod format;
+mod frames;
+mod message;
 mod stream;
 
 pub use error::EnvelopeError;
-pub use file::{decrypt_file, encrypt_file, read_header_file};
+pub use file::{
+    EnvelopeFile, decrypt_file, decrypt_message_file, encrypt_file, encrypt_message_file, read_envelope_file,
+    read_header_file,
+};
 pub use format::{
     DEFAULT_CHUNK_SIZE, FORMAT_VERSION, Header, KEY_LEN, MAGIC, MAX_CHUNK_SIZE, MAX_ENCRYPTED_KEY_LEN, MAX_KEY_ARN_LEN,
     MIN_CHUNK_SIZE, NONCE_PREFIX_LEN, TAG_LEN, read_header,
+};
+pub use frames::{EncryptMaterials, decrypt_message, encrypt_message};
+pub use message::{
+    COMMIT_KEY_LEN, DEFAULT_FRAME_LENGTH, DEFAULT_MAX_ENCRYPTED_DATA_KEYS, EncryptedDataKey, EncryptionContext,
+    KMS_PROVIDER_ID, MAX_FRAME_LENGTH, MESSAGE_ID_LEN, MESSAGE_VERSION, MessageHeader, PUBLIC_KEY_CONTEXT_KEY,
+    RESERVED_CONTEXT_PREFIX, Signer, Suite, check_user_context, parse_context_bytes, read_message_header,
+    serialize_context,
 };
 pub use stream::{Stats, decrypt, encrypt};

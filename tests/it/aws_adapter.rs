@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use snapferry::cloud::aws::{AwsCloud, AwsConfig};
 use snapferry::cloud::{
-    Cloud, CopySnapshotReq, CreateSnapshotReq, CreateVolumeReq, ErrorKind, KeyManager, Loc, Side, SnapshotState, Tags,
+    Cloud, CopySnapshotReq, CreateSnapshotReq, CreateVolumeReq, DecryptReq, EncryptionContext, ErrorKind, KeyManager,
+    Loc, Side, SnapshotState, Tags,
 };
 use snapferry::ids::{AccountId, AvailabilityZone, KeyArn, KeyRef, Region, RoleArn, SnapshotId, VolumeId};
 
@@ -310,15 +311,26 @@ async fn scenario(endpoint: &str, seed: &str) {
 
     // Envelope encryption calls.
     let alias = KeyRef::parse("alias/it-src").unwrap();
-    let dk = cloud.generate_data_key(&src, &alias).await.unwrap();
+    let none = EncryptionContext::new();
+    let context: EncryptionContext = [("purpose".to_owned(), "backup".to_owned())].into();
+    let dk = cloud.generate_data_key(&src, &alias, &context).await.unwrap();
     assert_eq!(dk.plaintext.len(), 32);
     assert_eq!(dk.key_arn, source_key);
-    let (plain, wrapped_by) = cloud.decrypt(&src, &dk.ciphertext).await.unwrap();
+    let req = DecryptReq { ciphertext: &dk.ciphertext, key: Some(&source_key), context: &context };
+    let (plain, wrapped_by) = cloud.decrypt(&src, &req).await.unwrap();
     assert_eq!(*plain, *dk.plaintext);
     assert_eq!(wrapped_by, source_key);
-    let wk = cloud.generate_data_key_without_plaintext(&src, &alias).await.unwrap();
+    // moto binds the encryption context as KMS does: another context, or none, fails.
+    let other: EncryptionContext = [("purpose".to_owned(), "other".to_owned())].into();
+    for wrong in [&other, &none] {
+        let req = DecryptReq { ciphertext: &dk.ciphertext, key: None, context: wrong };
+        let refused = cloud.decrypt(&src, &req).await.unwrap_err();
+        assert_eq!(refused.code.as_deref(), Some("InvalidCiphertextException"), "{refused}");
+    }
+    let wk = cloud.generate_data_key_without_plaintext(&src, &alias, &none).await.unwrap();
     assert_eq!(wk.key_arn, source_key);
-    assert_eq!(cloud.decrypt(&src, &wk.ciphertext).await.unwrap().0.len(), 32);
+    let req = DecryptReq { ciphertext: &wk.ciphertext, key: None, context: &none };
+    assert_eq!(cloud.decrypt(&src, &req).await.unwrap().0.len(), 32);
     assert_eq!(cloud.generate_random(&src, 16).await.unwrap().len(), 16);
     assert_eq!(cloud.generate_random(&src, 0).await.unwrap_err().kind, ErrorKind::Invalid);
 

@@ -214,6 +214,12 @@ fn envelope_round_trip_on_the_simulated_kms() {
     );
     assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
     let o = run(&["envelope", "decrypt", "--simulate", enc.to_str().unwrap(), dec.to_str().unwrap()], dir.path());
+    assert_eq!(code(&o), 2, "a message needs --key or --discovery");
+    assert!(!dec.exists());
+    let o = run(
+        &["envelope", "decrypt", "--simulate", "--discovery", enc.to_str().unwrap(), dec.to_str().unwrap()],
+        dir.path(),
+    );
     assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(std::fs::read(&dec).unwrap(), data);
     // A flipped bit fails with exit 1 and leaves no output.
@@ -222,7 +228,10 @@ fn envelope_round_trip_on_the_simulated_kms() {
     bytes[n / 2] ^= 1;
     std::fs::write(&enc, bytes).unwrap();
     let bad = dir.path().join("bad.out");
-    let o = run(&["envelope", "decrypt", "--simulate", enc.to_str().unwrap(), bad.to_str().unwrap()], dir.path());
+    let o = run(
+        &["envelope", "decrypt", "--simulate", "--discovery", enc.to_str().unwrap(), bad.to_str().unwrap()],
+        dir.path(),
+    );
     assert_eq!(code(&o), 1);
     assert!(!bad.exists());
 }
