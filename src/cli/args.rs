@@ -119,7 +119,7 @@ pub enum Command {
     },
     /// Print the plan's JSON Schema.
     Schema,
-    /// Envelope-encrypt files with KMS data keys.
+    /// Envelope-encrypt files with KMS data keys, in the AWS Encryption SDK message format.
     Envelope(EnvelopeArgs),
 }
 
@@ -137,6 +137,7 @@ pub enum EnvelopeAction {
         /// The KMS key: alias/NAME, key id or ARN.
         #[arg(long, required_unless_present = "data_key")]
         key: Option<String>,
+        /// KMS region (default: the key ARN's, else AWS_REGION).
         #[arg(long)]
         region: Option<String>,
         /// An encryption context pair, stored in the message and bound to the data key by
@@ -154,7 +155,9 @@ pub enum EnvelopeAction {
         /// (unsigned suite; the context is the one fixed when the key was prepared).
         #[arg(long, value_name = "FILE", conflicts_with_all = ["key", "context"])]
         data_key: Option<PathBuf>,
+        /// The file to read.
         input: PathBuf,
+        /// The file to write (replaced only when the command succeeds).
         output: PathBuf,
         #[command(flatten)]
         common: Common,
@@ -182,9 +185,12 @@ pub enum EnvelopeAction {
         /// Refuse messages with more encrypted data keys than this.
         #[arg(long, value_name = "N", default_value_t = crate::envelope::DEFAULT_MAX_ENCRYPTED_DATA_KEYS)]
         max_encrypted_data_keys: u16,
+        /// KMS region (default: the key ARN's, else AWS_REGION).
         #[arg(long)]
         region: Option<String>,
+        /// The file to read.
         input: PathBuf,
+        /// The file to write (replaced only when the command succeeds).
         output: PathBuf,
         #[command(flatten)]
         common: Common,

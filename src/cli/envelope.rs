@@ -248,7 +248,7 @@ pub async fn envelope(args: EnvelopeArgs) -> Result<u8, Failure> {
             };
             let c = reach(&common, region.clone()).await?;
             let allowed = filter.resolve(c.cloud.as_ref(), &region).await?;
-            let (plain, arn) = unwrap_data_key(c.cloud.as_ref(), r.as_deref(), &header, &allowed).await?;
+            let (plain, arn) = unwrap_data_key(c.cloud.as_ref(), &header, &allowed).await?;
             let key = key32(&plain)?;
             let suite = header.suite();
             let pairs = user_pairs(header.context());
@@ -399,7 +399,6 @@ impl AllowedArns {
 /// until one answers with a 32-byte key from that same key.
 async fn unwrap_data_key(
     cloud: &dyn Cloud,
-    region_flag: Option<&str>,
     header: &MessageHeader,
     allowed: &AllowedArns,
 ) -> Result<(Zeroizing<Vec<u8>>, String), Failure> {
@@ -413,7 +412,8 @@ async fn unwrap_data_key(
         if !allowed.allows(&arn) {
             continue;
         }
-        let region = region(region_flag, Some(arn.as_str()))?;
+        // The key's own region, as the SDKs' keyrings call KMS.
+        let region = arn.region().ok_or_else(|| failed(format!("key arn {arn} names no region")))?;
         let req = DecryptReq { ciphertext: &edk.ciphertext, key: Some(&arn), context: header.context() };
         match cloud.decrypt(&Loc::new(Side::Source, &region), &req).await {
             Ok((plain, by)) if by == arn && plain.len() == KEY_LEN => return Ok((plain, arn.to_string())),
