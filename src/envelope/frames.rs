@@ -10,10 +10,12 @@
 //! refuse a final frame as long as the frame length. Decryption accepts both.
 //!
 //! For a signed suite every byte of header and body goes through SHA-384 as it is
-//! written or read, and the footer's ECDSA signature is made or checked over that digest
-//! at the end: nothing is held back in memory.
+//! written or read, on a second thread so that hashing overlaps AES-GCM and I/O, and the
+//! footer's ECDSA signature is made or checked over that digest at the end: nothing is
+//! held back in memory beyond a few hashing buffers.
 
 use std::io::{self, Read, Write};
+use std::sync::mpsc;
 
 use aws_lc_rs::digest;
 use zeroize::Zeroizing;
@@ -52,7 +54,7 @@ pub struct EncryptMaterials<'a> {
 /// incomplete message that must be discarded
 /// ([`encrypt_message_file`](super::encrypt_message_file) does that).
 pub fn encrypt_message<R: Read, W: Write>(
-    mut input: R,
+    input: R,
     output: W,
     m: &EncryptMaterials<'_>,
 ) -> Result<(MessageHeader, Stats), EnvelopeError> {
@@ -70,7 +72,22 @@ pub fn encrypt_message<R: Read, W: Write>(
     };
     let new = NewHeader { suite: m.suite, context: m.context, data_keys: m.data_keys, frame_length: m.frame_length };
     let (header, key) = MessageHeader::seal(&new, m.data_key)?;
-    let mut sink = Sink { out: output, hash: signer.map(|_| digest::Context::new(&digest::SHA384)), written: 0 };
+    let stats = std::thread::scope(|scope| encrypt_body(input, output, m, signer, &header, &key, scope))?;
+    Ok((header, stats))
+}
+
+/// The body and footer of [`encrypt_message`], with the signature's hash on a thread of
+/// `scope`.
+fn encrypt_body<'scope, R: Read, W: Write>(
+    mut input: R,
+    output: W,
+    m: &EncryptMaterials<'_>,
+    signer: Option<&Signer>,
+    header: &MessageHeader,
+    key: &super::message::FrameKey,
+    scope: &'scope std::thread::Scope<'scope, '_>,
+) -> Result<Stats, EnvelopeError> {
+    let mut sink = Sink { out: output, hash: signer.map(|_| Hasher::spawn(scope)), written: 0 };
     sink.put(header.as_bytes())?;
 
     let frame = m.frame_length as usize;
@@ -105,13 +122,13 @@ pub fn encrypt_message<R: Read, W: Write>(
             .ok_or(EnvelopeError::TooManyChunks { chunk_size: m.frame_length })?;
     }
     if let (Some(signer), Some(hash)) = (signer, sink.hash.take()) {
-        let sig = signer.sign(&hash.finish())?;
+        let sig = signer.sign(&hash.finish().ok_or(EnvelopeError::Sign)?)?;
         sink.put(&(sig.len() as u16).to_be_bytes())?;
         sink.put(&sig)?;
     }
     sink.out.flush().map_err(EnvelopeError::Write)?;
     stats.envelope_bytes = sink.written;
-    Ok((header, stats))
+    Ok(stats)
 }
 
 /// Decrypts the body that follows `header` in `input` (positioned just after it, as
@@ -138,7 +155,20 @@ pub fn decrypt_message<R: Read, W: Write>(
 ) -> Result<Stats, EnvelopeError> {
     let key = header.open(data_key)?;
     let verifier = header.verifier()?;
-    let mut src = Source { input: &mut input, hash: verifier.as_ref().map(|_| digest::Context::new(&digest::SHA384)) };
+    std::thread::scope(|scope| decrypt_body(&mut input, &mut output, header, &key, verifier, scope))
+}
+
+/// The body and footer of [`decrypt_message`], with the signature's hash on a thread of
+/// `scope`.
+fn decrypt_body<'scope, R: Read, W: Write>(
+    mut input: R,
+    mut output: W,
+    header: &MessageHeader,
+    key: &super::message::FrameKey,
+    verifier: Option<super::message::Verifier>,
+    scope: &'scope std::thread::Scope<'scope, '_>,
+) -> Result<Stats, EnvelopeError> {
+    let mut src = Source { input: &mut input, hash: verifier.as_ref().map(|_| Hasher::spawn(scope)) };
     if let Some(h) = src.hash.as_mut() {
         h.update(header.as_bytes());
     }
@@ -186,14 +216,14 @@ pub fn decrypt_message<R: Read, W: Write>(
         expected = expected.checked_add(1).ok_or(EnvelopeError::FrameOrder { expected, found: u32::MAX })?;
     }
     if let Some(verifier) = verifier {
-        let hash = src.hash.take().expect("signed messages are hashed");
+        let hash = src.hash.take().ok_or(EnvelopeError::SignatureInvalid)?;
         let len = usize::from(u16::from_be_bytes(src.array()?));
         if len == 0 || len > max_signature_len() {
             return Err(EnvelopeError::SignatureInvalid);
         }
         let mut sig = vec![0u8; len];
         src.exact(&mut sig)?;
-        verifier.verify(&hash.finish(), &sig)?;
+        verifier.verify(&hash.finish().ok_or(EnvelopeError::SignatureInvalid)?, &sig)?;
         stats.envelope_bytes += 2 + len as u64;
     }
     let mut extra = [0u8; 1];
@@ -209,14 +239,89 @@ pub fn decrypt_message<R: Read, W: Write>(
     Ok(stats)
 }
 
+/// Bytes handed to the hashing thread at a time: large enough to make the hand-over
+/// cheap, small enough to keep its buffers near 1 MiB whatever the frame length.
+const HASH_BATCH: usize = 256 * 1024;
+
+/// Buffers circulating between the stream and the hashing thread; bounds its memory.
+const HASH_BUFFERS: usize = 4;
+
+/// SHA-384 of a signed message computed on a second thread, so that hashing, the
+/// largest cost of a signed message, overlaps AES-GCM and I/O instead of adding to
+/// them. Bytes are batched into buffers that go to the thread in order and come back
+/// for reuse.
+struct Hasher<'scope> {
+    pending: Vec<u8>,
+    to_thread: Option<mpsc::SyncSender<Vec<u8>>>,
+    returned: mpsc::Receiver<Vec<u8>>,
+    made: usize,
+    thread: std::thread::ScopedJoinHandle<'scope, digest::Digest>,
+}
+
+impl<'scope> Hasher<'scope> {
+    fn spawn(scope: &'scope std::thread::Scope<'scope, '_>) -> Self {
+        let (to_thread, work) = mpsc::sync_channel::<Vec<u8>>(HASH_BUFFERS);
+        let (give_back, returned) = mpsc::channel();
+        let thread = scope.spawn(move || {
+            let mut ctx = digest::Context::new(&digest::SHA384);
+            for buf in work {
+                ctx.update(&buf);
+                // The stream may have ended with an error; a buffer nobody takes back is
+                // simply dropped.
+                let _ = give_back.send(buf);
+            }
+            ctx.finish()
+        });
+        Self { pending: Vec::with_capacity(HASH_BATCH), to_thread: Some(to_thread), returned, made: 1, thread }
+    }
+
+    fn update(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let n = bytes.len().min(HASH_BATCH - self.pending.len());
+            self.pending.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            if self.pending.len() == HASH_BATCH {
+                self.hand_over();
+            }
+        }
+    }
+
+    fn hand_over(&mut self) {
+        let next = if self.made < HASH_BUFFERS {
+            self.made += 1;
+            Vec::with_capacity(HASH_BATCH)
+        } else {
+            // Every buffer is out: wait for the thread to finish one. If it is gone, a
+            // fresh buffer keeps the stream going and finish() reports the failure.
+            self.returned.recv().unwrap_or_else(|_| Vec::with_capacity(HASH_BATCH))
+        };
+        let full = std::mem::replace(&mut self.pending, next);
+        self.pending.clear();
+        if let Some(tx) = &self.to_thread
+            && tx.send(full).is_err()
+        {
+            self.to_thread = None;
+        }
+    }
+
+    /// The digest of everything passed to `update`, or `None` if the thread failed.
+    fn finish(mut self) -> Option<digest::Digest> {
+        let last = std::mem::take(&mut self.pending);
+        let tx = self.to_thread.take()?;
+        tx.send(last).ok()?;
+        drop(tx);
+        self.thread.join().ok()
+    }
+}
+
 /// The output, with the running digest of a signed message.
-struct Sink<W: Write> {
+struct Sink<'scope, W: Write> {
     out: W,
-    hash: Option<digest::Context>,
+    hash: Option<Hasher<'scope>>,
     written: u64,
 }
 
-impl<W: Write> Sink<W> {
+impl<W: Write> Sink<'_, W> {
     fn put(&mut self, bytes: &[u8]) -> Result<(), EnvelopeError> {
         if let Some(h) = self.hash.as_mut() {
             h.update(bytes);
@@ -228,12 +333,12 @@ impl<W: Write> Sink<W> {
 }
 
 /// The input, with the running digest of a signed message.
-struct Source<'a, R: Read> {
+struct Source<'a, 'scope, R: Read> {
     input: &'a mut R,
-    hash: Option<digest::Context>,
+    hash: Option<Hasher<'scope>>,
 }
 
-impl<R: Read> Source<'_, R> {
+impl<R: Read> Source<'_, '_, R> {
     fn exact(&mut self, buf: &mut [u8]) -> Result<(), EnvelopeError> {
         self.input.read_exact(buf).map_err(|e| match e.kind() {
             io::ErrorKind::UnexpectedEof => EnvelopeError::MessageTruncated,
