@@ -53,12 +53,13 @@ pub const PUBLIC_KEY_CONTEXT_KEY: &str = "aws-crypto-public-key";
 /// Keys under this prefix are reserved for the SDKs; a user's context may not use them.
 pub const RESERVED_CONTEXT_PREFIX: &str = "aws-crypto-";
 
-/// Plaintext bytes per frame unless `--frame-length` says otherwise. 1 MiB measured
-/// fastest with `SNAPFERRY_BENCH_FRAMES=4096,65536,1048576,4194304 cargo bench --bench
-/// envelope` (unsigned, 256 MiB, release, 2 shared cores: encrypt to a file 1.6, 2.4,
-/// 2.5, 1.1 GB/s; decrypt 4.1, 4.8, 6.2, 5.9 GB/s); it keeps a stream's buffers near
-/// 2 MiB, and it is a multiple of 128 bytes, which the Python SDK and CLI ask of a frame
-/// length when they encrypt.
+/// Plaintext bytes per frame unless `--frame-length` says otherwise. Chosen with
+/// `SNAPFERRY_BENCH_FRAMES=4096,65536,1048576,4194304 cargo bench --bench envelope`
+/// (unsigned, 1 GiB, release, 2 cores): encrypt to a file 2.1, 2.4, 2.9, 1.8 GB/s;
+/// decrypt 4.1, 4.7, 6.2, 6.6 GB/s. 1 MiB is fastest to encrypt and near the best to
+/// decrypt at a quarter of the memory of 4 MiB (a stream holds about two frames), and is
+/// a multiple of 128 bytes, which the Python SDK and CLI ask of a frame length when they
+/// encrypt.
 pub const DEFAULT_FRAME_LENGTH: u32 = 1 << 20;
 
 /// Largest frame length read or written. The format allows up to 2^32 - 1, but a reader
