@@ -119,7 +119,7 @@ pub enum Command {
     },
     /// Print the plan's JSON Schema.
     Schema,
-    /// Envelope-encrypt files with KMS data keys.
+    /// Envelope-encrypt files with KMS data keys, in the AWS Encryption SDK message format.
     Envelope(EnvelopeArgs),
 }
 
@@ -131,29 +131,66 @@ pub struct EnvelopeArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum EnvelopeAction {
-    /// Encrypt IN to OUT under a fresh data key from KEY.
+    /// Encrypt IN to OUT as an AWS Encryption SDK message (version 2, framed) under a
+    /// fresh data key from KEY; any AWS Encryption SDK or aws-encryption-cli decrypts it.
     Encrypt {
         /// The KMS key: alias/NAME, key id or ARN.
         #[arg(long, required_unless_present = "data_key")]
         key: Option<String>,
+        /// KMS region (default: the key ARN's, else AWS_REGION).
         #[arg(long)]
         region: Option<String>,
-        /// Use a data key prepared earlier with `envelope datakey` instead of a new one.
-        #[arg(long, value_name = "FILE", conflicts_with = "key")]
+        /// An encryption context pair, stored in the message and bound to the data key by
+        /// KMS; repeat for more pairs.
+        #[arg(long = "context", value_name = "KEY=VALUE")]
+        context: Vec<String>,
+        /// Algorithm suite: AES_256_GCM_HKDF_SHA512_COMMIT_KEY_ECDSA_P384 (signed, the
+        /// default) or AES_256_GCM_HKDF_SHA512_COMMIT_KEY.
+        #[arg(long, value_name = "SUITE")]
+        algorithm: Option<String>,
+        /// Plaintext bytes per frame, 1 to 67108864 (default 1048576).
+        #[arg(long, value_name = "BYTES")]
+        frame_length: Option<u32>,
+        /// Use a data key prepared earlier with `envelope datakey` instead of a new one
+        /// (unsigned suite; the context is the one fixed when the key was prepared).
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["key", "context"])]
         data_key: Option<PathBuf>,
-        /// Plaintext chunk size in bytes.
-        #[arg(long, hide = true)]
-        chunk_size: Option<u32>,
+        /// The file to read.
         input: PathBuf,
+        /// The file to write (replaced only when the command succeeds).
         output: PathBuf,
         #[command(flatten)]
         common: Common,
     },
-    /// Decrypt IN (made by `envelope encrypt`) to OUT.
+    /// Decrypt IN (an AWS Encryption SDK message, or an older snapferry envelope) to OUT;
+    /// nothing is written unless the whole message verifies.
     Decrypt {
+        /// A KMS key allowed to decrypt the message's data key (alias/NAME, key id or
+        /// ARN); repeatable. Required for a message unless --discovery is given.
+        #[arg(long = "key", value_name = "KEY")]
+        keys: Vec<String>,
+        /// Use whichever KMS key the message names (discovery), optionally limited with
+        /// --discovery-account.
+        #[arg(long, conflicts_with = "keys")]
+        discovery: bool,
+        /// With --discovery: only keys of this AWS account; repeatable.
+        #[arg(long = "discovery-account", value_name = "ACCOUNT", requires = "discovery")]
+        discovery_accounts: Vec<String>,
+        /// With --discovery-account: the keys' partition.
+        #[arg(long, value_name = "PARTITION", default_value = "aws", requires = "discovery_accounts")]
+        discovery_partition: String,
+        /// An encryption context pair the message must carry; repeatable.
+        #[arg(long = "context", value_name = "KEY=VALUE")]
+        context: Vec<String>,
+        /// Refuse messages with more encrypted data keys than this.
+        #[arg(long, value_name = "N", default_value_t = crate::envelope::DEFAULT_MAX_ENCRYPTED_DATA_KEYS)]
+        max_encrypted_data_keys: u16,
+        /// KMS region (default: the key ARN's, else AWS_REGION).
         #[arg(long)]
         region: Option<String>,
+        /// The file to read.
         input: PathBuf,
+        /// The file to write (replaced only when the command succeeds).
         output: PathBuf,
         #[command(flatten)]
         common: Common,
@@ -175,6 +212,10 @@ pub enum EnvelopeAction {
         key: String,
         #[arg(long)]
         region: Option<String>,
+        /// An encryption context pair fixed now for every file encrypted with this key;
+        /// repeatable.
+        #[arg(long = "context", value_name = "KEY=VALUE")]
+        context: Vec<String>,
         /// Where to write the encrypted data key (binary).
         output: PathBuf,
         #[command(flatten)]

@@ -1,23 +1,30 @@
-//! `snapferry envelope`: envelope encryption of files with KMS data keys. One KMS
-//! call to encrypt (GenerateDataKey, or Decrypt of a key prepared with `datakey`) and
-//! one to decrypt (Decrypt); the bulk work is local AES-256-GCM in `crate::envelope`,
-//! run on a blocking thread so the async runtime stays free.
+//! `snapferry envelope`: envelope encryption of files with KMS data keys, in the AWS
+//! Encryption SDK message format, with KMS used as the SDKs' AWS KMS keyring uses it.
+//! One KMS call to encrypt (GenerateDataKey with the encryption context, or Decrypt of
+//! a key prepared with `datakey`) and one to decrypt (Decrypt with the message's context
+//! and the key named in it, restricted to the keys the user allows); the bulk work is
+//! local in `crate::envelope`, run on a blocking thread so the async runtime stays free.
 
 use std::path::Path;
 
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use crate::cloud::{Cloud, KeyManager, Loc, Side};
-use crate::envelope::{self, DEFAULT_CHUNK_SIZE, Header, KEY_LEN};
-use crate::ids::{KeyRef, Region};
+use crate::cloud::{Cloud, DecryptReq, KeyManager, Loc, Side};
+use crate::envelope::{
+    self, DEFAULT_FRAME_LENGTH, EncryptMaterials, EncryptedDataKey, EncryptionContext, EnvelopeFile, KEY_LEN,
+    MAX_FRAME_LENGTH, MessageHeader, PUBLIC_KEY_CONTEXT_KEY, Signer, Suite,
+};
+use crate::ids::{AccountId, KeyArn, KeyRef, Region};
 
 use super::args::{Common, EnvelopeAction, EnvelopeArgs, Format};
 use super::cloud::{Connected, Reach, connect, session_name};
 use super::{Failure, exit};
 
-/// The file `envelope datakey` writes: a prepared data key, encrypted under a KMS key.
-const DATAKEY_MAGIC: &[u8] = b"SNAPFDK1";
+/// The file `envelope datakey` writes: a prepared data key, encrypted under a KMS key,
+/// with the encryption context it is bound to. Version 1 files carry no context.
+const DATAKEY_MAGIC: &[u8] = b"SNAPFDK2";
+const DATAKEY_MAGIC_V1: &[u8] = b"SNAPFDK1";
 
 fn usage(m: impl Into<String>) -> Failure {
     Failure::new(exit::USAGE, m)
@@ -89,84 +96,195 @@ fn print(format: Format, doc: serde_json::Value, text: String) {
 
 pub async fn envelope(args: EnvelopeArgs) -> Result<u8, Failure> {
     match args.action {
-        EnvelopeAction::Encrypt { key, region: r, data_key, chunk_size, input, output, common } => {
-            let chunk = chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE);
-            let (plain, wrapped, key_arn, region_used, c) = match (&key, &data_key) {
+        EnvelopeAction::Encrypt {
+            key,
+            region: r,
+            context,
+            algorithm,
+            frame_length,
+            data_key,
+            input,
+            output,
+            common,
+        } => {
+            let frame_length = frame_length.unwrap_or(DEFAULT_FRAME_LENGTH);
+            if !(1..=MAX_FRAME_LENGTH).contains(&frame_length) {
+                return Err(usage(format!("--frame-length {frame_length}: must be 1 to {MAX_FRAME_LENGTH}")));
+            }
+            let suite = match algorithm.as_deref() {
+                None if data_key.is_some() => Suite::CommitKey,
+                None => Suite::CommitKeyEcdsaP384,
+                Some(name) => Suite::from_name(name).ok_or_else(|| {
+                    usage(format!(
+                        "--algorithm {name}: use {} or {}",
+                        Suite::CommitKeyEcdsaP384.name(),
+                        Suite::CommitKey.name()
+                    ))
+                })?,
+            };
+            let user_context = parse_pairs(&context)?;
+            envelope::check_user_context(&user_context).map_err(|e| usage(format!("--context: {e}")))?;
+            let (plain, wrapped, key_arn, full_context, signer, region_used, c) = match (&key, &data_key) {
                 (Some(key), _) => {
                     let key = KeyRef::parse(key).map_err(|e| usage(format!("--key {key}: {e}")))?;
                     let region = region(r.as_deref(), Some(key.as_str()))?;
+                    // The signing key is made first: its public key is part of the context
+                    // KMS binds the data key to.
+                    let signer = if suite.is_signed() {
+                        Some(Signer::generate().map_err(|e| failed(e.to_string()))?)
+                    } else {
+                        None
+                    };
+                    let mut full = user_context.clone();
+                    if let Some(s) = &signer {
+                        full.insert(PUBLIC_KEY_CONTEXT_KEY.to_owned(), s.public_key_base64());
+                    }
                     let c = reach(&common, region.clone()).await?;
                     ensure_sim_key(&c, &region, &key);
                     let dk = c
                         .cloud
-                        .generate_data_key(&Loc::new(Side::Source, &region), &key)
+                        .generate_data_key(&Loc::new(Side::Source, &region), &key, &full)
                         .await
                         .map_err(|e| failed(format!("GenerateDataKey with {key} in {region}: {e}")))?;
-                    (key32(&dk.plaintext)?, dk.ciphertext, dk.key_arn.to_string(), region, c)
+                    (key32(&dk.plaintext)?, dk.ciphertext, dk.key_arn.to_string(), full, signer, region, c)
                 }
                 (None, Some(file)) => {
-                    let (arn, wrapped) = read_datakey(file)?;
-                    let region = region(r.as_deref(), Some(&arn))?;
+                    if suite.is_signed() {
+                        return Err(usage(format!(
+                            "--data-key works with --algorithm {} only: a signed message needs a signing key made \
+                             with its data key",
+                            Suite::CommitKey.name()
+                        )));
+                    }
+                    let (arn, wrapped, context) = read_datakey(file)?;
+                    let region = region(r.as_deref(), Some(arn.as_str()))?;
                     let c = reach(&common, region.clone()).await?;
-                    let (plain, arn) = decrypt_key(c.cloud.as_ref(), &region, &wrapped).await?;
-                    (key32(&plain)?, wrapped, arn, region, c)
+                    let req = DecryptReq { ciphertext: &wrapped, key: Some(&arn), context: &context };
+                    let (plain, arn) = decrypt_key(c.cloud.as_ref(), &region, &req).await?;
+                    (key32(&plain)?, wrapped, arn, context, None, region, c)
                 }
                 (None, None) => return Err(usage("pass --key KEY or --data-key FILE")),
             };
-            let header = Header::new(key_arn.clone(), wrapped, chunk).map_err(|e| usage(e.to_string()))?;
+            let data_keys = vec![EncryptedDataKey::kms(&key_arn, wrapped)];
             let (inp, out) = (input.clone(), output.clone());
-            let stats = tokio::task::spawn_blocking(move || envelope::encrypt_file(&inp, &out, &plain, &header))
-                .await
-                .map_err(|e| failed(format!("encryption task: {e}")))?
-                .map_err(|e| failed(e.to_string()))?;
+            let (header, stats) = tokio::task::spawn_blocking(move || {
+                let materials = EncryptMaterials {
+                    suite,
+                    context: &full_context,
+                    data_keys: &data_keys,
+                    data_key: &plain,
+                    signer: signer.as_ref(),
+                    frame_length,
+                };
+                envelope::encrypt_message_file(&inp, &out, &materials)
+            })
+            .await
+            .map_err(|e| failed(format!("encryption task: {e}")))?
+            .map_err(|e| failed(e.to_string()))?;
             c.save()?;
             print(
                 common.format,
                 json!({"status": "encrypted", "input": input, "output": output, "key_arn": key_arn,
-                       "region": region_used.as_str(), "bytes": stats.plaintext_bytes, "chunks": stats.chunks}),
+                       "region": region_used.as_str(), "algorithm": suite.name(), "frame_length": frame_length,
+                       "context": user_pairs(header.context()), "bytes": stats.plaintext_bytes, "frames": stats.chunks}),
                 format!(
-                    "encrypted {} ({} bytes) to {} under {key_arn}",
+                    "encrypted {} ({} bytes) to {} under {key_arn} ({})",
                     input.display(),
                     stats.plaintext_bytes,
-                    output.display()
+                    output.display(),
+                    suite.name()
                 ),
             );
             Ok(exit::OK)
         }
-        EnvelopeAction::Decrypt { region: r, input, output, common } => {
-            let header = envelope::read_header_file(&input).map_err(|e| failed(e.to_string()))?;
-            let region = region(r.as_deref(), Some(header.key_arn()))?;
+        EnvelopeAction::Decrypt {
+            keys,
+            discovery,
+            discovery_accounts,
+            discovery_partition,
+            context,
+            max_encrypted_data_keys,
+            region: r,
+            input,
+            output,
+            common,
+        } => {
+            let required = parse_pairs(&context)?;
+            let file = envelope::read_envelope_file(&input, max_encrypted_data_keys)
+                .map_err(|e| failed(format!("{}: {e}", input.display())))?;
+            let header = match file {
+                EnvelopeFile::Legacy(header) => return decrypt_legacy(header, r, input, output, common).await,
+                EnvelopeFile::Message(header) => header,
+            };
+            for (k, v) in &required {
+                if header.context().get(k) != Some(v) {
+                    return Err(failed(format!(
+                        "{}: its encryption context has no {k}={v} (it has {}); check the file and the --context given",
+                        input.display(),
+                        pairs_text(&user_pairs(header.context()))
+                    )));
+                }
+            }
+            let filter = if discovery {
+                let accounts = discovery_accounts
+                    .iter()
+                    .map(|a| AccountId::parse(a).map_err(|e| usage(format!("--discovery-account {a}: {e}"))))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Allowed::Discovery { partition: discovery_partition, accounts }
+            } else if keys.is_empty() {
+                return Err(usage(
+                    "an AWS Encryption SDK message needs --key KEY (the keys allowed to decrypt it) or --discovery",
+                ));
+            } else {
+                Allowed::Keys(keys)
+            };
+            let first_region = header
+                .data_keys()
+                .iter()
+                .find_map(|k| k.kms_key_arn().and_then(|a| KeyArn::parse(a).ok()).and_then(|a| a.region()));
+            let region = match first_region {
+                Some(found) if r.is_none() => found,
+                _ => region(r.as_deref(), None)?,
+            };
             let c = reach(&common, region.clone()).await?;
-            let (plain, arn) = decrypt_key(c.cloud.as_ref(), &region, header.encrypted_key()).await?;
+            let allowed = filter.resolve(c.cloud.as_ref(), &region).await?;
+            let (plain, arn) = unwrap_data_key(c.cloud.as_ref(), &header, &allowed).await?;
             let key = key32(&plain)?;
+            let suite = header.suite();
+            let pairs = user_pairs(header.context());
             let (inp, out) = (input.clone(), output.clone());
-            let stats = tokio::task::spawn_blocking(move || envelope::decrypt_file(&inp, &out, &key, &header))
+            let stats = tokio::task::spawn_blocking(move || envelope::decrypt_message_file(&inp, &out, &header, &key))
                 .await
                 .map_err(|e| failed(format!("decryption task: {e}")))?
-                .map_err(|e| failed(e.to_string()))?;
+                .map_err(|e| {
+                    failed(format!("{}: {e}; nothing was written to {}", input.display(), output.display()))
+                })?;
             print(
                 common.format,
                 json!({"status": "decrypted", "input": input, "output": output, "key_arn": arn,
-                       "bytes": stats.plaintext_bytes, "chunks": stats.chunks}),
+                       "algorithm": suite.name(), "context": pairs,
+                       "bytes": stats.plaintext_bytes, "frames": stats.chunks}),
                 format!("decrypted {} to {} ({} bytes)", input.display(), output.display(), stats.plaintext_bytes),
             );
             Ok(exit::OK)
         }
-        EnvelopeAction::Datakey { key, region: r, output, common } => {
+        EnvelopeAction::Datakey { key, region: r, context, output, common } => {
+            let context = parse_pairs(&context)?;
+            envelope::check_user_context(&context).map_err(|e| usage(format!("--context: {e}")))?;
             let key = KeyRef::parse(&key).map_err(|e| usage(format!("--key {key}: {e}")))?;
             let region = region(r.as_deref(), Some(key.as_str()))?;
             let c = reach(&common, region.clone()).await?;
             ensure_sim_key(&c, &region, &key);
             let w = c
                 .cloud
-                .generate_data_key_without_plaintext(&Loc::new(Side::Source, &region), &key)
+                .generate_data_key_without_plaintext(&Loc::new(Side::Source, &region), &key, &context)
                 .await
                 .map_err(|e| failed(format!("GenerateDataKeyWithoutPlaintext with {key} in {region}: {e}")))?;
-            write_datakey(&output, w.key_arn.as_str(), &w.ciphertext)?;
+            write_datakey(&output, w.key_arn.as_str(), &w.ciphertext, &context)?;
             c.save()?;
             print(
                 common.format,
-                json!({"status": "prepared", "output": output, "key_arn": w.key_arn.as_str()}),
+                json!({"status": "prepared", "output": output, "key_arn": w.key_arn.as_str(), "context": context}),
                 format!("wrote a data key encrypted under {} to {}", w.key_arn, output.display()),
             );
             Ok(exit::OK)
@@ -193,12 +311,168 @@ pub async fn envelope(args: EnvelopeArgs) -> Result<u8, Failure> {
     }
 }
 
+/// A file in snapferry's own envelope format, from before it wrote AWS Encryption SDK
+/// messages: its header names the key, and its data key has no encryption context.
+async fn decrypt_legacy(
+    header: envelope::Header,
+    r: Option<String>,
+    input: std::path::PathBuf,
+    output: std::path::PathBuf,
+    common: super::args::Common,
+) -> Result<u8, Failure> {
+    let region = region(r.as_deref(), Some(header.key_arn()))?;
+    let c = reach(&common, region.clone()).await?;
+    let empty = EncryptionContext::new();
+    let req = DecryptReq { ciphertext: header.encrypted_key(), key: None, context: &empty };
+    let (plain, arn) = decrypt_key(c.cloud.as_ref(), &region, &req).await?;
+    let key = key32(&plain)?;
+    let (inp, out) = (input.clone(), output.clone());
+    let stats = tokio::task::spawn_blocking(move || envelope::decrypt_file(&inp, &out, &key, &header))
+        .await
+        .map_err(|e| failed(format!("decryption task: {e}")))?
+        .map_err(|e| failed(e.to_string()))?;
+    print(
+        common.format,
+        json!({"status": "decrypted", "input": input, "output": output, "key_arn": arn,
+               "algorithm": "snapferry-envelope-v1", "bytes": stats.plaintext_bytes, "frames": stats.chunks}),
+        format!("decrypted {} to {} ({} bytes)", input.display(), output.display(), stats.plaintext_bytes),
+    );
+    Ok(exit::OK)
+}
+
+/// Which KMS keys may unwrap a message's data key, as the SDKs' KMS keyrings put it.
+enum Allowed {
+    /// `--key`, as given.
+    Keys(Vec<String>),
+    /// `--discovery`: any key ARN, or only those of the accounts given.
+    Discovery { partition: String, accounts: Vec<AccountId> },
+}
+
+/// [`Allowed`] with every key resolved to its ARN.
+enum AllowedArns {
+    Keys(Vec<KeyArn>),
+    Discovery { partition: String, accounts: Vec<AccountId> },
+}
+
+impl Allowed {
+    /// Resolves `--key` values that are not key ARNs (aliases, key ids) with DescribeKey,
+    /// since an encrypted data key names its KMS key by ARN.
+    async fn resolve(self, cloud: &dyn Cloud, region: &Region) -> Result<AllowedArns, Failure> {
+        match self {
+            Allowed::Discovery { partition, accounts } => Ok(AllowedArns::Discovery { partition, accounts }),
+            Allowed::Keys(keys) => {
+                let mut arns = Vec::new();
+                for key in keys {
+                    if let Ok(arn) = KeyArn::parse(&key) {
+                        arns.push(arn);
+                        continue;
+                    }
+                    let key_ref = KeyRef::parse(&key).map_err(|e| usage(format!("--key {key}: {e}")))?;
+                    let at = key_ref.arn_region().unwrap_or_else(|| region.clone());
+                    let info = cloud
+                        .describe_key(&Loc::new(Side::Source, &at), &key_ref)
+                        .await
+                        .map_err(|e| failed(format!("--key {key}: DescribeKey in {at}: {e}")))?;
+                    arns.push(info.arn);
+                }
+                Ok(AllowedArns::Keys(arns))
+            }
+        }
+    }
+}
+
+impl AllowedArns {
+    fn allows(&self, arn: &KeyArn) -> bool {
+        match self {
+            AllowedArns::Keys(keys) => keys.contains(arn),
+            AllowedArns::Discovery { partition, accounts } => {
+                accounts.is_empty()
+                    || (arn.as_str().split(':').nth(1) == Some(partition.as_str())
+                        && arn.account().is_some_and(|a| accounts.contains(&a)))
+            }
+        }
+    }
+}
+
+/// The KMS keyring's OnDecrypt: the message's data keys from KMS whose key is allowed,
+/// tried in order, each with one Decrypt naming that key and the message's context,
+/// until one answers with a 32-byte key from that same key.
+async fn unwrap_data_key(
+    cloud: &dyn Cloud,
+    header: &MessageHeader,
+    allowed: &AllowedArns,
+) -> Result<(Zeroizing<Vec<u8>>, String), Failure> {
+    let mut named = Vec::new();
+    let mut errors = Vec::new();
+    for edk in header.data_keys() {
+        let Some(info) = edk.kms_key_arn() else { continue };
+        let arn = KeyArn::parse(info)
+            .map_err(|_| failed(format!("the message names {info:?} as its KMS key, which is not a key ARN")))?;
+        named.push(arn.to_string());
+        if !allowed.allows(&arn) {
+            continue;
+        }
+        // The key's own region, as the SDKs' keyrings call KMS.
+        let region = arn.region().ok_or_else(|| failed(format!("key arn {arn} names no region")))?;
+        let req = DecryptReq { ciphertext: &edk.ciphertext, key: Some(&arn), context: header.context() };
+        match cloud.decrypt(&Loc::new(Side::Source, &region), &req).await {
+            Ok((plain, by)) if by == arn && plain.len() == KEY_LEN => return Ok((plain, arn.to_string())),
+            Ok((_, by)) => errors.push(format!("{arn}: KMS answered for {by} or with a key of the wrong size")),
+            Err(e) => errors.push(format!("{arn}: {e}")),
+        }
+    }
+    if errors.is_empty() {
+        Err(failed(format!(
+            "no data key of the message is under an allowed KMS key (it names {}); pass one of them with --key, \
+             or --discovery",
+            if named.is_empty() { "no KMS key".to_owned() } else { named.join(", ") }
+        )))
+    } else {
+        Err(failed(format!(
+            "KMS Decrypt of the data key failed: {}; the caller needs kms:Decrypt on the key, and the message \
+             must be unaltered",
+            errors.join("; ")
+        )))
+    }
+}
+
+/// `KEY=VALUE` arguments as a context; a key given twice is refused.
+fn parse_pairs(pairs: &[String]) -> Result<EncryptionContext, Failure> {
+    let mut context = EncryptionContext::new();
+    for pair in pairs {
+        let (k, v) = pair.split_once('=').ok_or_else(|| usage(format!("--context {pair}: write it KEY=VALUE")))?;
+        if k.is_empty() {
+            return Err(usage(format!("--context {pair}: the key is empty")));
+        }
+        if context.insert(k.to_owned(), v.to_owned()).is_some() {
+            return Err(usage(format!("--context {k}: given twice")));
+        }
+    }
+    Ok(context)
+}
+
+/// The context a user set: without the keys the format reserves.
+fn user_pairs(context: &EncryptionContext) -> EncryptionContext {
+    context
+        .iter()
+        .filter(|(k, _)| !k.starts_with(envelope::RESERVED_CONTEXT_PREFIX))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn pairs_text(context: &EncryptionContext) -> String {
+    if context.is_empty() {
+        return "no pairs".to_owned();
+    }
+    context.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
+}
+
 async fn decrypt_key(
     cloud: &dyn Cloud,
     region: &Region,
-    wrapped: &[u8],
+    req: &DecryptReq<'_>,
 ) -> Result<(Zeroizing<Vec<u8>>, String), Failure> {
-    let (plain, arn) = cloud.decrypt(&Loc::new(Side::Source, region), wrapped).await.map_err(|e| {
+    let (plain, arn) = cloud.decrypt(&Loc::new(Side::Source, region), req).await.map_err(|e| {
         failed(format!(
             "KMS Decrypt of the data key in {region}: {e}; the caller needs kms:Decrypt on the key that wrapped it"
         ))
@@ -206,27 +480,38 @@ async fn decrypt_key(
     Ok((plain, arn.to_string()))
 }
 
-fn write_datakey(path: &Path, arn: &str, wrapped: &[u8]) -> Result<(), Failure> {
+fn write_datakey(path: &Path, arn: &str, wrapped: &[u8], context: &EncryptionContext) -> Result<(), Failure> {
+    let context = envelope::serialize_context(context).map_err(|e| usage(e.to_string()))?;
     let mut b = DATAKEY_MAGIC.to_vec();
-    b.extend_from_slice(&(arn.len() as u16).to_be_bytes());
-    b.extend_from_slice(arn.as_bytes());
-    b.extend_from_slice(&(wrapped.len() as u16).to_be_bytes());
-    b.extend_from_slice(wrapped);
+    for part in [arn.as_bytes(), wrapped, &context] {
+        b.extend_from_slice(&(part.len() as u16).to_be_bytes());
+        b.extend_from_slice(part);
+    }
     std::fs::write(path, b).map_err(|e| failed(format!("cannot write {}: {e}", path.display())))
 }
 
-fn read_datakey(path: &Path) -> Result<(String, Vec<u8>), Failure> {
+/// A prepared data key: its KMS key, the encrypted key, and the context it is bound to.
+fn read_datakey(path: &Path) -> Result<(KeyArn, Vec<u8>, EncryptionContext), Failure> {
     let bad = || failed(format!("{} is not a data key file written by snapferry envelope datakey", path.display()));
     let b = std::fs::read(path).map_err(|e| failed(format!("cannot read {}: {e}", path.display())))?;
-    let rest = b.strip_prefix(DATAKEY_MAGIC).ok_or_else(bad)?;
-    let take = |r: &[u8]| -> Option<(Vec<u8>, usize)> {
-        let n = u16::from_be_bytes([*r.first()?, *r.get(1)?]) as usize;
-        Some((r.get(2..2 + n)?.to_vec(), 2 + n))
+    let (mut rest, parts) = if let Some(rest) = b.strip_prefix(DATAKEY_MAGIC) {
+        (rest, 3)
+    } else {
+        (b.strip_prefix(DATAKEY_MAGIC_V1).ok_or_else(bad)?, 2)
     };
-    let (arn, used) = take(rest).ok_or_else(bad)?;
-    let (wrapped, used2) = take(&rest[used..]).ok_or_else(bad)?;
-    if used + used2 != rest.len() {
+    let mut fields = Vec::new();
+    for _ in 0..parts {
+        let n = u16::from_be_bytes([*rest.first().ok_or_else(bad)?, *rest.get(1).ok_or_else(bad)?]) as usize;
+        fields.push(rest.get(2..2 + n).ok_or_else(bad)?.to_vec());
+        rest = &rest[2 + n..];
+    }
+    if !rest.is_empty() {
         return Err(bad());
     }
-    Ok((String::from_utf8(arn).map_err(|_| bad())?, wrapped))
+    let arn = String::from_utf8(fields[0].clone()).ok().and_then(|a| KeyArn::parse(&a).ok()).ok_or_else(bad)?;
+    let context = match fields.get(2) {
+        Some(bytes) => envelope::parse_context_bytes(bytes).map_err(|_| bad())?,
+        None => EncryptionContext::new(),
+    };
+    Ok((arn, fields[1].clone(), context))
 }

@@ -244,6 +244,19 @@ pub struct DataKey {
     pub key_arn: KeyArn,
 }
 
+/// A KMS encryption context: pairs a data key is bound to. KMS needs the same pairs to
+/// decrypt it (KMS developer guide, "Encryption context").
+pub type EncryptionContext = std::collections::BTreeMap<String, String>;
+
+/// A KMS Decrypt of a data key.
+pub struct DecryptReq<'a> {
+    pub ciphertext: &'a [u8],
+    /// The key expected to have wrapped it; KMS refuses a ciphertext of another key.
+    pub key: Option<&'a KeyArn>,
+    /// The encryption context it was made with.
+    pub context: &'a EncryptionContext,
+}
+
 /// A data key encrypted under a KMS key, for a party that will encrypt later.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WrappedKey {
@@ -311,12 +324,17 @@ pub trait Cloud: Send + Sync {
     /// error leaves the question open.
     async fn dry_run(&self, loc: &Loc, probe: &Probe) -> CloudResult<()>;
 
-    /// KMS GenerateDataKey (AES_256).
-    async fn generate_data_key(&self, loc: &Loc, key: &KeyRef) -> CloudResult<DataKey>;
-    /// KMS GenerateDataKeyWithoutPlaintext (AES_256).
-    async fn generate_data_key_without_plaintext(&self, loc: &Loc, key: &KeyRef) -> CloudResult<WrappedKey>;
+    /// KMS GenerateDataKey (AES_256) bound to `context`.
+    async fn generate_data_key(&self, loc: &Loc, key: &KeyRef, context: &EncryptionContext) -> CloudResult<DataKey>;
+    /// KMS GenerateDataKeyWithoutPlaintext (AES_256) bound to `context`.
+    async fn generate_data_key_without_plaintext(
+        &self,
+        loc: &Loc,
+        key: &KeyRef,
+        context: &EncryptionContext,
+    ) -> CloudResult<WrappedKey>;
     /// KMS Decrypt of a data key; returns the plaintext and the key that wrapped it.
-    async fn decrypt(&self, loc: &Loc, ciphertext: &[u8]) -> CloudResult<(Zeroizing<Vec<u8>>, KeyArn)>;
+    async fn decrypt(&self, loc: &Loc, req: &DecryptReq<'_>) -> CloudResult<(Zeroizing<Vec<u8>>, KeyArn)>;
     /// KMS GenerateRandom.
     async fn generate_random(&self, loc: &Loc, bytes: u32) -> CloudResult<Vec<u8>>;
 }

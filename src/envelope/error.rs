@@ -92,6 +92,87 @@ pub enum EnvelopeError {
         index: u64,
     },
 
+    /// The input is neither a snapferry envelope nor a version 2 AWS Encryption SDK
+    /// message.
+    #[error(
+        "unsupported message version {0:#04x}: this snapferry reads AWS Encryption SDK messages of version 2 \
+         (committing suites) and its own envelopes; decrypt it with an AWS Encryption SDK"
+    )]
+    UnsupportedMessageVersion(u8),
+
+    /// The message names an algorithm suite other than the two committing ones.
+    #[error(
+        "unsupported algorithm suite {0:#06x}: this snapferry reads AES_256_GCM_HKDF_SHA512_COMMIT_KEY (0x0478) \
+         and AES_256_GCM_HKDF_SHA512_COMMIT_KEY_ECDSA_P384 (0x0578)"
+    )]
+    UnsupportedSuite(u16),
+
+    /// A message header field breaks the format.
+    #[error("invalid message header: {0}")]
+    InvalidHeader(String),
+
+    /// An encryption context that cannot be used.
+    #[error("encryption context: {0}")]
+    Context(String),
+
+    /// The message carries more encrypted data keys than allowed.
+    #[error(
+        "the message has {found} encrypted data keys, more than the {max} allowed; \
+         raise --max-encrypted-data-keys if it is trusted"
+    )]
+    TooManyDataKeys {
+        /// Encrypted data keys in the header.
+        found: u16,
+        /// The limit.
+        max: u16,
+    },
+
+    /// The data key does not match the key commitment in the header.
+    #[error(
+        "key commitment mismatch: the data key is not the one this message was encrypted with, or the header was altered"
+    )]
+    Commitment,
+
+    /// The header authentication tag did not verify.
+    #[error("message header failed authentication: the header was modified")]
+    HeaderAuthentication,
+
+    /// A frame's tag did not verify.
+    #[error("frame {seq} failed authentication: the message was modified")]
+    FrameAuthentication {
+        /// The frame's sequence number (from 1).
+        seq: u32,
+    },
+
+    /// Frames are out of order, missing or repeated.
+    #[error("frame {found} found where frame {expected} belongs: frames were dropped, moved or repeated")]
+    FrameOrder {
+        /// The sequence number due.
+        expected: u32,
+        /// The sequence number found.
+        found: u32,
+    },
+
+    /// The message ends before its final frame or footer.
+    #[error("message ends before its final frame or signature: truncated")]
+    MessageTruncated,
+
+    /// Bytes follow the end of the message.
+    #[error("data after the end of the message: the file was appended to")]
+    MessageTrailingData,
+
+    /// A signed message lacks its public key.
+    #[error("signed message without aws-crypto-public-key in its encryption context: the header was altered")]
+    MissingPublicKey,
+
+    /// The footer signature did not verify.
+    #[error("message signature failed verification: the message was modified")]
+    SignatureInvalid,
+
+    /// ECDSA signing failed.
+    #[error("cannot sign the message with its ecdsa p-384 key")]
+    Sign,
+
     /// Reading the input stream failed.
     #[error("cannot read the input: {0}")]
     Read(io::Error),

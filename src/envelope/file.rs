@@ -12,12 +12,110 @@
 //! the key that protected it, and an encrypted one carries a key reference.
 
 use std::fs::{self, File, OpenOptions};
-use std::io;
+use std::io::{self, BufReader, BufWriter, Read};
 use std::path::{Path, PathBuf};
 
 use super::EnvelopeError;
-use super::format::{Header, KEY_LEN, read_header};
+use super::format::{Header, KEY_LEN, MAGIC, read_header};
+use super::frames::{EncryptMaterials, decrypt_message, encrypt_message};
+use super::message::{MessageHeader, read_message_header};
 use super::stream::{Stats, decrypt, encrypt};
+
+/// I/O buffer for messages: frames can be as small as one byte, and a frame is written
+/// as several small fields, so small writes are gathered; large ones pass straight
+/// through.
+const IO_BUFFER: usize = 256 * 1024;
+
+/// What an encrypted file turned out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvelopeFile {
+    /// A file in snapferry's own envelope format (version 1), written before snapferry
+    /// wrote AWS Encryption SDK messages.
+    Legacy(Header),
+    /// An AWS Encryption SDK message, version 2.
+    Message(MessageHeader),
+}
+
+/// Reads the header of the file at `path`, whichever of the two formats it is in.
+///
+/// # Errors
+/// As [`read_header`] and [`read_message_header`], with I/O failures reported as
+/// [`EnvelopeError::File`].
+pub fn read_envelope_file(path: impl AsRef<Path>, max_data_keys: u16) -> Result<EnvelopeFile, EnvelopeError> {
+    let path = path.as_ref();
+    let mut input = BufReader::new(open_input(path)?);
+    let mut first = [0u8; 1];
+    input.read_exact(&mut first).map_err(|error| match error.kind() {
+        io::ErrorKind::UnexpectedEof => EnvelopeError::HeaderTruncated,
+        _ => EnvelopeError::File { action: "read", path: path.to_path_buf(), error },
+    })?;
+    let mut rest = io::Read::chain(&first[..], input);
+    if first[0] == MAGIC[0] {
+        read_header(&mut rest).map(EnvelopeFile::Legacy)
+    } else {
+        read_message_header(&mut rest, max_data_keys).map(EnvelopeFile::Message)
+    }
+    .map_err(|e| with_paths(e, path, path))
+}
+
+/// Encrypts the file at `in_path` into a new AWS Encryption SDK message at `out_path`,
+/// replacing any file there only once the whole message is on disk.
+///
+/// # Errors
+/// As [`encrypt_message`], with I/O failures reported as [`EnvelopeError::File`]. On
+/// error nothing is left at `out_path` that was not there before.
+pub fn encrypt_message_file(
+    in_path: impl AsRef<Path>,
+    out_path: impl AsRef<Path>,
+    materials: &EncryptMaterials<'_>,
+) -> Result<(MessageHeader, Stats), EnvelopeError> {
+    let in_path = in_path.as_ref();
+    let input = open_input(in_path)?;
+    let mut temp = TempOutput::create(out_path.as_ref())?;
+    let temp_path = temp.path.clone();
+    let done = {
+        let output = BufWriter::with_capacity(IO_BUFFER, temp.file());
+        encrypt_message(BufReader::with_capacity(IO_BUFFER, input), output, materials)
+    }
+    .map_err(|e| with_paths(e, in_path, &temp_path))?;
+    temp.commit(out_path.as_ref())?;
+    Ok(done)
+}
+
+/// Decrypts the message in the file at `in_path` into `out_path`, replacing any file
+/// there only once every frame and, for a signed message, the signature verified.
+///
+/// `header` is the one read earlier with [`read_envelope_file`] to get the data key
+/// from KMS; the file's header is read again and must be identical.
+///
+/// # Errors
+/// As [`read_message_header`] and [`decrypt_message`], plus
+/// [`EnvelopeError::HeaderMismatch`], with I/O failures reported as
+/// [`EnvelopeError::File`]. On error nothing is left at `out_path` that was not there
+/// before.
+pub fn decrypt_message_file(
+    in_path: impl AsRef<Path>,
+    out_path: impl AsRef<Path>,
+    header: &MessageHeader,
+    data_key: &[u8; KEY_LEN],
+) -> Result<Stats, EnvelopeError> {
+    let in_path = in_path.as_ref();
+    let mut input = BufReader::with_capacity(IO_BUFFER, open_input(in_path)?);
+    let max = u16::try_from(header.data_keys().len()).unwrap_or(u16::MAX);
+    let found = read_message_header(&mut input, max).map_err(|e| with_paths(e, in_path, in_path))?;
+    if &found != header {
+        return Err(EnvelopeError::HeaderMismatch { path: in_path.to_path_buf() });
+    }
+    let mut temp = TempOutput::create(out_path.as_ref())?;
+    let temp_path = temp.path.clone();
+    let stats = {
+        let output = BufWriter::with_capacity(IO_BUFFER, temp.file());
+        decrypt_message(input, output, header, data_key)
+    }
+    .map_err(|e| with_paths(e, in_path, &temp_path))?;
+    temp.commit(out_path.as_ref())?;
+    Ok(stats)
+}
 
 /// Reads and checks the envelope header at the start of the file at `path`.
 ///

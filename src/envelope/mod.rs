@@ -1,28 +1,64 @@
-//! Envelope encryption of files of any size under a KMS data key.
+//! Envelope encryption of files of any size under a KMS data key, in the AWS Encryption
+//! SDK message format.
 //!
-//! `snapferry envelope encrypt` asks KMS for a data key (`GenerateDataKey`, AES_256),
-//! encrypts the file locally with the plaintext key and keeps only the *encrypted* data
-//! key, in the header of the output. `snapferry envelope decrypt` reads that header,
-//! has KMS decrypt the data key, and decrypts the body. This module owns everything
-//! between those KMS calls: the file format and the streaming AES-256-GCM (from
-//! `aws-lc-rs`). It makes no KMS call, holds no key beyond one call, and reads and writes
-//! through `std::io` in fixed-size chunks, so memory stays constant whatever the file size.
+//! `snapferry envelope encrypt` asks KMS for a data key (`GenerateDataKey`, bound to the
+//! encryption context), encrypts the file locally and writes an AWS Encryption SDK
+//! message, version 2, framed, under one of the two committing algorithm suites: any
+//! AWS Encryption SDK (Python, Java, C, JavaScript, .NET, Go, Rust) or
+//! `aws-encryption-cli` decrypts it, and snapferry decrypts what they write.
+//! `snapferry envelope decrypt` reads the header, has KMS decrypt the data key, and
+//! decrypts the body. This module owns everything between those KMS calls: the message
+//! format (`message.rs`: suites, encryption context, header, key derivation,
+//! key commitment) and the streaming body and footer (`frames.rs`), all on `aws-lc-rs`
+//! (AES-256-GCM, HKDF-SHA512, ECDSA P-384, SHA-384). It makes no KMS call, holds no key
+//! beyond one call, and reads and writes through `std::io` one frame at a time, so
+//! memory stays constant whatever the file size. Files written by earlier snapferry
+//! versions in its own format (version 1, below) still decrypt; nothing writes them any
+//! more but tests and benchmarks.
 //!
 //! # Using it
 //!
-//! Encrypt: build a [`Header`] with [`Header::new`] from the key ARN and encrypted data
-//! key that `GenerateDataKey` returned (it draws a fresh random nonce prefix), then call
-//! [`encrypt`] or [`encrypt_file`] with the plaintext data key.
+//! Encrypt: for the signed suite make a [`Signer`] and put its
+//! [`Signer::public_key_base64`] in the context under [`PUBLIC_KEY_CONTEXT_KEY`]; have
+//! KMS generate a data key with that context; then [`encrypt_message`] or
+//! [`encrypt_message_file`] with [`EncryptMaterials`].
 //!
-//! Decrypt: [`read_header`] (or [`read_header_file`]), have KMS decrypt
-//! [`Header::encrypted_key`], then [`decrypt`] with the reader left just after the header,
-//! or [`decrypt_file`] with the paths.
+//! Decrypt: [`read_envelope_file`] (or [`read_message_header`]), pick an encrypted data
+//! key from [`MessageHeader::data_keys`] and have KMS decrypt it with
+//! [`MessageHeader::context`]; then [`decrypt_message`] with the reader left just after
+//! the header, or [`decrypt_message_file`] with the paths: the key commitment, the header
+//! tag, every frame, and for the signed suite the signature are checked, and the file
+//! variant writes nothing unless all of them pass.
 //!
-//! The plaintext data key is borrowed as `&[u8; 32]` and only handed to `aws-lc-rs`; the
-//! caller keeps it in a `zeroize::Zeroizing` so it is wiped when dropped. Plaintext
-//! buffers here are wiped on drop too.
+//! # The message format
 //!
-//! # Format, version 1
+//! As the public specification (aws-encryption-sdk-specification, `data-format/` and
+//! `framework/algorithm-suites.md`) defines it; all integers big-endian:
+//!
+//! - header body: version `0x02`, suite id (2: `0x0578` signed, `0x0478` unsigned),
+//!   message id (32, random), encryption context (2-byte length, then pair count and
+//!   pairs sorted by key), encrypted data keys (count, then provider id `aws-kms`,
+//!   provider info = key ARN, `CiphertextBlob`, each with a 2-byte length), content type
+//!   `0x02` (framed), frame length (4), commit key (32);
+//! - header tag (16): AES-256-GCM over nothing, IV zero, AAD the header body;
+//! - regular frames: sequence number (4, from 1), IV (12: the sequence number padded),
+//!   ciphertext (frame length), tag (16);
+//! - final frame: `FF FF FF FF`, sequence number, IV, content length (4, below the frame
+//!   length), ciphertext, tag;
+//! - frame AAD: message id ‖ "AWSKMSEncryptionClient Frame" or "… Final Frame" ‖
+//!   sequence number (4) ‖ plaintext length (8);
+//! - signed suite only, the footer: signature length (2) and the DER ECDSA P-384
+//!   signature over the SHA-384 of header and body; the public key is in the context
+//!   under `aws-crypto-public-key` (base64 of the compressed point).
+//!
+//! Keys: HKDF-SHA512 of the data key with the message id as salt; the AES key takes info
+//! suite id ‖ "DERIVEKEY", the commit key "COMMITKEY". The commit key in the header is
+//! compared in constant time before anything else, so a message decrypts to one
+//! plaintext only, whatever data key is offered.
+//!
+//! # The older snapferry envelope format, version 1
+//!
+//! Read (never written) by `envelope decrypt`, recognised by its magic bytes.
 //!
 //! All integers are big-endian. The header:
 //!
@@ -70,12 +106,24 @@
 mod error;
 mod file;
 mod format;
+mod frames;
+mod message;
 mod stream;
 
 pub use error::EnvelopeError;
-pub use file::{decrypt_file, encrypt_file, read_header_file};
+pub use file::{
+    EnvelopeFile, decrypt_file, decrypt_message_file, encrypt_file, encrypt_message_file, read_envelope_file,
+    read_header_file,
+};
 pub use format::{
     DEFAULT_CHUNK_SIZE, FORMAT_VERSION, Header, KEY_LEN, MAGIC, MAX_CHUNK_SIZE, MAX_ENCRYPTED_KEY_LEN, MAX_KEY_ARN_LEN,
     MIN_CHUNK_SIZE, NONCE_PREFIX_LEN, TAG_LEN, read_header,
+};
+pub use frames::{EncryptMaterials, decrypt_message, encrypt_message};
+pub use message::{
+    COMMIT_KEY_LEN, DEFAULT_FRAME_LENGTH, DEFAULT_MAX_ENCRYPTED_DATA_KEYS, EncryptedDataKey, EncryptionContext,
+    KMS_PROVIDER_ID, MAX_FRAME_LENGTH, MESSAGE_ID_LEN, MESSAGE_VERSION, MessageHeader, PUBLIC_KEY_CONTEXT_KEY,
+    RESERVED_CONTEXT_PREFIX, Signer, Suite, check_user_context, parse_context_bytes, read_message_header,
+    serialize_context,
 };
 pub use stream::{Stats, decrypt, encrypt};

@@ -23,7 +23,8 @@ use std::sync::Arc;
 
 use snapferry::cloud::aws::{AwsCloud, AwsConfig};
 use snapferry::cloud::{
-    Cloud, CopySnapshotReq, CreateSnapshotReq, CreateVolumeReq, ErrorKind, KeyManager, Loc, Side, SnapshotState, Tags,
+    Cloud, CopySnapshotReq, CreateSnapshotReq, CreateVolumeReq, DecryptReq, EncryptionContext, ErrorKind, KeyManager,
+    Loc, Side, SnapshotState, Tags,
 };
 use snapferry::ids::{AccountId, AvailabilityZone, KeyArn, KeyRef, Region, RoleArn, SnapshotId, VolumeId};
 
@@ -338,15 +339,26 @@ async fn copy_then_volume(f: Arc<Fixture>) {
 /// The KMS calls of envelope encryption.
 async fn envelope_calls(f: Arc<Fixture>) {
     let alias = KeyRef::parse("alias/it-src").unwrap();
-    let dk = f.cloud.generate_data_key(&f.src, &alias).await.unwrap();
+    let none = EncryptionContext::new();
+    let context: EncryptionContext = [("purpose".to_owned(), "backup".to_owned())].into();
+    let dk = f.cloud.generate_data_key(&f.src, &alias, &context).await.unwrap();
     assert_eq!(dk.plaintext.len(), 32);
     assert_eq!(dk.key_arn, f.source_key);
-    let (plain, wrapped_by) = f.cloud.decrypt(&f.src, &dk.ciphertext).await.unwrap();
+    let req = DecryptReq { ciphertext: &dk.ciphertext, key: Some(&f.source_key), context: &context };
+    let (plain, wrapped_by) = f.cloud.decrypt(&f.src, &req).await.unwrap();
     assert_eq!(*plain, *dk.plaintext);
     assert_eq!(wrapped_by, f.source_key);
-    let wk = f.cloud.generate_data_key_without_plaintext(&f.src, &alias).await.unwrap();
+    // moto binds the encryption context as KMS does: another context, or none, fails.
+    let other: EncryptionContext = [("purpose".to_owned(), "other".to_owned())].into();
+    for wrong in [&other, &none] {
+        let req = DecryptReq { ciphertext: &dk.ciphertext, key: None, context: wrong };
+        let refused = f.cloud.decrypt(&f.src, &req).await.unwrap_err();
+        assert_eq!(refused.code.as_deref(), Some("InvalidCiphertextException"), "{refused}");
+    }
+    let wk = f.cloud.generate_data_key_without_plaintext(&f.src, &alias, &none).await.unwrap();
     assert_eq!(wk.key_arn, f.source_key);
-    assert_eq!(f.cloud.decrypt(&f.src, &wk.ciphertext).await.unwrap().0.len(), 32);
+    let req = DecryptReq { ciphertext: &wk.ciphertext, key: None, context: &none };
+    assert_eq!(f.cloud.decrypt(&f.src, &req).await.unwrap().0.len(), 32);
     assert_eq!(f.cloud.generate_random(&f.src, 16).await.unwrap().len(), 16);
     assert_eq!(f.cloud.generate_random(&f.src, 0).await.unwrap_err().kind, ErrorKind::Invalid);
 }

@@ -214,6 +214,12 @@ fn envelope_round_trip_on_the_simulated_kms() {
     );
     assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
     let o = run(&["envelope", "decrypt", "--simulate", enc.to_str().unwrap(), dec.to_str().unwrap()], dir.path());
+    assert_eq!(code(&o), 2, "a message needs --key or --discovery");
+    assert!(!dec.exists());
+    let o = run(
+        &["envelope", "decrypt", "--simulate", "--discovery", enc.to_str().unwrap(), dec.to_str().unwrap()],
+        dir.path(),
+    );
     assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(std::fs::read(&dec).unwrap(), data);
     // A flipped bit fails with exit 1 and leaves no output.
@@ -222,9 +228,71 @@ fn envelope_round_trip_on_the_simulated_kms() {
     bytes[n / 2] ^= 1;
     std::fs::write(&enc, bytes).unwrap();
     let bad = dir.path().join("bad.out");
-    let o = run(&["envelope", "decrypt", "--simulate", enc.to_str().unwrap(), bad.to_str().unwrap()], dir.path());
+    let o = run(
+        &["envelope", "decrypt", "--simulate", "--discovery", enc.to_str().unwrap(), bad.to_str().unwrap()],
+        dir.path(),
+    );
     assert_eq!(code(&o), 1);
     assert!(!bad.exists());
+
+    // With a context: the simulated KMS binds it to the data key as KMS does, so a
+    // message whose context was changed is refused at Decrypt, before any output.
+    let ctx = dir.path().join("ctx.sfe");
+    let o = run(
+        &[
+            "envelope",
+            "encrypt",
+            "--key",
+            "alias/backup",
+            "--region",
+            "us-east-1",
+            "--simulate",
+            "--context",
+            "purpose=backup",
+            input.to_str().unwrap(),
+            ctx.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let back = dir.path().join("ctx.out");
+    let decrypt = |file: &std::path::Path, out: &std::path::Path| {
+        run(
+            &[
+                "envelope",
+                "decrypt",
+                "--simulate",
+                "--region",
+                "us-east-1",
+                "--key",
+                "alias/backup",
+                "--context",
+                "purpose=backup",
+                file.to_str().unwrap(),
+                out.to_str().unwrap(),
+            ],
+            dir.path(),
+        )
+    };
+    let o = decrypt(&ctx, &back);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(&back).unwrap(), data);
+    let mut bytes = std::fs::read(&ctx).unwrap();
+    let at = bytes.windows(6).position(|w| w == b"backup").unwrap();
+    bytes[at] = b'B';
+    let altered = dir.path().join("altered.sfe");
+    std::fs::write(&altered, bytes).unwrap();
+    let never = dir.path().join("never.out");
+    let o = run(
+        &["envelope", "decrypt", "--simulate", "--discovery", altered.to_str().unwrap(), never.to_str().unwrap()],
+        dir.path(),
+    );
+    assert_eq!(code(&o), 1);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("InvalidCiphertextException"), "{o:?}");
+    assert!(!never.exists());
+    let o = decrypt(&altered, &never);
+    assert_eq!(code(&o), 1, "the required pair is gone");
+    assert!(!never.exists());
 }
 
 #[test]

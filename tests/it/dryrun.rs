@@ -12,8 +12,8 @@ use snapferry::checkpoint::{RunStatus, Store};
 use snapferry::cli::DryRun;
 use snapferry::cloud::sim::{SimCloud, seed_from_plan};
 use snapferry::cloud::{
-    Cloud, CloudResult, CopySnapshotReq, CreateSnapshotReq, CreateVolumeReq, DataKey, Identity, KeyInfo, Loc, Probe,
-    Side, Snapshot, Tags, Volume, WrappedKey,
+    Cloud, CloudResult, CopySnapshotReq, CreateSnapshotReq, CreateVolumeReq, DataKey, DecryptReq, EncryptionContext,
+    Identity, KeyInfo, Loc, Probe, Side, Snapshot, Tags, Volume, WrappedKey,
 };
 use snapferry::engine::{self, Action, Ctx, Outcome, Route, Step, TimeoutsMs, VolumeRun, Which};
 use snapferry::exec::{Env, RunConfig, preflight, run};
@@ -252,16 +252,21 @@ impl Cloud for Recorder {
         self.note(loc.side, probe.action(), &resource, &[]);
         self.inner.dry_run(loc, probe).await
     }
-    async fn generate_data_key(&self, loc: &Loc, key: &KeyRef) -> CloudResult<DataKey> {
+    async fn generate_data_key(&self, loc: &Loc, key: &KeyRef, context: &EncryptionContext) -> CloudResult<DataKey> {
         self.note(loc.side, "kms:GenerateDataKey", key.as_str(), &[]);
-        self.inner.generate_data_key(loc, key).await
+        self.inner.generate_data_key(loc, key, context).await
     }
-    async fn generate_data_key_without_plaintext(&self, loc: &Loc, key: &KeyRef) -> CloudResult<WrappedKey> {
+    async fn generate_data_key_without_plaintext(
+        &self,
+        loc: &Loc,
+        key: &KeyRef,
+        context: &EncryptionContext,
+    ) -> CloudResult<WrappedKey> {
         self.note(loc.side, "kms:GenerateDataKeyWithoutPlaintext", key.as_str(), &[]);
-        self.inner.generate_data_key_without_plaintext(loc, key).await
+        self.inner.generate_data_key_without_plaintext(loc, key, context).await
     }
-    async fn decrypt(&self, loc: &Loc, ciphertext: &[u8]) -> CloudResult<(Zeroizing<Vec<u8>>, KeyArn)> {
-        let (plain, key) = self.inner.decrypt(loc, ciphertext).await?;
+    async fn decrypt(&self, loc: &Loc, req: &DecryptReq<'_>) -> CloudResult<(Zeroizing<Vec<u8>>, KeyArn)> {
+        let (plain, key) = self.inner.decrypt(loc, req).await?;
         self.note(loc.side, "kms:Decrypt", key.as_str(), &[]);
         Ok((plain, key))
     }

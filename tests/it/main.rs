@@ -1,13 +1,16 @@
 //! The integration tests, one binary so the crate links once: the plan parser, policy
-//! editing, envelope encryption, the engine against the simulated AWS, crash safety,
-//! the dry-run against a run's calls, the binary's edges, the binary end to end
-//! against moto's server, and the architecture invariants (`tidy`).
+//! editing, envelope encryption (the AWS Encryption SDK message format, and its CLI),
+//! the engine against the simulated AWS, crash safety, the dry-run against a run's
+//! calls, the binary's edges, the binary end to end against moto's server, and the
+//! architecture invariants (`tidy`).
 
 mod aws_adapter;
 mod cli;
 mod dryrun;
 mod edges;
 mod envelope;
+mod esdk_format;
+mod esdk_interop;
 mod moto_e2e;
 mod plan;
 mod policy;

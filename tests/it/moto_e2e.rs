@@ -746,8 +746,15 @@ fn envelope_round_trip_one_kms_call_each_way() {
     assert!(!sealed_bytes.windows(64).any(|w| w == &data[..64]), "plaintext in the output");
 
     rig.moto.reset_calls();
-    rig.snapferry(&["envelope", "decrypt", arg(&sealed), arg(&back)]).expect(0);
+    rig.snapferry(&["envelope", "decrypt", "--discovery", arg(&sealed), arg(&back)]).expect(0);
     assert_eq!(rig.moto.calls(), json!({"kms:Decrypt": 1}));
+    assert!(fs::read(&back).unwrap() == data, "round trip changed the data");
+
+    // An alias allowed by name is resolved to its ARN first.
+    rig.moto.reset_calls();
+    fs::remove_file(&back).unwrap();
+    rig.snapferry(&["envelope", "decrypt", "--key", "alias/share", arg(&sealed), arg(&back)]).expect(0);
+    assert_eq!(rig.moto.calls(), json!({"kms:DescribeKey": 1, "kms:Decrypt": 1}));
     assert!(fs::read(&back).unwrap() == data, "round trip changed the data");
 }
 

@@ -12,7 +12,9 @@ use aws_smithy_types::Blob;
 use zeroize::Zeroizing;
 
 use super::error::{bad_answer, from_sdk};
-use crate::cloud::{CloudError, CloudResult, DataKey, ErrorKind, KeyInfo, KeyManager, WrappedKey};
+use crate::cloud::{
+    CloudError, CloudResult, DataKey, DecryptReq, EncryptionContext, ErrorKind, KeyInfo, KeyManager, WrappedKey,
+};
 use crate::ids::{AccountId, KeyArn, KeyRef};
 
 /// The only key policy name KMS supports.
@@ -72,12 +74,22 @@ fn key_arn(action: &str, key_id: Option<String>) -> CloudResult<KeyArn> {
     KeyArn::parse(&id).map_err(|_| bad_answer(action, &format!("key arn {id:?}")))
 }
 
-pub(crate) async fn generate_data_key(client: &Client, key: &KeyRef) -> CloudResult<DataKey> {
+/// The context as the SDK takes it: none at all when empty, as KMS treats both alike.
+fn sdk_context(context: &EncryptionContext) -> Option<std::collections::HashMap<String, String>> {
+    (!context.is_empty()).then(|| context.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+}
+
+pub(crate) async fn generate_data_key(
+    client: &Client,
+    key: &KeyRef,
+    context: &EncryptionContext,
+) -> CloudResult<DataKey> {
     const ACTION: &str = "kms:GenerateDataKey";
     let mut out = client
         .generate_data_key()
         .key_id(key.as_str())
         .key_spec(DataKeySpec::Aes256)
+        .set_encryption_context(sdk_context(context))
         .send()
         .await
         .map_err(|e| from_sdk(ACTION, e))?;
@@ -89,12 +101,17 @@ pub(crate) async fn generate_data_key(client: &Client, key: &KeyRef) -> CloudRes
     Ok(DataKey { plaintext, ciphertext, key_arn })
 }
 
-pub(crate) async fn generate_data_key_without_plaintext(client: &Client, key: &KeyRef) -> CloudResult<WrappedKey> {
+pub(crate) async fn generate_data_key_without_plaintext(
+    client: &Client,
+    key: &KeyRef,
+    context: &EncryptionContext,
+) -> CloudResult<WrappedKey> {
     const ACTION: &str = "kms:GenerateDataKeyWithoutPlaintext";
     let out = client
         .generate_data_key_without_plaintext()
         .key_id(key.as_str())
         .key_spec(DataKeySpec::Aes256)
+        .set_encryption_context(sdk_context(context))
         .send()
         .await
         .map_err(|e| from_sdk(ACTION, e))?;
@@ -102,11 +119,13 @@ pub(crate) async fn generate_data_key_without_plaintext(client: &Client, key: &K
     Ok(WrappedKey { ciphertext, key_arn: key_arn(ACTION, out.key_id)? })
 }
 
-pub(crate) async fn decrypt(client: &Client, ciphertext: &[u8]) -> CloudResult<(Zeroizing<Vec<u8>>, KeyArn)> {
+pub(crate) async fn decrypt(client: &Client, req: &DecryptReq<'_>) -> CloudResult<(Zeroizing<Vec<u8>>, KeyArn)> {
     const ACTION: &str = "kms:Decrypt";
     let mut out = client
         .decrypt()
-        .ciphertext_blob(Blob::new(ciphertext.to_vec()))
+        .ciphertext_blob(Blob::new(req.ciphertext.to_vec()))
+        .set_key_id(req.key.map(|k| k.as_str().to_owned()))
+        .set_encryption_context(sdk_context(req.context))
         .send()
         .await
         .map_err(|e| from_sdk(ACTION, e))?;

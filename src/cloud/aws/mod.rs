@@ -254,16 +254,30 @@ impl Cloud for AwsCloud {
         ec2::shared_with(&self.at(loc).await.ec2, id).await
     }
 
-    async fn generate_data_key(&self, loc: &Loc, key: &KeyRef) -> CloudResult<DataKey> {
-        kms::generate_data_key(&self.at(loc).await.kms, key).await
+    async fn generate_data_key(
+        &self,
+        loc: &Loc,
+        key: &KeyRef,
+        context: &crate::cloud::EncryptionContext,
+    ) -> CloudResult<DataKey> {
+        kms::generate_data_key(&self.at(loc).await.kms, key, context).await
     }
 
-    async fn generate_data_key_without_plaintext(&self, loc: &Loc, key: &KeyRef) -> CloudResult<WrappedKey> {
-        kms::generate_data_key_without_plaintext(&self.at(loc).await.kms, key).await
+    async fn generate_data_key_without_plaintext(
+        &self,
+        loc: &Loc,
+        key: &KeyRef,
+        context: &crate::cloud::EncryptionContext,
+    ) -> CloudResult<WrappedKey> {
+        kms::generate_data_key_without_plaintext(&self.at(loc).await.kms, key, context).await
     }
 
-    async fn decrypt(&self, loc: &Loc, ciphertext: &[u8]) -> CloudResult<(Zeroizing<Vec<u8>>, KeyArn)> {
-        kms::decrypt(&self.at(loc).await.kms, ciphertext).await
+    async fn decrypt(
+        &self,
+        loc: &Loc,
+        req: &crate::cloud::DecryptReq<'_>,
+    ) -> CloudResult<(Zeroizing<Vec<u8>>, KeyArn)> {
+        kms::decrypt(&self.at(loc).await.kms, req).await
     }
 
     async fn generate_random(&self, loc: &Loc, bytes: u32) -> CloudResult<Vec<u8>> {

@@ -304,28 +304,42 @@ impl Cloud for SimCloud {
         .await
     }
 
-    async fn generate_data_key(&self, loc: &Loc, key: &KeyRef) -> CloudResult<DataKey> {
+    async fn generate_data_key(
+        &self,
+        loc: &Loc,
+        key: &KeyRef,
+        context: &crate::cloud::EncryptionContext,
+    ) -> CloudResult<DataKey> {
         self.call("kms:GenerateDataKey", |w| {
             let acct = self.account(w, loc.side)?;
-            let (plaintext, ciphertext, key_arn) = w.generate_data_key(&acct, &loc.region, key)?;
+            let (plaintext, ciphertext, key_arn) = w.generate_data_key(&acct, &loc.region, key, context)?;
             Ok(DataKey { plaintext, ciphertext, key_arn })
         })
         .await
     }
 
-    async fn generate_data_key_without_plaintext(&self, loc: &Loc, key: &KeyRef) -> CloudResult<WrappedKey> {
+    async fn generate_data_key_without_plaintext(
+        &self,
+        loc: &Loc,
+        key: &KeyRef,
+        context: &crate::cloud::EncryptionContext,
+    ) -> CloudResult<WrappedKey> {
         self.call("kms:GenerateDataKeyWithoutPlaintext", |w| {
             let acct = self.account(w, loc.side)?;
-            let (_, ciphertext, key_arn) = w.generate_data_key(&acct, &loc.region, key)?;
+            let (_, ciphertext, key_arn) = w.generate_data_key(&acct, &loc.region, key, context)?;
             Ok(WrappedKey { ciphertext, key_arn })
         })
         .await
     }
 
-    async fn decrypt(&self, loc: &Loc, ciphertext: &[u8]) -> CloudResult<(Zeroizing<Vec<u8>>, KeyArn)> {
+    async fn decrypt(
+        &self,
+        loc: &Loc,
+        req: &crate::cloud::DecryptReq<'_>,
+    ) -> CloudResult<(Zeroizing<Vec<u8>>, KeyArn)> {
         self.call("kms:Decrypt", |w| {
             let acct = self.account(w, loc.side)?;
-            w.decrypt(&acct, &loc.region, ciphertext)
+            w.decrypt(&acct, &loc.region, req)
         })
         .await
     }

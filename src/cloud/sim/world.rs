@@ -853,6 +853,7 @@ impl World {
         account: &AccountId,
         region: &Region,
         key: &KeyRef,
+        context: &crate::cloud::EncryptionContext,
     ) -> CloudResult<(Zeroizing<Vec<u8>>, Vec<u8>, KeyArn)> {
         let k = self.find_key(account, region, key).ok_or_else(|| Self::key_missing(key.as_str()))?.clone();
         if !k.enabled {
@@ -860,15 +861,16 @@ impl World {
         }
         let mut plain = Zeroizing::new(vec![0u8; 32]);
         aws_lc_rs::rand::fill(&mut plain).map_err(|_| err(ErrorKind::Other, "InternalError", "no randomness"))?;
-        Ok((plain.clone(), wrap(&k, &plain), k.arn.clone()))
+        Ok((plain.clone(), wrap(&k, &plain, context), k.arn.clone()))
     }
 
     pub fn decrypt(
         &self,
         account: &AccountId,
         _region: &Region,
-        blob: &[u8],
+        req: &crate::cloud::DecryptReq<'_>,
     ) -> CloudResult<(Zeroizing<Vec<u8>>, KeyArn)> {
+        let blob = req.ciphertext;
         let invalid = || err(ErrorKind::Invalid, "InvalidCiphertextException", "the ciphertext is not valid");
         let rest = blob.strip_prefix(WRAP_MAGIC).ok_or_else(invalid)?;
         let (&len, rest) = rest.split_first().ok_or_else(invalid)?;
@@ -881,7 +883,17 @@ impl World {
                 format!("User in account {account} is not authorized to perform: kms:Decrypt on resource: {arn}"),
             ));
         }
-        if wrap(k, &unwrap_raw(k, rest.get(len as usize..).ok_or_else(invalid)?)) != blob {
+        if let Some(expected) = req.key
+            && expected != &k.arn
+        {
+            return Err(err(
+                ErrorKind::Invalid,
+                "IncorrectKeyException",
+                format!("the ciphertext was not encrypted under {expected}"),
+            ));
+        }
+        // The context is bound like KMS binds it: any other context fails the check.
+        if wrap(k, &unwrap_raw(k, rest.get(len as usize..).ok_or_else(invalid)?), req.context) != blob {
             return Err(invalid());
         }
         Ok((Zeroizing::new(unwrap_raw(k, &rest[len as usize..])), k.arn.clone()))
@@ -890,18 +902,30 @@ impl World {
 
 const WRAP_MAGIC: &[u8] = b"SIMKMS1";
 
-// The simulated KMS wraps a data key by XOR with the key's secret plus a checksum:
-// enough to tell keys and tampering apart in a rehearsal, not real cryptography.
-fn wrap(k: &SimKey, plain: &[u8]) -> Vec<u8> {
+// The simulated KMS wraps a data key by XOR with the key's secret plus a checksum that
+// also covers the encryption context: enough to tell keys, contexts and tampering apart
+// in a rehearsal, not real cryptography.
+fn wrap(k: &SimKey, plain: &[u8], context: &crate::cloud::EncryptionContext) -> Vec<u8> {
     let mut out = WRAP_MAGIC.to_vec();
     out.push(k.arn.as_str().len() as u8);
     out.extend_from_slice(k.arn.as_str().as_bytes());
     let body: Vec<u8> = plain.iter().zip(k.secret.iter().cycle()).map(|(p, s)| p ^ s).collect();
     let sum = body.iter().fold(0u32, |a, b| a.rotate_left(5) ^ u32::from(*b))
-        ^ u32::from_be_bytes([k.secret[0], k.secret[1], k.secret[2], k.secret[3]]);
+        ^ u32::from_be_bytes([k.secret[0], k.secret[1], k.secret[2], k.secret[3]])
+        ^ context_sum(context);
     out.extend_from_slice(&body);
     out.extend_from_slice(&sum.to_be_bytes());
     out
+}
+
+/// FNV-1a over the context's pairs, 0 for an empty context.
+fn context_sum(context: &crate::cloud::EncryptionContext) -> u32 {
+    context.iter().fold(0, |h, (key, value)| {
+        [key.as_bytes(), b"\0", value.as_bytes(), b"\0"]
+            .concat()
+            .iter()
+            .fold(h ^ 0x811c_9dc5, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
+    })
 }
 
 fn unwrap_raw(k: &SimKey, body_and_sum: &[u8]) -> Vec<u8> {
