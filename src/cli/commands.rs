@@ -5,13 +5,14 @@ use std::path::Path;
 
 use tokio::sync::watch;
 
-use crate::checkpoint::{RunRecord, Store, StoreError};
+use crate::checkpoint::{RunRecord, StoreError};
 use crate::exec::{self, Env, RunConfig, RunError};
 use crate::ids::RunId;
 use crate::plan::{self, LoadError, Plan};
 
 use super::args::{Command, Common, Format, RunArgs};
 use super::cloud::{Reach, connect, session_name};
+use super::state::{self, StateReach};
 use super::{Failure, exit, render};
 
 pub async fn dispatch(cli: super::Cli) -> Result<u8, Failure> {
@@ -23,7 +24,7 @@ pub async fn dispatch(cli: super::Cli) -> Result<u8, Failure> {
         }
         Command::Run(args) if args.dry_run => super::dryrun::dry_run(&args).await,
         Command::Run(args) => run(&args).await,
-        Command::Status { run_id, common } => status(run_id.as_deref(), &common),
+        Command::Status { run_id, common } => status(run_id.as_deref(), &common).await,
         Command::Cleanup { run_id, plan, common } => cleanup(&run_id, plan.as_deref(), &common).await,
         Command::Envelope(e) => super::envelope::envelope(e).await,
     }
@@ -70,8 +71,10 @@ fn validate(path: &Path, format: Format) -> Result<u8, Failure> {
 }
 
 /// Turns SIGINT and SIGTERM into a shutdown request for the runner.
-fn shutdown_signal() -> watch::Receiver<bool> {
+fn shutdown_signal() -> (std::sync::Arc<watch::Sender<bool>>, watch::Receiver<bool>) {
     let (tx, rx) = watch::channel(false);
+    let tx = std::sync::Arc::new(tx);
+    let sender = tx.clone();
     tokio::spawn(async move {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
@@ -94,7 +97,7 @@ fn shutdown_signal() -> watch::Receiver<bool> {
         tracing::warn!("interrupted: finishing the calls under way and saving the checkpoint");
         let _ = tx.send(true);
     });
-    rx
+    (sender, rx)
 }
 
 async fn run(args: &RunArgs) -> Result<u8, Failure> {
@@ -104,9 +107,18 @@ async fn run(args: &RunArgs) -> Result<u8, Failure> {
         Some(id) => Some(RunId::parse(id).map_err(|e| Failure::new(exit::USAGE, format!("--run-id {id}: {e}")))?),
         None => None,
     };
-    let store = Store::new(&args.common.state_dir);
+    let limit = state::max_duration(args.max_duration.as_deref())?;
+    let opened = state::open(
+        &args.common,
+        StateReach { profile: plan.source.profile.clone(), region: Some(plan.source.region.clone()) },
+    )
+    .await?;
+    let store = opened.store;
     // Fail fast on a held lock, before any call to AWS.
-    drop(store.lock_plan(plan.name.as_str()).map_err(|e| store_failure(&e))?);
+    drop(store.lock_plan(plan.name.as_str()).await.map_err(|e| store_failure(&e))?);
+    if !args.common.simulate {
+        state::warn_credentials(opened.life, limit);
+    }
 
     let session = session_name(run_id.as_ref().map(|r| r.as_str()).unwrap_or(plan.name.as_str()));
     let connected = connect(Reach::for_plan(&args.common, &plan, session)).await?;
@@ -121,14 +133,21 @@ async fn run(args: &RunArgs) -> Result<u8, Failure> {
             && super::cloud::endpoint(&args.common)?.is_none(),
         progress: render::progress_bar(format),
     };
-    let result = exec::run(cfg, env, shutdown_signal()).await;
+    let (stop, shutdown) = shutdown_signal();
+    let stopped_at_limit = state::stop_after(limit, stop);
+    let result = exec::run(cfg, env, shutdown).await;
+    state::close(&store).await;
     connected.save()?;
-    let report = match result {
+    let mut report = match result {
         Ok(r) => r,
         Err(e) => return Err(run_failure(&e)),
     };
+    let stopped = stopped_at_limit.load(std::sync::atomic::Ordering::SeqCst) && report.status == "interrupted";
+    if stopped {
+        report.stopped_at_limit();
+    }
     if let Some(path) = &args.metrics_file {
-        let runs = store.list().map_err(|e| store_failure(&e))?;
+        let runs = store.list().await.map_err(|e| store_failure(&e))?;
         render::write_metrics(path, &plan, &runs)
             .map_err(|e| Failure::new(exit::FAILED, format!("cannot write metrics file {}: {e}", path.display())))?;
     }
@@ -138,13 +157,14 @@ async fn run(args: &RunArgs) -> Result<u8, Failure> {
     }
     Ok(match report.status.as_str() {
         "succeeded" => exit::OK,
+        "stopped" => exit::STOPPED,
         "interrupted" => exit::INTERRUPTED,
         _ => exit::FAILED,
     })
 }
 
 fn store_failure(e: &StoreError) -> Failure {
-    let code = if matches!(e, StoreError::Locked { .. }) { exit::LOCKED } else { exit::FAILED };
+    let code = if e.is_lock_conflict() { exit::LOCKED } else { exit::FAILED };
     Failure::new(code, e.to_string())
 }
 
@@ -161,14 +181,14 @@ fn run_failure(e: &RunError) -> Failure {
     Failure { code, message: e.to_string(), json: Some(doc) }
 }
 
-fn status(run_id: Option<&str>, common: &Common) -> Result<u8, Failure> {
-    let store = Store::new(&common.state_dir);
+async fn status(run_id: Option<&str>, common: &Common) -> Result<u8, Failure> {
+    let store = state::open(common, StateReach::default()).await?.store;
     match run_id {
         Some(id) => {
-            let r = store.load(id).map_err(|e| match e {
+            let r = store.load(id).await.map_err(|e| match e {
                 StoreError::NoSuchRun(_) => Failure::new(
                     exit::USAGE,
-                    format!("no run {id} in {}; `snapferry status` lists the runs", common.state_dir.display()),
+                    format!("no run {id} in {}; `snapferry status` lists the runs", store.location()),
                 ),
                 e => store_failure(&e),
             })?;
@@ -180,7 +200,7 @@ fn status(run_id: Option<&str>, common: &Common) -> Result<u8, Failure> {
             }
         }
         None => {
-            let runs: Vec<RunRecord> = store.list().map_err(|e| store_failure(&e))?;
+            let runs: Vec<RunRecord> = store.list().await.map_err(|e| store_failure(&e))?;
             match common.format {
                 Format::Json => {
                     println!("{}", serde_json::to_string_pretty(&render::runs_json(&runs)).unwrap_or_default())
@@ -193,18 +213,20 @@ fn status(run_id: Option<&str>, common: &Common) -> Result<u8, Failure> {
 }
 
 async fn cleanup(run_id: &str, plan_path: Option<&Path>, common: &Common) -> Result<u8, Failure> {
-    let store = Store::new(&common.state_dir);
-    let record = store.load(run_id).map_err(|e| match e {
-        StoreError::NoSuchRun(_) => {
-            Failure::new(exit::USAGE, format!("no run {run_id} in {}", common.state_dir.display()))
-        }
-        e => store_failure(&e),
-    })?;
     let plan = match plan_path {
         Some(p) => Some(load_plan(p, common.format)?),
         None => None,
     };
-    let _lock = store.lock_plan(&record.meta.plan).map_err(|e| store_failure(&e))?;
+    let reach = StateReach {
+        profile: plan.as_ref().and_then(|p| p.source.profile.clone()),
+        region: plan.as_ref().map(|p| p.source.region.clone()),
+    };
+    let store = state::open(common, reach).await?.store;
+    let record = store.load(run_id).await.map_err(|e| match e {
+        StoreError::NoSuchRun(_) => Failure::new(exit::USAGE, format!("no run {run_id} in {}", store.location())),
+        e => store_failure(&e),
+    })?;
+    let lock = store.lock_plan(&record.meta.plan).await.map_err(|e| store_failure(&e))?;
     let source_region = crate::ids::Region::parse(&record.meta.source_region)
         .map_err(|e| Failure::new(exit::FAILED, format!("checkpoint of {run_id}: source region: {e}")))?;
     let connected = connect(Reach {
@@ -219,6 +241,8 @@ async fn cleanup(run_id: &str, plan_path: Option<&Path>, common: &Common) -> Res
     })
     .await?;
     let result = exec::cleanup(&store, connected.cloud.as_ref(), connected.clock.as_ref(), run_id).await;
+    drop(lock);
+    state::close(&store).await;
     connected.save()?;
     let summary = result.map_err(|e| run_failure(&e))?;
     match common.format {

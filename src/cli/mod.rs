@@ -7,6 +7,7 @@
 //! | 1 | the run failed (an AWS error, a snapshot in `error`, a timeout); resumable |
 //! | 2 | invalid plan or usage; nothing was sent to AWS |
 //! | 3 | another run of this plan holds the lock |
+//! | 4 | stopped at `--max-duration` with copies still under way in AWS; run again |
 //! | 130 | interrupted (SIGINT/SIGTERM); checkpoint saved, resumable |
 
 mod args;
@@ -15,6 +16,7 @@ mod commands;
 mod dryrun;
 mod envelope;
 mod render;
+mod state;
 
 use std::process::ExitCode;
 
@@ -28,6 +30,7 @@ pub mod exit {
     pub const FAILED: u8 = 1;
     pub const USAGE: u8 = 2;
     pub const LOCKED: u8 = 3;
+    pub const STOPPED: u8 = 4;
     pub const INTERRUPTED: u8 = 130;
 }
 

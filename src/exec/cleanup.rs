@@ -32,8 +32,8 @@ pub async fn cleanup(
     clock: &dyn Clock,
     run_id: &str,
 ) -> Result<CleanupSummary, RunError> {
-    let mut record = store.load(run_id)?;
-    let mut journal = store.reopen(&record)?;
+    let mut record = store.load(run_id).await?;
+    let mut journal = store.reopen(&record).await?;
     let mut summary = CleanupSummary { run_id: run_id.to_owned(), grant: "none".into(), ..Default::default() };
     let region = Region::parse(&record.meta.source_region)
         .map_err(|e| RunError::Other(format!("checkpoint of {run_id}: source region: {e}")))?;
@@ -81,7 +81,8 @@ pub async fn cleanup(
         } else {
             // Any other unfinished run on the same key and target account still needs it.
             let others: Vec<String> = store
-                .list()?
+                .list()
+                .await?
                 .into_iter()
                 .filter(|r| {
                     r.meta.run_id != run_id
@@ -116,7 +117,7 @@ pub async fn cleanup(
         record.meta.status = RunStatus::Interrupted;
     }
     journal.meta(&record.meta)?;
-    journal.compact(&record)?;
+    journal.compact(&record).await?;
     Ok(summary)
 }
 

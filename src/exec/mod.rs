@@ -61,7 +61,7 @@ impl RunError {
     /// The process exit code of the contract for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            RunError::Store(StoreError::Locked { .. }) => 3,
+            RunError::Store(e) if e.is_lock_conflict() => 3,
             RunError::Preflight(_) => 2,
             _ => 1,
         }

@@ -13,7 +13,8 @@ pub struct VolumeReport {
     pub shared_snapshot: Option<String>,
     pub target_snapshot: Option<String>,
     pub target_volume: Option<String>,
-    /// `succeeded`, `failed` or `pending` (the run stopped before this volume ended).
+    /// `succeeded`, `failed`, `pending` (the run was interrupted before this volume
+    /// ended) or `in_progress` (stopped by `--max-duration`; AWS goes on with it).
     pub status: String,
     /// The step reached (or the one that failed).
     pub step: String,
@@ -25,7 +26,7 @@ pub struct VolumeReport {
 pub struct RunReport {
     pub run_id: String,
     pub plan: String,
-    /// `succeeded`, `failed`, `interrupted` or `running`.
+    /// `succeeded`, `failed`, `interrupted`, `stopped` (at `--max-duration`) or `running`.
     pub status: String,
     pub simulated: bool,
     /// From the run's creation to its end (or to now, for a run that has not ended);
@@ -40,6 +41,17 @@ pub struct RunReport {
 }
 
 impl RunReport {
+    /// Marks a run that `--max-duration` stopped: `stopped`, with its unfinished
+    /// volumes `in_progress`.
+    pub fn stopped_at_limit(&mut self) {
+        self.status = "stopped".to_owned();
+        for v in &mut self.volumes {
+            if v.status == "pending" {
+                v.status = "in_progress".to_owned();
+            }
+        }
+    }
+
     pub fn from_record(r: &RunRecord) -> Self {
         RunReport {
             run_id: r.meta.run_id.clone(),

@@ -93,20 +93,21 @@ struct Sched {
 /// Volumes that fail do not make this an `Err`: the report says which failed.
 pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> Result<RunReport, RunError> {
     let plan = &cfg.plan;
-    let _lock = env.store.lock_plan(plan.name.as_str())?;
+    let _lock = env.store.lock_plan(plan.name.as_str()).await?;
     let clock = env.clock.clone();
     let cloud = env.cloud.clone();
 
     // Resume the plan's unfinished run, or the one named by --run-id.
     let previous = match &cfg.run_id {
-        Some(id) => match env.store.load(id.as_str()) {
+        Some(id) => match env.store.load(id.as_str()).await {
             Ok(r) => Some(r),
             Err(crate::checkpoint::StoreError::NoSuchRun(_)) => None,
             Err(e) => return Err(e.into()),
         },
         None => env
             .store
-            .latest_of_plan(plan.name.as_str())?
+            .latest_of_plan(plan.name.as_str())
+            .await?
             .filter(|r| r.meta.status != RunStatus::Succeeded && !r.meta.cleaned_up),
     };
     if let Some(p) = &previous {
@@ -177,7 +178,7 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
             record.volumes.push(VolumeRun::new(sv.volume.id.clone()));
         }
     }
-    let mut journal = env.store.create_or_reopen(&record)?;
+    let mut journal = env.store.create_or_reopen(&record).await?;
 
     let actx = ActCtx {
         plan: plan.name.to_string(),
@@ -201,7 +202,7 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
         }
     }
     journal.meta(&record.meta)?;
-    journal.sync()?;
+    journal.sync().await?;
 
     if resolved.cross_account {
         let grant = ensure_grant(&env, plan, &resolved, &mut record.meta).await;
@@ -209,11 +210,11 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
             record.meta.status = RunStatus::Failed;
             record.meta.finished_ms = Some(clock.now_ms());
             journal.meta(&record.meta)?;
-            journal.sync()?;
+            journal.sync().await?;
             return Err(e);
         }
         journal.meta(&record.meta)?;
-        journal.sync()?;
+        journal.sync().await?;
     }
 
     let record_len = record.volumes.len();
@@ -262,7 +263,7 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
         r.record.meta.finished_ms = Some(now);
     }
     r.journal.meta(&r.record.meta)?;
-    r.journal.compact(&r.record)?;
+    r.journal.compact(&r.record).await?;
     tracing::info!(run = %r.record.meta.run_id, status = r.record.meta.status.as_str(), "run ended");
     let mut report = RunReport::from_record(&r.record);
     if let (true, Some(keep)) = (all_done && !interrupted, plan.options.keep) {
@@ -492,7 +493,7 @@ impl Runner {
                 let jobs = self.plan_tick(now)?;
                 if !jobs.is_empty() {
                     // The intents of these changes are durable before any is issued.
-                    self.journal.sync()?;
+                    self.journal.sync().await?;
                     queue.extend(jobs);
                 }
             }
@@ -501,7 +502,7 @@ impl Runner {
                 inflight.push(Box::pin(perform_job(self.env.cloud.clone(), self.actx.clone(), job)));
             }
             if inflight.is_empty() {
-                self.journal.sync()?;
+                self.journal.sync().await?;
                 if stopping {
                     // Queued jobs were never issued; their intents are reconciled on resume.
                     return Ok(true);
@@ -541,13 +542,13 @@ impl Runner {
                 self.busy[index] = false;
                 self.absorb(index, &action, result, now)?;
             }
-            self.journal.sync()?;
+            self.journal.sync().await?;
             if let Some(p) = &self.progress {
                 p.update(&self.tally());
             }
             if self.journal.wants_compaction() {
                 self.record.meta.updated_ms = now;
-                self.journal.compact(&self.record)?;
+                self.journal.compact(&self.record).await?;
             }
         }
     }
