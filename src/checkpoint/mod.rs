@@ -163,7 +163,6 @@ pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ 
     move |source| StoreError::Io { path: path.to_owned(), source }
 }
 
-
 /// What a state store does; the runner, `status` and `cleanup` only use this.
 #[async_trait]
 pub trait StateStore: Send + Sync + fmt::Debug {
@@ -380,7 +379,6 @@ pub fn write_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreErr
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -184,7 +184,12 @@ pub fn document(
         create_volume: plan.options.create_volume,
         keep: plan.options.keep.is_some(),
     };
-    let docs = policy::documents(&ctx);
+    let mut docs = policy::documents(&ctx);
+    if let Ok(super::state::StateLocation::S3 { bucket, prefix }) =
+        super::state::StateLocation::parse(&args.common.state_dir)
+    {
+        docs.source_caller = policy::with_state_bucket(docs.source_caller, ctx.partition, &bucket, &prefix);
+    }
     placeholders(json!({
         "plan": plan.name.as_str(),
         "dry_run": true,

@@ -20,7 +20,9 @@ mod key_policy;
 
 pub use diff::diff;
 pub use eval::{action_matches, allows};
-pub use iam::{IamContext, IamDocuments, documents, source_caller_policy, target_role_policy, target_role_trust};
+pub use iam::{
+    IamContext, IamDocuments, documents, source_caller_policy, target_role_policy, target_role_trust, with_state_bucket,
+};
 pub use key_policy::{
     GRANT_ACTIONS, Grant, GrantChange, MAX_KEY_POLICY_BYTES, ensure_grant, grant_statement, revoke_grant,
 };

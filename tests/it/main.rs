@@ -8,5 +8,6 @@ mod envelope;
 mod moto_e2e;
 mod plan;
 mod policy;
+mod s3_state;
 mod sim;
 mod support;

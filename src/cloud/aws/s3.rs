@@ -174,7 +174,9 @@ async fn credential_life(sdk: &aws_config::SdkConfig) -> CredentialLife {
     }
 }
 
-fn missing<E: ProvideErrorMetadata>(e: &SdkError<E, aws_smithy_runtime_api::client::orchestrator::HttpResponse>) -> bool {
+fn missing<E: ProvideErrorMetadata>(
+    e: &SdkError<E, aws_smithy_runtime_api::client::orchestrator::HttpResponse>,
+) -> bool {
     match e {
         SdkError::ServiceError(ctx) => {
             ctx.raw().status().as_u16() == 404 || matches!(ctx.err().code(), Some("NoSuchKey" | "NotFound"))
@@ -186,7 +188,11 @@ fn missing<E: ProvideErrorMetadata>(e: &SdkError<E, aws_smithy_runtime_api::clie
 #[async_trait]
 impl ObjectStore for S3Objects {
     fn location(&self) -> String {
-        if self.prefix.is_empty() { format!("s3://{}", self.bucket) } else { format!("s3://{}/{}", self.bucket, self.prefix) }
+        if self.prefix.is_empty() {
+            format!("s3://{}", self.bucket)
+        } else {
+            format!("s3://{}/{}", self.bucket, self.prefix)
+        }
     }
 
     async fn get(&self, key: &str) -> CloudResult<Option<Object>> {
@@ -205,7 +211,11 @@ impl ObjectStore for S3Objects {
             .collect()
             .await
             .map_err(|e| {
-                CloudError::new(ErrorKind::Transport, "ReadBody", format!("{ACTION}: reading s3://{}/{key}: {e}", self.bucket))
+                CloudError::new(
+                    ErrorKind::Transport,
+                    "ReadBody",
+                    format!("{ACTION}: reading s3://{}/{key}: {e}", self.bucket),
+                )
             })?
             .into_bytes()
             .to_vec();
@@ -262,7 +272,9 @@ impl ObjectStore for S3Objects {
                 .send()
                 .await
                 .map_err(|e| self.named(prefix, from_sdk(ACTION, e)))?;
-            keys.extend(out.contents().iter().filter_map(|o| o.key()).filter_map(|k| k.get(strip..)).map(str::to_owned));
+            keys.extend(
+                out.contents().iter().filter_map(|o| o.key()).filter_map(|k| k.get(strip..)).map(str::to_owned),
+            );
             match out.next_continuation_token() {
                 Some(t) if out.is_truncated() == Some(true) => token = Some(t.to_owned()),
                 _ => break,
