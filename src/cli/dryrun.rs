@@ -69,7 +69,16 @@ pub async fn dry_run(args: &RunArgs) -> Result<u8, Failure> {
             Err(problems) => (None, problems, None),
         }
     };
-    let doc = document(&plan, resolved.as_ref(), &problems, current_policy.as_deref(), args.offline);
+    let mut doc = document(&plan, resolved.as_ref(), &problems, current_policy.as_deref(), args.offline);
+    // A state in S3 needs the bucket's actions too.
+    if let (Ok(super::state::StateLocation::S3 { bucket, prefix }), true) = (
+        super::state::StateLocation::parse(&args.common.state_dir),
+        doc.get("iam").and_then(|i| i.get("source_caller")).is_some(),
+    ) {
+        let caller = doc["iam"]["source_caller"].take();
+        doc["iam"]["source_caller"] =
+            policy::with_state_bucket(caller, plan.source.region.partition(), &bucket, &prefix);
+    }
     // With problems, the failure path prints the JSON document, so stdout carries one.
     match format {
         Format::Json if problems.is_empty() => println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default()),
@@ -184,12 +193,7 @@ pub fn document(
         create_volume: plan.options.create_volume,
         keep: plan.options.keep.is_some(),
     };
-    let mut docs = policy::documents(&ctx);
-    if let Ok(super::state::StateLocation::S3 { bucket, prefix }) =
-        super::state::StateLocation::parse(&args.common.state_dir)
-    {
-        docs.source_caller = policy::with_state_bucket(docs.source_caller, ctx.partition, &bucket, &prefix);
-    }
+    let docs = policy::documents(&ctx);
     placeholders(json!({
         "plan": plan.name.as_str(),
         "dry_run": true,
