@@ -68,8 +68,9 @@ fn main() {
 
     let sim = SimCloud::new(world, sides);
     let dir = tempfile::tempdir().expect("temp dir");
+    let objects = Arc::new(MemoryObjects::new());
     let store = match std::env::var("SNAPFERRY_BENCH_STATE").as_deref() {
-        Ok("s3") => Store::remote(Arc::new(MemoryObjects::new()), LeaseOptions::default()),
+        Ok("s3") => Store::remote(objects.clone(), LeaseOptions::default()),
         _ => Store::new(dir.path()),
     };
     let env = Env { cloud: Arc::new(sim.clone()), clock: Arc::new(sim.clone()), store: store.clone() };
@@ -111,6 +112,8 @@ fn main() {
             stats.puts as f64 / n as f64,
             stats.bytes_written as f64 / n as f64
         );
+        let checkpoint = objects.keys().iter().filter_map(|k| objects.bytes(k)).map(|b| b.len()).max().unwrap_or(0);
+        println!("  final checkpoint   {checkpoint} bytes");
     }
     println!("API calls per volume {:.2}  ({total} in all)", total as f64 / n as f64);
     let mut by: BTreeMap<String, u64> = BTreeMap::new();

@@ -48,10 +48,12 @@ const MIN_LEASE_SECONDS: u64 = 4;
 const LOCK_ATTEMPTS: u32 = 3;
 /// Loads again when a compaction deleted an object between our listing and our read.
 const LOAD_ATTEMPTS: u32 = 3;
-/// Fold the journal into a checkpoint past this many objects: a load reads each one.
-const COMPACT_OBJECTS: usize = 256;
-/// ... or once the journal holds as many bytes as the checkpoint (at least this):
-/// the rewrites then cost at most as much as the journal itself.
+/// Fold the journal into a checkpoint past this many objects: a resume reads each one.
+const COMPACT_OBJECTS: usize = 512;
+/// ... or once the journal holds this many times the checkpoint's bytes (the checkpoint
+/// counted as at least [`COMPACT_MIN_BYTES`]): the rewrites then add at most a quarter
+/// to what the journal itself writes.
+const COMPACT_RATIO: usize = 4;
 const COMPACT_MIN_BYTES: usize = 256 * 1024;
 /// Deletes of old objects under way at once.
 const DELETES_IN_FLIGHT: usize = 16;
@@ -620,7 +622,8 @@ impl JournalSink for RemoteJournal {
     }
 
     fn wants_compaction(&self) -> bool {
-        self.written.len() > COMPACT_OBJECTS || self.since_bytes >= self.snapshot_bytes.max(COMPACT_MIN_BYTES)
+        self.written.len() > COMPACT_OBJECTS
+            || self.since_bytes >= COMPACT_RATIO * self.snapshot_bytes.max(COMPACT_MIN_BYTES)
     }
 }
 

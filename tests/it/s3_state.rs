@@ -57,7 +57,9 @@ out({"volumes": vols})
 /// The state bucket's objects (key -> ETag), the lease, and what the runs made.
 const INVENTORY: &str = r#"
 s3 = client("s3")
-objects = {o["Key"]: o["ETag"] for o in s3.list_objects_v2(Bucket=ARGS["bucket"]).get("Contents", [])}
+listing = s3.list_objects_v2(Bucket=ARGS["bucket"]).get("Contents", [])
+objects = {o["Key"]: o["ETag"] for o in listing}
+sizes = {o["Key"]: o["Size"] for o in listing}
 lease = None
 for k in objects:
     if k.endswith("/locks/e2e-s3.json"):
@@ -67,6 +69,7 @@ def made(c, step):
             if tags(s).get("snapferry:step") == step]
 out({
     "objects": objects,
+    "sizes": sizes,
     "lease": lease,
     "copies": made(target("ec2"), "copy"),
     "volumes": [v["VolumeId"] for v in target("ec2").describe_volumes()["Volumes"]
@@ -323,4 +326,44 @@ fn max_duration_stops_with_exit_4_and_the_next_invocation_carries_on() {
     rig.assert_one_of_each(&end);
     let line = done.stderr.lines().find(|l| l.contains("state requests")).unwrap_or_default();
     eprintln!("finishing run: {line}");
+}
+
+/// The numbers in the binary's "state requests: ..." log line.
+fn state_requests(stderr: &str) -> Vec<u64> {
+    let line = stderr.lines().find(|l| l.contains("state requests:")).expect("the state requests line");
+    let text = line.split("state requests:").nth(1).unwrap();
+    text.split(',')
+        .filter_map(|part| {
+            part.split_whitespace().next()?.trim_start_matches(|c: char| !c.is_ascii_digit()).parse().ok()
+        })
+        .collect()
+}
+
+#[test]
+fn the_state_of_twenty_volumes_costs_writes_in_proportion() {
+    let rig = Rig::start(20, 2);
+    let done = rig.snapferry("a", &["run", rig.plan_arg()]);
+    let report = done.expect(0);
+    rig.assert_one_of_each(&report);
+    let counts = state_requests(&done.stderr);
+    let [puts, gets, lists, deletes, written, read] = counts[..] else { panic!("{counts:?}") };
+    let inv = rig.inventory();
+    let checkpoint = inv["sizes"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.contains("/runs/"))
+        .map(|(_, v)| v.as_u64().unwrap())
+        .max()
+        .unwrap();
+    eprintln!(
+        "20 volumes on moto: {puts} PUTs, {gets} GETs, {lists} LISTs, {deletes} DELETEs, {written} bytes written, {read} bytes read; final checkpoint {checkpoint} bytes"
+    );
+    // One PUT per sync, a handful per volume; and far less than rewriting the whole
+    // state at every sync.
+    assert!(puts <= 20 * 12, "{puts} PUTs for 20 volumes");
+    assert!(written < puts * checkpoint / 2, "{written} bytes in {puts} PUTs, checkpoint {checkpoint} bytes");
+    // Only what the run wrote last is left: the newest checkpoint.
+    let left: Vec<_> = inv["objects"].as_object().unwrap().keys().filter(|k| k.contains("/runs/")).collect();
+    assert_eq!(left.len(), 1, "{left:?}");
 }
