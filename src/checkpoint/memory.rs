@@ -77,10 +77,10 @@ impl ObjectStore for MemoryObjects {
     async fn delete(&self, key: &str, if_match: Option<&str>) -> CloudResult<()> {
         self.counters.delete();
         let mut objects = self.lock();
-        if let (Some(want), Some(have)) = (if_match, objects.map.get(key)) {
-            if want != have.etag {
-                return Err(precondition_failed("DeleteObject", key));
-            }
+        if let (Some(want), Some(have)) = (if_match, objects.map.get(key))
+            && want != have.etag
+        {
+            return Err(precondition_failed("DeleteObject", key));
         }
         objects.map.remove(key);
         Ok(())

@@ -251,6 +251,9 @@ async fn keep(lease: Arc<Lease>, mut stop: oneshot::Receiver<()>) {
     lease.release().await;
 }
 
+/// A lease's renewal task, and a token alive while its lock is held.
+type Renewal = (JoinHandle<()>, Weak<()>);
+
 /// What the lock holds: dropping it stops the renewals and releases the lease.
 struct LeaseGuard {
     _stop: oneshot::Sender<()>,
@@ -292,8 +295,8 @@ pub struct RemoteStore {
     opts: LeaseOptions,
     /// Leases held by this process, by plan.
     held: Mutex<HashMap<String, Weak<Lease>>>,
-    /// The renewal tasks, by plan, with a token alive while the lock is held.
-    tasks: Mutex<HashMap<String, (JoinHandle<()>, Weak<()>)>>,
+    /// The renewal tasks, by plan.
+    tasks: Mutex<HashMap<String, Renewal>>,
     /// Per run: the highest sequence number and every key seen at its last load.
     loaded: Mutex<HashMap<String, (u64, Vec<String>)>>,
 }
