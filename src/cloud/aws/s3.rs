@@ -46,6 +46,8 @@ pub struct S3Config {
 pub struct S3Objects {
     client: aws_sdk_s3::Client,
     bucket: String,
+    /// The bucket's region, as S3 said.
+    region: String,
     prefix: String,
     counters: Counters,
     /// How long the credentials in use last.
@@ -127,10 +129,16 @@ impl S3Objects {
         Ok(S3Objects {
             client,
             bucket: cfg.bucket,
+            region,
             prefix: cfg.prefix,
             counters: Counters::default(),
             life: credential_life(&sdk).await,
         })
+    }
+
+    /// The bucket's region.
+    pub fn region(&self) -> &str {
+        &self.region
     }
 
     /// How long the credentials in use last.
