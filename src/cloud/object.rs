@@ -112,7 +112,8 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     fn location(&self) -> String;
     /// The object, or `None` when there is none.
     async fn get(&self, key: &str) -> CloudResult<Option<Object>>;
-    /// Writes an object if `condition` holds; returns the new entity tag.
+    /// Writes an object if `condition` holds; returns the new entity tag. Replacing an
+    /// object that is gone is refused like replacing one that changed.
     async fn put(&self, key: &str, bytes: Vec<u8>, condition: Condition) -> CloudResult<String>;
     /// Deletes an object (only that version, with `if_match`). Deleting what is not
     /// there succeeds.

@@ -415,6 +415,9 @@ async fn s3_scenario(endpoint: &str) {
     s3.delete("locks/p.json", Some(&second)).await.unwrap();
     assert_eq!(s3.get("locks/p.json").await.unwrap(), None);
     s3.delete("locks/p.json", None).await.unwrap();
+    // Replacing what is gone is refused too.
+    let gone = s3.put("locks/p.json", b"three".to_vec(), Condition::Matches(second.clone())).await.unwrap_err();
+    assert!(refused(&gone), "{gone}");
 
     // Listing is relative to the prefix and sorted.
     for key in ["runs/r/000000000002.json", "runs/r/000000000001.json", "runs/q/000000000001.json"] {
@@ -426,6 +429,6 @@ async fn s3_scenario(endpoint: &str) {
     );
     assert_eq!(s3.list("runs/").await.unwrap().len(), 3);
     let stats = s3.stats();
-    assert_eq!(stats.puts, 7);
+    assert_eq!(stats.puts, 8);
     assert!(stats.gets >= 3 && stats.lists >= 3 && stats.deletes == 3, "{stats:?}");
 }

@@ -17,7 +17,7 @@ use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use super::config::{SERVICE_ENDPOINT_VARS, check_endpoint_from, retry_config, timeout_config};
 use super::error::from_sdk;
-use crate::cloud::object::{Condition, Counters, Object, ObjectStats, ObjectStore};
+use crate::cloud::object::{Condition, Counters, Object, ObjectStats, ObjectStore, precondition_failed};
 use crate::cloud::{CloudError, CloudResult, ErrorKind};
 use crate::ids::Region;
 
@@ -245,8 +245,13 @@ impl ObjectStore for S3Objects {
             Condition::Absent => req.if_none_match("*"),
             Condition::Matches(etag) => req.if_match(etag),
         };
-        let out = req.send().await.map_err(|e| self.named(key, from_sdk(ACTION, e)))?;
-        Ok(out.e_tag().unwrap_or_default().to_owned())
+        match req.send().await {
+            Ok(out) => Ok(out.e_tag().unwrap_or_default().to_owned()),
+            // `If-Match` on an object that is gone: the version read no longer exists,
+            // which is the same refusal as a changed one.
+            Err(e) if missing(&e) => Err(precondition_failed(ACTION, &self.key(key))),
+            Err(e) => Err(self.named(key, from_sdk(ACTION, e))),
+        }
     }
 
     async fn delete(&self, key: &str, if_match: Option<&str>) -> CloudResult<()> {
