@@ -62,8 +62,14 @@ impl Rig {
         Self::with(plan, |_| {})
     }
 
+    /// On the local state dir, or with `SNAPFERRY_TEST_STATE=s3` on the S3 layout
+    /// (scripts/test runs this module both ways).
     fn with(plan: Plan, tweak: impl FnOnce(&mut World)) -> Self {
-        Self::on(Backend::Local, plan, tweak)
+        let backend = match std::env::var("SNAPFERRY_TEST_STATE").as_deref() {
+            Ok("s3") => Backend::Remote,
+            _ => Backend::Local,
+        };
+        Self::on(backend, plan, tweak)
     }
 
     fn on(backend: Backend, plan: Plan, tweak: impl FnOnce(&mut World)) -> Self {
