@@ -7,12 +7,15 @@
 //! crashed half-way with its state dir lost, and the run-level listing calls the
 //! rerun makes to find and carry on its run. Run with
 //! `cargo bench --bench fleet` (SNAPFERRY_BENCH_VOLUMES=10000 for the large fleet).
+//! SNAPFERRY_BENCH_STATE=s3 keeps the state in the S3 layout over an in-memory object
+//! store and prints the PUTs, GETs and bytes the state cost.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use snapferry::checkpoint::Store;
+use snapferry::checkpoint::memory::MemoryObjects;
+use snapferry::checkpoint::{LeaseOptions, Store};
 use snapferry::cloud::sim::{SimCloud, seed_from_plan};
 use snapferry::exec::{Env, RunConfig, run};
 
@@ -67,7 +70,12 @@ fn main() {
 
     let sim = SimCloud::new(world, sides);
     let dir = tempfile::tempdir().expect("temp dir");
-    let env = Env { cloud: Arc::new(sim.clone()), clock: Arc::new(sim.clone()), store: Store::new(dir.path()) };
+    let objects = Arc::new(MemoryObjects::new());
+    let store = match std::env::var("SNAPFERRY_BENCH_STATE").as_deref() {
+        Ok("s3") => Store::remote(objects.clone(), LeaseOptions::default()),
+        _ => Store::new(dir.path()),
+    };
+    let env = Env { cloud: Arc::new(sim.clone()), clock: Arc::new(sim.clone()), store: store.clone() };
     let cfg = RunConfig {
         plan,
         plan_file: "fleet.yaml".into(),
@@ -79,7 +87,12 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let wall = Instant::now();
     let (_tx, rx) = tokio::sync::watch::channel(false);
-    let report = rt.block_on(run(cfg, env, rx)).expect("run");
+    let report = rt.block_on(async {
+        let report = run(cfg, env, rx).await;
+        store.close().await;
+        report
+    });
+    let report = report.expect("run");
     let wall = wall.elapsed();
     assert_eq!(report.status, snapferry::checkpoint::RunStatus::Succeeded);
 
@@ -94,6 +107,16 @@ fn main() {
         makespan as f64 / bound as f64
     );
     println!("peak RSS             {:.1} MiB", peak_rss_mib());
+    if let Some(stats) = store.stats() {
+        println!("state in S3 layout   {stats}");
+        println!(
+            "  per volume         {:.2} PUTs, {:.0} bytes written",
+            stats.puts as f64 / n as f64,
+            stats.bytes_written as f64 / n as f64
+        );
+        let checkpoint = objects.keys().iter().filter_map(|k| objects.bytes(k)).map(|b| b.len()).max().unwrap_or(0);
+        println!("  final checkpoint   {checkpoint} bytes");
+    }
     println!("API calls per volume {:.2}  ({total} in all)", total as f64 / n as f64);
     let mut by: BTreeMap<String, u64> = BTreeMap::new();
     for (k, v) in calls {

@@ -9,8 +9,9 @@
 //! - [`policy`]: key policies and IAM documents as values. Pure.
 //! - [`engine`]: the per-volume step machine. Pure.
 //! - [`exec`]: the async runner: actions to cloud calls, checkpoints, resume.
-//! - [`cloud`]: the `Cloud` trait, the AWS SDK adapter and the simulated AWS.
-//! - [`checkpoint`]: the on-disk state of runs, versioned, atomic, locked.
+//! - [`cloud`]: the `Cloud` trait, the object-store trait of the S3 state, the AWS SDK
+//!   adapter and the simulated AWS.
+//! - [`checkpoint`]: the state of runs, versioned, atomic, locked: a local dir or S3.
 //! - [`clock`]: wall or virtual time for the runner.
 //! - [`envelope`]: envelope encryption of files with KMS data keys.
 //! - [`cli`]: commands, rendering, exit codes.

@@ -1,30 +1,41 @@
-//! The on-disk state of runs: versioned, crash-safe and locked.
+//! The state of runs: versioned, crash-safe, locked, and kept either in a local
+//! directory or in an object store (S3), behind one [`StateStore`] so the runner does
+//! not know which it has.
 //!
-//! Layout under the state dir:
+//! A run is a compacted checkpoint plus a journal of the records written since,
+//! replayed in order. Recording a volume's new state only buffers it;
+//! [`Journal::sync`] makes everything buffered durable in one write (an fsynced
+//! append locally, one new object in S3), so the runner records the intents of a
+//! whole tick and syncs once before issuing any call. The journal is folded back into
+//! the checkpoint when it has grown enough, so writes stay proportional to what
+//! changed, not to the size of the run.
 //!
-//! ```text
-//! runs/<run-id>/checkpoint.json   the whole run, replaced atomically (temp, fsync, rename)
-//! runs/<run-id>/journal.jsonl     records appended since that file was written, fsynced
-//! locks/<plan>.lock               held (flock) by the one process running that plan
-//! ```
-//!
-//! A run is the compacted checkpoint plus its journal replayed in order. Appending
-//! a line and fsyncing it is cheap however many volumes a run has, so the runner can
-//! record an intent before every call that changes AWS; the journal is folded back
-//! into the checkpoint when it grows. A torn last line (a crash mid-append) is
-//! ignored: the call it announced was never issued, because calls are issued only
-//! after the append is synced.
+//! Layout: `local` (a directory, flock) and `remote` (an object store: a lease object
+//! for the lock, numbered checkpoint and journal objects, every write conditional).
+//! `memory` is an in-memory object store with S3's conditional semantics, for tests and
+//! for counting what a run writes.
 //!
 //! Architecture Invariant: nothing here ever holds a credential; records are plan
 //! data, resource ids and AWS messages only.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+mod local;
+pub mod memory;
+pub mod remote;
 
+use std::fmt;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::cloud::CloudError;
 use crate::engine::VolumeRun;
+
+pub use local::LocalStore;
+pub use remote::{LEASE_ENV, LeaseOptions, RemoteStore};
 
 /// Bumped on any incompatible change of [`RunRecord`]; older tools refuse newer files.
 pub const FORMAT_VERSION: u32 = 1;
@@ -37,6 +48,9 @@ pub enum RunStatus {
     Succeeded,
     Failed,
     Interrupted,
+    /// Stopped at `--max-duration` with work still under way in AWS. Only reports carry
+    /// it; the checkpoint records such a run as `interrupted`.
+    Stopped,
 }
 
 impl RunStatus {
@@ -46,6 +60,7 @@ impl RunStatus {
             RunStatus::Succeeded => "succeeded",
             RunStatus::Failed => "failed",
             RunStatus::Interrupted => "interrupted",
+            RunStatus::Stopped => "stopped",
         }
     }
 }
@@ -107,7 +122,7 @@ pub struct RunRecord {
 /// One journal line.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-enum Entry {
+pub(crate) enum Entry {
     Meta(RunMeta),
     Volume { index: usize, state: VolumeRun },
 }
@@ -126,178 +141,171 @@ pub enum StoreError {
     NoSuchRun(String),
     #[error("another snapferry holds the lock on plan {plan} ({path}); wait for it to finish")]
     Locked { plan: String, path: PathBuf },
+    #[error(
+        "another snapferry holds the lock on plan {plan} in {location}: {holder}, whose lease ends at {until} unless renewed; wait for it to finish (a dead holder's lease is taken over once it ends)"
+    )]
+    Leased { plan: String, location: String, holder: String, until: String },
+    #[error(
+        "lost the lease on plan {plan} in {location}: {reason}; stopped before writing the state, so as not to overwrite another snapferry's; AWS goes on with what was started, and the same command carries on later"
+    )]
+    LeaseLost { plan: String, location: String, reason: String },
+    #[error(
+        "the state of run {run_id} in {location} was written by another snapferry since this one read it; stopped without writing; run the same command again"
+    )]
+    Fenced { run_id: String, location: String },
+    #[error("state in {location}: {source}{hint}")]
+    Remote { location: String, source: CloudError, hint: &'static str },
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+impl StoreError {
+    /// True when another snapferry holds (or took over) the plan: exit 3.
+    pub fn is_lock_conflict(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Locked { .. }
+                | StoreError::Leased { .. }
+                | StoreError::LeaseLost { .. }
+                | StoreError::Fenced { .. }
+        )
+    }
+}
+
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     move |source| StoreError::Io { path: path.to_owned(), source }
 }
 
-/// The state dir.
-#[derive(Debug, Clone)]
-pub struct Store {
-    root: PathBuf,
+/// What a state store does; the runner, `status` and `cleanup` only use this.
+#[async_trait]
+pub trait StateStore: Send + Sync + fmt::Debug {
+    /// Where the state lives, for messages: a directory or `s3://BUCKET/PREFIX`.
+    fn location(&self) -> String;
+    /// Takes the plan's lock without waiting; [`StoreError::is_lock_conflict`] when
+    /// another snapferry holds it.
+    async fn lock_plan(&self, plan: &str) -> Result<PlanLock, StoreError>;
+    /// Reads a run: the checkpoint with its journal replayed.
+    async fn load(&self, run_id: &str) -> Result<RunRecord, StoreError>;
+    /// Every run, oldest first by creation time.
+    async fn list(&self) -> Result<Vec<RunRecord>, StoreError>;
+    /// Opens a run for appending: creates it if it is new, else folds its journal into
+    /// a fresh checkpoint of `record`.
+    async fn create_or_reopen(&self, record: &RunRecord) -> Result<Journal, StoreError>;
+    /// Waits (bounded) for background work of the store to end, such as the release
+    /// of a lock just dropped. Call before the process exits.
+    async fn close(&self) {}
+    /// Request and byte counts of the store's backend, when it counts them.
+    fn stats(&self) -> Option<crate::cloud::object::ObjectStats> {
+        None
+    }
 }
 
-/// An exclusive hold on one plan; released when dropped (and by the kernel when the
-/// process dies, so a kill -9 never leaves a stale lock).
-#[derive(Debug)]
-pub struct PlanLock {
-    _file: File,
-}
+/// A state store: a local directory or an object store. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store(Arc<dyn StateStore>);
 
 impl Store {
+    /// The local state dir at `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Store { root: root.into() }
+        Store(Arc::new(LocalStore::new(root)))
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// Any store.
+    pub fn from_backend(backend: Arc<dyn StateStore>) -> Self {
+        Store(backend)
     }
 
-    fn run_dir(&self, run_id: &str) -> PathBuf {
-        self.root.join("runs").join(run_id)
+    /// The state in an object store (S3, or the in-memory one of tests).
+    pub fn remote(objects: Arc<dyn crate::cloud::object::ObjectStore>, lease: LeaseOptions) -> Self {
+        Store(Arc::new(RemoteStore::new(objects, lease)))
     }
 
-    /// Takes the plan's lock without waiting.
-    pub fn lock_plan(&self, plan: &str) -> Result<PlanLock, StoreError> {
-        let dir = self.root.join("locks");
-        fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let path = dir.join(format!("{plan}.lock"));
-        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io(&path))?;
-        match file.try_lock() {
-            Ok(()) => Ok(PlanLock { _file: file }),
-            Err(fs::TryLockError::WouldBlock) => Err(StoreError::Locked { plan: plan.to_owned(), path }),
-            Err(fs::TryLockError::Error(e)) => Err(io(&path)(e)),
-        }
+    pub fn location(&self) -> String {
+        self.0.location()
     }
 
-    /// Creates a run on disk and returns the journal to record it with.
-    pub fn create(&self, record: &RunRecord) -> Result<Journal, StoreError> {
-        let dir = self.run_dir(&record.meta.run_id);
-        fs::create_dir_all(&dir).map_err(io(&dir))?;
-        write_atomic(&dir.join("checkpoint.json"), record)?;
-        let journal_path = dir.join("journal.jsonl");
-        let _ = fs::remove_file(&journal_path);
-        Journal::open(dir, record.volumes.len())
+    pub async fn lock_plan(&self, plan: &str) -> Result<PlanLock, StoreError> {
+        self.0.lock_plan(plan).await
     }
 
-    /// Reads a run: the checkpoint with its journal replayed.
-    pub fn load(&self, run_id: &str) -> Result<RunRecord, StoreError> {
-        let dir = self.run_dir(run_id);
-        let path = dir.join("checkpoint.json");
-        let text = match fs::read(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(StoreError::NoSuchRun(run_id.to_owned())),
-            Err(e) => return Err(io(&path)(e)),
-        };
-        let value: serde_json::Value = serde_json::from_slice(&text)
-            .map_err(|e| StoreError::Corrupt { path: path.clone(), message: e.to_string() })?;
-        let found = value.get("format_version").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
-        if found > FORMAT_VERSION {
-            return Err(StoreError::NewerFormat { path, found });
-        }
-        let mut record: RunRecord = serde_json::from_value(value)
-            .map_err(|e| StoreError::Corrupt { path: path.clone(), message: e.to_string() })?;
-        let jpath = dir.join("journal.jsonl");
-        if let Ok(f) = File::open(&jpath) {
-            for line in BufReader::new(f).lines() {
-                let Ok(line) = line else { break };
-                // A line that does not parse can only be the torn last one.
-                let Ok(entry) = serde_json::from_str::<Entry>(&line) else { break };
-                match entry {
-                    Entry::Meta(m) => record.meta = m,
-                    Entry::Volume { index, state } => {
-                        if index < record.volumes.len() {
-                            record.volumes[index] = state;
-                        } else if index == record.volumes.len() {
-                            record.volumes.push(state);
-                        }
-                    }
-                }
-            }
-        }
-        Ok(record)
+    pub async fn load(&self, run_id: &str) -> Result<RunRecord, StoreError> {
+        self.0.load(run_id).await
     }
 
-    /// Opens a loaded run for appending; folds its journal into a fresh checkpoint.
-    pub fn reopen(&self, record: &RunRecord) -> Result<Journal, StoreError> {
-        let dir = self.run_dir(&record.meta.run_id);
-        write_atomic(&dir.join("checkpoint.json"), record)?;
-        let jpath = dir.join("journal.jsonl");
-        match fs::remove_file(&jpath) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(&jpath)(e)),
-        }
-        Journal::open(dir, record.volumes.len())
+    pub async fn list(&self) -> Result<Vec<RunRecord>, StoreError> {
+        self.0.list().await
     }
 
-    /// Opens a run for appending: creates it on disk if it is new, else folds its
-    /// journal into a fresh checkpoint.
-    pub fn create_or_reopen(&self, record: &RunRecord) -> Result<Journal, StoreError> {
-        if self.run_dir(&record.meta.run_id).join("checkpoint.json").exists() {
-            self.reopen(record)
-        } else {
-            self.create(record)
-        }
+    pub async fn create_or_reopen(&self, record: &RunRecord) -> Result<Journal, StoreError> {
+        self.0.create_or_reopen(record).await
     }
 
-    /// Every run id in the state dir, oldest first by creation time.
-    pub fn list(&self) -> Result<Vec<RunRecord>, StoreError> {
-        let dir = self.root.join("runs");
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-            Err(e) => return Err(io(&dir)(e)),
-        };
-        let mut runs = vec![];
-        for e in entries {
-            let e = e.map_err(io(&dir))?;
-            if let Some(name) = e.file_name().to_str() {
-                match self.load(name) {
-                    Ok(r) => runs.push(r),
-                    Err(StoreError::NoSuchRun(_)) => {}
-                    Err(err) => return Err(err),
-                }
-            }
-        }
-        runs.sort_by(|a, b| (a.meta.created_ms, &a.meta.run_id).cmp(&(b.meta.created_ms, &b.meta.run_id)));
-        Ok(runs)
+    /// Opens a run that exists (a loaded one) for appending.
+    pub async fn reopen(&self, record: &RunRecord) -> Result<Journal, StoreError> {
+        self.0.create_or_reopen(record).await
     }
 
     /// The newest run of a plan, if any.
-    pub fn latest_of_plan(&self, plan: &str) -> Result<Option<RunRecord>, StoreError> {
-        Ok(self.list()?.into_iter().rfind(|r| r.meta.plan == plan))
+    pub async fn latest_of_plan(&self, plan: &str) -> Result<Option<RunRecord>, StoreError> {
+        Ok(self.0.list().await?.into_iter().rfind(|r| r.meta.plan == plan))
     }
+
+    pub async fn close(&self) {
+        self.0.close().await
+    }
+
+    pub fn stats(&self) -> Option<crate::cloud::object::ObjectStats> {
+        self.0.stats()
+    }
+}
+
+/// An exclusive hold on one plan; released when dropped. A local lock is released by
+/// the kernel when the process dies; a lease in S3 ends at most one lease duration
+/// after its holder stopped renewing it.
+pub struct PlanLock {
+    _guard: Box<dyn Send + Sync>,
+}
+
+impl PlanLock {
+    pub(crate) fn new(guard: impl Send + Sync + 'static) -> Self {
+        PlanLock { _guard: Box::new(guard) }
+    }
+}
+
+impl fmt::Debug for PlanLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PlanLock")
+    }
+}
+
+/// Where a journal's records go when synced: one backend per kind of store.
+#[async_trait]
+pub(crate) trait JournalSink: Send + Sync + fmt::Debug {
+    /// Makes `batch` (whole JSON lines, `lines` of them) durable after what came before.
+    async fn append(&mut self, batch: &[u8], lines: usize) -> Result<(), StoreError>;
+    /// Writes the whole run as the new checkpoint and starts an empty journal.
+    async fn compact(&mut self, record: &RunRecord) -> Result<(), StoreError>;
+    fn wants_compaction(&self) -> bool;
 }
 
 /// The append side of one run's checkpoint.
 #[derive(Debug)]
 pub struct Journal {
-    dir: PathBuf,
-    file: File,
-    lines: usize,
-    /// Fold into checkpoint.json past this many lines.
-    compact_at: usize,
-    dirty: bool,
+    sink: Box<dyn JournalSink>,
+    /// Records not synced yet, as JSON lines.
+    pending: Vec<u8>,
+    pending_lines: usize,
 }
 
 impl Journal {
-    fn open(dir: PathBuf, volumes: usize) -> Result<Self, StoreError> {
-        let path = dir.join("journal.jsonl");
-        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
-        sync_dir(&dir)?;
-        Ok(Journal { dir, file, lines: 0, compact_at: (volumes * 8).max(2048), dirty: false })
+    pub(crate) fn new(sink: impl JournalSink + 'static) -> Self {
+        Journal { sink: Box::new(sink), pending: vec![], pending_lines: 0 }
     }
 
     fn write_entry(&mut self, entry: &Entry) -> Result<(), StoreError> {
-        let mut line = serde_json::to_vec(entry)
-            .map_err(|e| StoreError::Corrupt { path: self.dir.clone(), message: e.to_string() })?;
-        line.push(b'\n');
-        let path = self.dir.join("journal.jsonl");
-        self.file.write_all(&line).map_err(io(&path))?;
-        self.lines += 1;
-        self.dirty = true;
+        let line = serde_json::to_vec(entry)
+            .map_err(|e| StoreError::Corrupt { path: PathBuf::from("journal"), message: e.to_string() })?;
+        self.pending.extend_from_slice(&line);
+        self.pending.push(b'\n');
+        self.pending_lines += 1;
         Ok(())
     }
 
@@ -311,33 +319,57 @@ impl Journal {
         self.write_entry(&Entry::Meta(meta.clone()))
     }
 
-    /// Makes everything recorded so far durable.
-    pub fn sync(&mut self) -> Result<(), StoreError> {
-        if self.dirty {
-            let path = self.dir.join("journal.jsonl");
-            self.file.sync_data().map_err(io(&path))?;
-            self.dirty = false;
+    /// Makes everything recorded so far durable, in one write. Fails, writing
+    /// nothing, when the store no longer belongs to this process (a lost lease).
+    pub async fn sync(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            return Ok(());
         }
+        self.sink.append(&self.pending, self.pending_lines).await?;
+        self.pending.clear();
+        self.pending_lines = 0;
         Ok(())
     }
 
     /// True when the journal has grown enough to be folded into the checkpoint.
     pub fn wants_compaction(&self) -> bool {
-        self.lines >= self.compact_at
+        self.sink.wants_compaction()
     }
 
     /// Writes the whole run as the new checkpoint and starts an empty journal.
-    pub fn compact(&mut self, record: &RunRecord) -> Result<(), StoreError> {
-        self.sync()?;
-        write_atomic(&self.dir.join("checkpoint.json"), record)?;
-        let path = self.dir.join("journal.jsonl");
-        // Truncate only after the checkpoint that contains every line is durable.
-        self.file = OpenOptions::new().create(true).write(true).truncate(true).open(&path).map_err(io(&path))?;
-        self.file.sync_all().map_err(io(&path))?;
-        self.file = OpenOptions::new().append(true).open(&path).map_err(io(&path))?;
-        self.lines = 0;
-        Ok(())
+    pub async fn compact(&mut self, record: &RunRecord) -> Result<(), StoreError> {
+        self.sync().await?;
+        self.sink.compact(record).await
     }
+}
+
+/// Replays journal lines over a checkpoint; stops at a line that does not parse,
+/// which can only be a torn last one.
+pub(crate) fn replay(record: &mut RunRecord, lines: &[u8]) {
+    for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let Ok(entry) = serde_json::from_slice::<Entry>(line) else { break };
+        match entry {
+            Entry::Meta(m) => record.meta = m,
+            Entry::Volume { index, state } => {
+                if index < record.volumes.len() {
+                    record.volumes[index] = state;
+                } else if index == record.volumes.len() {
+                    record.volumes.push(state);
+                }
+            }
+        }
+    }
+}
+
+/// Parses a checkpoint, refusing a newer format. `path` names it in errors.
+pub(crate) fn parse_checkpoint(bytes: &[u8], path: &Path) -> Result<RunRecord, StoreError> {
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Corrupt { path: path.to_owned(), message: e.to_string() })?;
+    let found = value.get("format_version").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+    if found > FORMAT_VERSION {
+        return Err(StoreError::NewerFormat { path: path.to_owned(), found });
+    }
+    serde_json::from_value(value).map_err(|e| StoreError::Corrupt { path: path.to_owned(), message: e.to_string() })
 }
 
 /// Writes `value` as JSON to `path` so that a crash leaves either the old file or the
@@ -355,13 +387,18 @@ pub fn write_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreErr
     sync_dir(dir)
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs::OpenOptions;
+    use std::time::Duration;
+
+    use super::memory::MemoryObjects;
     use super::*;
+    use crate::cloud::object::ObjectStore;
     use crate::ids::VolumeId;
 
     fn record(run_id: &str, n: usize) -> RunRecord {
@@ -392,74 +429,203 @@ mod tests {
         }
     }
 
-    #[test]
-    fn journal_replays_over_checkpoint_and_ignores_a_torn_line() {
+    /// The two stores the same tests run against: a directory, and the S3 layout over
+    /// objects in memory.
+    fn stores() -> Vec<(Store, tempfile::TempDir, Arc<MemoryObjects>)> {
+        let dir = tempfile::tempdir().unwrap();
+        let objects = Arc::new(MemoryObjects::new());
+        vec![
+            (Store::new(dir.path()), dir, objects.clone()),
+            (Store::remote(objects.clone(), LeaseOptions::default()), tempfile::tempdir().unwrap(), objects),
+        ]
+    }
+
+    fn short_lease() -> LeaseOptions {
+        LeaseOptions { duration: Duration::from_millis(400) }
+    }
+
+    #[tokio::test]
+    async fn journal_replays_over_checkpoint() {
+        for (store, _dir, _) in stores() {
+            let mut r = record("r1", 2);
+            let mut j = store.create_or_reopen(&r).await.unwrap();
+            r.volumes[1].step = crate::engine::Step::WaitSnapshot;
+            j.volume(1, &r.volumes[1]).unwrap();
+            r.meta.status = RunStatus::Failed;
+            j.meta(&r.meta).unwrap();
+            j.sync().await.unwrap();
+            assert_eq!(store.load("r1").await.unwrap(), r, "{}", store.location());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_torn_last_line_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::new(dir.path());
         let mut r = record("r1", 2);
-        let mut j = store.create(&r).unwrap();
+        let mut j = store.create_or_reopen(&r).await.unwrap();
         r.volumes[1].step = crate::engine::Step::WaitSnapshot;
         j.volume(1, &r.volumes[1]).unwrap();
-        r.meta.status = RunStatus::Failed;
-        j.meta(&r.meta).unwrap();
-        j.sync().unwrap();
+        j.sync().await.unwrap();
         let mut f = OpenOptions::new().append(true).open(dir.path().join("runs/r1/journal.jsonl")).unwrap();
         f.write_all(b"{\"volume\":{\"index\":0,\"sta").unwrap();
-        let back = store.load("r1").unwrap();
-        assert_eq!(back, r);
+        assert_eq!(store.load("r1").await.unwrap(), r);
     }
 
-    #[test]
-    fn compaction_keeps_the_same_run() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::new(dir.path());
-        let mut r = record("r2", 3);
-        let mut j = store.create(&r).unwrap();
-        for i in 0..3 {
-            r.volumes[i].in_flight = true;
-            j.volume(i, &r.volumes[i]).unwrap();
+    #[tokio::test]
+    async fn unsynced_records_are_not_durable() {
+        for (store, _dir, _) in stores() {
+            let mut r = record("r1", 1);
+            let mut j = store.create_or_reopen(&r).await.unwrap();
+            let before = r.clone();
+            r.volumes[0].in_flight = true;
+            j.volume(0, &r.volumes[0]).unwrap();
+            assert_eq!(store.load("r1").await.unwrap(), before, "{}", store.location());
         }
-        j.compact(&r).unwrap();
-        assert_eq!(fs::metadata(dir.path().join("runs/r2/journal.jsonl")).unwrap().len(), 0);
-        r.volumes[2].in_flight = false;
-        j.volume(2, &r.volumes[2]).unwrap();
-        j.sync().unwrap();
-        assert_eq!(store.load("r2").unwrap(), r);
     }
 
-    #[test]
-    fn newer_format_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::new(dir.path());
-        let mut r = record("r3", 1);
-        r.meta.format_version = FORMAT_VERSION + 1;
-        store.create(&r).unwrap();
-        assert!(matches!(store.load("r3"), Err(StoreError::NewerFormat { .. })));
+    #[tokio::test]
+    async fn compaction_keeps_the_same_run() {
+        for (store, dir, objects) in stores() {
+            let mut r = record("r2", 3);
+            let mut j = store.create_or_reopen(&r).await.unwrap();
+            for i in 0..3 {
+                r.volumes[i].in_flight = true;
+                j.volume(i, &r.volumes[i]).unwrap();
+                j.sync().await.unwrap();
+            }
+            j.compact(&r).await.unwrap();
+            if store.location().starts_with("memory") {
+                // Only the newest checkpoint is left.
+                assert_eq!(objects.keys(), vec!["runs/r2/000000000005.json".to_owned()]);
+            } else {
+                assert_eq!(fs::metadata(dir.path().join("runs/r2/journal.jsonl")).unwrap().len(), 0);
+            }
+            r.volumes[2].in_flight = false;
+            j.volume(2, &r.volumes[2]).unwrap();
+            j.sync().await.unwrap();
+            assert_eq!(store.load("r2").await.unwrap(), r);
+        }
     }
 
-    #[test]
-    fn second_lock_on_a_plan_is_refused_until_the_first_is_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::new(dir.path());
-        let first = store.lock_plan("p").unwrap();
-        assert!(matches!(store.lock_plan("p"), Err(StoreError::Locked { .. })));
-        assert!(store.lock_plan("other").is_ok());
-        drop(first);
-        assert!(store.lock_plan("p").is_ok());
+    #[tokio::test]
+    async fn newer_format_is_refused() {
+        for (store, _dir, _) in stores() {
+            let mut r = record("r3", 1);
+            r.meta.format_version = FORMAT_VERSION + 1;
+            store.create_or_reopen(&r).await.unwrap();
+            assert!(matches!(store.load("r3").await, Err(StoreError::NewerFormat { .. })));
+        }
     }
 
-    #[test]
-    fn latest_of_plan_and_missing_runs() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::new(dir.path());
-        let mut a = record("a", 0);
-        a.meta.created_ms = 5;
-        let mut b = record("b", 0);
-        b.meta.created_ms = 9;
-        store.create(&a).unwrap();
-        store.create(&b).unwrap();
-        assert_eq!(store.latest_of_plan("p").unwrap().unwrap().meta.run_id, "b");
-        assert!(store.latest_of_plan("q").unwrap().is_none());
-        assert!(matches!(store.load("zzz"), Err(StoreError::NoSuchRun(_))));
+    #[tokio::test]
+    async fn second_lock_on_a_plan_is_refused_until_the_first_is_dropped() {
+        for (store, _dir, _) in stores() {
+            let first = store.lock_plan("p").await.unwrap();
+            let err = store.lock_plan("p").await.unwrap_err();
+            assert!(err.is_lock_conflict(), "{err}");
+            assert!(store.lock_plan("other").await.is_ok());
+            drop(first);
+            assert!(store.lock_plan("p").await.is_ok());
+        }
+    }
+
+    #[tokio::test]
+    async fn latest_of_plan_and_missing_runs() {
+        for (store, _dir, _) in stores() {
+            let mut a = record("a", 0);
+            a.meta.created_ms = 5;
+            let mut b = record("b", 0);
+            b.meta.created_ms = 9;
+            store.create_or_reopen(&b).await.unwrap();
+            store.create_or_reopen(&a).await.unwrap();
+            assert_eq!(store.latest_of_plan("p").await.unwrap().unwrap().meta.run_id, "b");
+            assert!(store.latest_of_plan("q").await.unwrap().is_none());
+            assert!(matches!(store.load("zzz").await, Err(StoreError::NoSuchRun(_))));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lease_names_its_holder_and_is_released_on_drop() {
+        let objects = Arc::new(MemoryObjects::new());
+        let one = Store::remote(objects.clone(), LeaseOptions::default());
+        let other = Store::remote(objects.clone(), LeaseOptions::default());
+        let lock = one.lock_plan("p").await.unwrap();
+        let _journal = one.create_or_reopen(&record("p-run", 0)).await.unwrap();
+        let err = other.lock_plan("p").await.unwrap_err();
+        let text = err.to_string();
+        assert!(err.is_lock_conflict(), "{text}");
+        assert!(text.contains(&format!("pid {}", std::process::id())) && text.contains("run p-run"), "{text}");
+        assert!(text.contains("lease ends at"), "{text}");
+        let before = objects.stats();
+        assert!(other.lock_plan("p").await.is_err());
+        assert_eq!(objects.stats().puts, before.puts, "a refused lock writes nothing");
+        drop(lock);
+        one.close().await;
+        assert!(!objects.keys().iter().any(|k| k.starts_with("locks/")), "{:?}", objects.keys());
+        assert!(other.lock_plan("p").await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_dead_holders_lease_is_taken_over_once_it_ends_and_the_holder_is_fenced() {
+        let objects = Arc::new(MemoryObjects::new());
+        let backend = Arc::new(RemoteStore::new(objects.clone(), short_lease()));
+        let first = Store::from_backend(backend.clone());
+        let lock = first.lock_plan("p").await.unwrap();
+        let mut r = record("run", 2);
+        let mut stale = first.create_or_reopen(&r).await.unwrap();
+        r.volumes[0].in_flight = true;
+        stale.volume(0, &r.volumes[0]).unwrap();
+        stale.sync().await.unwrap();
+        // The holder stops renewing (a suspended laptop) but its journal lives on.
+        backend.abandon("p");
+        drop(lock);
+        let second = Store::remote(objects.clone(), short_lease());
+        assert!(second.lock_plan("p").await.unwrap_err().is_lock_conflict());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let _lock = second.lock_plan("p").await.unwrap();
+        let loaded = second.load("run").await.unwrap();
+        assert_eq!(loaded, r);
+        let mut fresh = second.create_or_reopen(&loaded).await.unwrap();
+        // The first holder wakes up: its next write fails, and writes nothing.
+        let keys = objects.keys();
+        stale.volume(1, &r.volumes[1]).unwrap();
+        let err = stale.sync().await.unwrap_err();
+        assert!(err.is_lock_conflict(), "{err}");
+        assert_eq!(objects.keys(), keys);
+        fresh.meta(&loaded.meta).unwrap();
+        fresh.sync().await.unwrap();
+        assert_eq!(second.load("run").await.unwrap(), loaded);
+    }
+
+    #[tokio::test]
+    async fn a_writer_without_a_lease_check_is_still_fenced_by_the_sequence() {
+        let objects = Arc::new(MemoryObjects::new());
+        let a = Store::remote(objects.clone(), LeaseOptions::default());
+        let b = Store::remote(objects.clone(), LeaseOptions::default());
+        let r = record("run", 1);
+        let mut ja = a.create_or_reopen(&r).await.unwrap();
+        let loaded = b.load("run").await.unwrap();
+        let _jb = b.create_or_reopen(&loaded).await.unwrap();
+        ja.meta(&r.meta).unwrap();
+        assert!(matches!(ja.sync().await, Err(StoreError::Fenced { .. })));
+        assert!(matches!(ja.compact(&r).await, Err(StoreError::Fenced { .. })));
+        // A reopen from a stale read is refused too.
+        assert!(matches!(a.create_or_reopen(&r).await, Err(StoreError::Fenced { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_lease_that_cannot_be_renewed_stops_writes_before_it_ends() {
+        let objects = Arc::new(MemoryObjects::new());
+        let store = Store::remote(objects.clone(), short_lease());
+        let lock = store.lock_plan("p").await.unwrap();
+        let mut j = store.create_or_reopen(&record("run", 1)).await.unwrap();
+        // Someone deletes the lease by hand: the next renewal finds it gone.
+        objects.delete("locks/p.json", None).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        j.meta(&record("run", 1).meta).unwrap();
+        let err = j.sync().await.unwrap_err();
+        assert!(matches!(err, StoreError::LeaseLost { .. }), "{err}");
+        drop(lock);
     }
 }

@@ -54,7 +54,8 @@ pub enum LogFormat {
 /// Options shared by the commands that talk to AWS.
 #[derive(Debug, Clone, Args)]
 pub struct Common {
-    /// Where runs are checkpointed.
+    /// Where runs are checkpointed: a local directory or s3://BUCKET/PREFIX (a state
+    /// that outlives the machine, locked by a lease in the bucket).
     #[arg(long, env = "SNAPFERRY_STATE_DIR", default_value = ".snapferry")]
     pub state_dir: PathBuf,
     /// Output: text for people, json for CI (one JSON document on stdout at the end).
@@ -85,6 +86,10 @@ pub struct RunArgs {
     /// --simulate or a custom endpoint).
     #[arg(long)]
     pub no_permission_probes: bool,
+    /// Stop cleanly after this long (90m, 5h30m): checkpoint, report, exit 4. AWS goes
+    /// on copying; the same command carries on.
+    #[arg(long, value_name = "DURATION")]
+    pub max_duration: Option<String>,
     /// Write a Prometheus textfile with per-volume results after the run.
     #[arg(long, value_name = "FILE")]
     pub metrics_file: Option<PathBuf>,

@@ -86,7 +86,10 @@ impl<'a> Reach<'a> {
 /// Connects to the simulated AWS or to AWS.
 pub async fn connect(reach: Reach<'_>) -> Result<Connected, Failure> {
     if reach.common.simulate {
-        let path = sim_world_path(&reach.common.state_dir, reach.plan_name);
+        // With the state in S3 the simulated world stays on this machine.
+        let base =
+            if super::state::is_remote(reach.common) { Path::new(".snapferry") } else { &reach.common.state_dir };
+        let path = sim_world_path(base, reach.plan_name);
         let sides = SimSides {
             source_account: reach
                 .seed

@@ -14,6 +14,7 @@ use super::args::{Command, Common, Format, RunArgs};
 use super::cloud::{Reach, connect, session_name};
 use super::plan_file::load_plan;
 use super::render::{self, emit};
+use super::state::{self, StateReach};
 use super::{Failure, exit};
 
 pub async fn dispatch(cli: super::Cli) -> Result<u8, Failure> {
@@ -25,7 +26,7 @@ pub async fn dispatch(cli: super::Cli) -> Result<u8, Failure> {
         }
         Command::Run(args) if args.dry_run => super::dryrun::dry_run(&args).await,
         Command::Run(args) => run(&args).await,
-        Command::Status { run_id, common } => status(run_id.as_deref(), &common),
+        Command::Status { run_id, common } => status(run_id.as_deref(), &common).await,
         Command::Cleanup { run_id, plan, common } => cleanup(&run_id, plan.as_deref(), &common).await,
         Command::Envelope(e) => super::envelope::envelope(e).await,
     }
@@ -42,8 +43,10 @@ fn validate(path: &Path, format: Format) -> Result<u8, Failure> {
 }
 
 /// Turns SIGINT and SIGTERM into a shutdown request for the runner.
-fn shutdown_signal() -> watch::Receiver<bool> {
+fn shutdown_signal() -> (std::sync::Arc<watch::Sender<bool>>, watch::Receiver<bool>) {
     let (tx, rx) = watch::channel(false);
+    let tx = std::sync::Arc::new(tx);
+    let sender = tx.clone();
     tokio::spawn(async move {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
@@ -66,7 +69,7 @@ fn shutdown_signal() -> watch::Receiver<bool> {
         tracing::warn!("interrupted: finishing the calls under way and saving the checkpoint");
         let _ = tx.send(true);
     });
-    rx
+    (sender, rx)
 }
 
 async fn run(args: &RunArgs) -> Result<u8, Failure> {
@@ -76,9 +79,18 @@ async fn run(args: &RunArgs) -> Result<u8, Failure> {
         Some(id) => Some(RunId::parse(id).map_err(|e| Failure::new(exit::USAGE, format!("--run-id {id}: {e}")))?),
         None => None,
     };
-    let store = Store::new(&args.common.state_dir);
+    let limit = state::max_duration(args.max_duration.as_deref())?;
+    let opened = state::open(
+        &args.common,
+        StateReach { profile: plan.source.profile.clone(), region: Some(plan.source.region.clone()) },
+    )
+    .await?;
+    let store = opened.store;
     // Fail fast on a held lock, before any call to AWS.
-    drop(store.lock_plan(plan.name.as_str()).map_err(|e| Failure::from(&e))?);
+    drop(store.lock_plan(plan.name.as_str()).await.map_err(|e| Failure::from(&e))?);
+    if !args.common.simulate {
+        state::warn_credentials(opened.life, limit);
+    }
 
     let session = session_name(run_id.as_ref().map(|r| r.as_str()).unwrap_or(plan.name.as_str()));
     let connected = connect(Reach::for_plan(&args.common, &plan, session)).await?;
@@ -93,16 +105,22 @@ async fn run(args: &RunArgs) -> Result<u8, Failure> {
             && super::cloud::endpoint(&args.common)?.is_none(),
         progress: render::progress_bar(format),
     };
-    let result = exec::run(cfg, env, shutdown_signal()).await;
+    let (stop, shutdown) = shutdown_signal();
+    let stopped_at_limit = state::stop_after(limit, stop);
+    let result = exec::run(cfg, env, shutdown).await;
+    state::close(&store).await;
     connected.save()?;
-    let report = result.map_err(|e| Failure::from(&e))?;
+    let mut report = result.map_err(|e| Failure::from(&e))?;
+    if stopped_at_limit.load(std::sync::atomic::Ordering::SeqCst) && report.status == RunStatus::Interrupted {
+        report.stopped_at_limit();
+    }
     // The run is over and checkpointed: a metrics file that cannot be written is worth
     // a warning, not a failed run (the next invocation would start a new one).
     if let Some(path) = &args.metrics_file {
-        let written = store
-            .list()
-            .map_err(|e| e.to_string())
-            .and_then(|runs| render::write_metrics(path, &plan, &runs).map_err(|e| e.to_string()));
+        let written = match store.list().await {
+            Ok(runs) => render::write_metrics(path, &plan, &runs).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
         if let Err(e) = written {
             tracing::warn!("cannot write metrics file {}: {e}; the run's result stands", path.display());
         }
@@ -113,31 +131,39 @@ async fn run(args: &RunArgs) -> Result<u8, Failure> {
 
 /// A run's status as `status` shows it: a run checkpointed as running whose plan lock
 /// is free has no live process (killed, or its machine lost), so it shows as
-/// interrupted, which is what it is: resumable by running the plan again.
-fn observed(store: &Store, mut r: RunRecord) -> RunRecord {
-    if r.meta.status == RunStatus::Running && store.lock_plan(&r.meta.plan).is_ok() {
+/// interrupted, which is what it is: resumable by running the plan again. A state in
+/// S3 is only read: its lease says by itself when a holder died.
+async fn observed(store: &Store, mut r: RunRecord) -> RunRecord {
+    if r.meta.status == RunStatus::Running
+        && !store.location().starts_with("s3://")
+        && store.lock_plan(&r.meta.plan).await.is_ok()
+    {
         r.meta.status = RunStatus::Interrupted;
     }
     r
 }
 
-fn status(run_id: Option<&str>, common: &Common) -> Result<u8, Failure> {
-    let store = Store::new(&common.state_dir);
+async fn status(run_id: Option<&str>, common: &Common) -> Result<u8, Failure> {
+    let store = state::open(common, StateReach::default()).await?.store;
     match run_id {
         Some(id) => {
-            let r = store.load(id).map_err(|e| match e {
+            let r = store.load(id).await.map_err(|e| match e {
                 StoreError::NoSuchRun(_) => Failure::new(
                     exit::USAGE,
-                    format!("no run {id} in {}; `snapferry status` lists the runs", common.state_dir.display()),
+                    format!("no run {id} in {}; `snapferry status` lists the runs", store.location()),
                 ),
                 e => Failure::from(&e),
             })?;
-            let r = observed(&store, r);
+            let r = observed(&store, r).await;
             emit(common.format, &render::run_status_json(&r), |_| render::run_status_text(&r));
         }
         None => {
-            let runs: Vec<RunRecord> = store.list().map_err(|e| Failure::from(&e))?;
-            let runs: Vec<RunRecord> = runs.into_iter().map(|r| observed(&store, r)).collect();
+            let runs: Vec<RunRecord> = store.list().await.map_err(|e| Failure::from(&e))?;
+            let mut shown = Vec::with_capacity(runs.len());
+            for r in runs {
+                shown.push(observed(&store, r).await);
+            }
+            let runs = shown;
             emit(common.format, &render::runs_json(&runs), |_| render::runs_text(&runs));
         }
     }
@@ -145,14 +171,18 @@ fn status(run_id: Option<&str>, common: &Common) -> Result<u8, Failure> {
 }
 
 async fn cleanup(run_id: &str, plan_path: Option<&Path>, common: &Common) -> Result<u8, Failure> {
-    let store = Store::new(&common.state_dir);
     let plan = match plan_path {
         Some(p) => Some(load_plan(p, common.format)?),
         None => None,
     };
+    let reach = StateReach {
+        profile: plan.as_ref().and_then(|p| p.source.profile.clone()),
+        region: plan.as_ref().map(|p| p.source.region.clone()),
+    };
+    let store = state::open(common, reach).await?.store;
     // The state's record of the run, or (with --plan) nothing: the run is then
     // found by its tags.
-    let record = match store.load(run_id) {
+    let record = match store.load(run_id).await {
         Ok(r) => Some(r),
         Err(StoreError::NoSuchRun(_)) if plan.is_some() => None,
         Err(StoreError::NoSuchRun(_)) => {
@@ -160,7 +190,7 @@ async fn cleanup(run_id: &str, plan_path: Option<&Path>, common: &Common) -> Res
                 exit::USAGE,
                 format!(
                     "no run {run_id} in {}; to clean it up from its tags in AWS, name its plan: snapferry cleanup --plan PLAN {run_id}",
-                    common.state_dir.display()
+                    store.location()
                 ),
             ));
         }
@@ -168,7 +198,7 @@ async fn cleanup(run_id: &str, plan_path: Option<&Path>, common: &Common) -> Res
     };
     let plan_name = record.as_ref().map(|r| r.meta.plan.clone()).or_else(|| plan.as_ref().map(|p| p.name.to_string()));
     let plan_name = plan_name.unwrap_or_default();
-    let _lock = store.lock_plan(&plan_name).map_err(|e| Failure::from(&e))?;
+    let lock = store.lock_plan(&plan_name).await.map_err(|e| Failure::from(&e))?;
     let region_text = record
         .as_ref()
         .map(|r| r.meta.source_region.clone())
@@ -195,6 +225,8 @@ async fn cleanup(run_id: &str, plan_path: Option<&Path>, common: &Common) -> Res
     })
     .await?;
     let result = exec::cleanup(&store, connected.cloud.as_ref(), connected.clock.as_ref(), run_id, plan.as_ref()).await;
+    drop(lock);
+    state::close(&store).await;
     connected.save()?;
     let summary = result.map_err(|e| Failure::from(&e))?;
     emit(common.format, &summary, render::cleanup_text);

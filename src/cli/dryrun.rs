@@ -79,7 +79,14 @@ pub async fn dry_run(args: &RunArgs) -> Result<u8, Failure> {
             Err(problems) => (None, problems, None),
         }
     };
-    let report = DryRun::new(&plan, resolved.as_ref(), &problems, current_policy.as_deref(), args.offline);
+    let mut report = DryRun::new(&plan, resolved.as_ref(), &problems, current_policy.as_deref(), args.offline);
+    // A state in S3 needs the bucket's actions too.
+    if let Ok(super::state::StateLocation::S3 { bucket, prefix }) =
+        super::state::StateLocation::parse(&args.common.state_dir)
+    {
+        let caller = std::mem::take(&mut report.iam.source_caller);
+        report.iam.source_caller = policy::with_state_bucket(caller, plan.source.region.partition(), &bucket, &prefix);
+    }
     if problems.is_empty() {
         emit(format, &report, DryRun::text);
         return Ok(exit::OK);

@@ -32,6 +32,7 @@ pub fn of_status(status: RunStatus) -> u8 {
     match status {
         RunStatus::Succeeded => OK,
         RunStatus::Interrupted => INTERRUPTED,
+        RunStatus::Stopped => STOPPED,
         RunStatus::Failed | RunStatus::Running => FAILED,
     }
 }
@@ -48,8 +49,15 @@ pub fn of_run_error(e: &RunError) -> u8 {
 /// The exit code of a state-dir error.
 pub fn of_store_error(e: &StoreError) -> u8 {
     match e {
-        StoreError::Locked { .. } => LOCKED,
+        e if e.is_lock_conflict() => LOCKED,
         StoreError::NoSuchRun(_) => USAGE,
-        StoreError::Io { .. } | StoreError::Corrupt { .. } | StoreError::NewerFormat { .. } => FAILED,
+        StoreError::Io { .. }
+        | StoreError::Corrupt { .. }
+        | StoreError::NewerFormat { .. }
+        | StoreError::Locked { .. }
+        | StoreError::Leased { .. }
+        | StoreError::LeaseLost { .. }
+        | StoreError::Fenced { .. }
+        | StoreError::Remote { .. } => FAILED,
     }
 }

@@ -12,6 +12,7 @@
 //! - `cloud`: connecting to AWS or the simulated AWS
 //! - `render`: text, JSON and Prometheus renderings
 //! - `envelope`: the envelope commands
+//! - `state`: opening the state (a directory or `s3://`), `--max-duration`
 
 mod args;
 mod cloud;
@@ -22,6 +23,7 @@ pub mod exit;
 mod failure;
 mod plan_file;
 mod render;
+mod state;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

@@ -72,6 +72,12 @@ pub fn report_text(r: &RunReport) -> String {
         RunStatus::Interrupted => {
             let _ = writeln!(s, "interrupted: run the same command again to resume");
         }
+        RunStatus::Stopped => {
+            let _ = writeln!(
+                s,
+                "stopped at --max-duration: AWS goes on with the copies under way; run the same command again to carry on"
+            );
+        }
         RunStatus::Succeeded | RunStatus::Running => {}
     }
     s

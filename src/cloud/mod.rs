@@ -6,6 +6,7 @@
 //! [`CloudError`] values with a [`ErrorKind`] plus the AWS code, message and request id.
 
 pub mod aws;
+pub mod object;
 pub mod sim;
 
 use std::collections::BTreeMap;

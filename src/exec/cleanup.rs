@@ -56,9 +56,9 @@ pub async fn cleanup(
     let identity = retrying(clock, || cloud.caller_identity(Side::Source))
         .await
         .map_err(|e| RunError::Cloud { what: "reading the caller identity".into(), source: e })?;
-    let (mut record, mut journal) = match store.load(run_id) {
+    let (mut record, mut journal) = match store.load(run_id).await {
         Ok(r) => {
-            let j = store.reopen(&r)?;
+            let j = store.reopen(&r).await?;
             (r, j)
         }
         Err(StoreError::NoSuchRun(_)) => {
@@ -68,7 +68,7 @@ pub async fn cleanup(
                 )));
             };
             let r = from_tags(cloud, clock, plan, run_id, &identity.account).await?;
-            let j = store.create(&r)?;
+            let j = store.create_or_reopen(&r).await?;
             (r, j)
         }
         Err(e) => return Err(e.into()),
@@ -225,7 +225,8 @@ pub async fn cleanup(
         // Any unfinished run on the same key for the same account still needs it,
         // whichever plan it is of: it may rely on this statement.
         let others: Vec<String> = store
-            .list()?
+            .list()
+            .await?
             .into_iter()
             .filter(|r| {
                 r.meta.run_id != run_id
@@ -256,7 +257,7 @@ pub async fn cleanup(
         record.meta.status = RunStatus::Interrupted;
     }
     journal.meta(&record.meta)?;
-    journal.compact(&record)?;
+    journal.compact(&record).await?;
     Ok(summary)
 }
 

@@ -34,13 +34,13 @@ const RECENT_MS: i64 = 10 * 60_000;
 /// Volumes that fail do not make this an `Err`: the report says which failed.
 pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> Result<RunReport, RunError> {
     let plan = &cfg.plan;
-    let _lock = env.store.lock_plan(plan.name.as_str())?;
+    let _lock = env.store.lock_plan(plan.name.as_str()).await?;
     let clock = env.clock.clone();
     let cloud = env.cloud.clone();
 
     // A recurring plan (`every`, no --run-id) decides per volume what is due.
     let recurring = plan.options.every.is_some() && cfg.run_id.is_none();
-    let previous = previous_run(&cfg, &env, recurring)?;
+    let previous = previous_run(&cfg, &env, recurring).await?;
     if let Some(p) = &previous
         && p.meta.status == RunStatus::Succeeded
         && !recurring
@@ -117,7 +117,7 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
             record.volumes.push(VolumeRun::new(id.clone()));
         }
     }
-    let mut journal = env.store.create_or_reopen(&record)?;
+    let mut journal = env.store.create_or_reopen(&record).await?;
 
     let actx = ActCtx {
         plan: plan.name.to_string(),
@@ -162,7 +162,7 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
         }
     }
     journal.meta(&record.meta)?;
-    journal.sync()?;
+    journal.sync().await?;
 
     if resolved.cross_account {
         let grant = ensure_grant(&env, plan, &resolved, &mut record.meta).await;
@@ -170,11 +170,11 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
             record.meta.status = RunStatus::Failed;
             record.meta.finished_ms = Some(clock.now_ms());
             journal.meta(&record.meta)?;
-            journal.sync()?;
+            journal.sync().await?;
             return Err(e);
         }
         journal.meta(&record.meta)?;
-        journal.sync()?;
+        journal.sync().await?;
     }
 
     let mut r = Runner::new(&cfg, env.clone(), &resolved, Arc::new(actx), record, journal);
@@ -197,7 +197,7 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
         record.meta.finished_ms = Some(now);
     }
     journal.meta(&record.meta)?;
-    journal.compact(&record)?;
+    journal.compact(&record).await?;
     tracing::info!(run = %record.meta.run_id, status = record.meta.status.as_str(), "run ended");
     if let Ended::Halted(e) = ended {
         return Err(RunError::Credentials { run_id: record.meta.run_id.clone(), source: e });
@@ -264,17 +264,18 @@ enum Carry {
 /// The run this invocation carries on, from the state: the one `--run-id` names, or
 /// the plan's newest run when it did not succeed and was not cleaned up (for a
 /// recurring plan, whatever its status: freshness is read from it).
-fn previous_run(cfg: &RunConfig, env: &Env, recurring: bool) -> Result<Option<RunRecord>, RunError> {
+async fn previous_run(cfg: &RunConfig, env: &Env, recurring: bool) -> Result<Option<RunRecord>, RunError> {
     let plan = cfg.plan.name.as_str();
     let previous = match &cfg.run_id {
-        Some(id) => match env.store.load(id.as_str()) {
+        Some(id) => match env.store.load(id.as_str()).await {
             Ok(r) => Some(r),
             Err(StoreError::NoSuchRun(_)) => None,
             Err(e) => return Err(e.into()),
         },
         None => env
             .store
-            .latest_of_plan(plan)?
+            .latest_of_plan(plan)
+            .await?
             .filter(|r| (recurring || r.meta.status != RunStatus::Succeeded) && !r.meta.cleaned_up),
     };
     if let Some(p) = &previous
@@ -397,7 +398,7 @@ async fn adopt_from_tags(cfg: &RunConfig, env: &Env, src: &Loc, dst: &Loc) -> Re
     {
         return Ok(None);
     }
-    match env.store.load(&found.run_id) {
+    match env.store.load(&found.run_id).await {
         Ok(known) if known.meta.status == RunStatus::Succeeded || known.meta.cleaned_up => return Ok(None),
         Ok(_) | Err(StoreError::NoSuchRun(_)) => {}
         Err(e) => return Err(e.into()),

@@ -42,6 +42,12 @@ pub struct RunReport {
 }
 
 impl RunReport {
+    /// Marks a run that `--max-duration` stopped: `stopped`; its unfinished volumes are
+    /// `in_progress` already.
+    pub fn stopped_at_limit(&mut self) {
+        self.status = RunStatus::Stopped;
+    }
+
     pub fn from_record(r: &RunRecord) -> Self {
         RunReport {
             run_id: r.meta.run_id.clone(),

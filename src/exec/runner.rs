@@ -251,7 +251,7 @@ impl Runner {
                 let jobs = self.plan_tick(now)?;
                 if !jobs.is_empty() {
                     // The intents of these changes are durable before any is issued.
-                    self.journal.sync()?;
+                    self.journal.sync().await?;
                     queue.extend(jobs);
                 }
             }
@@ -260,7 +260,7 @@ impl Runner {
                 inflight.push(Box::pin(perform_job(self.env.cloud.clone(), self.actx.clone(), job)));
             }
             if inflight.is_empty() {
-                self.journal.sync()?;
+                self.journal.sync().await?;
                 if stopping {
                     // Queued jobs were never issued; their intents are reconciled on resume.
                     return Ok(match self.halt.take() {
@@ -303,13 +303,13 @@ impl Runner {
                 self.busy[index] = false;
                 self.absorb(index, &action, result, now)?;
             }
-            self.journal.sync()?;
+            self.journal.sync().await?;
             if let Some(p) = &self.progress {
                 p.update(&self.tally());
             }
             if self.journal.wants_compaction() {
                 self.record.meta.updated_ms = now;
-                self.journal.compact(&self.record)?;
+                self.journal.compact(&self.record).await?;
             }
         }
     }

@@ -319,3 +319,36 @@ fn create_grant_for_ebs(sid: &str, keys: &[String]) -> Value {
 fn plan_tag_condition(plan: &PlanName) -> Value {
     json!({ "StringEquals": { format!("aws:ResourceTag/{PLAN_TAG}"): plan.as_str() } })
 }
+
+/// Adds to a source caller policy what a state in S3 (`--state-dir s3://BUCKET/PREFIX`)
+/// needs: find the bucket's region and list the state (HeadBucket and ListObjectsV2
+/// are `s3:ListBucket`, limited to the prefix), and read, write and delete its objects
+/// (the lease, checkpoints and journal batches).
+pub fn with_state_bucket(mut policy: Value, partition: &str, bucket: &str, prefix: &str) -> Value {
+    let objects = if prefix.is_empty() {
+        format!("arn:{partition}:s3:::{bucket}/*")
+    } else {
+        format!("arn:{partition}:s3:::{bucket}/{prefix}/*")
+    };
+    let mut list = json!({
+        "Sid": "SnapferryStateList",
+        "Effect": "Allow",
+        "Action": "s3:ListBucket",
+        "Resource": format!("arn:{partition}:s3:::{bucket}"),
+    });
+    if !prefix.is_empty() {
+        // HeadBucket carries no prefix; ListObjectsV2 of the state does.
+        list["Condition"] = json!({ "StringLike": { "s3:prefix": ["", format!("{prefix}/*")] } });
+    }
+    let write = json!({
+        "Sid": "SnapferryStateObjects",
+        "Effect": "Allow",
+        "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+        "Resource": objects,
+    });
+    if let Some(statements) = policy["Statement"].as_array_mut() {
+        statements.push(list);
+        statements.push(write);
+    }
+    policy
+}

@@ -1,6 +1,8 @@
-//! The AWS adapter against moto, a local emulator of EC2, KMS and STS: every call of
-//! the `Cloud` trait goes through the real SDK, over loopback HTTP, to the project's
-//! moto server ([`Moto`], the same launcher the end-to-end tests use) on a free port.
+//! The AWS adapter against moto, a local emulator of EC2, KMS, STS and S3: every call
+//! of the `Cloud` trait, and of the state bucket's `ObjectStore` (conditional writes,
+//! the bucket's region asked of S3), goes through the real SDK, over loopback HTTP, to
+//! the project's moto server ([`Moto`], the same launcher the end-to-end tests use) on
+//! a free port.
 //!
 //! The SDK takes credentials from the environment, and the environment of a running
 //! test cannot be changed safely, so the test runs its checks in a child process of
@@ -381,4 +383,93 @@ async fn unreachable_endpoint(f: Arc<Fixture>) {
     let failed = nowhere.describe_volumes(&f.src, std::slice::from_ref(&f.volume)).await.unwrap_err();
     assert_eq!(failed.kind, ErrorKind::Transport, "{failed}");
     assert!(!failed.outcome_known());
+}
+
+/// Set in the child process of the S3 scenario: the emulator's endpoint.
+const S3_ENDPOINT_VAR: &str = "SNAPFERRY_IT_MOTO_S3_ENDPOINT";
+
+/// The state bucket, in another region than the client starts in.
+const S3_SEED_SCRIPT: &str = r#"
+import sys, boto3
+s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="eu-west-1")
+s3.create_bucket(Bucket="it-state", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+print("ok")
+"#;
+
+#[test]
+fn s3_adapter_against_moto() {
+    if let Ok(endpoint) = std::env::var(S3_ENDPOINT_VAR) {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(s3_scenario(&endpoint));
+        return;
+    }
+    let moto = Moto::start();
+    let seed = isolate(Command::new("python3").args(["-c", S3_SEED_SCRIPT, &moto.endpoint]))
+        .output()
+        .expect("run the seed script");
+    assert!(seed.status.success(), "seed script failed: {}", String::from_utf8_lossy(&seed.stderr));
+    let child = isolate(&mut Command::new(std::env::current_exe().unwrap()))
+        .args(["aws_adapter::s3_adapter_against_moto", "--exact", "--nocapture", "--test-threads=1"])
+        .env(S3_ENDPOINT_VAR, &moto.endpoint)
+        .output()
+        .expect("run the scenario in a child process");
+    let out = String::from_utf8_lossy(&child.stdout);
+    let err = String::from_utf8_lossy(&child.stderr);
+    assert!(child.status.success(), "scenario failed\n--- stdout\n{out}\n--- stderr\n{err}");
+    assert!(out.contains("1 passed"), "scenario did not run\n--- stdout\n{out}\n--- stderr\n{err}");
+}
+
+async fn s3_scenario(endpoint: &str) {
+    use snapferry::cloud::aws::{S3Config, S3Objects};
+    use snapferry::cloud::object::{Condition, ObjectStore, refused};
+
+    let cfg = |bucket: &str| S3Config {
+        bucket: bucket.to_owned(),
+        prefix: "state/prod".to_owned(),
+        profile: None,
+        region: Some(region("us-east-1")),
+        endpoint_url: Some(endpoint.to_owned()),
+    };
+    let missing = S3Objects::connect(cfg("no-such-state")).await.unwrap_err();
+    assert_eq!(missing.kind, ErrorKind::NotFound, "{missing}");
+    assert!(missing.message.contains("no-such-state"), "{missing}");
+
+    let s3 = S3Objects::connect(cfg("it-state")).await.unwrap();
+    assert_eq!(s3.region(), "eu-west-1", "the bucket's region is asked of S3, not assumed");
+    assert_eq!(s3.location(), "s3://it-state/state/prod");
+    assert!(s3.list("").await.unwrap().is_empty());
+    assert_eq!(s3.get("locks/p.json").await.unwrap(), None);
+
+    // Create only if absent.
+    let first = s3.put("locks/p.json", b"one".to_vec(), Condition::Absent).await.unwrap();
+    let again = s3.put("locks/p.json", b"two".to_vec(), Condition::Absent).await.unwrap_err();
+    assert!(refused(&again), "{again}");
+    // Replace only the version read.
+    let stale = s3.put("locks/p.json", b"two".to_vec(), Condition::Matches("\"0000\"".into())).await.unwrap_err();
+    assert!(refused(&stale), "{stale}");
+    let second = s3.put("locks/p.json", b"two".to_vec(), Condition::Matches(first.clone())).await.unwrap();
+    let got = s3.get("locks/p.json").await.unwrap().unwrap();
+    assert_eq!((got.bytes.as_slice(), &got.etag), (&b"two"[..], &second));
+    // Delete only the version read; deleting what is gone succeeds.
+    let old = s3.delete("locks/p.json", Some(&first)).await.unwrap_err();
+    assert!(refused(&old), "{old}");
+    s3.delete("locks/p.json", Some(&second)).await.unwrap();
+    assert_eq!(s3.get("locks/p.json").await.unwrap(), None);
+    s3.delete("locks/p.json", None).await.unwrap();
+    // Replacing what is gone is refused too.
+    let gone = s3.put("locks/p.json", b"three".to_vec(), Condition::Matches(second.clone())).await.unwrap_err();
+    assert!(refused(&gone), "{gone}");
+
+    // Listing is relative to the prefix and sorted.
+    for key in ["runs/r/000000000002.json", "runs/r/000000000001.json", "runs/q/000000000001.json"] {
+        s3.put(key, b"{}".to_vec(), Condition::Absent).await.unwrap();
+    }
+    assert_eq!(
+        s3.list("runs/r/").await.unwrap(),
+        vec!["runs/r/000000000001.json".to_owned(), "runs/r/000000000002.json".to_owned()]
+    );
+    assert_eq!(s3.list("runs/").await.unwrap().len(), 3);
+    let stats = s3.stats();
+    assert_eq!(stats.puts, 8);
+    assert!(stats.gets >= 3 && stats.lists >= 3 && stats.deletes == 3, "{stats:?}");
 }

@@ -370,3 +370,41 @@ fn metrics_of_a_recurring_plan_say_how_old_each_copy_is_and_what_fails() {
         "{text}"
     );
 }
+
+#[test]
+fn dry_run_with_the_state_in_s3_asks_for_the_bucket_in_the_source_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = root("plans/example.yaml");
+    let o = run(
+        &[
+            "run",
+            plan.to_str().unwrap(),
+            "--dry-run",
+            "--offline",
+            "--format",
+            "json",
+            "--state-dir",
+            "s3://dr-state/prod",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let doc = json(&o);
+    let stmts = doc["iam"]["source_caller"]["Statement"].as_array().unwrap();
+    let objects = stmts.iter().find(|s| s["Sid"] == "SnapferryStateObjects").expect("the state bucket's statement");
+    assert_eq!(objects["Resource"], "arn:aws:s3:::dr-state/prod/*");
+    assert!(stmts.iter().any(|s| s["Sid"] == "SnapferryStateList"));
+}
+
+#[test]
+fn bad_state_locations_and_durations_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = root("plans/example.yaml");
+    let p = plan.to_str().unwrap();
+    let o = run(&["run", p, "--simulate", "--state-dir", "s3://Not_A_Bucket/x"], dir.path());
+    assert_eq!(code(&o), 2, "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is not an S3 bucket name"));
+    let o = run(&["run", p, "--simulate", "--max-duration", "soon"], dir.path());
+    assert_eq!(code(&o), 2, "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--max-duration soon"));
+}

@@ -1,7 +1,8 @@
 //! The integration tests, one binary so the crate links once: the plan parser, policy
 //! editing, envelope encryption (the AWS Encryption SDK message format, and its CLI),
 //! the engine against the simulated AWS, crash safety, the dry-run against a run's
-//! calls, the binary's edges, the binary end to end against moto's server, and the
+//! calls, the binary's edges, the binary end to end against moto's server (with the state in moto's S3
+//! too), and the
 //! architecture invariants (`tidy`).
 
 mod aws_adapter;
@@ -14,6 +15,7 @@ mod esdk_interop;
 mod moto_e2e;
 mod plan;
 mod policy;
+mod s3_state;
 mod sim;
 mod support;
 mod tidy;

@@ -650,3 +650,22 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_state_in_s3_adds_the_bucket_statements_to_the_source_caller_policy() {
+    let base = json!({"Version": "2012-10-17", "Statement": [{"Sid": "X", "Effect": "Allow", "Action": "ec2:DescribeVolumes", "Resource": "*"}]});
+    let p = snapferry::policy::with_state_bucket(base, "aws", "my-state", "ci/prod");
+    let stmts = p["Statement"].as_array().unwrap();
+    assert_eq!(stmts.len(), 3);
+    assert_eq!(stmts[0]["Sid"], "X", "what was there stays first");
+    let list = stmts.iter().find(|s| s["Sid"] == "SnapferryStateList").unwrap();
+    assert_eq!(list["Action"], "s3:ListBucket");
+    assert_eq!(list["Resource"], "arn:aws:s3:::my-state");
+    assert_eq!(list["Condition"]["StringLike"]["s3:prefix"], json!(["", "ci/prod/*"]));
+    let objects = stmts.iter().find(|s| s["Sid"] == "SnapferryStateObjects").unwrap();
+    assert_eq!(objects["Resource"], "arn:aws:s3:::my-state/ci/prod/*");
+    assert_eq!(objects["Action"], json!(["s3:GetObject", "s3:PutObject", "s3:DeleteObject"]));
+    let whole = snapferry::policy::with_state_bucket(json!({"Statement": []}), "aws-cn", "b-1", "");
+    assert_eq!(whole["Statement"][1]["Resource"], "arn:aws-cn:s3:::b-1/*");
+    assert!(whole["Statement"][0].get("Condition").is_none());
+}

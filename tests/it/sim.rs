@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use snapferry::checkpoint::{RunStatus, Store};
+use snapferry::checkpoint::memory::MemoryObjects;
+use snapferry::checkpoint::{LeaseOptions, RunStatus, Store};
 use snapferry::cloud::sim::{SimCloud, World, seed_from_plan};
 use snapferry::exec::{Env, RunConfig, RunError, RunReport, run};
 use snapferry::plan::{Plan, parse};
@@ -40,10 +41,20 @@ fn plan_file(path: &str) -> Plan {
     parse(path, &text).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Where a rig keeps its state: a local dir, or the S3 layout (lease, conditional
+/// writes) over objects in memory with S3's conditional semantics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Local,
+    Remote,
+}
+
 struct Rig {
     plan: Plan,
     sim: SimCloud,
     dir: tempfile::TempDir,
+    store: Store,
+    objects: Arc<MemoryObjects>,
 }
 
 impl Rig {
@@ -51,14 +62,30 @@ impl Rig {
         Self::with(plan, |_| {})
     }
 
+    /// On the local state dir, or with `SNAPFERRY_TEST_STATE=s3` on the S3 layout
+    /// (scripts/test runs this module both ways).
     fn with(plan: Plan, tweak: impl FnOnce(&mut World)) -> Self {
+        let backend = match std::env::var("SNAPFERRY_TEST_STATE").as_deref() {
+            Ok("s3") => Backend::Remote,
+            _ => Backend::Local,
+        };
+        Self::on(backend, plan, tweak)
+    }
+
+    fn on(backend: Backend, plan: Plan, tweak: impl FnOnce(&mut World)) -> Self {
         let (mut world, sides) = seed_from_plan(&plan, 1_800_000_000_000);
         tweak(&mut world);
-        Rig { plan, sim: SimCloud::new(world, sides), dir: tempfile::tempdir().unwrap() }
+        let dir = tempfile::tempdir().unwrap();
+        let objects = Arc::new(MemoryObjects::new());
+        let store = match backend {
+            Backend::Local => Store::new(dir.path()),
+            Backend::Remote => Store::remote(objects.clone(), LeaseOptions::default()),
+        };
+        Rig { plan, sim: SimCloud::new(world, sides), dir, store, objects }
     }
 
     fn env(&self, sim: &SimCloud) -> Env {
-        Env { cloud: Arc::new(sim.clone()), clock: Arc::new(sim.clone()), store: Store::new(self.dir.path()) }
+        Env { cloud: Arc::new(sim.clone()), clock: Arc::new(sim.clone()), store: self.store.clone() }
     }
 
     fn cfg(&self) -> RunConfig {
@@ -75,6 +102,14 @@ impl Rig {
     async fn run(&self) -> Result<RunReport, RunError> {
         let (_tx, rx) = watch::channel(false);
         run(self.cfg(), self.env(&self.sim), rx).await
+    }
+
+    /// Loses the whole state, as a fresh CI runner or a deleted state dir (or bucket
+    /// prefix) would.
+    fn lose_state(&self) {
+        std::fs::remove_dir_all(self.dir.path()).unwrap();
+        std::fs::create_dir_all(self.dir.path()).unwrap();
+        self.objects.clear();
     }
 
     /// Snapshots and volumes in the world that this plan's runs made, by step tag.
@@ -101,7 +136,16 @@ fn assert_all_succeeded(r: &RunReport) {
 
 #[tokio::test]
 async fn cross_account_example_plan_copies_every_volume_once() {
-    let rig = Rig::new(plan_file("plans/example.yaml"));
+    example_plan_copies_every_volume_once(Backend::Local).await;
+}
+
+#[tokio::test]
+async fn cross_account_example_plan_copies_every_volume_once_with_the_state_in_s3() {
+    example_plan_copies_every_volume_once(Backend::Remote).await;
+}
+
+async fn example_plan_copies_every_volume_once(backend: Backend) {
+    let rig = Rig::on(backend, plan_file("plans/example.yaml"), |_| {});
     let r = rig.run().await.unwrap();
     assert_all_succeeded(&r);
     let n = r.volumes.len();
@@ -215,10 +259,20 @@ async fn missing_volume_and_key_stop_in_preflight_and_change_nothing() {
 
 #[tokio::test]
 async fn a_second_run_of_the_plan_is_refused_while_the_first_holds_the_lock() {
-    let rig = Rig::new(plan(CROSS));
-    let _held = Store::new(rig.dir.path()).lock_plan("crash-test").unwrap();
-    let err = rig.run().await.unwrap_err();
-    assert_eq!(snapferry::cli::exit::of_run_error(&err), 3, "{err}");
+    for backend in [Backend::Local, Backend::Remote] {
+        let rig = Rig::on(backend, plan(CROSS), |_| {});
+        // Another process: its own store over the same state.
+        let other = match backend {
+            Backend::Local => Store::new(rig.dir.path()),
+            Backend::Remote => Store::remote(rig.objects.clone(), LeaseOptions::default()),
+        };
+        let _held = other.lock_plan("crash-test").await.unwrap();
+        let keys = rig.objects.keys();
+        let err = rig.run().await.unwrap_err();
+        assert_eq!(snapferry::cli::exit::of_run_error(&err), 3, "{err}");
+        assert_eq!(rig.objects.keys(), keys, "a refused run writes nothing");
+        rig.sim.with_world(|w| assert!(w.snapshots.is_empty()));
+    }
 }
 
 #[tokio::test]
@@ -364,8 +418,7 @@ async fn expired_credentials_stop_the_run_without_failing_any_volume() {
         assert_eq!(snapferry::cli::exit::of_run_error(&e), 1);
         let text = e.to_string();
         assert!(text.contains("refused the credentials") && text.contains("run the same command again"), "{text}");
-        let store = Store::new(rig.dir.path());
-        let record = store.latest_of_plan("crash-test").unwrap().unwrap();
+        let record = rig.store.latest_of_plan("crash-test").await.unwrap().unwrap();
         assert_eq!(record.meta.status.as_str(), "interrupted");
         assert!(record.volumes.iter().all(|v| v.failure.is_none()), "after {k} calls: {:#?}", record.volumes);
         rig.sim.with_world(|w| w.faults.credentials_expire_after_calls = None);
@@ -453,7 +506,7 @@ async fn cleanup_during_a_pending_copy_stops_it_before_deleting_its_source() {
         let k = w.keys.iter().find(|k| k.aliases.iter().any(|a| a == "share")).unwrap();
         assert!(!k.policy.contains("SnapferryShare-crash-test"), "{}", k.policy);
     });
-    let record = env.store.load(&first.run_id).unwrap();
+    let record = env.store.load(&first.run_id).await.unwrap();
     assert!(record.meta.cleaned_up);
 }
 
@@ -463,7 +516,7 @@ async fn cleanup_from_tags_when_the_state_is_gone() {
     let text = format!("{CROSS}  timeouts: {{copy: 30m}}\n");
     let rig = Rig::with(plan(&text), |w| w.timing.copy_base_ms = 7_200_000);
     let first = rig.run().await.unwrap();
-    std::fs::remove_dir_all(rig.dir.path()).unwrap();
+    rig.lose_state();
     let env = rig.env(&rig.sim);
     let summary =
         snapferry::exec::cleanup(&env.store, env.cloud.as_ref(), env.clock.as_ref(), &first.run_id, Some(&rig.plan))
@@ -477,8 +530,8 @@ async fn cleanup_from_tags_when_the_state_is_gone() {
 
 /// Runs the plan, halting (as a crash would) right after the k-th call took effect
 /// and before its outcome was recorded; then resumes to the end.
-async fn crash_after(text: &str, k: u64) -> (Rig, RunReport) {
-    let rig = Rig::with(plan(text), |w| w.faults.halt_after_calls = Some(k));
+async fn crash_after(backend: Backend, text: &str, k: u64) -> (Rig, RunReport) {
+    let rig = Rig::on(backend, plan(text), |w| w.faults.halt_after_calls = Some(k));
     let (_tx, rx) = watch::channel(false);
     let first = run(rig.cfg(), rig.env(&rig.sim), rx);
     tokio::select! {
@@ -502,10 +555,15 @@ async fn calls_of_a_clean_run(text: &str) -> u64 {
 }
 
 async fn crash_at_every_call(text: &str, volumes: usize, create_volume: bool) {
+    crash_at_every_call_on(Backend::Local, text, volumes, create_volume).await;
+    crash_at_every_call_on(Backend::Remote, text, volumes, create_volume).await;
+}
+
+async fn crash_at_every_call_on(backend: Backend, text: &str, volumes: usize, create_volume: bool) {
     let total = calls_of_a_clean_run(text).await;
     assert!(total > 10);
     for k in 1..=total {
-        let (rig, r) = crash_after(text, k).await;
+        let (rig, r) = crash_after(backend, text, k).await;
         assert_all_succeeded(&r);
         assert_eq!(r.volumes.len(), volumes);
         assert_eq!(rig.made("copy"), volumes, "copies after a crash at call {k}");
@@ -529,8 +587,8 @@ async fn crash_and_lose_state_after(text: &str, k: u64) -> Option<(Rig, RunRepor
         _ = run(rig.cfg(), rig.env(&rig.sim), rx) => return None,
         _ = rig.sim.halted() => {}
     }
-    let lost = Store::new(rig.dir.path()).latest_of_plan("crash-test").unwrap().map(|r| r.meta.run_id);
-    std::fs::remove_dir_all(rig.dir.path()).unwrap();
+    let lost = rig.store.latest_of_plan("crash-test").await.unwrap().map(|r| r.meta.run_id);
+    rig.lose_state();
     let resumed = rig.sim.resume_after_halt();
     let (_tx, rx) = watch::channel(false);
     let r = run(rig.cfg(), rig.env(&resumed), rx).await.unwrap_or_else(|e| panic!("rerun after {k} calls: {e}"));
@@ -575,8 +633,8 @@ async fn crash_at_every_call_with_invisible_snapshots_and_throttling() {
     // snapshot the lost call created.
     let text = CROSS.replace("  - id: vol-00000000000000003\n", "");
     let total = calls_of_a_clean_run(&text).await;
-    for k in 1..=total {
-        let rig = Rig::with(plan(&text), |w| {
+    for (k, backend) in (1..=total).flat_map(|k| [(k, Backend::Local), (k, Backend::Remote)]) {
+        let rig = Rig::on(backend, plan(&text), |w| {
             w.faults.halt_after_calls = Some(k);
             w.faults.invisible_ms = 8_000;
             w.faults.throttle_rate = 0.1;
@@ -606,18 +664,20 @@ async fn crash_at_every_call_same_account_without_volumes() {
 
 #[tokio::test]
 async fn status_of_runs_is_kept_in_the_state_dir() {
-    let rig = Rig::new(plan(CROSS));
-    let r = rig.run().await.unwrap();
-    let store = Store::new(rig.dir.path());
-    let rec = store.load(&r.run_id).unwrap();
-    assert_eq!(rec.meta.status.as_str(), "succeeded");
-    assert!(rec.meta.grant.as_ref().unwrap().added);
-    // A new run of a finished plan starts a new run id.
-    let r2 = rig.run().await.unwrap();
-    assert_ne!(r2.run_id, r.run_id);
-    assert_eq!(store.list().unwrap().len(), 2);
-    // Its grant was already there.
-    assert!(!store.load(&r2.run_id).unwrap().meta.grant.unwrap().added);
+    for backend in [Backend::Local, Backend::Remote] {
+        let rig = Rig::on(backend, plan(CROSS), |_| {});
+        let r = rig.run().await.unwrap();
+        let store = rig.store.clone();
+        let rec = store.load(&r.run_id).await.unwrap();
+        assert_eq!(rec.meta.status.as_str(), "succeeded");
+        assert!(rec.meta.grant.as_ref().unwrap().added);
+        // A new run of a finished plan starts a new run id.
+        let r2 = rig.run().await.unwrap();
+        assert_ne!(r2.run_id, r.run_id);
+        assert_eq!(store.list().await.unwrap().len(), 2);
+        // Its grant was already there.
+        assert!(!store.load(&r2.run_id).await.unwrap().meta.grant.unwrap().added);
+    }
 }
 
 #[tokio::test]
@@ -775,7 +835,7 @@ async fn freshness_comes_from_tags_when_the_state_dir_is_gone() {
     let first = rig.run().await.unwrap();
     assert_all_succeeded(&first);
     let after_first = mutating(&rig);
-    std::fs::remove_dir_all(rig.dir.path()).unwrap();
+    rig.lose_state();
     rig.sim.with_world(|w| w.now_ms += 3_600_000);
     let second = rig.run().await.unwrap();
     assert_eq!(second.status, RunStatus::Succeeded);
@@ -784,7 +844,7 @@ async fn freshness_comes_from_tags_when_the_state_dir_is_gone() {
         assert_eq!(v.status, "fresh", "{v:#?}");
         assert_eq!(v.target_volume, f.target_volume);
     }
-    std::fs::remove_dir_all(rig.dir.path()).unwrap();
+    rig.lose_state();
     rig.sim.with_world(|w| w.now_ms += 22 * 3_600_000);
     assert_all_succeeded(&rig.run().await.unwrap());
     assert_eq!(rig.made("copy"), 6);

@@ -7,6 +7,7 @@
 //! - `error`: SDK errors to [`CloudError`] (kind, code, message, request id)
 //! - `convert`: SDK shapes to domain types, progress and "does not exist" parsing
 //! - `ec2`, `kms`: one function per call
+//! - `s3`: the state bucket as an [`crate::cloud::object::ObjectStore`]
 //!
 //! Credentials come from the standard chain (environment, profiles, SSO, web
 //! identity, IMDS). The target side assumes `target_role` with those credentials,
@@ -18,6 +19,7 @@ mod convert;
 mod ec2;
 mod error;
 mod kms;
+mod s3;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -31,6 +33,7 @@ use tokio::sync::OnceCell;
 use zeroize::Zeroizing;
 
 pub use config::{AwsConfig, check_endpoint};
+pub use s3::{CredentialLife, S3Config, S3Objects};
 
 use self::config::{SERVICE_ENDPOINT_VARS, check_endpoint_from, check_session_name, retry_config, timeout_config};
 use self::error::{bad_answer, from_sdk};

@@ -1,0 +1,176 @@
+//! The state in a local directory (the default `.snapferry`).
+//!
+//! ```text
+//! runs/<run-id>/checkpoint.json   the whole run, replaced atomically (temp, fsync, rename)
+//! runs/<run-id>/journal.jsonl     records appended since that file was written, fsynced
+//! locks/<plan>.lock               held (flock) by the one process running that plan
+//! ```
+//!
+//! Appending a batch of lines and fsyncing it is cheap however many volumes a run
+//! has. A torn last line (a crash mid-append) is ignored on load: the calls it
+//! announced were never issued, because calls are issued only after the append is
+//! synced.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+
+use super::{
+    Journal, JournalSink, PlanLock, RunRecord, StateStore, StoreError, io, parse_checkpoint, replay, sync_dir,
+    write_atomic,
+};
+
+/// The state dir.
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+impl LocalStore {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalStore { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn run_dir(&self, run_id: &str) -> PathBuf {
+        self.root.join("runs").join(run_id)
+    }
+
+    /// Creates a run on disk and returns the journal to record it with.
+    fn create(&self, record: &RunRecord) -> Result<Journal, StoreError> {
+        let dir = self.run_dir(&record.meta.run_id);
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        write_atomic(&dir.join("checkpoint.json"), record)?;
+        let journal_path = dir.join("journal.jsonl");
+        let _ = fs::remove_file(&journal_path);
+        LocalJournal::open(dir, record.volumes.len())
+    }
+
+    /// Opens a loaded run for appending; folds its journal into a fresh checkpoint.
+    fn reopen(&self, record: &RunRecord) -> Result<Journal, StoreError> {
+        let dir = self.run_dir(&record.meta.run_id);
+        write_atomic(&dir.join("checkpoint.json"), record)?;
+        let jpath = dir.join("journal.jsonl");
+        match fs::remove_file(&jpath) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&jpath)(e)),
+        }
+        LocalJournal::open(dir, record.volumes.len())
+    }
+}
+
+#[async_trait]
+impl StateStore for LocalStore {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    async fn lock_plan(&self, plan: &str) -> Result<PlanLock, StoreError> {
+        let dir = self.root.join("locks");
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let path = dir.join(format!("{plan}.lock"));
+        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io(&path))?;
+        match file.try_lock() {
+            // The kernel drops the lock with the file, or with the process.
+            Ok(()) => Ok(PlanLock::new(file)),
+            Err(fs::TryLockError::WouldBlock) => Err(StoreError::Locked { plan: plan.to_owned(), path }),
+            Err(fs::TryLockError::Error(e)) => Err(io(&path)(e)),
+        }
+    }
+
+    async fn load(&self, run_id: &str) -> Result<RunRecord, StoreError> {
+        let dir = self.run_dir(run_id);
+        let path = dir.join("checkpoint.json");
+        let text = match fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(StoreError::NoSuchRun(run_id.to_owned())),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let mut record = parse_checkpoint(&text, &path)?;
+        if let Ok(lines) = fs::read(dir.join("journal.jsonl")) {
+            replay(&mut record, &lines);
+        }
+        Ok(record)
+    }
+
+    async fn list(&self) -> Result<Vec<RunRecord>, StoreError> {
+        let dir = self.root.join("runs");
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(io(&dir)(e)),
+        };
+        let mut runs = vec![];
+        for e in entries {
+            let e = e.map_err(io(&dir))?;
+            if let Some(name) = e.file_name().to_str() {
+                match self.load(name).await {
+                    Ok(r) => runs.push(r),
+                    Err(StoreError::NoSuchRun(_)) => {}
+                    Err(err) => return Err(err),
+                }
+            }
+        }
+        runs.sort_by(|a, b| (a.meta.created_ms, &a.meta.run_id).cmp(&(b.meta.created_ms, &b.meta.run_id)));
+        Ok(runs)
+    }
+
+    async fn create_or_reopen(&self, record: &RunRecord) -> Result<Journal, StoreError> {
+        if self.run_dir(&record.meta.run_id).join("checkpoint.json").exists() {
+            self.reopen(record)
+        } else {
+            self.create(record)
+        }
+    }
+}
+
+/// The journal file of one run.
+#[derive(Debug)]
+struct LocalJournal {
+    dir: PathBuf,
+    file: File,
+    lines: usize,
+    /// Fold into checkpoint.json past this many lines.
+    compact_at: usize,
+}
+
+impl LocalJournal {
+    fn open(dir: PathBuf, volumes: usize) -> Result<Journal, StoreError> {
+        let path = dir.join("journal.jsonl");
+        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
+        sync_dir(&dir)?;
+        Ok(Journal::new(LocalJournal { dir, file, lines: 0, compact_at: (volumes * 8).max(2048) }))
+    }
+}
+
+#[async_trait]
+impl JournalSink for LocalJournal {
+    async fn append(&mut self, batch: &[u8], lines: usize) -> Result<(), StoreError> {
+        let path = self.dir.join("journal.jsonl");
+        self.file.write_all(batch).map_err(io(&path))?;
+        self.file.sync_data().map_err(io(&path))?;
+        self.lines += lines;
+        Ok(())
+    }
+
+    async fn compact(&mut self, record: &RunRecord) -> Result<(), StoreError> {
+        write_atomic(&self.dir.join("checkpoint.json"), record)?;
+        let path = self.dir.join("journal.jsonl");
+        // Truncate only after the checkpoint that contains every line is durable.
+        self.file = OpenOptions::new().create(true).write(true).truncate(true).open(&path).map_err(io(&path))?;
+        self.file.sync_all().map_err(io(&path))?;
+        self.file = OpenOptions::new().append(true).open(&path).map_err(io(&path))?;
+        self.lines = 0;
+        Ok(())
+    }
+
+    fn wants_compaction(&self) -> bool {
+        self.lines >= self.compact_at
+    }
+}

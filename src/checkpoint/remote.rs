@@ -1,0 +1,653 @@
+//! The state in an object store (`--state-dir s3://BUCKET/PREFIX`), so it outlives
+//! the machine, with every write conditional so that two machines never both write it.
+//!
+//! ```text
+//! locks/<plan>.json         the lease: holder (host, pid), run id, expiry
+//! runs/<run-id>/<seq>.json  a checkpoint (the whole run, one JSON document with its
+//!                           format_version) or a journal batch (the JSON lines of one sync)
+//! ```
+//!
+//! `<seq>` is a zero-padded sequence number shared by checkpoints and journal batches,
+//! so that one name is one slot: a run is its newest checkpoint with the batches after
+//! it replayed in order.
+//! Every object is created with `If-None-Match: *` at the next number, so a writer
+//! that is no longer the run's only one (its lease was taken over while it was
+//! suspended or cut off) fails at its next write instead of overwriting the newer
+//! holder's state: taking a run over starts by writing a checkpoint at the next
+//! number. Objects older than the newest checkpoint are deleted after it is written.
+//!
+//! The lock is a lease object created with `If-None-Match: *`, renewed with
+//! `If-Match` (the entity tag of the holder's last write) every quarter of its
+//! duration by a background task, taken over with `If-Match` once its expiry has
+//! passed, and deleted with `If-Match` when released. A holder writes nothing once
+//! less than a quarter of its lease is left unrenewed, so it has stopped before
+//! anyone can take over, even with clocks a little apart.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::{Journal, JournalSink, PlanLock, RunRecord, StateStore, StoreError, parse_checkpoint, replay};
+use crate::cloud::object::{Condition, ObjectStats, ObjectStore, refused};
+use crate::cloud::{CloudError, ErrorKind};
+
+/// Lets tests (and impatient operators) shorten the lease: whole seconds, at least 4.
+pub const LEASE_ENV: &str = "SNAPFERRY_LEASE_SECONDS";
+/// A dead holder's lease is taken over at most this long after its last renewal.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(120);
+const MIN_LEASE_SECONDS: u64 = 4;
+/// Looks at the lease again when someone else wrote it between our read and write.
+const LOCK_ATTEMPTS: u32 = 3;
+/// Loads again when a compaction deleted an object between our listing and our read.
+const LOAD_ATTEMPTS: u32 = 3;
+/// Fold the journal into a checkpoint past this many objects: a resume reads each one.
+const COMPACT_OBJECTS: usize = 512;
+/// ... or once the journal holds this many times the checkpoint's bytes (the checkpoint
+/// counted as at least [`COMPACT_MIN_BYTES`]): the rewrites then add at most a quarter
+/// to what the journal itself writes.
+const COMPACT_RATIO: usize = 4;
+const COMPACT_MIN_BYTES: usize = 256 * 1024;
+/// Deletes of old objects under way at once.
+const DELETES_IN_FLIGHT: usize = 16;
+/// How long `close` waits for a lease to be released.
+const RELEASE_WAIT: Duration = Duration::from_secs(15);
+const LEASE_FORMAT: u32 = 1;
+
+/// How long a lease lasts unrenewed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseOptions {
+    pub duration: Duration,
+}
+
+impl Default for LeaseOptions {
+    fn default() -> Self {
+        LeaseOptions { duration: DEFAULT_LEASE }
+    }
+}
+
+impl LeaseOptions {
+    /// The default, or [`LEASE_ENV`] when set.
+    pub fn from_env() -> Result<Self, String> {
+        match std::env::var(LEASE_ENV) {
+            Ok(v) if !v.is_empty() => match v.parse::<u64>() {
+                Ok(s) if s >= MIN_LEASE_SECONDS => Ok(LeaseOptions { duration: Duration::from_secs(s) }),
+                _ => Err(format!("{LEASE_ENV}={v:?}: expected whole seconds, at least {MIN_LEASE_SECONDS}")),
+            },
+            _ => Ok(LeaseOptions::default()),
+        }
+    }
+
+    fn renew_every(&self) -> Duration {
+        self.duration / 4
+    }
+
+    fn duration_ms(&self) -> i64 {
+        self.duration.as_millis() as i64
+    }
+
+    /// Writes stop this long before the lease's expiry.
+    fn margin_ms(&self) -> i64 {
+        self.duration_ms() / 4
+    }
+}
+
+/// What the lease object holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LeaseDoc {
+    format_version: u32,
+    plan: String,
+    host: String,
+    pid: u32,
+    /// Random per acquisition: tells two leases of one process apart.
+    token: String,
+    run_id: Option<String>,
+    acquired_ms: i64,
+    expires_ms: i64,
+}
+
+impl LeaseDoc {
+    fn holder(&self) -> String {
+        let run = self.run_id.as_deref().map(|r| format!(", run {r}")).unwrap_or_default();
+        format!("host {} pid {}{run}", self.host, self.pid)
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
+}
+
+fn when(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms).map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_default()
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+fn token() -> String {
+    let mut r = [0u8; 8];
+    let _ = aws_lc_rs::rand::fill(&mut r);
+    r.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A lease this process holds.
+#[derive(Debug)]
+struct Lease {
+    plan: String,
+    key: String,
+    location: String,
+    objects: Arc<dyn ObjectStore>,
+    opts: LeaseOptions,
+    /// The entity tag of our last write and what it said; one writer at a time.
+    state: tokio::sync::Mutex<(String, LeaseDoc)>,
+    /// When the last successful write makes the lease end.
+    expires_ms: AtomicI64,
+    /// Why the lease is lost, once it is.
+    lost: Mutex<Option<String>>,
+}
+
+impl Lease {
+    fn lost_error(&self, reason: String) -> StoreError {
+        StoreError::LeaseLost { plan: self.plan.clone(), location: self.location.clone(), reason }
+    }
+
+    fn mark_lost(&self, reason: String) {
+        let mut lost = self.lost.lock().unwrap_or_else(|p| p.into_inner());
+        if lost.is_none() {
+            tracing::error!(plan = %self.plan, reason, "lost the lease on the plan; the run stops at its next write");
+            *lost = Some(reason);
+        }
+    }
+
+    /// Fails when the lease is lost or too close to its end to write safely.
+    fn check(&self) -> Result<(), StoreError> {
+        if let Some(reason) = self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Err(self.lost_error(reason));
+        }
+        let expires = self.expires_ms.load(Ordering::SeqCst);
+        if now_ms() >= expires - self.opts.margin_ms() {
+            let reason = format!("it could not be renewed in time (it ends at {})", when(expires));
+            self.mark_lost(reason.clone());
+            return Err(self.lost_error(reason));
+        }
+        Ok(())
+    }
+
+    /// Extends the lease (and records the run id in it).
+    async fn renew(&self, run_id: Option<&str>) -> Result<(), StoreError> {
+        let mut state = self.state.lock().await;
+        self.check()?;
+        let mut doc = state.1.clone();
+        if let Some(r) = run_id {
+            doc.run_id = Some(r.to_owned());
+        }
+        doc.expires_ms = now_ms() + self.opts.duration_ms();
+        let bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
+        match self.objects.put(&self.key, bytes, Condition::Matches(state.0.clone())).await {
+            Ok(etag) => {
+                self.expires_ms.store(doc.expires_ms, Ordering::SeqCst);
+                *state = (etag, doc);
+                Ok(())
+            }
+            Err(e) if refused(&e) || e.kind == ErrorKind::NotFound => {
+                let who = match self.objects.get(&self.key).await {
+                    Ok(Some(o)) => serde_json::from_slice::<LeaseDoc>(&o.bytes)
+                        .map(|d| d.holder())
+                        .unwrap_or_else(|_| "someone else".to_owned()),
+                    _ => "someone else".to_owned(),
+                };
+                let reason = format!("it was taken over by {who}");
+                self.mark_lost(reason.clone());
+                Err(self.lost_error(reason))
+            }
+            Err(e) => Err(remote(&self.location, e)),
+        }
+    }
+
+    /// Deletes the lease if it is still ours.
+    async fn release(&self) {
+        let state = self.state.lock().await;
+        if self.lost.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+            return;
+        }
+        match self.objects.delete(&self.key, Some(&state.0)).await {
+            Ok(()) => tracing::debug!(plan = %self.plan, "released the lease"),
+            Err(e) if refused(&e) => {}
+            Err(e) => tracing::warn!(plan = %self.plan, error = %e, "could not release the lease; it ends by itself"),
+        }
+    }
+}
+
+/// Renews the lease until the lock is dropped, then releases it.
+async fn keep(lease: Arc<Lease>, mut stop: oneshot::Receiver<()>) {
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tokio::time::sleep(lease.opts.renew_every()) => {
+                match lease.renew(None).await {
+                    Ok(()) => {}
+                    Err(StoreError::LeaseLost { .. }) => {
+                        let _ = stop.await;
+                        return;
+                    }
+                    Err(e) => tracing::warn!(plan = %lease.plan, error = %e, "could not renew the lease; trying again"),
+                }
+            }
+        }
+    }
+    lease.release().await;
+}
+
+/// A lease's renewal task, and a token alive while its lock is held.
+type Renewal = (JoinHandle<()>, Weak<()>);
+
+/// What the lock holds: dropping it stops the renewals and releases the lease.
+struct LeaseGuard {
+    _stop: oneshot::Sender<()>,
+    _alive: Arc<()>,
+}
+
+fn object_key(run_id: &str, seq: u64) -> String {
+    format!("runs/{run_id}/{seq:012}.json")
+}
+
+fn parse_key(key: &str) -> Option<u64> {
+    let name = key.rsplit('/').next()?;
+    let seq = name.strip_suffix(".json")?;
+    if seq.len() != 12 {
+        return None;
+    }
+    seq.parse().ok()
+}
+
+/// A checkpoint is one JSON document with a `format_version`; a journal batch is
+/// JSON lines of records, which have none.
+fn is_checkpoint(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(bytes).is_ok_and(|v| v.get("format_version").is_some())
+}
+
+fn remote(location: &str, e: CloudError) -> StoreError {
+    let hint = if e.kind == ErrorKind::AccessDenied {
+        "; the caller needs s3:GetObject, s3:PutObject, s3:DeleteObject and s3:ListBucket on the state bucket (snapferry run PLAN --dry-run prints the policy)"
+    } else {
+        ""
+    };
+    StoreError::Remote { location: location.to_owned(), source: e, hint }
+}
+
+/// The state in an object store.
+#[derive(Debug)]
+pub struct RemoteStore {
+    objects: Arc<dyn ObjectStore>,
+    opts: LeaseOptions,
+    /// Leases held by this process, by plan.
+    held: Mutex<HashMap<String, Weak<Lease>>>,
+    /// The renewal tasks, by plan.
+    tasks: Mutex<HashMap<String, Renewal>>,
+    /// Per run: the highest sequence number and every key seen at its last load.
+    loaded: Mutex<HashMap<String, (u64, Vec<String>)>>,
+}
+
+impl RemoteStore {
+    pub fn new(objects: Arc<dyn ObjectStore>, opts: LeaseOptions) -> Self {
+        RemoteStore {
+            objects,
+            opts,
+            held: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(HashMap::new()),
+            loaded: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Stops renewing a lease without releasing it, as a process that froze would.
+    #[cfg(test)]
+    pub(crate) fn abandon(&self, plan: &str) {
+        if let Some((task, _)) = self.tasks.lock().unwrap_or_else(|p| p.into_inner()).remove(plan) {
+            task.abort();
+        }
+    }
+
+    fn err(&self, e: CloudError) -> StoreError {
+        remote(&self.objects.location(), e)
+    }
+
+    fn lease_of(&self, plan: &str) -> Option<Arc<Lease>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).get(plan).and_then(Weak::upgrade)
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        PathBuf::from(format!("{}/{key}", self.objects.location()))
+    }
+
+    /// One attempt at reading a run; `Ok(None)` when an object vanished meanwhile.
+    async fn load_once(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
+        let keys = self.objects.list(&format!("runs/{run_id}/")).await.map_err(|e| self.err(e))?;
+        let objects: BTreeMap<u64, &String> = keys.iter().filter_map(|k| parse_key(k).map(|seq| (seq, k))).collect();
+        let Some(&last) = objects.keys().next_back() else {
+            return Err(StoreError::NoSuchRun(run_id.to_owned()));
+        };
+        // Newest first, down to the newest checkpoint; older objects are left-overs.
+        let mut batches = vec![];
+        let mut base = None;
+        for (_, key) in objects.iter().rev() {
+            let Some(obj) = self.objects.get(key).await.map_err(|e| self.err(e))? else { return Ok(None) };
+            if is_checkpoint(&obj.bytes) {
+                base = Some(parse_checkpoint(&obj.bytes, &self.path(key))?);
+                break;
+            }
+            batches.push(obj.bytes);
+        }
+        let Some(mut record) = base else {
+            return Err(StoreError::Corrupt {
+                path: self.path(&format!("runs/{run_id}/")),
+                message: "no checkpoint object among the run's objects".to_owned(),
+            });
+        };
+        for batch in batches.iter().rev() {
+            replay(&mut record, batch);
+        }
+        self.loaded.lock().unwrap_or_else(|p| p.into_inner()).insert(run_id.to_owned(), (last, keys));
+        Ok(Some(record))
+    }
+
+    /// Deletes objects of a run that a newer checkpoint made useless. Best effort:
+    /// what is left is ignored on load and deleted next time.
+    async fn prune(&self, keys: Vec<String>) {
+        let objects = &self.objects;
+        let mut deletes = futures::stream::iter(keys)
+            .map(|k| async move { (objects.delete(&k, None).await, k) })
+            .buffer_unordered(DELETES_IN_FLIGHT);
+        while let Some((result, key)) = deletes.next().await {
+            if let Err(e) = result {
+                tracing::debug!(key, error = %e, "could not delete an old state object; it is ignored");
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl StateStore for RemoteStore {
+    fn location(&self) -> String {
+        self.objects.location()
+    }
+
+    async fn lock_plan(&self, plan: &str) -> Result<PlanLock, StoreError> {
+        // A lock of this plan that this process just dropped: let its release finish.
+        let pending = {
+            let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+            match tasks.get(plan) {
+                Some((_, alive)) if alive.upgrade().is_none() => tasks.remove(plan).map(|t| t.0),
+                _ => None,
+            }
+        };
+        if let Some(task) = pending {
+            let _ = tokio::time::timeout(RELEASE_WAIT, task).await;
+        }
+        let location = self.location();
+        let key = format!("locks/{plan}.json");
+        for _ in 0..LOCK_ATTEMPTS {
+            let current = self.objects.get(&key).await.map_err(|e| self.err(e))?;
+            let now = now_ms();
+            let condition = match &current {
+                None => Condition::Absent,
+                Some(obj) => {
+                    match serde_json::from_slice::<LeaseDoc>(&obj.bytes) {
+                        Ok(doc) if doc.expires_ms > now => {
+                            return Err(StoreError::Leased {
+                                plan: plan.to_owned(),
+                                location,
+                                holder: doc.holder(),
+                                until: when(doc.expires_ms),
+                            });
+                        }
+                        Ok(doc) => tracing::warn!(
+                            plan,
+                            holder = doc.holder(),
+                            expired = when(doc.expires_ms),
+                            "taking over the lease of a holder that stopped renewing it"
+                        ),
+                        Err(e) => tracing::warn!(plan, error = %e, "the lease object is damaged; taking it over"),
+                    }
+                    Condition::Matches(obj.etag.clone())
+                }
+            };
+            let doc = LeaseDoc {
+                format_version: LEASE_FORMAT,
+                plan: plan.to_owned(),
+                host: hostname(),
+                pid: std::process::id(),
+                token: token(),
+                run_id: None,
+                acquired_ms: now,
+                expires_ms: now + self.opts.duration_ms(),
+            };
+            let bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
+            match self.objects.put(&key, bytes, condition).await {
+                Ok(etag) => {
+                    let lease = Arc::new(Lease {
+                        plan: plan.to_owned(),
+                        key,
+                        location,
+                        objects: self.objects.clone(),
+                        opts: self.opts,
+                        expires_ms: AtomicI64::new(doc.expires_ms),
+                        state: tokio::sync::Mutex::new((etag, doc)),
+                        lost: Mutex::new(None),
+                    });
+                    let (stop, stopped) = oneshot::channel();
+                    let alive = Arc::new(());
+                    let task = tokio::spawn(keep(lease.clone(), stopped));
+                    self.held.lock().unwrap_or_else(|p| p.into_inner()).insert(plan.to_owned(), Arc::downgrade(&lease));
+                    self.tasks
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(plan.to_owned(), (task, Arc::downgrade(&alive)));
+                    return Ok(PlanLock::new(LeaseGuard { _stop: stop, _alive: alive }));
+                }
+                // Someone else wrote the lease between our read and our write.
+                Err(e) if refused(&e) => continue,
+                Err(e) => return Err(self.err(e)),
+            }
+        }
+        Err(StoreError::Leased {
+            plan: plan.to_owned(),
+            location,
+            holder: "another snapferry taking it at the same moment".to_owned(),
+            until: when(now_ms() + self.opts.duration_ms()),
+        })
+    }
+
+    async fn load(&self, run_id: &str) -> Result<RunRecord, StoreError> {
+        for _ in 0..LOAD_ATTEMPTS {
+            if let Some(r) = self.load_once(run_id).await? {
+                return Ok(r);
+            }
+        }
+        Err(StoreError::Corrupt {
+            path: self.path(&format!("runs/{run_id}/")),
+            message: "its objects keep changing while being read".to_owned(),
+        })
+    }
+
+    async fn list(&self) -> Result<Vec<RunRecord>, StoreError> {
+        let keys = self.objects.list("runs/").await.map_err(|e| self.err(e))?;
+        let mut ids: Vec<&str> = keys.iter().filter_map(|k| k.strip_prefix("runs/")?.split('/').next()).collect();
+        ids.dedup();
+        let mut runs = vec![];
+        for id in ids {
+            match self.load(id).await {
+                Ok(r) => runs.push(r),
+                Err(StoreError::NoSuchRun(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        runs.sort_by(|a, b| (a.meta.created_ms, &a.meta.run_id).cmp(&(b.meta.created_ms, &b.meta.run_id)));
+        Ok(runs)
+    }
+
+    async fn create_or_reopen(&self, record: &RunRecord) -> Result<Journal, StoreError> {
+        let run_id = record.meta.run_id.clone();
+        let lease = self.lease_of(&record.meta.plan);
+        if let Some(l) = &lease {
+            // The lease names the run from now on (and proves it is still ours).
+            match l.renew(Some(&run_id)).await {
+                Err(e @ StoreError::LeaseLost { .. }) => return Err(e),
+                Err(e) => tracing::warn!(error = %e, "could not renew the lease; trying again later"),
+                Ok(()) => {}
+            }
+        }
+        let known = self.loaded.lock().unwrap_or_else(|p| p.into_inner()).get(&run_id).cloned();
+        let (last, old_keys) = match known {
+            Some(k) => k,
+            None => {
+                let keys = self.objects.list(&format!("runs/{run_id}/")).await.map_err(|e| self.err(e))?;
+                let last = keys.iter().filter_map(|k| parse_key(k)).max().unwrap_or(0);
+                (last, keys)
+            }
+        };
+        let seq = last + 1;
+        let key = object_key(&run_id, seq);
+        let bytes = serde_json::to_vec(record)
+            .map_err(|e| StoreError::Corrupt { path: self.path(&key), message: e.to_string() })?;
+        let snapshot_bytes = bytes.len();
+        if let Some(l) = &lease {
+            l.check()?;
+        }
+        match self.objects.put(&key, bytes, Condition::Absent).await {
+            Ok(_) => {}
+            Err(e) if refused(&e) => return Err(StoreError::Fenced { run_id, location: self.location() }),
+            Err(e) => return Err(self.err(e)),
+        }
+        self.loaded.lock().unwrap_or_else(|p| p.into_inner()).insert(run_id.clone(), (seq, vec![key.clone()]));
+        self.prune(old_keys).await;
+        Ok(Journal::new(RemoteJournal {
+            objects: self.objects.clone(),
+            location: self.location(),
+            run_id,
+            lease,
+            next: seq + 1,
+            written: vec![key],
+            since_bytes: 0,
+            snapshot_bytes,
+        }))
+    }
+
+    async fn close(&self) {
+        let tasks: Vec<JoinHandle<()>> =
+            self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, (t, _))| t).collect();
+        for t in tasks {
+            if tokio::time::timeout(RELEASE_WAIT, t).await.is_err() {
+                tracing::warn!("the lease was not released in time; it ends by itself");
+            }
+        }
+    }
+
+    fn stats(&self) -> Option<ObjectStats> {
+        Some(self.objects.stats())
+    }
+}
+
+/// The journal of one run in the object store: one object per sync.
+#[derive(Debug)]
+struct RemoteJournal {
+    objects: Arc<dyn ObjectStore>,
+    location: String,
+    run_id: String,
+    lease: Option<Arc<Lease>>,
+    /// The sequence number of the next object.
+    next: u64,
+    /// The newest checkpoint's key and the journal objects after it.
+    written: Vec<String>,
+    since_bytes: usize,
+    snapshot_bytes: usize,
+}
+
+impl RemoteJournal {
+    /// Creates the next object, if this process still owns the run.
+    async fn create(&mut self, bytes: Vec<u8>) -> Result<String, StoreError> {
+        if let Some(l) = &self.lease {
+            l.check()?;
+        }
+        let key = object_key(&self.run_id, self.next);
+        match self.objects.put(&key, bytes, Condition::Absent).await {
+            Ok(_) => {
+                self.next += 1;
+                Ok(key)
+            }
+            Err(e) if refused(&e) => {
+                Err(StoreError::Fenced { run_id: self.run_id.clone(), location: self.location.clone() })
+            }
+            Err(e) => Err(remote(&self.location, e)),
+        }
+    }
+}
+
+#[async_trait]
+impl JournalSink for RemoteJournal {
+    async fn append(&mut self, batch: &[u8], _lines: usize) -> Result<(), StoreError> {
+        let key = self.create(batch.to_vec()).await?;
+        self.written.push(key);
+        self.since_bytes += batch.len();
+        Ok(())
+    }
+
+    async fn compact(&mut self, record: &RunRecord) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(record)
+            .map_err(|e| StoreError::Corrupt { path: PathBuf::from(&self.location), message: e.to_string() })?;
+        let len = bytes.len();
+        let key = self.create(bytes).await?;
+        let old = std::mem::replace(&mut self.written, vec![key]);
+        self.since_bytes = 0;
+        self.snapshot_bytes = len;
+        let objects = &self.objects;
+        let mut deletes = futures::stream::iter(old)
+            .map(|k| async move { (objects.delete(&k, None).await, k) })
+            .buffer_unordered(DELETES_IN_FLIGHT);
+        while let Some((result, key)) = deletes.next().await {
+            if let Err(e) = result {
+                tracing::debug!(key, error = %e, "could not delete an old state object; it is ignored");
+            }
+        }
+        Ok(())
+    }
+
+    fn wants_compaction(&self) -> bool {
+        self.written.len() > COMPACT_OBJECTS
+            || self.since_bytes >= COMPACT_RATIO * self.snapshot_bytes.max(COMPACT_MIN_BYTES)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_sort_by_sequence_and_parse_back() {
+        let a = object_key("r", 9);
+        let b = object_key("r", 10);
+        assert!(a < b, "{a} {b}");
+        assert_eq!(parse_key(&a), Some(9));
+        assert_eq!(parse_key(&b), Some(10));
+        assert_eq!(parse_key("runs/r/notes.json"), None);
+    }
+
+    #[test]
+    fn checkpoints_and_batches_tell_apart() {
+        assert!(is_checkpoint(br#"{"format_version": 1, "run_id": "r"}"#));
+        assert!(!is_checkpoint(br#"{"meta": {"format_version": 1}}"#));
+        assert!(!is_checkpoint(b"{\"meta\": {}}\n{\"volume\": {}}\n"));
+    }
+}
