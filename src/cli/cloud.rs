@@ -87,8 +87,8 @@ impl<'a> Reach<'a> {
 pub async fn connect(reach: Reach<'_>) -> Result<Connected, Failure> {
     if reach.common.simulate {
         // With the state in S3 the simulated world stays on this machine.
-        let base =
-            if super::state::is_remote(reach.common) { Path::new(".snapferry") } else { &reach.common.state_dir };
+        let remote_state = reach.common.state_dir.to_str().is_some_and(|d| d.starts_with("s3://"));
+        let base = if remote_state { Path::new(".snapferry") } else { &reach.common.state_dir };
         let path = sim_world_path(base, reach.plan_name);
         let sides = SimSides {
             source_account: reach

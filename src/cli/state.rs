@@ -44,11 +44,6 @@ impl StateLocation {
     }
 }
 
-/// True when `--state-dir` names an S3 bucket.
-pub fn is_remote(common: &Common) -> bool {
-    matches!(StateLocation::parse(&common.state_dir), Ok(StateLocation::S3 { .. }))
-}
-
 /// What opening an S3 state needs to know of the plan, when there is one.
 #[derive(Debug, Default, Clone)]
 pub struct StateReach {
