@@ -28,8 +28,8 @@ const TAG_SOURCE_VOLUME: &str = "snapferry:source-volume";
 const TAG_STEP: &str = "snapferry:step";
 
 /// Put in front of every Python script: clients for both accounts, JSON in and out.
-/// argv: endpoint, JSON arguments.
-const PRELUDE: &str = r#"
+/// argv: endpoint, JSON arguments. (The S3 state tests use it too.)
+pub(super) const PRELUDE: &str = r#"
 import sys, json, boto3
 EP = sys.argv[1]
 ARGS = json.loads(sys.argv[2])

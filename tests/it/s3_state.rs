@@ -11,34 +11,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use super::moto_e2e::PRELUDE;
 use super::support::moto::Moto;
 
 const BUCKET: &str = "snapferry-state";
 const STATE: &str = "s3://snapferry-state/ci/prod";
 /// Short leases so the takeover tests take seconds; renewed every quarter.
 const LEASE_SECONDS: u64 = 6;
-
-const PRELUDE: &str = r#"
-import sys, json, boto3
-EP = sys.argv[1]
-ARGS = json.loads(sys.argv[2])
-def client(svc, region="us-east-1", creds=None):
-    creds = creds or {"AccessKeyId": "testing", "SecretAccessKey": "testing"}
-    return boto3.client(svc, endpoint_url=EP, region_name=region,
-                        aws_access_key_id=creds["AccessKeyId"],
-                        aws_secret_access_key=creds["SecretAccessKey"],
-                        aws_session_token=creds.get("SessionToken"))
-_role = []
-def target(svc, region="eu-west-1"):
-    if not _role:
-        _role.append(client("sts").assume_role(
-            RoleArn="arn:aws:iam::222222222222:role/dr", RoleSessionName="e2e-check")["Credentials"])
-    return client(svc, region, _role[0])
-def tags(x):
-    return {t["Key"]: t["Value"] for t in x.get("Tags") or []}
-def out(v):
-    print(json.dumps(v, default=str))
-"#;
 
 /// The state bucket, the source key and volumes, the target key.
 const SEED: &str = r#"
