@@ -102,6 +102,9 @@ pub struct RunMeta {
     /// words), so `cleanup` can assume the role without the plan.
     #[serde(default)]
     pub target_external_id: Option<String>,
+    /// `options.every` of a recurring plan (ms), so `status` can tell stale copies.
+    #[serde(default)]
+    pub every_ms: Option<i64>,
     pub grant: Option<GrantRecord>,
     /// True once the run has been simulated rather than run against AWS.
     #[serde(default)]
@@ -421,6 +424,7 @@ mod tests {
                 target_key_arn: None,
                 target_role_arn: None,
                 target_external_id: None,
+                every_ms: None,
                 grant: None,
                 simulated: true,
                 cleaned_up: false,

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::cloud::{Loc, Side};
 use crate::engine::{self, Route, Step};
-use crate::exec::{PreflightError, Resolved, preflight};
+use crate::exec::{CopyKind, PreflightError, Resolved, preflight};
 use crate::ids::AccountId;
 use crate::plan::{Pick, Plan};
 use crate::policy::{self, Grant, IamContext};
@@ -125,17 +125,6 @@ pub struct DryRun {
     pub schedule: Vec<String>,
 }
 
-/// The kind of copy a volume's next copy is expected to be (EBS User Guide, "Copy an
-/// Amazon EBS snapshot", incremental copies).
-#[derive(Debug, Clone, Serialize)]
-pub struct CopyKind {
-    pub source_volume: String,
-    pub size_gib: i32,
-    /// `full`, or `incremental` when AWS's conditions hold.
-    pub expected: &'static str,
-    pub why: String,
-}
-
 #[derive(Debug, Clone, Serialize)]
 pub struct SourceSide {
     pub account: String,
@@ -224,32 +213,7 @@ pub struct Problem {
 
 /// The expected kind of each resolved volume's next copy into the target.
 fn copy_kinds(r: &Resolved, source_key: &str) -> Vec<CopyKind> {
-    r.volumes
-        .iter()
-        .map(|sv| {
-            let under_source = sv.volume.kms_key_id.as_deref() == Some(source_key);
-            let (expected, why) = if under_source {
-                (
-                    "incremental",
-                    "full the first time; incremental while this plan's newest copy of it still exists in the \
-                     target under the same key (deleting that copy, or changing target.kms_key, makes the next \
-                     one full)"
-                        .to_owned(),
-                )
-            } else {
-                let key = if sv.volume.encrypted { "under another key (aws/ebs or another)" } else { "unencrypted" };
-                (
-                    "full",
-                    format!(
-                        "the volume is {key}: each snapshot is re-encrypted under source.kms_key, a full copy every \
-                         time ({} GiB); move the volume to the customer managed key to make later copies incremental",
-                        sv.volume.size_gib
-                    ),
-                )
-            };
-            CopyKind { source_volume: sv.volume.id.to_string(), size_gib: sv.volume.size_gib, expected, why }
-        })
-        .collect()
+    r.volumes.iter().map(|sv| crate::exec::copy_kind(&sv.volume, source_key)).collect()
 }
 
 /// What `every`, `copy_within` and `keep_source` mean for this plan.

@@ -58,6 +58,9 @@ pub fn report_text(r: &RunReport) -> String {
         if let Some(h) = &v.hint {
             let _ = writeln!(s, "      what to do: {h}");
         }
+        if let Some(k) = v.next_copy.as_ref().filter(|k| k.expected == "full") {
+            let _ = writeln!(s, "      next copy: full, {}", k.why);
+        }
     }
     if let Some(p) = &r.retention {
         let _ = writeln!(s, "retention: {}", retention_summary(p));
@@ -102,30 +105,63 @@ fn counts(r: &RunRecord) -> Value {
 }
 
 /// Per plan and source volume: the newest successful copy, when it finished and how
-/// old it is now, for DR freshness.
+/// old it is now, for DR freshness; for a recurring plan also whether it is older than
+/// `every` (from when it began, as `every` counts).
 pub fn last_success(runs: &[RunRecord], now_ms: i64) -> Value {
-    let mut m: std::collections::BTreeMap<(String, String), (i64, String, Option<String>)> = Default::default();
+    type Newest = (i64, Option<i64>, String, Option<String>);
+    let mut m: std::collections::BTreeMap<(String, String), Newest> = Default::default();
+    let mut every: std::collections::BTreeMap<String, (i64, Option<i64>)> = Default::default();
     for r in runs {
+        let e = every.entry(r.meta.plan.clone()).or_insert((r.meta.created_ms, r.meta.every_ms));
+        if r.meta.created_ms >= e.0 {
+            *e = (r.meta.created_ms, r.meta.every_ms);
+        }
         for v in r.volumes.iter().filter(|v| v.step == Step::Done) {
             let Some(f) = v.finished_ms else { continue };
             let key = (r.meta.plan.clone(), v.source_volume.to_string());
             if m.get(&key).is_none_or(|e| e.0 < f) {
-                m.insert(key, (f, r.meta.run_id.clone(), v.target_snapshot.as_ref().map(|s| s.to_string())));
+                let run = v.chain_run(&r.meta.run_id).to_owned();
+                m.insert(key, (f, v.started_ms, run, v.target_snapshot.as_ref().map(|s| s.to_string())));
             }
         }
     }
     Value::Array(
         m.into_iter()
-            .map(|((plan, vol), (f, run, snap))| {
-                json!({"plan": plan, "source_volume": vol, "run_id": run, "finished": ts(f),
-                       "age_seconds": (now_ms - f).max(0) / 1000, "target_snapshot": snap})
+            .map(|((plan, vol), (f, began, run, snap))| {
+                let mut e = json!({"plan": plan, "source_volume": vol, "run_id": run, "finished": ts(f),
+                       "age_seconds": (now_ms - f).max(0) / 1000, "target_snapshot": snap});
+                if let (Some(every_ms), Some(began)) = (every.get(&plan).and_then(|e| e.1), began) {
+                    e["stale"] = json!(now_ms - began > every_ms);
+                }
+                e
             })
             .collect(),
     )
 }
 
+/// Per plan, the volumes failing in its latest run, and since when.
+pub fn failing(runs: &[RunRecord]) -> Value {
+    let mut latest: std::collections::BTreeMap<&str, &RunRecord> = Default::default();
+    for r in runs {
+        let e = latest.entry(r.meta.plan.as_str()).or_insert(r);
+        if r.meta.created_ms >= e.meta.created_ms {
+            *e = r;
+        }
+    }
+    let mut out = vec![];
+    for r in latest.values() {
+        for v in r.volumes.iter().filter(|v| v.step == Step::Failed) {
+            let since = v.failing_since_ms.or(v.finished_ms).unwrap_or(r.meta.updated_ms);
+            out.push(json!({"plan": r.meta.plan, "source_volume": v.source_volume.to_string(),
+                            "since": ts(since), "error": v.failure.as_ref().map(|f| f.message.clone())}));
+        }
+    }
+    Value::Array(out)
+}
+
 pub fn runs_json(runs: &[RunRecord]) -> Value {
     json!({"last_success": last_success(runs, crate::clock::Clock::now_ms(&crate::clock::WallClock)),
+           "failing": failing(runs),
            "runs": runs.iter().map(|r| json!({
         "run_id": r.meta.run_id,
         "plan": r.meta.plan,
@@ -166,13 +202,27 @@ pub fn runs_text(runs: &[RunRecord]) -> String {
             let age = e["age_seconds"].as_i64().unwrap_or(0);
             let _ = writeln!(
                 s,
-                "  {:<24} {:<24} {}  ({}h{:02}m ago, run {})",
+                "  {:<24} {:<24} {}  ({}h{:02}m ago, run {}){}",
                 e["plan"].as_str().unwrap_or(""),
                 e["source_volume"].as_str().unwrap_or(""),
                 e["finished"].as_str().unwrap_or(""),
                 age / 3600,
                 age % 3600 / 60,
-                e["run_id"].as_str().unwrap_or("")
+                e["run_id"].as_str().unwrap_or(""),
+                if e["stale"] == json!(true) { "  STALE: older than the plan's every" } else { "" }
+            );
+        }
+    }
+    if let Some(list) = failing(runs).as_array().filter(|l| !l.is_empty()) {
+        let _ = writeln!(s, "\nfailing source volumes:");
+        for e in list {
+            let _ = writeln!(
+                s,
+                "  {:<24} {:<24} since {}: {}",
+                e["plan"].as_str().unwrap_or(""),
+                e["source_volume"].as_str().unwrap_or(""),
+                e["since"].as_str().unwrap_or(""),
+                e["error"].as_str().unwrap_or("")
             );
         }
     }

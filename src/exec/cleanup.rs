@@ -338,6 +338,7 @@ async fn from_tags(
             target_key_arn: None,
             target_role_arn: plan.target.role_arn.as_ref().map(|r| r.to_string()),
             target_external_id: plan.target.external_id.clone(),
+            every_ms: plan.options.every.map(|d| d.as_millis() as i64),
             grant: None,
             simulated: false,
             cleaned_up: false,

@@ -111,6 +111,7 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
     record.meta.target_role_arn =
         plan.target.role_arn.as_ref().filter(|_| resolved.cross_account).map(|r| r.to_string());
     record.meta.target_external_id = plan.target.external_id.clone().filter(|_| resolved.cross_account);
+    record.meta.every_ms = plan.options.every.map(|d| d.as_millis() as i64);
     // Volumes the plan picks now and the run does not have yet join it.
     for id in resolved.volumes.iter().map(|sv| &sv.volume.id).chain(&resolved.missing) {
         if !record.volumes.iter().any(|v| &v.source_volume == id) {
@@ -203,6 +204,12 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
         return Err(RunError::Credentials { run_id: record.meta.run_id.clone(), source: e });
     }
     let mut report = RunReport::from_record(&record);
+    let source_key = resolved.source_key.arn.as_str();
+    for v in &mut report.volumes {
+        if let Some(sv) = resolved.volumes.iter().find(|sv| sv.volume.id.as_str() == v.source_volume) {
+            v.next_copy = Some(super::report::copy_kind(&sv.volume, source_key));
+        }
+    }
     // Retention once the invocation ended with its volumes settled: per volume whose
     // copy finished (a failing volume keeps all its copies), never after a round that
     // made nothing.
@@ -359,6 +366,7 @@ fn new_record(cfg: &RunConfig, run_id: String, created_ms: i64, volumes: Vec<Vol
             target_key_arn: None,
             target_role_arn: None,
             target_external_id: None,
+            every_ms: None,
             grant: None,
             simulated: cfg.simulated,
             cleaned_up: false,

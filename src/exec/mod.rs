@@ -34,7 +34,7 @@ pub use cleanup::cleanup;
 pub use lifecycle::run;
 pub use preflight::preflight;
 pub use preflight::{PreflightError, Resolved, SourceVolume};
-pub use report::{RunReport, VolumeReport};
+pub use report::{CopyKind, RunReport, VolumeReport, copy_kind};
 pub use runner::{Progress, RunConfig, Tally};
 
 use crate::checkpoint::StoreError;

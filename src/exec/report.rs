@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use crate::checkpoint::{RunRecord, RunStatus};
+use crate::cloud::Volume;
 use crate::engine::Step;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -21,6 +22,47 @@ pub struct VolumeReport {
     pub step: String,
     pub error: Option<String>,
     pub hint: Option<String>,
+    /// Whether the volume's next copy is expected full or incremental, and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_copy: Option<CopyKind>,
+}
+
+/// The kind of copy a volume's next copy into the target is expected to be (EBS User
+/// Guide, "Copy an Amazon EBS snapshot", incremental copies).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CopyKind {
+    pub source_volume: String,
+    pub size_gib: i32,
+    /// `full`, or `incremental` when AWS's conditions hold.
+    pub expected: &'static str,
+    pub why: String,
+}
+
+/// The expected kind of `volume`'s next copy: a volume under the source key copies
+/// incrementally once a copy exists in the target; any other is re-encrypted first,
+/// which makes a full copy every time.
+pub fn copy_kind(volume: &Volume, source_key: &str) -> CopyKind {
+    let under_source = volume.kms_key_id.as_deref() == Some(source_key);
+    let (expected, why) = if under_source {
+        (
+            "incremental",
+            "full the first time; incremental while this plan's newest copy of it still exists in the \
+             target under the same key (deleting that copy, or changing target.kms_key, makes the next \
+             one full)"
+                .to_owned(),
+        )
+    } else {
+        let key = if volume.encrypted { "under another key (aws/ebs or another)" } else { "unencrypted" };
+        (
+            "full",
+            format!(
+                "the volume is {key}: each snapshot is re-encrypted under source.kms_key, a full copy every \
+                 time ({} GiB); move the volume to the customer managed key to make later copies incremental",
+                volume.size_gib
+            ),
+        )
+    };
+    CopyKind { source_volume: volume.id.to_string(), size_gib: volume.size_gib, expected, why }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -74,6 +116,7 @@ impl RunReport {
                     step: v.failure.as_ref().map(|f| f.step).unwrap_or(v.step).as_str().to_owned(),
                     error: v.failure.as_ref().map(|f| f.message.clone()),
                     hint: v.failure.as_ref().and_then(|f| f.hint.clone()),
+                    next_copy: None,
                 })
                 .collect(),
             retention: None,

@@ -369,6 +369,18 @@ fn metrics_of_a_recurring_plan_say_how_old_each_copy_is_and_what_fails() {
         ),
         "{text}"
     );
+    // `status` says the same: staleness per volume against every, and what fails since when.
+    let o = run(&["status", "--format", "json"], dir.path());
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let st = json(&o);
+    let fresh = st["last_success"].as_array().unwrap();
+    assert!(fresh.iter().all(|e| e["stale"].is_boolean()), "{st:#}");
+    let failing = st["failing"].as_array().unwrap();
+    assert_eq!(failing.len(), 1, "{st:#}");
+    assert_eq!(failing[0]["source_volume"], "vol-0123456789abcdef0");
+    assert!(failing[0]["error"].as_str().unwrap().contains("no longer exists"), "{st:#}");
+    let o = run(&["status"], dir.path());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("failing source volumes:"));
 }
 
 #[test]

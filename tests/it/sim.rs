@@ -876,3 +876,28 @@ async fn keep_source_and_keep_prune_per_volume_across_rounds() {
         });
     }
 }
+
+/// The report says per volume whether its next copy will be full or incremental: a
+/// volume under the source key copies incrementally; one re-encrypted every time is
+/// full, with its size.
+#[tokio::test]
+async fn the_report_says_which_next_copies_are_full() {
+    let rig = Rig::new(plan(CROSS));
+    let r = rig.run().await.unwrap();
+    assert_all_succeeded(&r);
+    let source_key_volumes = rig.sim.with_world(|w| {
+        let share = w.keys.iter().find(|k| k.aliases.iter().any(|a| a == "share")).unwrap().arn.clone();
+        w.volumes.values().filter(|v| v.kms_key.as_ref() == Some(&share)).map(|v| v.id.to_string()).collect::<Vec<_>>()
+    });
+    let mut kinds = vec![];
+    for v in &r.volumes {
+        let k = v.next_copy.as_ref().expect("every volume of a finished run has its next copy's kind");
+        let want = if source_key_volumes.contains(&v.source_volume) { "incremental" } else { "full" };
+        assert_eq!(k.expected, want, "{k:#?}");
+        if want == "full" {
+            assert!(k.why.contains(&format!("{} GiB", k.size_gib)), "{k:#?}");
+        }
+        kinds.push(k.expected);
+    }
+    assert!(kinds.contains(&"full") && kinds.contains(&"incremental"), "{kinds:?}");
+}
