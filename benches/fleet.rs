@@ -28,6 +28,18 @@ fn peak_rss_mib() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// How the benchmark runs a plan: simulated, as `snapferry run --simulate` would.
+fn config(plan: snapferry::plan::Plan) -> RunConfig {
+    RunConfig {
+        plan,
+        plan_file: "fleet.yaml".into(),
+        run_id: None,
+        simulated: true,
+        probe_permissions: true,
+        progress: None,
+    }
+}
+
 fn main() {
     let n: usize = std::env::var("SNAPFERRY_BENCH_VOLUMES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
     let mut text = String::from(
@@ -76,14 +88,7 @@ fn main() {
         _ => Store::new(dir.path()),
     };
     let env = Env { cloud: Arc::new(sim.clone()), clock: Arc::new(sim.clone()), store: store.clone() };
-    let cfg = RunConfig {
-        plan,
-        plan_file: "fleet.yaml".into(),
-        run_id: None,
-        simulated: true,
-        probe_permissions: true,
-        progress: None,
-    };
+    let cfg = config(plan);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let wall = Instant::now();
     let (_tx, rx) = tokio::sync::watch::channel(false);
@@ -136,14 +141,7 @@ fn adoption(rt: &tokio::runtime::Runtime, text: &str, halt_at: u64, n: usize) {
     let (mut world, sides) = seed_from_plan(&plan, 1_800_000_000_000);
     world.faults.halt_after_calls = Some(halt_at);
     let sim = SimCloud::new(world, sides);
-    let cfg = RunConfig {
-        plan,
-        plan_file: "fleet.yaml".into(),
-        run_id: None,
-        simulated: true,
-        probe_permissions: true,
-        progress: None,
-    };
+    let cfg = config(plan);
     let lost = tempfile::tempdir().expect("temp dir");
     let env = Env { cloud: Arc::new(sim.clone()), clock: Arc::new(sim.clone()), store: Store::new(lost.path()) };
     let (_tx, rx) = tokio::sync::watch::channel(false);

@@ -25,7 +25,7 @@ use super::format::{KEY_LEN, TAG_LEN};
 use super::message::{
     EncryptedDataKey, EncryptionContext, IV_LEN, MessageHeader, NewHeader, Signer, Suite, frame_iv, max_signature_len,
 };
-use super::stream::Stats;
+use super::stream::{Stats, read_full};
 
 /// Marks the final frame (message-body.md, "Sequence Number End").
 const FINAL_FRAME_MARKER: [u8; 4] = [0xFF; 4];
@@ -355,18 +355,4 @@ impl<R: Read> Source<'_, '_, R> {
         self.exact(&mut b)?;
         Ok(b)
     }
-}
-
-/// Reads until `buf` is full or the input ends; returns how many bytes were read.
-fn read_full<R: Read>(input: &mut R, buf: &mut [u8]) -> Result<usize, EnvelopeError> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match input.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(EnvelopeError::Read(e)),
-        }
-    }
-    Ok(filled)
 }

@@ -216,7 +216,7 @@ impl ChunkCipher {
 /// Reads until `buf` is full or the input ends; returns how many bytes were read.
 /// (`Read::read` may return short counts anywhere, and a chunk boundary must not depend
 /// on how the input happens to be split.)
-fn read_full<R: Read>(input: &mut R, buf: &mut [u8]) -> Result<usize, EnvelopeError> {
+pub(super) fn read_full<R: Read>(input: &mut R, buf: &mut [u8]) -> Result<usize, EnvelopeError> {
     let mut filled = 0;
     while filled < buf.len() {
         match input.read(&mut buf[filled..]) {

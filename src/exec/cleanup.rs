@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::checkpoint::{FORMAT_VERSION, RunMeta, RunRecord, RunStatus, Store, StoreError};
 use crate::clock::Clock;
-use crate::cloud::{Cloud, CloudError, ErrorKind, Loc, Side, Snapshot, SnapshotState};
+use crate::cloud::{Cloud, ErrorKind, Loc, Side, Snapshot, SnapshotState};
 use crate::engine::{Failure, FailureKind, Step};
 use crate::ids::{AccountId, KeyArn, PlanName, Region, SnapshotId};
 use crate::plan::Plan;
@@ -105,7 +105,7 @@ pub async fn cleanup(
 
     // What AWS holds of this run, including what a lost answer left unrecorded.
     let mut survey = Survey::default();
-    match adopt_listing(cloud, clock, &record.meta.plan, &src, &dst).await {
+    match adopt::survey(cloud, clock, &record.meta.plan, &src, &dst).await {
         Ok(s) => survey = s,
         Err(e) => summary.errors.push(format!(
             "listing the run's resources: {e}; only the snapshots the state names are cleaned up, and none a pending copy may still read from"
@@ -264,16 +264,6 @@ pub async fn cleanup(
 fn failed_at_copy(v: &crate::engine::VolumeRun) -> bool {
     v.step == Step::Failed
         && v.failure.as_ref().is_some_and(|f| f.step == Step::WaitCopy || (f.step == Step::Copy && v.in_flight))
-}
-
-async fn adopt_listing(
-    cloud: &dyn Cloud,
-    clock: &dyn Clock,
-    plan: &str,
-    src: &Loc,
-    dst: &Loc,
-) -> Result<Survey, CloudError> {
-    adopt::survey(cloud, clock, plan, src, dst).await
 }
 
 /// The key and statement this run's plan grants, if it is a cross-account run.
