@@ -27,6 +27,9 @@ use super::{Env, RunError, RunReport};
 /// resource made just before the state was lost can be missing from the first one
 /// (eventual consistency), as a lookup after a crash must miss this often.
 const ADOPT_LISTINGS: u32 = crate::engine::RECONCILE_LOOKUPS as u32;
+/// How long a key-policy write is left to settle before it is read back, so that a
+/// concurrent writer's overlapping read-merge-write shows.
+const POLICY_SETTLE_MS: i64 = 2_000;
 /// Resources younger than this make adoption list again before it trusts a miss.
 const RECENT_MS: i64 = 10 * 60_000;
 
@@ -531,6 +534,10 @@ async fn ensure_grant(env: &Env, plan: &Plan, resolved: &Resolved, meta: &mut Ru
         retrying(clock, || cloud.put_key_policy(&loc, key, &change.new_policy))
             .await
             .map_err(|e| cloud_err("PutKeyPolicy", e))?;
+        // KMS has no conditional PutKeyPolicy: another writer that read the policy before
+        // our write can still replace it with a copy lacking our statement. Such a write
+        // lands within moments, so the read-back waits for it before trusting the policy.
+        clock.sleep_until(clock.now_ms() + POLICY_SETTLE_MS).await;
         let back =
             retrying(clock, || cloud.get_key_policy(&loc, key)).await.map_err(|e| cloud_err("GetKeyPolicy", e))?;
         if !policy::ensure_grant(&back, &grant).map(|c| c.changed).unwrap_or(true) {
