@@ -105,13 +105,71 @@ pub struct RunMeta {
     /// `options.every` of a recurring plan (ms), so `status` can tell stale copies.
     #[serde(default)]
     pub every_ms: Option<i64>,
+    /// Every target of the run, in the plan's order (the flat `target_*` fields are the
+    /// first one's). Empty in checkpoints written before plans had several targets:
+    /// see [`RunMeta::targets`].
+    #[serde(default, rename = "targets", skip_serializing_if = "Vec::is_empty")]
+    pub target_list: Vec<TargetMeta>,
     pub grant: Option<GrantRecord>,
+    /// The statements of every target account after the first (whose is `grant`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_grants: Vec<GrantRecord>,
     /// True once the run has been simulated rather than run against AWS.
     #[serde(default)]
     pub simulated: bool,
     /// Set by `snapferry cleanup`.
     #[serde(default)]
     pub cleaned_up: bool,
+}
+
+/// One target of a run: where its copies went and how it was reached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetMeta {
+    pub account: Option<String>,
+    pub region: String,
+    pub key_arn: Option<String>,
+    #[serde(default)]
+    pub cross_account: bool,
+    /// The role assumed in its account, for a cross-account target.
+    #[serde(default)]
+    pub role_arn: Option<String>,
+    #[serde(default)]
+    pub external_id: Option<String>,
+}
+
+impl RunMeta {
+    /// The run's targets: the recorded list, or for an older checkpoint its one target.
+    pub fn targets(&self) -> Vec<TargetMeta> {
+        if !self.target_list.is_empty() {
+            return self.target_list.clone();
+        }
+        vec![TargetMeta {
+            account: self.target_account.clone(),
+            region: self.target_region.clone(),
+            key_arn: self.target_key_arn.clone(),
+            cross_account: self.cross_account,
+            role_arn: self.target_role_arn.clone(),
+            external_id: self.target_external_id.clone(),
+        }]
+    }
+
+    /// Records the targets, the first one in the flat fields too.
+    pub fn set_targets(&mut self, targets: Vec<TargetMeta>) {
+        if let Some(first) = targets.first() {
+            self.target_account = first.account.clone();
+            self.target_region = first.region.clone();
+            self.target_key_arn = first.key_arn.clone();
+            self.target_role_arn = first.role_arn.clone();
+            self.target_external_id = first.external_id.clone();
+        }
+        self.cross_account = targets.iter().any(|t| t.cross_account);
+        self.target_list = if targets.len() > 1 { targets } else { vec![] };
+    }
+
+    /// Every key-policy statement the run added or found.
+    pub fn grants(&self) -> impl Iterator<Item = &GrantRecord> {
+        self.grant.iter().chain(&self.more_grants)
+    }
 }
 
 /// A whole run: what `checkpoint.json` holds.
@@ -425,6 +483,8 @@ mod tests {
                 target_role_arn: None,
                 target_external_id: None,
                 every_ms: None,
+                target_list: vec![],
+                more_grants: vec![],
                 grant: None,
                 simulated: true,
                 cleaned_up: false,

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use crate::clock::{Clock, WallClock};
 use crate::cloud::aws::{AwsCloud, AwsConfig, check_endpoint};
 use crate::cloud::sim::{SimCloud, SimSides, World, seed_from_plan};
-use crate::cloud::{Cloud, ErrorKind};
-use crate::ids::{AccountId, Region, RoleArn};
+use crate::cloud::{Cloud, ErrorKind, TargetAccess};
+use crate::ids::{AccountId, Region};
 use crate::plan::Plan;
 
 use super::args::Common;
@@ -60,8 +60,8 @@ pub struct Reach<'a> {
     pub plan_name: &'a str,
     pub source_region: Region,
     pub source_profile: Option<String>,
-    pub target_role: Option<RoleArn>,
-    pub external_id: Option<String>,
+    /// How each target is reached, in the plan's order.
+    pub targets: Vec<TargetAccess>,
     pub session_name: String,
     /// Under `--simulate`, the plan to seed a new world from.
     pub seed: Option<&'a Plan>,
@@ -75,8 +75,11 @@ impl<'a> Reach<'a> {
             plan_name: plan.name.as_str(),
             source_region: plan.source.region.clone(),
             source_profile: plan.source.profile.clone(),
-            target_role: plan.target.role_arn.clone(),
-            external_id: plan.target.external_id.clone(),
+            targets: plan
+                .targets
+                .iter()
+                .map(|t| TargetAccess { role: t.role_arn.clone(), external_id: t.external_id.clone() })
+                .collect(),
             session_name,
             seed: Some(plan),
         }
@@ -95,8 +98,7 @@ pub async fn connect(reach: Reach<'_>) -> Result<Connected, Failure> {
                 .seed
                 .and_then(|p| p.source.account.clone())
                 .unwrap_or_else(|| AccountId::parse(crate::cloud::sim::DEFAULT_SOURCE_ACCOUNT).expect("valid")),
-            target_role: reach.target_role.clone(),
-            external_id: reach.external_id.clone(),
+            targets: reach.targets.clone(),
         };
         let world = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice::<World>(&bytes).map_err(|e| {
@@ -118,8 +120,7 @@ pub async fn connect(reach: Reach<'_>) -> Result<Connected, Failure> {
         source_region: reach.source_region,
         source_profile: reach.source_profile,
         endpoint_url,
-        target_role: reach.target_role,
-        external_id: reach.external_id,
+        targets: reach.targets,
         session_name: reach.session_name,
     };
     // `connect` sends nothing; what it refuses (a clear-text endpoint from any of the

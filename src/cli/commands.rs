@@ -6,6 +6,7 @@ use std::path::Path;
 use tokio::sync::watch;
 
 use crate::checkpoint::{RunRecord, RunStatus, Store, StoreError};
+use crate::cloud::TargetAccess;
 use crate::exec::{self, Env, RunConfig};
 use crate::ids::RunId;
 use crate::plan;
@@ -206,20 +207,30 @@ async fn cleanup(run_id: &str, plan_path: Option<&Path>, common: &Common) -> Res
         .unwrap_or_default();
     let source_region = crate::ids::Region::parse(&region_text)
         .map_err(|e| Failure::new(exit::FAILED, format!("checkpoint of {run_id}: source region: {e}")))?;
-    // The target role stops copies still pending: the plan's, else the one the run used.
-    let target_role = plan.as_ref().and_then(|p| p.target.role_arn.clone()).or_else(|| {
-        record.as_ref().and_then(|r| r.meta.target_role_arn.as_deref()).and_then(|a| crate::ids::RoleArn::parse(a).ok())
-    });
+    // The target roles stop copies still pending: the ones the run used, else the plan's.
+    let targets: Vec<TargetAccess> = match (&record, &plan) {
+        (Some(r), _) => r
+            .meta
+            .targets()
+            .iter()
+            .map(|t| TargetAccess {
+                role: t.role_arn.as_deref().and_then(|a| crate::ids::RoleArn::parse(a).ok()),
+                external_id: t.external_id.clone(),
+            })
+            .collect(),
+        (None, Some(p)) => p
+            .targets
+            .iter()
+            .map(|t| TargetAccess { role: t.role_arn.clone(), external_id: t.external_id.clone() })
+            .collect(),
+        (None, None) => vec![],
+    };
     let connected = connect(Reach {
         common,
         plan_name: &plan_name,
         source_region,
         source_profile: plan.as_ref().and_then(|p| p.source.profile.clone()),
-        target_role,
-        external_id: plan
-            .as_ref()
-            .and_then(|p| p.target.external_id.clone())
-            .or_else(|| record.as_ref().and_then(|r| r.meta.target_external_id.clone())),
+        targets,
         session_name: session_name(run_id),
         seed: None,
     })

@@ -111,7 +111,11 @@ pub struct DryRun {
     pub dry_run: bool,
     pub offline: bool,
     pub source: SourceSide,
+    /// The first (or only) target.
     pub target: TargetSide,
+    /// With `targets:`, every target with its own IAM documents.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<TargetReport>,
     pub cross_account: bool,
     pub steps: Vec<VolumeSteps>,
     pub key_policy: KeyPolicyChange,
@@ -138,6 +142,18 @@ pub struct TargetSide {
     pub region: String,
     pub kms_key: String,
     pub role_arn: Option<String>,
+}
+
+/// One target of a `targets:` plan: where its copies go and what its role needs.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetReport {
+    #[serde(flatten)]
+    pub side: TargetSide,
+    pub cross_account: bool,
+    /// The IAM policy of this target's role (for a same-account target: what the caller
+    /// needs in that region).
+    pub iam_policy: Value,
+    pub trust_policy: Option<Value>,
 }
 
 /// The steps of one volume entry of the plan.
@@ -177,8 +193,12 @@ impl VolumeSteps {
 #[derive(Debug, Clone, Serialize)]
 pub struct KeyPolicyChange {
     pub key_arn: String,
-    /// The statement to add; `None` when nothing is shared (same account).
+    /// The statement to add; `None` when nothing is shared (same account). With several
+    /// target accounts, the first one's; all are in `add_statements`.
     pub add_statement: Option<Value>,
+    /// With several target accounts: one statement per account, all put at once.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub add_statements: Vec<Value>,
     /// Whether an equivalent statement is there already; `None` when the policy could
     /// not be read (offline).
     pub already_present: Option<bool>,
@@ -254,18 +274,34 @@ impl DryRun {
             .map(|r| r.source_identity.account.clone())
             .or(plan.source.account.clone())
             .unwrap_or_else(|| AccountId::parse(SOURCE_ACCOUNT_STANDIN).expect("valid"));
-        let target_account = resolved
-            .and_then(|r| r.target_identity.as_ref().map(|i| i.account.clone()))
-            .or(plan.target.account.clone())
-            .or(plan.target.role_arn.as_ref().map(|r| r.account()))
-            .unwrap_or_else(|| source_account.clone());
-        let cross = resolved.map(|r| r.cross_account).unwrap_or(target_account != source_account);
+        // Per target: its account, key and whether it crosses accounts.
+        let targets: Vec<(AccountId, String, bool)> = plan
+            .targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let r = resolved.and_then(|r| r.targets.get(i));
+                let account = r
+                    .map(|r| r.account.clone())
+                    .or(t.account.clone())
+                    .or(t.role_arn.as_ref().map(|r| r.account()))
+                    .unwrap_or_else(|| source_account.clone());
+                let key =
+                    r.map(|r| r.key.arn.to_string()).unwrap_or_else(|| key_placeholder(t.kms_key.as_str(), "target"));
+                let cross = r.map(|r| r.cross_account).unwrap_or(account != source_account);
+                (account, key, cross)
+            })
+            .collect();
+        let cross = resolved.map(|r| r.cross_account).unwrap_or(targets.iter().any(|t| t.2));
         let source_key = resolved
             .map(|r| r.source_key.arn.to_string())
             .unwrap_or_else(|| key_placeholder(plan.source.kms_key.as_str(), "source"));
-        let target_key = resolved
-            .map(|r| r.target_key.arn.to_string())
-            .unwrap_or_else(|| key_placeholder(plan.target.kms_key.as_str(), "target"));
+        let mut shared_with: Vec<AccountId> = vec![];
+        for (a, _, c) in &targets {
+            if *c && !shared_with.contains(a) {
+                shared_with.push(a.clone());
+            }
+        }
 
         let mut reencrypt_keys = vec![];
         let steps: Vec<VolumeSteps> = match resolved {
@@ -301,34 +337,50 @@ impl DryRun {
                 .collect(),
         };
 
-        let key_policy = if cross {
-            let grant = Grant::new(plan.name.clone(), target_account.clone(), &plan.source.region);
-            let statement = policy::grant_statement(&grant);
+        let key_policy = if !shared_with.is_empty() {
+            let grants: Vec<Grant> =
+                shared_with.iter().map(|a| Grant::new(plan.name.clone(), a.clone(), &plan.source.region)).collect();
+            let statements: Vec<Value> = grants.iter().map(|g| placeholders(policy::grant_statement(g))).collect();
             let mut change = KeyPolicyChange {
                 key_arn: placeholder(&source_key),
-                add_statement: Some(placeholders(statement)),
+                add_statement: statements.first().cloned(),
+                add_statements: if statements.len() > 1 { statements } else { vec![] },
                 already_present: None,
                 diff: None,
                 error: None,
                 needed: true,
             };
-            match current_policy.map(|p| (p, policy::ensure_grant(p, &grant))) {
-                Some((current, Ok(c))) => {
-                    change.add_statement = Some(placeholders(c.statement));
-                    change.already_present = Some(!c.changed);
-                    change.diff = Some(placeholder(&policy::diff(current, &c.new_policy)));
+            if let Some(current) = current_policy {
+                // Every statement merged into one policy, as the run puts it.
+                let mut text = current.to_owned();
+                let mut changed = false;
+                let mut error = None;
+                for g in &grants {
+                    match policy::ensure_grant(&text, g) {
+                        Ok(c) => {
+                            changed |= c.changed;
+                            text = c.new_policy;
+                        }
+                        Err(e) => error = Some(e.to_string()),
+                    }
                 }
-                Some((_, Err(e))) => {
-                    change.already_present = Some(false);
-                    change.error = Some(e.to_string());
+                match error {
+                    None => {
+                        change.already_present = Some(!changed);
+                        change.diff = Some(placeholder(&policy::diff(current, &text)));
+                    }
+                    Some(e) => {
+                        change.already_present = Some(false);
+                        change.error = Some(e);
+                    }
                 }
-                None => {}
             }
             change
         } else {
             KeyPolicyChange {
                 key_arn: placeholder(&source_key),
                 add_statement: None,
+                add_statements: vec![],
                 already_present: Some(false),
                 diff: None,
                 error: None,
@@ -336,24 +388,51 @@ impl DryRun {
             }
         };
 
-        let ctx = IamContext {
-            partition: plan.source.region.partition(),
-            plan: plan.name.clone(),
-            source_account: source_account.clone(),
-            source_region: plan.source.region.clone(),
-            target_account: target_account.clone(),
-            target_region: plan.target.region.clone(),
-            source_key: source_key.clone(),
-            target_key: target_key.clone(),
-            role_arn: plan.target.role_arn.clone(),
-            external_id: plan.target.external_id.clone(),
-            caller_arn: resolved.map(|r| r.source_identity.arn.clone()),
-            reencrypt_keys,
-            cross_account: cross,
-            create_volume: plan.options.create_volume,
-            keep: plan.options.keep.is_some(),
+        // The documents per target; the caller's is the union of what each target needs.
+        let docs: Vec<policy::IamDocuments> = plan
+            .targets
+            .iter()
+            .zip(&targets)
+            .map(|(t, (account, key, cross))| {
+                policy::documents(&IamContext {
+                    partition: plan.source.region.partition(),
+                    plan: plan.name.clone(),
+                    source_account: source_account.clone(),
+                    source_region: plan.source.region.clone(),
+                    target_account: account.clone(),
+                    target_region: t.region.clone(),
+                    source_key: source_key.clone(),
+                    target_key: key.clone(),
+                    role_arn: t.role_arn.clone(),
+                    external_id: t.external_id.clone(),
+                    caller_arn: resolved.map(|r| r.source_identity.arn.clone()),
+                    reencrypt_keys: reencrypt_keys.clone(),
+                    cross_account: *cross,
+                    create_volume: plan.options.create_volume,
+                    keep: plan.options.keep.is_some(),
+                })
+            })
+            .collect();
+        let source_caller = policy::merge_documents(docs.iter().map(|d| &d.source_caller));
+        let side = |i: usize| TargetSide {
+            account: placeholder(targets[i].0.as_str()),
+            region: plan.targets[i].region.to_string(),
+            kms_key: placeholder(&targets[i].1),
+            role_arn: plan.targets[i].role_arn.as_ref().map(|r| r.to_string()),
         };
-        let docs = policy::documents(&ctx);
+        let target_reports: Vec<TargetReport> = if plan.fan_out {
+            (0..plan.targets.len())
+                .map(|i| TargetReport {
+                    side: side(i),
+                    cross_account: targets[i].2,
+                    iam_policy: placeholders(docs[i].target_role.clone()),
+                    trust_policy: docs[i].target_role_trust.clone().map(placeholders),
+                })
+                .collect()
+        } else {
+            vec![]
+        };
+        let first = docs.into_iter().next().expect("a plan has at least one target");
         DryRun {
             plan: plan.name.to_string(),
             dry_run: true,
@@ -363,19 +442,15 @@ impl DryRun {
                 region: plan.source.region.to_string(),
                 kms_key: placeholder(&source_key),
             },
-            target: TargetSide {
-                account: placeholder(target_account.as_str()),
-                region: plan.target.region.to_string(),
-                kms_key: placeholder(&target_key),
-                role_arn: plan.target.role_arn.as_ref().map(|r| r.to_string()),
-            },
+            target: side(0),
+            targets: target_reports,
             cross_account: cross,
             steps,
             key_policy,
             iam: IamPolicies {
-                source_caller: placeholders(docs.source_caller),
-                target_role: placeholders(docs.target_role),
-                target_role_trust: docs.target_role_trust.map(placeholders),
+                source_caller: placeholders(source_caller),
+                target_role: placeholders(first.target_role),
+                target_role_trust: first.target_role_trust.map(placeholders),
             },
             problems: problems
                 .iter()
@@ -385,7 +460,6 @@ impl DryRun {
             schedule: schedule_notes(plan),
         }
     }
-
     /// The report for people.
     pub fn text(&self) -> String {
         let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
@@ -398,7 +472,13 @@ impl DryRun {
         );
         let (src, dst) = (&self.source, &self.target);
         let _ = writeln!(s, "\nsource: account {} region {} key {}", src.account, src.region, src.kms_key);
-        let _ = writeln!(s, "target: account {} region {} key {}", dst.account, dst.region, dst.kms_key);
+        if self.targets.is_empty() {
+            let _ = writeln!(s, "target: account {} region {} key {}", dst.account, dst.region, dst.kms_key);
+        }
+        for (i, t) in self.targets.iter().enumerate() {
+            let t = &t.side;
+            let _ = writeln!(s, "targets[{i}]: account {} region {} key {}", t.account, t.region, t.kms_key);
+        }
         let _ = writeln!(s, "\n== steps per volume");
         for v in &self.steps {
             let _ = writeln!(s, "  {}: {}", v.who(), v.steps().join(" -> "));
@@ -408,7 +488,11 @@ impl DryRun {
             let _ = writeln!(s, "\n== key policy: no change (same-account copy, nothing is shared)");
         } else {
             let _ = writeln!(s, "\n== key policy of {}", kp.key_arn);
-            let statement = kp.add_statement.as_ref().map(pretty).unwrap_or_default();
+            let statement = if kp.add_statements.is_empty() {
+                kp.add_statement.as_ref().map(pretty).unwrap_or_default()
+            } else {
+                kp.add_statements.iter().map(pretty).collect::<Vec<_>>().join("\n")
+            };
             match kp.already_present {
                 Some(true) => {
                     let _ = writeln!(s, "an equivalent statement is already present: no change");
@@ -432,9 +516,27 @@ impl DryRun {
             "\n== IAM policy for the identity running snapferry (source account)\n{}",
             pretty(&self.iam.source_caller)
         );
-        let _ = writeln!(s, "\n== IAM policy for the target role\n{}", pretty(&self.iam.target_role));
-        if let Some(trust) = &self.iam.target_role_trust {
-            let _ = writeln!(s, "\n== trust policy of the target role\n{}", pretty(trust));
+        if self.targets.is_empty() {
+            let _ = writeln!(s, "\n== IAM policy for the target role\n{}", pretty(&self.iam.target_role));
+            if let Some(trust) = &self.iam.target_role_trust {
+                let _ = writeln!(s, "\n== trust policy of the target role\n{}", pretty(trust));
+            }
+        }
+        for (i, t) in self.targets.iter().enumerate() {
+            let who = match &t.side.role_arn {
+                Some(role) if t.cross_account => format!("the role {role}"),
+                _ => "the identity running snapferry, in that region".to_owned(),
+            };
+            let _ = writeln!(
+                s,
+                "\n== IAM policy for targets[{i}] (account {} region {}): {who}\n{}",
+                t.side.account,
+                t.side.region,
+                pretty(&t.iam_policy)
+            );
+            if let Some(trust) = &t.trust_policy {
+                let _ = writeln!(s, "\n== trust policy of targets[{i}]'s role\n{}", pretty(trust));
+            }
         }
         if !self.copy_kinds.is_empty() {
             let _ = writeln!(s, "\n== next copy per volume");

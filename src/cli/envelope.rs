@@ -52,8 +52,7 @@ async fn reach(common: &Common, region: Region) -> Result<Connected, Failure> {
         plan_name: "envelope",
         source_region: region,
         source_profile: None,
-        target_role: None,
-        external_id: None,
+        targets: vec![],
         session_name: session_name("envelope"),
         seed: None,
     })

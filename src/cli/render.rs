@@ -58,6 +58,18 @@ pub fn report_text(r: &RunReport) -> String {
         if let Some(h) = &v.hint {
             let _ = writeln!(s, "      what to do: {h}");
         }
+        for c in &v.copies {
+            let _ = writeln!(
+                s,
+                "      to {} in {}: {:<11} copy {}  volume {}{}",
+                c.account.as_deref().unwrap_or("-"),
+                c.region,
+                c.status,
+                c.target_snapshot.as_deref().unwrap_or("-"),
+                c.target_volume.as_deref().unwrap_or("-"),
+                c.error.as_deref().map(|e| format!("\n        error: {e}")).unwrap_or_default()
+            );
+        }
         if let Some(k) = v.next_copy.as_ref().filter(|k| k.expected == "full") {
             let _ = writeln!(s, "      next copy: full, {}", k.why);
         }
@@ -108,8 +120,8 @@ fn counts(r: &RunRecord) -> Value {
 /// old it is now, for DR freshness; for a recurring plan also whether it is older than
 /// `every` (from when it began, as `every` counts).
 pub fn last_success(runs: &[RunRecord], now_ms: i64) -> Value {
-    type Newest = (i64, Option<i64>, String, Option<String>);
-    let mut m: std::collections::BTreeMap<(String, String), Newest> = Default::default();
+    type Newest = (i64, Option<i64>, String, Option<String>, Option<String>);
+    let mut m: std::collections::BTreeMap<(String, String, u8), Newest> = Default::default();
     let mut every: std::collections::BTreeMap<String, (i64, Option<i64>)> = Default::default();
     for r in runs {
         let e = every.entry(r.meta.plan.clone()).or_insert((r.meta.created_ms, r.meta.every_ms));
@@ -118,18 +130,22 @@ pub fn last_success(runs: &[RunRecord], now_ms: i64) -> Value {
         }
         for v in r.volumes.iter().filter(|v| v.step == Step::Done) {
             let Some(f) = v.finished_ms else { continue };
-            let key = (r.meta.plan.clone(), v.source_volume.to_string());
+            let key = (r.meta.plan.clone(), v.source_volume.to_string(), v.target);
             if m.get(&key).is_none_or(|e| e.0 < f) {
                 let run = v.chain_run(&r.meta.run_id).to_owned();
-                m.insert(key, (f, v.started_ms, run, v.target_snapshot.as_ref().map(|s| s.to_string())));
+                let target = target_label(r, v.target);
+                m.insert(key, (f, v.started_ms, run, v.target_snapshot.as_ref().map(|s| s.to_string()), target));
             }
         }
     }
     Value::Array(
         m.into_iter()
-            .map(|((plan, vol), (f, began, run, snap))| {
+            .map(|((plan, vol, _), (f, began, run, snap, target))| {
                 let mut e = json!({"plan": plan, "source_volume": vol, "run_id": run, "finished": ts(f),
                        "age_seconds": (now_ms - f).max(0) / 1000, "target_snapshot": snap});
+                if let Some(t) = target {
+                    e["target"] = json!(t);
+                }
                 if let (Some(every_ms), Some(began)) = (every.get(&plan).and_then(|e| e.1), began) {
                     e["stale"] = json!(now_ms - began > every_ms);
                 }
@@ -137,6 +153,15 @@ pub fn last_success(runs: &[RunRecord], now_ms: i64) -> Value {
             })
             .collect(),
     )
+}
+
+/// `account/region` of target `t` of a run with several targets; `None` with one.
+fn target_label(r: &RunRecord, t: u8) -> Option<String> {
+    let targets = r.meta.targets();
+    targets
+        .get(usize::from(t))
+        .filter(|_| targets.len() > 1)
+        .map(|x| format!("{}/{}", x.account.as_deref().unwrap_or("source"), x.region))
 }
 
 /// Per plan, the volumes failing in its latest run, and since when.
@@ -152,8 +177,12 @@ pub fn failing(runs: &[RunRecord]) -> Value {
     for r in latest.values() {
         for v in r.volumes.iter().filter(|v| v.step == Step::Failed) {
             let since = v.failing_since_ms.or(v.finished_ms).unwrap_or(r.meta.updated_ms);
-            out.push(json!({"plan": r.meta.plan, "source_volume": v.source_volume.to_string(),
-                            "since": ts(since), "error": v.failure.as_ref().map(|f| f.message.clone())}));
+            let mut e = json!({"plan": r.meta.plan, "source_volume": v.source_volume.to_string(),
+                            "since": ts(since), "error": v.failure.as_ref().map(|f| f.message.clone())});
+            if let Some(t) = target_label(r, v.target) {
+                e["target"] = json!(t);
+            }
+            out.push(e);
         }
     }
     Value::Array(out)
@@ -273,6 +302,20 @@ pub fn cleanup_text(c: &CleanupSummary) -> String {
     s
 }
 
+/// A metric's labels for one volume run: the volume, and with several targets the
+/// target (`account/region`) as well.
+fn series(plan: &Plan, v: &crate::engine::VolumeRun) -> String {
+    match plan.targets.get(usize::from(v.target)).filter(|_| plan.targets.len() > 1) {
+        Some(t) => format!(
+            "volume=\"{}\",target=\"{}/{}\"",
+            v.source_volume,
+            t.account.as_ref().map(|a| a.as_str()).unwrap_or("source"),
+            t.region
+        ),
+        None => format!("volume=\"{}\"", v.source_volume),
+    }
+}
+
 /// Writes a Prometheus textfile (for node_exporter's textfile collector) with, per
 /// source volume of the plan, the time of its last successful copy, the duration
 /// and the outcome of its latest attempt. Written atomically.
@@ -282,7 +325,7 @@ pub fn write_metrics(path: &Path, plan: &Plan, runs: &[RunRecord]) -> std::io::R
     let mut latest: BTreeMap<String, (i64, i64, bool)> = BTreeMap::new();
     for r in runs.iter().filter(|r| r.meta.plan == plan.name.as_str()) {
         for v in &r.volumes {
-            let id = v.source_volume.to_string();
+            let id = series(plan, v);
             if let (Step::Done, Some(f)) = (v.step, v.finished_ms) {
                 let e = last_success.entry(id.clone()).or_default();
                 *e = (*e).max(f);
@@ -301,17 +344,17 @@ pub fn write_metrics(path: &Path, plan: &Plan, runs: &[RunRecord]) -> std::io::R
         writeln!(s, "# HELP snapferry_last_success_timestamp_seconds When the volume's last successful copy finished.");
     let _ = writeln!(s, "# TYPE snapferry_last_success_timestamp_seconds gauge");
     for (v, t) in &last_success {
-        let _ = writeln!(s, "snapferry_last_success_timestamp_seconds{{plan=\"{p}\",volume=\"{v}\"}} {}", t / 1000);
+        let _ = writeln!(s, "snapferry_last_success_timestamp_seconds{{plan=\"{p}\",{v}}} {}", t / 1000);
     }
     let _ = writeln!(s, "# HELP snapferry_last_duration_seconds How long the volume's latest copy took.");
     let _ = writeln!(s, "# TYPE snapferry_last_duration_seconds gauge");
     for (v, (_, d, _)) in &latest {
-        let _ = writeln!(s, "snapferry_last_duration_seconds{{plan=\"{p}\",volume=\"{v}\"}} {:.3}", *d as f64 / 1000.0);
+        let _ = writeln!(s, "snapferry_last_duration_seconds{{plan=\"{p}\",{v}}} {:.3}", *d as f64 / 1000.0);
     }
     let _ = writeln!(s, "# HELP snapferry_last_success Whether the volume's latest copy succeeded (1) or failed (0).");
     let _ = writeln!(s, "# TYPE snapferry_last_success gauge");
     for (v, (_, _, ok)) in &latest {
-        let _ = writeln!(s, "snapferry_last_success{{plan=\"{p}\",volume=\"{v}\"}} {}", u8::from(*ok));
+        let _ = writeln!(s, "snapferry_last_success{{plan=\"{p}\",{v}}} {}", u8::from(*ok));
     }
     if let Some(every) = plan.options.every {
         // Recurring plans: how old each volume's newest good copy is (from when it
@@ -324,14 +367,14 @@ pub fn write_metrics(path: &Path, plan: &Plan, runs: &[RunRecord]) -> std::io::R
         if let Some(r) = runs.iter().filter(|r| r.meta.plan == p).max_by_key(|r| r.meta.created_ms) {
             for v in &r.volumes {
                 if let Some(since) = v.failing_since_ms.filter(|_| v.step == Step::Failed) {
-                    failing.insert(v.source_volume.to_string(), since);
+                    failing.insert(series(plan, v), since);
                 }
             }
         }
         for r in runs.iter().filter(|r| r.meta.plan == p) {
             for v in r.volumes.iter().filter(|v| v.step == Step::Done) {
                 if let Some(start) = v.started_ms {
-                    let e = newest.entry(v.source_volume.to_string()).or_insert(start);
+                    let e = newest.entry(series(plan, v)).or_insert(start);
                     *e = (*e).max(start);
                 }
             }
@@ -340,26 +383,18 @@ pub fn write_metrics(path: &Path, plan: &Plan, runs: &[RunRecord]) -> std::io::R
             writeln!(s, "# HELP snapferry_copy_age_seconds Age of the volume's newest good copy, from when it began.");
         let _ = writeln!(s, "# TYPE snapferry_copy_age_seconds gauge");
         for (v, start) in &newest {
-            let _ = writeln!(
-                s,
-                "snapferry_copy_age_seconds{{plan=\"{p}\",volume=\"{v}\"}} {}",
-                (now - start).max(0) / 1000
-            );
+            let _ = writeln!(s, "snapferry_copy_age_seconds{{plan=\"{p}\",{v}}} {}", (now - start).max(0) / 1000);
         }
         let _ =
             writeln!(s, "# HELP snapferry_stale Whether the volume's newest good copy is older than options.every.");
         let _ = writeln!(s, "# TYPE snapferry_stale gauge");
         for (v, start) in &newest {
-            let _ = writeln!(s, "snapferry_stale{{plan=\"{p}\",volume=\"{v}\"}} {}", u8::from(now - start > every_ms));
+            let _ = writeln!(s, "snapferry_stale{{plan=\"{p}\",{v}}} {}", u8::from(now - start > every_ms));
         }
         let _ = writeln!(s, "# HELP snapferry_failing_since_timestamp_seconds Since when the volume has been failing.");
         let _ = writeln!(s, "# TYPE snapferry_failing_since_timestamp_seconds gauge");
         for (v, since) in &failing {
-            let _ = writeln!(
-                s,
-                "snapferry_failing_since_timestamp_seconds{{plan=\"{p}\",volume=\"{v}\"}} {}",
-                since / 1000
-            );
+            let _ = writeln!(s, "snapferry_failing_since_timestamp_seconds{{plan=\"{p}\",{v}}} {}", since / 1000);
         }
     }
     let tmp = path.with_extension("prom.tmp");

@@ -17,22 +17,37 @@ use zeroize::Zeroizing;
 
 use crate::ids::{AccountId, AvailabilityZone, KeyArn, KeyRef, Region, SnapshotId, VolumeId};
 
-/// Which credentials a call is made with: the caller's own (source account) or the
-/// role assumed in the target account. Same-account plans use `Source` throughout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// Which credentials a call is made with: the caller's own (source account) or those
+/// of target `i` of the plan (the role assumed in its account, or the caller's own for
+/// a same-account target). Same-account plans use `Source` throughout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Side {
     Source,
-    Target,
+    Target(u8),
+}
+
+impl Side {
+    /// The side of the plan's first (or only) target.
+    pub const TARGET: Side = Side::Target(0);
 }
 
 impl fmt::Display for Side {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Side::Source => "source",
-            Side::Target => "target",
-        })
+        match self {
+            Side::Source => f.write_str("source"),
+            Side::Target(0) => f.write_str("target"),
+            Side::Target(i) => write!(f, "target {}", u16::from(*i) + 1),
+        }
     }
+}
+
+/// How one target's calls are made: with `role` assumed in its account (passing
+/// `external_id`), or, with no role, with the caller's own credentials (a target in
+/// the caller's account).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TargetAccess {
+    pub role: Option<crate::ids::RoleArn>,
+    pub external_id: Option<String>,
 }
 
 /// Where a call goes: whose credentials, which region.
@@ -313,10 +328,10 @@ pub trait Cloud: Send + Sync {
     /// DescribeSnapshots owned by the caller with all these tags, every page.
     async fn find_snapshots(&self, loc: &Loc, tags: &Tags) -> CloudResult<Vec<Snapshot>>;
     async fn delete_snapshot(&self, loc: &Loc, id: &SnapshotId) -> CloudResult<()>;
-    /// ModifySnapshotAttribute createVolumePermission add for one account.
-    async fn share_snapshot(&self, loc: &Loc, id: &SnapshotId, with: &AccountId) -> CloudResult<()>;
-    /// ModifySnapshotAttribute createVolumePermission remove for one account.
-    async fn unshare_snapshot(&self, loc: &Loc, id: &SnapshotId, with: &AccountId) -> CloudResult<()>;
+    /// ModifySnapshotAttribute createVolumePermission add for these accounts, in one call.
+    async fn share_snapshot(&self, loc: &Loc, id: &SnapshotId, with: &[AccountId]) -> CloudResult<()>;
+    /// ModifySnapshotAttribute createVolumePermission remove for these accounts, in one call.
+    async fn unshare_snapshot(&self, loc: &Loc, id: &SnapshotId, with: &[AccountId]) -> CloudResult<()>;
     /// DescribeSnapshotAttribute createVolumePermission: the accounts it is shared with.
     async fn snapshot_shared_with(&self, loc: &Loc, id: &SnapshotId) -> CloudResult<Vec<AccountId>>;
 

@@ -18,6 +18,14 @@
 //! Reencrypt runs when the snapshot is not under the source key; Share when the copy
 //! crosses accounts; CreateVolume unless `create_volume: false`; Cleanup with
 //! `cleanup: true`.
+//!
+//! A plan with several targets has one `VolumeRun` per (volume, target). One of a
+//! volume's runs, the lead, takes the source side (snapshot, re-encryption, one share
+//! with every target account) and its own target's copy; the others are followers:
+//! they wait ([`Action::AwaitSource`]) until the lead's shared snapshot is ready,
+//! [`join`] it, and make only their own copy and volume. The lead's Cleanup waits
+//! until every follower's copy is complete (the runner holds it back), so the
+//! intermediates outlive every copy made from them.
 
 use serde::{Deserialize, Serialize};
 
@@ -147,6 +155,13 @@ pub struct VolumeRun {
     /// it succeeds.
     #[serde(default)]
     pub failing_since_ms: Option<i64>,
+    /// Which of the plan's targets this copy goes to (its index in `targets:`).
+    #[serde(default)]
+    pub target: u8,
+    /// The source side is another run's of the same volume (the lead's): this one waits
+    /// for its shared snapshot, then copies it.
+    #[serde(default)]
+    pub follower: bool,
 }
 
 impl VolumeRun {
@@ -170,7 +185,33 @@ impl VolumeRun {
             chain: None,
             fresh: false,
             failing_since_ms: None,
+            target: 0,
+            follower: false,
         }
+    }
+
+    /// The copy of `source_volume` to target `target`; a follower when another run of
+    /// the volume takes the source side.
+    pub fn for_target(source_volume: VolumeId, target: u8, follower: bool) -> Self {
+        VolumeRun { target, follower, ..VolumeRun::new(source_volume) }
+    }
+
+    /// True once this run's own copy is complete: its step is past the copy.
+    pub fn copy_complete(&self) -> bool {
+        matches!(self.step, Step::CreateVolume | Step::WaitVolume | Step::Cleanup | Step::Done)
+            || self
+                .failure
+                .as_ref()
+                .is_some_and(|f| matches!(f.step, Step::CreateVolume | Step::WaitVolume | Step::Cleanup))
+    }
+
+    /// True while a follower still waits for the lead's shared snapshot.
+    pub fn awaits_source(&self) -> bool {
+        self.follower
+            && matches!(
+                self.step,
+                Step::Snapshot | Step::WaitSnapshot | Step::Reencrypt | Step::WaitReencrypt | Step::Share
+            )
     }
 
     /// The run id this volume's resources carry: its chain's, else the run's.
@@ -298,6 +339,8 @@ pub enum Action {
         snapshot: SnapshotId,
         client_token: String,
     },
+    /// A follower waits for the lead's shared snapshot (see [`join`]).
+    AwaitSource,
     /// Look up, by tags, what an in-flight call of this step may have created.
     LookUpSnapshot {
         which: Which,
@@ -386,6 +429,12 @@ pub struct IllegalTransition {
 /// any resume, so CreateVolume returns the first volume instead of a second one.
 /// AWS allows at most 64 ASCII characters.
 pub fn client_token(run_id: &str, volume: &VolumeId, attempt: u32) -> String {
+    client_token_for(run_id, volume, 0, attempt)
+}
+
+/// [`client_token`] of the copy to target `target`: the first target's tokens are the
+/// single-target ones, so a plan that gains `targets:` keeps its resumable runs.
+pub fn client_token_for(run_id: &str, volume: &VolumeId, target: u8, attempt: u32) -> String {
     // FNV-1a over the parts, twice with different offsets, gives 32 hex digits: short,
     // stable across platforms and releases, and unique enough for one run's volumes.
     fn fnv(seed: u64, parts: &[&[u8]]) -> u64 {
@@ -398,7 +447,7 @@ pub fn client_token(run_id: &str, volume: &VolumeId, attempt: u32) -> String {
         }
         h
     }
-    let attempt = attempt.to_string();
+    let attempt = if target == 0 { attempt.to_string() } else { format!("{attempt}@{target}") };
     let parts: [&[u8]; 3] = [run_id.as_bytes(), volume.as_str().as_bytes(), attempt.as_bytes()];
     let a = fnv(0xcbf2_9ce4_8422_2325, &parts);
     let b = fnv(0x8422_2325_cbf2_9ce4, &parts);
@@ -409,6 +458,9 @@ pub fn client_token(run_id: &str, volume: &VolumeId, attempt: u32) -> String {
 /// the id its step needs cannot come from [`apply`], only from a damaged checkpoint:
 /// it yields [`Action::Nothing`] and the runner reports it.
 pub fn next_action(v: &VolumeRun, run_id: &str) -> Action {
+    if v.awaits_source() {
+        return Action::AwaitSource;
+    }
     match v.step {
         Step::Snapshot if v.in_flight => Action::LookUpSnapshot { which: Which::Source },
         Step::Snapshot => Action::CreateSnapshot,
@@ -433,7 +485,7 @@ pub fn next_action(v: &VolumeRun, run_id: &str) -> Action {
         Step::CreateVolume => match &v.target_snapshot {
             Some(s) => Action::CreateVolume {
                 snapshot: s.clone(),
-                client_token: client_token(v.chain_run(run_id), &v.source_volume, v.volume_attempt),
+                client_token: client_token_for(v.chain_run(run_id), &v.source_volume, v.target, v.volume_attempt),
             },
             None => Action::Nothing,
         },
@@ -485,10 +537,10 @@ fn after_shared_ready(ctx: &Ctx) -> Step {
     if ctx.cross_account { Step::Share } else { Step::Copy }
 }
 
-fn after_copy(ctx: &Ctx) -> Step {
+fn after_copy(v: &VolumeRun, ctx: &Ctx) -> Step {
     if ctx.create_volume {
         Step::CreateVolume
-    } else if ctx.cleanup {
+    } else if ctx.cleanup && !v.follower {
         Step::Cleanup
     } else {
         Step::Done
@@ -623,7 +675,7 @@ pub fn apply(v: &VolumeRun, outcome: &Outcome, ctx: &Ctx, now_ms: i64) -> Result
         (Step::WaitCopy, Outcome::SnapshotCompleted { .. }) => {
             n.progress = Some(100);
             n.wait_started_ms = None;
-            n.step = after_copy(ctx);
+            n.step = after_copy(v, ctx);
             if n.step == Step::Done {
                 n.finished_ms = Some(now_ms);
             }
@@ -649,7 +701,7 @@ pub fn apply(v: &VolumeRun, outcome: &Outcome, ctx: &Ctx, now_ms: i64) -> Result
         (Step::WaitVolume, Outcome::VolumePending) => Ok(n),
         (Step::WaitVolume, Outcome::VolumeAvailable) => {
             n.wait_started_ms = None;
-            n.step = if ctx.cleanup { Step::Cleanup } else { Step::Done };
+            n.step = if ctx.cleanup && !v.follower { Step::Cleanup } else { Step::Done };
             if n.step == Step::Done {
                 n.finished_ms = Some(now_ms);
             }
@@ -675,6 +727,68 @@ pub fn apply(v: &VolumeRun, outcome: &Outcome, ctx: &Ctx, now_ms: i64) -> Result
         }
         _ => Err(illegal()),
     }
+}
+
+/// What a follower does about its lead, the run of the same volume that takes the
+/// source side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Join {
+    /// The lead's shared snapshot is not ready yet.
+    Wait,
+    /// The follower's next state: at Copy, with the lead's source-side resources.
+    Joined(VolumeRun),
+    /// The lead failed before its snapshot was ready: the follower fails with it and is
+    /// revived with it.
+    Failed(VolumeRun),
+}
+
+/// Joins follower `f` to `lead` once the lead's shared snapshot is complete (and
+/// shared): the lead is at its own copy or past it, or failed there.
+pub fn join(f: &VolumeRun, lead: &VolumeRun, now_ms: i64) -> Join {
+    if !f.awaits_source() {
+        return Join::Wait;
+    }
+    let at = match (&lead.step, &lead.failure) {
+        (Step::Failed, Some(failure)) => failure.step,
+        (step, _) => *step,
+    };
+    let ready =
+        matches!(at, Step::Copy | Step::WaitCopy | Step::CreateVolume | Step::WaitVolume | Step::Cleanup | Step::Done);
+    if ready {
+        let mut n = f.clone();
+        n.source_snapshot = lead.source_snapshot.clone();
+        n.reencrypted_snapshot = lead.reencrypted_snapshot.clone();
+        n.shared = lead.shared;
+        n.chain = lead.chain.clone();
+        n.step = Step::Copy;
+        n.in_flight = false;
+        n.lookups_missed = 0;
+        n.started_ms.get_or_insert(now_ms);
+        return Join::Joined(n);
+    }
+    if lead.step == Step::Failed {
+        let mut n = f.clone();
+        let (message, hint) = match &lead.failure {
+            Some(l) => (
+                format!("the source side of {} failed at step {}: {}", f.source_volume, l.step.as_str(), l.message),
+                l.hint.clone(),
+            ),
+            None => (format!("the source side of {} failed", f.source_volume), None),
+        };
+        n.failure = Some(Failure { step: n.step, kind: FailureKind::Call, message, hint });
+        n.step = Step::Failed;
+        n.finished_ms = Some(now_ms);
+        n.failing_since_ms.get_or_insert(now_ms);
+        n.started_ms.get_or_insert(now_ms);
+        return Join::Failed(n);
+    }
+    Join::Wait
+}
+
+/// True when a lead may delete its intermediates: every other copy of the volume made
+/// from them (`siblings`) is complete.
+pub fn may_clean_up<'a>(mut siblings: impl Iterator<Item = &'a VolumeRun>) -> bool {
+    siblings.all(VolumeRun::copy_complete)
 }
 
 /// How long a wait step may last; `None` for steps that are not waits.

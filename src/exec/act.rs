@@ -12,17 +12,27 @@ use crate::engine::{Action, Outcome, VolumeRun, Which};
 use crate::ids::{AccountId, AvailabilityZone, KeyArn, Region, SnapshotId};
 use crate::plan::TargetVolume;
 
+/// What the actions of one target's copies need to know.
+#[derive(Debug, Clone)]
+pub struct TargetCtx {
+    pub region: Region,
+    /// The account its copies land in.
+    pub account: AccountId,
+    pub key: KeyArn,
+    pub availability_zone: AvailabilityZone,
+}
+
 /// What every action of a run needs to know.
 #[derive(Debug, Clone)]
 pub struct ActCtx {
     pub plan: String,
     pub run_id: String,
     pub source_region: Region,
-    pub target_region: Region,
-    pub target_account: Option<AccountId>,
     pub source_key: KeyArn,
-    pub target_key: KeyArn,
-    pub availability_zone: AvailabilityZone,
+    /// The accounts the shared snapshot is shared with: every cross-account target's.
+    pub share_with: Vec<AccountId>,
+    /// The plan's targets, in its order; a volume run's `target` indexes it.
+    pub targets: Vec<TargetCtx>,
     /// `options.tags` of the plan.
     pub extra_tags: Tags,
     /// `options.copy_within`, for the copy into the target account.
@@ -39,14 +49,20 @@ impl ActCtx {
         Loc::new(Side::Source, &self.source_region)
     }
 
-    pub fn dst(&self) -> Loc {
-        Loc::new(Side::Target, &self.target_region)
+    /// Where target `t`'s calls go.
+    pub fn dst(&self, t: u8) -> Loc {
+        Loc::new(Side::Target(t), &self.target(t).region)
     }
 
-    pub fn loc(&self, which: Which) -> Loc {
+    /// Target `t`; the first one for an index past the plan's (a damaged checkpoint).
+    pub fn target(&self, t: u8) -> &TargetCtx {
+        self.targets.get(usize::from(t)).or(self.targets.first()).expect("a plan has at least one target")
+    }
+
+    pub fn loc(&self, which: Which, t: u8) -> Loc {
         match which {
             Which::Source | Which::Reencrypted => self.src(),
-            Which::Target => self.dst(),
+            Which::Target => self.dst(t),
         }
     }
 
@@ -144,27 +160,31 @@ pub async fn perform(
             Ok(Outcome::SnapshotCreated(cloud.copy_snapshot(&ctx.src(), &req).await?))
         }
         Action::Share { snapshot } => {
-            let account = ctx.target_account.as_ref().ok_or_else(|| {
-                CloudError::new(ErrorKind::Invalid, "NoTargetAccount", "the plan has no target account to share with")
-            })?;
-            cloud.share_snapshot(&ctx.src(), snapshot, account).await?;
+            if ctx.share_with.is_empty() {
+                return Err(CloudError::new(
+                    ErrorKind::Invalid,
+                    "NoTargetAccount",
+                    "the plan has no target account to share with",
+                ));
+            }
+            cloud.share_snapshot(&ctx.src(), snapshot, &ctx.share_with).await?;
             Ok(Outcome::Shared)
         }
         Action::Copy { from } => {
             let req = CopySnapshotReq {
                 source_region: ctx.source_region.clone(),
                 source_snapshot: from.clone(),
-                kms_key: ctx.target_key.clone(),
+                kms_key: ctx.target(v.target).key.clone(),
                 description: ctx.description(v, "copy"),
                 tags: ctx.tags(v, "copy", None),
                 completion_minutes: ctx.copy_within_minutes,
             };
-            Ok(Outcome::SnapshotCreated(cloud.copy_snapshot(&ctx.dst(), &req).await?))
+            Ok(Outcome::SnapshotCreated(cloud.copy_snapshot(&ctx.dst(v.target), &req).await?))
         }
         Action::CreateVolume { snapshot, client_token } => {
             let req = CreateVolumeReq {
                 snapshot: snapshot.clone(),
-                availability_zone: ctx.availability_zone.clone(),
+                availability_zone: ctx.target(v.target).availability_zone.clone(),
                 volume_type: target.volume_type.clone().or_else(|| source.and_then(|s| s.volume_type.clone())),
                 iops: target.iops.or_else(|| {
                     // Only types with provisioned IOPS take the source's figure.
@@ -178,14 +198,14 @@ pub async fn perform(
                     let ty = target.volume_type.as_deref().or(source.and_then(|s| s.volume_type.as_deref()));
                     (ty == Some("gp3")).then(|| source.and_then(|s| s.throughput)).flatten().map(|x| x as u32)
                 }),
-                kms_key: ctx.target_key.clone(),
+                kms_key: ctx.target(v.target).key.clone(),
                 tags: ctx.tags(v, "volume", Some(&target.tags)),
                 client_token: client_token.clone(),
             };
-            Ok(Outcome::VolumeCreated(cloud.create_volume(&ctx.dst(), &req).await?))
+            Ok(Outcome::VolumeCreated(cloud.create_volume(&ctx.dst(v.target), &req).await?))
         }
         Action::LookUpSnapshot { which } => {
-            let loc = ctx.loc(*which);
+            let loc = ctx.loc(*which, v.target);
             let found = cloud.find_snapshots(&loc, &ctx.identity_tags(v, which_step(*which))).await?;
             match pick_snapshot(found) {
                 None => Ok(Outcome::NotFound),
@@ -199,7 +219,7 @@ pub async fn perform(
             }
         }
         Action::LookUpVolume => {
-            let mut found = cloud.find_volumes(&ctx.dst(), &ctx.identity_tags(v, "volume")).await?;
+            let mut found = cloud.find_volumes(&ctx.dst(v.target), &ctx.identity_tags(v, "volume")).await?;
             found.retain(|x| !matches!(x.state, VolumeState::Deleting | VolumeState::Deleted));
             found.sort_by_key(|x| (x.create_time_ms.unwrap_or(0), x.id.clone()));
             match found.first() {
@@ -212,15 +232,15 @@ pub async fn perform(
                 delete_snapshot_quietly(cloud, &ctx.src(), id).await?;
             }
             // A snapshot kept for `keep_source` is no longer shared.
-            if let (Some(id), Some(account)) = (keep, &ctx.target_account) {
-                match cloud.unshare_snapshot(&ctx.src(), id, account).await {
+            if let (Some(id), false) = (keep, ctx.share_with.is_empty()) {
+                match cloud.unshare_snapshot(&ctx.src(), id, &ctx.share_with).await {
                     Err(e) if e.kind == ErrorKind::NotFound => {}
                     other => other?,
                 }
             }
             Ok(Outcome::CleanedUp)
         }
-        Action::PollSnapshot { .. } | Action::PollVolume { .. } | Action::Nothing => {
+        Action::PollSnapshot { .. } | Action::PollVolume { .. } | Action::AwaitSource | Action::Nothing => {
             Err(CloudError::new(ErrorKind::Other, "NotAnAction", format!("{action:?} is not performed one at a time")))
         }
     }

@@ -3,10 +3,11 @@
 //! machine). A lost state then costs a few listing calls, never a second copy.
 //!
 //! Every resource a run makes carries `snapferry:plan`, `snapferry:run`,
-//! `snapferry:source-volume` and `snapferry:step`. [`survey`] lists them with three
-//! paginated calls (source snapshots, target snapshots, target volumes); [`infer`]
-//! groups them by run and rebuilds, per source volume, the furthest step whose
-//! resource exists and is not in `error`.
+//! `snapferry:source-volume` and `snapferry:step`. [`survey`] lists them with
+//! paginated calls (source snapshots, then per target its snapshots and volumes);
+//! [`infer`] groups them by run and rebuilds, per (source volume, target), the
+//! furthest step whose resource exists and is not in `error`. The first target's
+//! chain leads (it holds the source side); the others follow it.
 //!
 //! A finished chain is told from an unfinished one by what exists, with no marker
 //! of its own: a chain is finished when its last resource is ready (the target
@@ -29,52 +30,75 @@ use super::retry::retrying;
 #[derive(Debug, Clone, Default)]
 pub struct Survey {
     pub source_snapshots: Vec<Snapshot>,
-    pub target_snapshots: Vec<Snapshot>,
-    pub target_volumes: Vec<Volume>,
+    /// Per target of the plan, in its order.
+    pub targets: Vec<Held>,
+}
+
+/// What one target's account and region hold under the plan's tag.
+#[derive(Debug, Clone, Default)]
+pub struct Held {
+    pub snapshots: Vec<Snapshot>,
+    pub volumes: Vec<Volume>,
+}
+
+fn add_snaps(into: &mut Vec<Snapshot>, from: Vec<Snapshot>) {
+    for s in from {
+        match into.iter_mut().find(|x| x.id == s.id) {
+            Some(x) => *x = s,
+            None => into.push(s),
+        }
+    }
 }
 
 impl Survey {
     /// Adds what `other` saw and this did not (a later listing of the same plan).
     pub fn merge(&mut self, other: Survey) {
-        fn add_snaps(into: &mut Vec<Snapshot>, from: Vec<Snapshot>) {
-            for s in from {
-                match into.iter_mut().find(|x| x.id == s.id) {
-                    Some(x) => *x = s,
-                    None => into.push(s),
+        add_snaps(&mut self.source_snapshots, other.source_snapshots);
+        if self.targets.len() < other.targets.len() {
+            self.targets.resize_with(other.targets.len(), Held::default);
+        }
+        for (into, from) in self.targets.iter_mut().zip(other.targets) {
+            add_snaps(&mut into.snapshots, from.snapshots);
+            for v in from.volumes {
+                match into.volumes.iter_mut().find(|x| x.id == v.id) {
+                    Some(x) => *x = v,
+                    None => into.volumes.push(v),
                 }
             }
         }
-        add_snaps(&mut self.source_snapshots, other.source_snapshots);
-        add_snaps(&mut self.target_snapshots, other.target_snapshots);
-        for v in other.target_volumes {
-            match self.target_volumes.iter_mut().find(|x| x.id == v.id) {
-                Some(x) => *x = v,
-                None => self.target_volumes.push(v),
-            }
-        }
+    }
+
+    /// Every snapshot of every target.
+    pub fn target_snapshots(&self) -> impl Iterator<Item = &Snapshot> {
+        self.targets.iter().flat_map(|t| &t.snapshots)
+    }
+
+    /// Every volume of every target.
+    pub fn target_volumes(&self) -> impl Iterator<Item = &Volume> {
+        self.targets.iter().flat_map(|t| &t.volumes)
     }
 
     /// The start time of the newest resource, in ms since the epoch.
     pub fn newest_ms(&self) -> Option<i64> {
-        let snaps = self.source_snapshots.iter().chain(&self.target_snapshots).filter_map(|s| s.start_time_ms);
-        snaps.chain(self.target_volumes.iter().filter_map(|v| v.create_time_ms)).max()
+        let snaps = self.source_snapshots.iter().chain(self.target_snapshots()).filter_map(|s| s.start_time_ms);
+        snaps.chain(self.target_volumes().filter_map(|v| v.create_time_ms)).max()
     }
 }
 
-/// Lists every resource tagged with the plan: source snapshots, target snapshots and
-/// target volumes. Each listing is paginated by the cloud.
-pub async fn survey(cloud: &dyn Cloud, clock: &dyn Clock, plan: &str, src: &Loc, dst: &Loc) -> CloudResult<Survey> {
+/// Lists every resource tagged with the plan: source snapshots, and in each target
+/// (`dsts`, the plan's order) its snapshots and volumes. Each listing is paginated by
+/// the cloud.
+pub async fn survey(cloud: &dyn Cloud, clock: &dyn Clock, plan: &str, src: &Loc, dsts: &[Loc]) -> CloudResult<Survey> {
     let tags: Tags = BTreeMap::from([(TAG_PLAN.to_owned(), plan.to_owned())]);
     let source_snapshots = retrying(clock, || cloud.find_snapshots(src, &tags)).await?;
-    let (target_snapshots, target_volumes) = if src == dst {
-        (source_snapshots.clone(), retrying(clock, || cloud.find_volumes(dst, &tags)).await?)
-    } else {
-        (
-            retrying(clock, || cloud.find_snapshots(dst, &tags)).await?,
-            retrying(clock, || cloud.find_volumes(dst, &tags)).await?,
-        )
-    };
-    Ok(Survey { source_snapshots, target_snapshots, target_volumes })
+    let mut targets = Vec::with_capacity(dsts.len());
+    for dst in dsts {
+        targets.push(Held {
+            snapshots: retrying(clock, || cloud.find_snapshots(dst, &tags)).await?,
+            volumes: retrying(clock, || cloud.find_volumes(dst, &tags)).await?,
+        });
+    }
+    Ok(Survey { source_snapshots, targets })
 }
 
 /// What the plan asks of a chain, for telling finished from unfinished.
@@ -127,18 +151,18 @@ impl Survey {
                 e.1 = e.1.max(t);
             }
         };
-        for s in self.source_snapshots.iter().chain(&self.target_snapshots) {
+        for s in self.source_snapshots.iter().chain(self.target_snapshots()) {
             note(&s.tags, s.start_time_ms);
         }
-        for v in &self.target_volumes {
+        for v in self.target_volumes() {
             note(&v.tags, v.create_time_ms);
         }
         runs
     }
 }
 
-/// One run of the survey rebuilt per source volume (no volumes when it has no
-/// resources).
+/// One run of the survey rebuilt per (source volume, target) (no volumes when it has
+/// no resources).
 pub fn rebuild_run(survey: &Survey, run_id: &str, shape: Shape, now_ms: i64) -> Found {
     let created_ms = survey.runs().get(run_id).map(|t| t.0).unwrap_or(now_ms);
     let run_id = run_id.to_owned();
@@ -147,9 +171,9 @@ pub fn rebuild_run(survey: &Survey, run_id: &str, shape: Shape, now_ms: i64) -> 
     let sources: BTreeSet<&str> = survey
         .source_snapshots
         .iter()
-        .chain(&survey.target_snapshots)
+        .chain(survey.target_snapshots())
         .map(|s| &s.tags)
-        .chain(survey.target_volumes.iter().map(|v| &v.tags))
+        .chain(survey.target_volumes().map(|v| &v.tags))
         .filter(|t| tag(t, TAG_RUN) == Some(run_id.as_str()))
         .filter_map(|t| tag(t, TAG_SOURCE_VOLUME))
         .collect();
@@ -167,31 +191,41 @@ pub fn rebuild_run(survey: &Survey, run_id: &str, shape: Shape, now_ms: i64) -> 
         };
         let snapshot = pick(&survey.source_snapshots, "snapshot");
         let reencrypted = pick(&survey.source_snapshots, "reencrypt");
-        let copy = pick(&survey.target_snapshots, "copy");
-        let volume = survey
-            .target_volumes
-            .iter()
-            .filter(|v| of_run(&v.tags, "volume") && mine(&v.tags))
-            .filter(|v| !matches!(v.state, VolumeState::Error | VolumeState::Deleting | VolumeState::Deleted))
-            .min_by_key(|v| (v.create_time_ms.unwrap_or(0), v.id.clone()))
-            .cloned();
-        volumes.push(rebuild(id, shape, snapshot, reencrypted, copy, volume, now_ms));
+        for (t, held) in survey.targets.iter().enumerate() {
+            let copy = pick(&held.snapshots, "copy");
+            let volume = held
+                .volumes
+                .iter()
+                .filter(|v| of_run(&v.tags, "volume") && mine(&v.tags))
+                .filter(|v| !matches!(v.state, VolumeState::Error | VolumeState::Deleting | VolumeState::Deleted))
+                .min_by_key(|v| (v.create_time_ms.unwrap_or(0), v.id.clone()))
+                .cloned();
+            let mut v = rebuild(id.clone(), shape, t > 0, snapshot.clone(), reencrypted.clone(), copy, volume, now_ms);
+            v.target = t as u8;
+            v.follower = t > 0;
+            volumes.push(v);
+        }
     }
-    volumes.sort_by(|a, b| a.source_volume.cmp(&b.source_volume));
+    volumes.sort_by(|a, b| (&a.source_volume, a.target).cmp(&(&b.source_volume, b.target)));
     let unfinished = volumes.iter().any(|v| v.step != Step::Done);
     Found { run_id, created_ms, volumes, unfinished }
 }
 
-/// Per source volume, its newest chain in any run (recurring plans, whose volumes'
-/// chains belong to different runs), each tagged with its run as `chain`.
+/// Per (source volume, target), its newest chain in any run (recurring plans, whose
+/// volumes' chains belong to different runs), each tagged with its run as `chain`.
+/// A chain with nothing in a target is no copy to it.
 pub fn newest_chains(survey: &Survey, shape: Shape, now_ms: i64) -> Vec<VolumeRun> {
-    let mut best: BTreeMap<VolumeId, VolumeRun> = BTreeMap::new();
+    let mut best: BTreeMap<(VolumeId, u8), VolumeRun> = BTreeMap::new();
     for run_id in survey.runs().into_keys() {
         for mut v in rebuild_run(survey, &run_id, shape, now_ms).volumes {
+            if v.follower && v.target_snapshot.is_none() && v.target_volume.is_none() {
+                continue;
+            }
             v.chain = Some(run_id.clone());
-            let newer = best.get(&v.source_volume).is_none_or(|b| v.started_ms > b.started_ms);
+            let key = (v.source_volume.clone(), v.target);
+            let newer = best.get(&key).is_none_or(|b| v.started_ms > b.started_ms);
             if newer {
-                best.insert(v.source_volume.clone(), v);
+                best.insert(key, v);
             }
         }
     }
@@ -199,9 +233,11 @@ pub fn newest_chains(survey: &Survey, shape: Shape, now_ms: i64) -> Vec<VolumeRu
 }
 
 /// One source volume's chain, from what exists of it.
+#[allow(clippy::too_many_arguments)]
 fn rebuild(
     source: VolumeId,
     shape: Shape,
+    follower: bool,
     snapshot: Option<Snapshot>,
     reencrypted: Option<Snapshot>,
     copy: Option<Snapshot>,
@@ -220,7 +256,7 @@ fn rebuild(
     }
     let intermediates_left = snapshot.is_some() || reencrypted.is_some();
     let finish = |mut v: VolumeRun| {
-        if shape.cleanup && intermediates_left {
+        if shape.cleanup && intermediates_left && !follower {
             v.step = Step::Cleanup;
         } else {
             v.step = Step::Done;
@@ -332,12 +368,14 @@ mod tests {
                 snap(2, "r", V1, "reencrypt", Completed, 20),
                 snap(3, "r", V2, "snapshot", Pending, 11),
             ],
-            target_snapshots: vec![
-                // An errored copy is no progress: the chain is at its re-encryption.
-                snap(4, "r", V2, "copy", Error, 30),
-                snap(5, "r", V1, "copy", Pending, 31),
-            ],
-            target_volumes: vec![],
+            targets: vec![Held {
+                snapshots: vec![
+                    // An errored copy is no progress: the chain is at its re-encryption.
+                    snap(4, "r", V2, "copy", Error, 30),
+                    snap(5, "r", V1, "copy", Pending, 31),
+                ],
+                volumes: vec![],
+            }],
         };
         let found = infer(&s, FULL, 99).unwrap();
         assert_eq!(found.run_id, "r");
@@ -358,11 +396,13 @@ mod tests {
         use SnapshotState::*;
         let s = Survey {
             source_snapshots: vec![snap(1, "r", V2, "snapshot", Completed, 10)],
-            target_snapshots: vec![snap(4, "r", V1, "copy", Completed, 30), snap(5, "r", V2, "copy", Completed, 31)],
-            target_volumes: vec![
-                volume(7, "r", V1, VolumeState::Available, 40),
-                volume(8, "r", V2, VolumeState::InUse, 41),
-            ],
+            targets: vec![Held {
+                snapshots: vec![snap(4, "r", V1, "copy", Completed, 30), snap(5, "r", V2, "copy", Completed, 31)],
+                volumes: vec![
+                    volume(7, "r", V1, VolumeState::Available, 40),
+                    volume(8, "r", V2, VolumeState::InUse, 41),
+                ],
+            }],
         };
         let found = infer(&s, FULL, 99).unwrap();
         assert_eq!(found.volumes[0].step, Step::Done);
@@ -379,11 +419,13 @@ mod tests {
         use SnapshotState::*;
         let s = Survey {
             source_snapshots: vec![],
-            target_snapshots: vec![snap(4, "r", V1, "copy", Completed, 30), snap(5, "r", V2, "copy", Completed, 31)],
-            target_volumes: vec![
-                volume(7, "r", V1, VolumeState::Creating, 40),
-                volume(8, "r", V2, VolumeState::Error, 41),
-            ],
+            targets: vec![Held {
+                snapshots: vec![snap(4, "r", V1, "copy", Completed, 30), snap(5, "r", V2, "copy", Completed, 31)],
+                volumes: vec![
+                    volume(7, "r", V1, VolumeState::Creating, 40),
+                    volume(8, "r", V2, VolumeState::Error, 41),
+                ],
+            }],
         };
         let found = infer(&s, FULL, 99).unwrap();
         assert_eq!(found.volumes[0].step, Step::WaitVolume);
@@ -399,13 +441,34 @@ mod tests {
                 snap(1, "old", V1, "snapshot", Pending, 10),
                 snap(2, "new", V1, "snapshot", Pending, 50),
             ],
-            target_snapshots: vec![snap(3, "old", V1, "copy", Completed, 20)],
-            target_volumes: vec![],
+            targets: vec![Held { snapshots: vec![snap(3, "old", V1, "copy", Completed, 20)], volumes: vec![] }],
         };
         let found = infer(&s, FULL, 99).unwrap();
         assert_eq!(found.run_id, "new");
         assert_eq!(found.volumes.len(), 1);
         assert_eq!(found.volumes[0].source_snapshot.as_ref().unwrap().as_str(), "snap-00000000000000002");
+    }
+
+    #[test]
+    fn with_two_targets_the_first_leads_and_the_second_follows_from_its_own_copy() {
+        use SnapshotState::*;
+        let s = Survey {
+            source_snapshots: vec![snap(1, "r", V1, "snapshot", Completed, 10)],
+            targets: vec![
+                Held {
+                    snapshots: vec![snap(4, "r", V1, "copy", Completed, 30)],
+                    volumes: vec![volume(7, "r", V1, VolumeState::Available, 40)],
+                },
+                Held { snapshots: vec![snap(5, "r", V1, "copy", Pending, 31)], volumes: vec![] },
+            ],
+        };
+        let found = infer(&s, FULL, 99).unwrap();
+        let got: Vec<_> = found.volumes.iter().map(|v| (v.target, v.follower, v.step)).collect();
+        assert_eq!(got, vec![(0, false, Step::Cleanup), (1, true, Step::WaitCopy)]);
+        assert_eq!(
+            found.volumes[1].source_snapshot, found.volumes[0].source_snapshot,
+            "the follower knows the shared snapshot"
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use crate::checkpoint::{FORMAT_VERSION, RunMeta, RunRecord, RunStatus, Store, StoreError};
+use crate::checkpoint::{FORMAT_VERSION, RunMeta, RunRecord, RunStatus, Store, StoreError, TargetMeta};
 use crate::clock::Clock;
 use crate::cloud::{Cloud, ErrorKind, Loc, Side, Snapshot, SnapshotState};
 use crate::engine::{Failure, FailureKind, Step};
@@ -93,19 +93,26 @@ pub async fn cleanup(
     let mut summary = CleanupSummary { run_id: run_id.to_owned(), grant: "none".into(), ..Default::default() };
     let source_region = Region::parse(&record.meta.source_region)
         .map_err(|e| RunError::Other(format!("checkpoint of {run_id}: source region: {e}")))?;
-    let target_region = Region::parse(&record.meta.target_region)
-        .map_err(|e| RunError::Other(format!("checkpoint of {run_id}: target region: {e}")))?;
     let src = Loc::new(Side::Source, &source_region);
-    let dst = Loc::new(Side::Target, &target_region);
-    let share_with: Option<AccountId> = record
-        .meta
-        .cross_account
-        .then(|| record.meta.target_account.as_deref().and_then(|a| AccountId::parse(a).ok()))
-        .flatten();
+    let targets = record.meta.targets();
+    let mut dsts = vec![];
+    for (i, t) in targets.iter().enumerate() {
+        let region = Region::parse(&t.region)
+            .map_err(|e| RunError::Other(format!("checkpoint of {run_id}: target region: {e}")))?;
+        dsts.push(Loc::new(Side::Target(i as u8), &region));
+    }
+    let mut share_with: Vec<AccountId> = vec![];
+    for t in targets.iter().filter(|t| t.cross_account) {
+        if let Some(a) = t.account.as_deref().and_then(|a| AccountId::parse(a).ok())
+            && !share_with.contains(&a)
+        {
+            share_with.push(a);
+        }
+    }
 
     // What AWS holds of this run, including what a lost answer left unrecorded.
     let mut survey = Survey::default();
-    match adopt::survey(cloud, clock, &record.meta.plan, &src, &dst).await {
+    match adopt::survey(cloud, clock, &record.meta.plan, &src, &dsts).await {
         Ok(s) => survey = s,
         Err(e) => summary.errors.push(format!(
             "listing the run's resources: {e}; only the snapshots the state names are cleaned up, and none a pending copy may still read from"
@@ -117,33 +124,47 @@ pub async fn cleanup(
             && s.tags.get(TAG_STEP).map(String::as_str) == Some(step)
     };
 
-    for i in 0..record.volumes.len() {
-        let v = record.volumes[i].clone();
+    // Per source volume: its copies (one per target) and the intermediates they read.
+    let mut sources: Vec<crate::ids::VolumeId> = vec![];
+    for v in &record.volumes {
+        if !sources.contains(&v.source_volume) {
+            sources.push(v.source_volume.clone());
+        }
+    }
+    for source_id in sources {
+        let units: Vec<usize> =
+            (0..record.volumes.len()).filter(|i| record.volumes[*i].source_volume == source_id).collect();
+        // The unit holding the source side: the lead, else the first.
+        let lead = units.iter().copied().find(|i| !record.volumes[*i].follower).unwrap_or(units[0]);
+        let v = record.volumes[lead].clone();
         let source = v.source_volume.as_str();
         let mine = |s: &&Snapshot| s.tags.get(TAG_SOURCE_VOLUME).map(String::as_str) == Some(source);
 
-        // 1. Stop this volume's copies that are still pending (or failed) in the target
-        // account: they read from the shared snapshot.
+        // 1. Stop this volume's copies that are still pending (or failed) in each
+        // target account: they read from the shared snapshot.
         let mut copy_blocks = false;
-        let mut copies: Vec<&Snapshot> =
-            survey.target_snapshots.iter().filter(|s| of_run(s, "copy") && mine(s)).collect();
-        copies.retain(|s| s.state != SnapshotState::Completed);
-        for c in copies {
-            match retrying(clock, || delete_snapshot_quietly(cloud, &dst, &c.id)).await {
-                Ok(()) => summary.stopped_copies.push(c.id.to_string()),
-                Err(e) => {
-                    copy_blocks = true;
-                    summary.errors.push(format!(
-                        "copy {} is still pending and could not be stopped: {e}; its source snapshot is kept until it ends",
-                        c.id
-                    ));
+        for (t, held) in survey.targets.iter().enumerate() {
+            let mut copies: Vec<&Snapshot> = held.snapshots.iter().filter(|s| of_run(s, "copy") && mine(s)).collect();
+            copies.retain(|s| s.state != SnapshotState::Completed);
+            for c in copies {
+                match retrying(clock, || delete_snapshot_quietly(cloud, &dsts[t], &c.id)).await {
+                    Ok(()) => summary.stopped_copies.push(c.id.to_string()),
+                    Err(e) => {
+                        copy_blocks = true;
+                        summary.errors.push(format!(
+                            "copy {} is still pending and could not be stopped: {e}; its source snapshot is kept until it ends",
+                            c.id
+                        ));
+                    }
                 }
             }
         }
         // Without a listing of the target side, a copy the state says is under way
         // may still read from the shared snapshot.
-        let copy_may_run =
-            matches!(v.step, Step::WaitCopy) || (v.step == Step::Copy && v.in_flight) || failed_at_copy(&v);
+        let copy_may_run = units.iter().any(|i| {
+            let u = &record.volumes[*i];
+            matches!(u.step, Step::WaitCopy) || (u.step == Step::Copy && u.in_flight) || failed_at_copy(u)
+        });
         if !listed && copy_may_run {
             copy_blocks = true;
         }
@@ -177,8 +198,8 @@ pub async fn cleanup(
                     Err(e) => {
                         // A snapshot that cannot be deleted (in use by an AMI, say) is at
                         // least no longer shared.
-                        if let Some(t) = &share_with
-                            && retrying(clock, || cloud.unshare_snapshot(&src, &id, t)).await.is_ok()
+                        if !share_with.is_empty()
+                            && retrying(clock, || cloud.unshare_snapshot(&src, &id, &share_with)).await.is_ok()
                         {
                             summary.unshared_snapshots.push(id.to_string());
                         }
@@ -198,32 +219,36 @@ pub async fn cleanup(
             ));
         }
 
-        let mut n = v.clone();
-        if !n.step.is_terminal() {
-            n.step = Step::Failed;
-            n.in_flight = false;
-            n.failure = Some(Failure {
-                step: v.step,
-                kind: FailureKind::Call,
-                message: "stopped by snapferry cleanup".into(),
-                hint: Some("start a new run of the plan".into()),
-            });
-        }
-        n.source_snapshot = v.source_snapshot.clone().filter(|s| kept.contains(s));
-        n.reencrypted_snapshot = v.reencrypted_snapshot.clone().filter(|s| kept.contains(s));
-        if n.source_snapshot.is_none() && n.reencrypted_snapshot.is_none() {
-            n.shared = false;
-        }
-        if n != v {
-            record.volumes[i] = n;
-            journal.volume(i, &record.volumes[i])?;
+        for i in units {
+            let v = record.volumes[i].clone();
+            let mut n = v.clone();
+            if !n.step.is_terminal() {
+                n.step = Step::Failed;
+                n.in_flight = false;
+                n.failure = Some(Failure {
+                    step: v.step,
+                    kind: FailureKind::Call,
+                    message: "stopped by snapferry cleanup".into(),
+                    hint: Some("start a new run of the plan".into()),
+                });
+            }
+            n.source_snapshot = v.source_snapshot.clone().filter(|s| kept.contains(s));
+            n.reencrypted_snapshot = v.reencrypted_snapshot.clone().filter(|s| kept.contains(s));
+            if n.source_snapshot.is_none() && n.reencrypted_snapshot.is_none() {
+                n.shared = false;
+            }
+            if n != v {
+                record.volumes[i] = n;
+                journal.volume(i, &record.volumes[i])?;
+            }
         }
     }
 
-    let grant = grant_of(&record.meta, plan, share_with.as_ref(), &source_region);
-    if let Some((key, g)) = grant {
-        // Any unfinished run on the same key for the same account still needs it,
-        // whichever plan it is of: it may rely on this statement.
+    // Per target account, its statement: revoked unless another unfinished run on the
+    // same key for the same account, of whichever plan, may still rely on it.
+    let mut outcomes = vec![];
+    for account in &share_with {
+        let Some((key, g)) = grant_of(&record.meta, plan, account, &source_region) else { continue };
         let others: Vec<String> = store
             .list()
             .await?
@@ -233,23 +258,30 @@ pub async fn cleanup(
                     && !r.meta.cleaned_up
                     && r.meta.status != RunStatus::Succeeded
                     && r.meta.source_key_arn.as_deref() == Some(key.as_str())
-                    && r.meta.target_account.as_deref() == Some(g.target_account.as_str())
+                    && r.meta.targets().iter().any(|t| t.account.as_deref() == Some(g.target_account.as_str()))
             })
             .map(|r| r.meta.run_id)
             .collect();
+        let label = if share_with.len() > 1 { format!("{account}: ") } else { String::new() };
         if !others.is_empty() {
-            summary.grant = format!("kept (needed by {})", others.join(", "));
+            outcomes.push(format!("{label}kept (needed by {})", others.join(", ")));
         } else {
             match revoke(cloud, clock, &src, &key, &g).await {
                 Ok(changed) => {
-                    summary.grant = if changed { "revoked".into() } else { "already gone".into() };
-                    if let Some(gr) = record.meta.grant.as_mut() {
-                        gr.revoked = true;
+                    outcomes.push(format!("{label}{}", if changed { "revoked" } else { "already gone" }));
+                    let sid = g.sid();
+                    for gr in record.meta.grant.iter_mut().chain(record.meta.more_grants.iter_mut()) {
+                        if gr.sid == sid {
+                            gr.revoked = true;
+                        }
                     }
                 }
                 Err(e) => summary.errors.push(format!("key policy of {key}: {e}")),
             }
         }
+    }
+    if !outcomes.is_empty() {
+        summary.grant = outcomes.join("; ");
     }
     record.meta.cleaned_up = summary.errors.is_empty();
     record.meta.updated_ms = clock.now_ms();
@@ -270,10 +302,10 @@ fn failed_at_copy(v: &crate::engine::VolumeRun) -> bool {
 fn grant_of(
     meta: &RunMeta,
     plan: Option<&Plan>,
-    target: Option<&AccountId>,
+    target: &AccountId,
     region: &Region,
 ) -> Option<(KeyArn, policy::Grant)> {
-    let target = target?.clone();
+    let target = target.clone();
     let key = meta.grant.as_ref().map(|g| g.key_arn.clone()).or_else(|| meta.source_key_arn.clone())?;
     let key = KeyArn::parse(&key).ok()?;
     let name = PlanName::parse(&meta.plan).ok().or_else(|| plan.map(|p| p.name.clone()))?;
@@ -289,27 +321,41 @@ async fn from_tags(
     caller: &AccountId,
 ) -> Result<RunRecord, RunError> {
     let src = Loc::new(Side::Source, &plan.source.region);
-    let dst = Loc::new(Side::Target, &plan.target.region);
-    let survey = adopt::survey(cloud, clock, plan.name.as_str(), &src, &dst)
+    let dsts = super::lifecycle::target_locs(plan);
+    let survey = adopt::survey(cloud, clock, plan.name.as_str(), &src, &dsts)
         .await
         .map_err(|e| RunError::Cloud { what: format!("listing the resources of run {run_id}"), source: e })?;
     let shape = Shape { create_volume: plan.options.create_volume, cleanup: plan.options.cleanup };
     let found = adopt::rebuild_run(&survey, run_id, shape, clock.now_ms());
     if found.volumes.is_empty() {
         return Err(RunError::Usage(format!(
-            "no resource tagged snapferry:run={run_id} of plan {} in {} or {}; check the run id",
-            plan.name, plan.source.region, plan.target.region
+            "no resource tagged snapferry:run={run_id} of plan {} in {} or its targets' regions; check the run id",
+            plan.name, plan.source.region
         )));
     }
-    let target_account = plan.target.account.clone().unwrap_or_else(|| caller.clone());
-    let cross_account = plan.cross_account(caller);
     let source_key = match retrying(clock, || cloud.describe_key(&src, &plan.source.kms_key)).await {
         Ok(k) => Some(k.arn.to_string()),
         Err(e) if e.kind == ErrorKind::NotFound => None,
         Err(e) => return Err(RunError::Cloud { what: format!("DescribeKey of {}", plan.source.kms_key), source: e }),
     };
     let now = clock.now_ms();
-    Ok(RunRecord {
+    let targets: Vec<TargetMeta> = plan
+        .targets
+        .iter()
+        .map(|t| {
+            let account = t.account.clone().unwrap_or_else(|| caller.clone());
+            let cross = t.crosses(caller);
+            TargetMeta {
+                account: Some(account.to_string()),
+                region: t.region.to_string(),
+                key_arn: None,
+                cross_account: cross,
+                role_arn: t.role_arn.as_ref().filter(|_| cross).map(|r| r.to_string()),
+                external_id: t.external_id.clone().filter(|_| cross),
+            }
+        })
+        .collect();
+    let mut record = RunRecord {
         meta: RunMeta {
             format_version: FORMAT_VERSION,
             run_id: run_id.to_owned(),
@@ -320,21 +366,25 @@ async fn from_tags(
             updated_ms: now,
             finished_ms: None,
             source_account: Some(caller.to_string()),
-            target_account: Some(target_account.to_string()),
+            target_account: None,
             source_region: plan.source.region.to_string(),
-            target_region: plan.target.region.to_string(),
-            cross_account,
+            target_region: String::new(),
+            cross_account: false,
             source_key_arn: source_key,
             target_key_arn: None,
-            target_role_arn: plan.target.role_arn.as_ref().map(|r| r.to_string()),
-            target_external_id: plan.target.external_id.clone(),
+            target_role_arn: None,
+            target_external_id: None,
             every_ms: plan.options.every.map(|d| d.as_millis() as i64),
+            target_list: vec![],
+            more_grants: vec![],
             grant: None,
             simulated: false,
             cleaned_up: false,
         },
         volumes: found.volumes,
-    })
+    };
+    record.meta.set_targets(targets);
+    Ok(record)
 }
 
 async fn revoke(

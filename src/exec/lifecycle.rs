@@ -8,13 +8,13 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::checkpoint::{FORMAT_VERSION, GrantRecord, RunMeta, RunRecord, RunStatus, StoreError};
+use crate::checkpoint::{FORMAT_VERSION, GrantRecord, RunMeta, RunRecord, RunStatus, StoreError, TargetMeta};
 use crate::cloud::{CloudError, ErrorKind, Loc, Side};
 use crate::engine::{Failure, FailureKind, Step, VolumeRun};
 use crate::plan::Plan;
 use crate::policy;
 
-use super::act::{self, ActCtx};
+use super::act::{self, ActCtx, TargetCtx};
 use super::adopt::{self, Shape};
 use super::preflight::{Resolved, preflight};
 use super::recurring::{self, Recur};
@@ -63,10 +63,10 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
     }
     let now = clock.now_ms();
     let src = Loc::new(Side::Source, &plan.source.region);
-    let dst = Loc::new(Side::Target, &plan.target.region);
+    let dsts = target_locs(plan);
 
     let previous = match recurring {
-        true => recur(&cfg, &env, &resolved, previous, &src, &dst, now).await?,
+        true => recur(&cfg, &env, &resolved, previous, &src, &dsts, now).await?,
         false => previous.map(|r| Carry::Resume(Box::new(r))),
     };
     let mut record = match previous {
@@ -84,7 +84,7 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
             r
         }
         None => {
-            let adopted = adopt_from_tags(&cfg, &env, &src, &dst).await?;
+            let adopted = adopt_from_tags(&cfg, &env, &src, &dsts).await?;
             let (run_id, created_ms, volumes) = match adopted {
                 Some(found) => {
                     tracing::warn!(
@@ -107,18 +107,17 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
         }
     };
     record.meta.source_account = Some(resolved.source_identity.account.to_string());
-    record.meta.target_account = Some(resolved.target_account().to_string());
-    record.meta.cross_account = resolved.cross_account;
     record.meta.source_key_arn = Some(resolved.source_key.arn.to_string());
-    record.meta.target_key_arn = Some(resolved.target_key.arn.to_string());
-    record.meta.target_role_arn =
-        plan.target.role_arn.as_ref().filter(|_| resolved.cross_account).map(|r| r.to_string());
-    record.meta.target_external_id = plan.target.external_id.clone().filter(|_| resolved.cross_account);
+    record.meta.set_targets(target_metas(plan, &resolved));
     record.meta.every_ms = plan.options.every.map(|d| d.as_millis() as i64);
-    // Volumes the plan picks now and the run does not have yet join it.
+    // Volumes the plan picks now and the run does not have yet join it, one volume run
+    // per target: the first leads, the others follow.
+    let targets = plan.targets.len() as u8;
     for id in resolved.volumes.iter().map(|sv| &sv.volume.id).chain(&resolved.missing) {
         if !record.volumes.iter().any(|v| &v.source_volume == id) {
-            record.volumes.push(VolumeRun::new(id.clone()));
+            for t in 0..targets {
+                record.volumes.push(VolumeRun::for_target(id.clone(), t, t > 0));
+            }
         }
     }
     let mut journal = env.store.create_or_reopen(&record).await?;
@@ -127,11 +126,19 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
         plan: plan.name.to_string(),
         run_id: record.meta.run_id.clone(),
         source_region: plan.source.region.clone(),
-        target_region: plan.target.region.clone(),
-        target_account: resolved.share_with(),
         source_key: resolved.source_key.arn.clone(),
-        target_key: resolved.target_key.arn.clone(),
-        availability_zone: plan.target.availability_zone.clone(),
+        share_with: resolved.share_with(),
+        targets: plan
+            .targets
+            .iter()
+            .zip(&resolved.targets)
+            .map(|(t, r)| TargetCtx {
+                region: t.region.clone(),
+                account: r.account.clone(),
+                key: r.key.arn.clone(),
+                availability_zone: t.availability_zone.clone(),
+            })
+            .collect(),
         extra_tags: plan.options.tags.clone(),
         copy_within_minutes: plan.options.copy_within.map(|c| c.minutes()),
     };
@@ -148,10 +155,13 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
     }
     // A recurring plan's listed volume that is gone fails alone, with nothing made.
     for id in &resolved.missing {
-        if let Some(i) = record.volumes.iter().position(|v| &v.source_volume == id)
-            && record.volumes[i].step == Step::Snapshot
-            && !record.volumes[i].in_flight
-        {
+        let gone: Vec<usize> = (0..record.volumes.len())
+            .filter(|i| {
+                let v = &record.volumes[*i];
+                &v.source_volume == id && v.step == Step::Snapshot && !v.in_flight && !v.fresh
+            })
+            .collect();
+        for i in gone {
             let v = &mut record.volumes[i];
             v.failure = Some(Failure {
                 step: Step::Snapshot,
@@ -208,6 +218,7 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
     }
     let mut report = RunReport::from_record(&record);
     let source_key = resolved.source_key.arn.as_str();
+    let dsts = target_locs(plan);
     for v in &mut report.volumes {
         if let Some(sv) = resolved.volumes.iter().find(|sv| sv.volume.id.as_str() == v.source_volume) {
             v.next_copy = Some(super::report::copy_kind(&sv.volume, source_key));
@@ -219,20 +230,27 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
     let made_something = record.volumes.iter().any(|v| !v.fresh);
     if let (true, Ended::Finished) = (made_something, &ended) {
         if let Some(keep) = plan.options.keep {
-            match super::retention::prune(
-                cloud.as_ref(),
-                clock.as_ref(),
-                &dst,
-                plan.name.as_str(),
-                keep,
-                &record.volumes,
-            )
-            .await
-            {
-                Ok(p) => report.retention = Some(p),
-                Err(e) => {
-                    tracing::warn!(error = %e, "retention failed; the copies of this run are complete, older ones were not pruned");
-                    report.retention_error = Some(format!("retention in {}: {e}", plan.target.region));
+            // Per target: its copies and volumes, in its account and region.
+            for (t, dst) in dsts.iter().enumerate() {
+                let of_target: Vec<VolumeRun> =
+                    record.volumes.iter().filter(|v| usize::from(v.target) == t).cloned().collect();
+                match super::retention::prune(cloud.as_ref(), clock.as_ref(), dst, plan.name.as_str(), keep, &of_target)
+                    .await
+                {
+                    Ok(p) => {
+                        let r = report.retention.get_or_insert_with(Default::default);
+                        r.snapshots.extend(p.snapshots);
+                        r.volumes.extend(p.volumes);
+                        r.in_use.extend(p.in_use);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, region = %dst.region, "retention failed; the copies of this run are complete, older ones were not pruned");
+                        let msg = format!("retention in {} ({}): {e}", dst.region, dst.side);
+                        report.retention_error = Some(match report.retention_error.take() {
+                            Some(before) => format!("{before}; {msg}"),
+                            None => msg,
+                        });
+                    }
                 }
             }
         }
@@ -307,7 +325,7 @@ async fn recur(
     resolved: &Resolved,
     previous: Option<RunRecord>,
     src: &Loc,
-    dst: &Loc,
+    dsts: &[Loc],
     now: i64,
 ) -> Result<Option<Carry>, RunError> {
     let plan = &cfg.plan;
@@ -327,7 +345,7 @@ async fn recur(
         Some(r) => (r.volumes.clone(), Some(r.meta.run_id.clone())),
         None => {
             let shape = Shape { create_volume: plan.options.create_volume, cleanup: plan.options.cleanup };
-            let survey = adopt::survey(env.cloud.as_ref(), env.clock.as_ref(), plan.name.as_str(), src, dst)
+            let survey = adopt::survey(env.cloud.as_ref(), env.clock.as_ref(), plan.name.as_str(), src, dsts)
                 .await
                 .map_err(|e| RunError::Cloud {
                     what: format!("listing the resources tagged snapferry:plan={} to learn what is fresh", plan.name),
@@ -336,7 +354,8 @@ async fn recur(
             (adopt::newest_chains(&survey, shape, now), None)
         }
     };
-    Ok(Some(match recurring::plan(&volumes, run_id.as_deref(), &wanted, &plan.options, now) {
+    let targets = plan.targets.len() as u8;
+    Ok(Some(match recurring::plan(&volumes, run_id.as_deref(), &wanted, targets, &plan.options, now) {
         Recur::Resume => {
             let mut r = previous.expect("resume needs a previous run");
             for v in r.volumes.iter_mut().filter(|v| v.step == Step::Done) {
@@ -363,13 +382,15 @@ fn new_record(cfg: &RunConfig, run_id: String, created_ms: i64, volumes: Vec<Vol
             source_account: None,
             target_account: None,
             source_region: plan.source.region.to_string(),
-            target_region: plan.target.region.to_string(),
+            target_region: plan.targets[0].region.to_string(),
             cross_account: false,
             source_key_arn: None,
             target_key_arn: None,
             target_role_arn: None,
             target_external_id: None,
             every_ms: None,
+            target_list: vec![],
+            more_grants: vec![],
             grant: None,
             simulated: cfg.simulated,
             cleaned_up: false,
@@ -381,7 +402,12 @@ fn new_record(cfg: &RunConfig, run_id: String, created_ms: i64, volumes: Vec<Vol
 /// With no unfinished run in the state: the plan's newest run in AWS, when its tagged
 /// resources show it unfinished and the state does not know it as succeeded or
 /// cleaned up.
-async fn adopt_from_tags(cfg: &RunConfig, env: &Env, src: &Loc, dst: &Loc) -> Result<Option<adopt::Found>, RunError> {
+async fn adopt_from_tags(
+    cfg: &RunConfig,
+    env: &Env,
+    src: &Loc,
+    dsts: &[Loc],
+) -> Result<Option<adopt::Found>, RunError> {
     let plan = &cfg.plan;
     let clock = env.clock.as_ref();
     let cloud = env.cloud.as_ref();
@@ -390,14 +416,14 @@ async fn adopt_from_tags(cfg: &RunConfig, env: &Env, src: &Loc, dst: &Loc) -> Re
         what: format!("listing the resources tagged snapferry:plan={} to carry on a run the state has lost", plan.name),
         source: e,
     };
-    let mut survey = adopt::survey(cloud, clock, plan.name.as_str(), src, dst).await.map_err(listing_err)?;
+    let mut survey = adopt::survey(cloud, clock, plan.name.as_str(), src, dsts).await.map_err(listing_err)?;
     let recent = survey.newest_ms().is_some_and(|t| clock.now_ms() - t < RECENT_MS);
     if recent {
         // Something was made moments ago: what was made just after it may not be
         // listed yet. Ask again, spaced, before trusting a miss.
         for n in 1..ADOPT_LISTINGS {
             clock.sleep_until(clock.now_ms() + LOOKUP_SPACING_MS * (1 << (n - 1))).await;
-            survey.merge(adopt::survey(cloud, clock, plan.name.as_str(), src, dst).await.map_err(listing_err)?);
+            survey.merge(adopt::survey(cloud, clock, plan.name.as_str(), src, dsts).await.map_err(listing_err)?);
         }
     }
     let Some(found) = adopt::infer(&survey, shape, clock.now_ms()) else { return Ok(None) };
@@ -418,7 +444,8 @@ async fn adopt_from_tags(cfg: &RunConfig, env: &Env, src: &Loc, dst: &Loc) -> Re
 }
 
 /// The fields whose change would move a half-done run's resources: its regions,
-/// accounts, keys and role. Anything else (timeouts, tags, limits) may change.
+/// accounts, keys and roles, and its targets' number. Anything else (timeouts, tags,
+/// limits) may change.
 fn moved_fields(meta: &RunMeta, plan: &Plan, resolved: &Resolved) -> Vec<String> {
     let mut moved = vec![];
     let mut check = |field: &str, was: Option<&str>, now: Option<&str>| {
@@ -429,15 +456,43 @@ fn moved_fields(meta: &RunMeta, plan: &Plan, resolved: &Resolved) -> Vec<String>
         }
     };
     check("source.region", Some(&meta.source_region), Some(plan.source.region.as_str()));
-    check("target.region", Some(&meta.target_region), Some(plan.target.region.as_str()));
     check("source.account", meta.source_account.as_deref(), Some(resolved.source_identity.account.as_str()));
-    let target_account = resolved.target_account();
-    check("target.account", meta.target_account.as_deref(), Some(target_account.as_str()));
     check("source.kms_key", meta.source_key_arn.as_deref(), Some(resolved.source_key.arn.as_str()));
-    check("target.kms_key", meta.target_key_arn.as_deref(), Some(resolved.target_key.arn.as_str()));
-    let role = plan.target.role_arn.as_ref().filter(|_| resolved.cross_account).map(|r| r.to_string());
-    check("target.role_arn", meta.target_role_arn.as_deref(), role.as_deref());
+    let was = meta.targets();
+    let now = target_metas(plan, resolved);
+    if was.len() != now.len() {
+        moved.push(format!("targets (was {}, now {})", was.len(), now.len()));
+        return moved;
+    }
+    for (i, (w, n)) in was.iter().zip(&now).enumerate() {
+        let name = if plan.fan_out { format!("targets[{i}]") } else { "target".to_owned() };
+        check(&format!("{name}.region"), Some(&w.region), Some(&n.region));
+        check(&format!("{name}.account"), w.account.as_deref(), n.account.as_deref());
+        check(&format!("{name}.kms_key"), w.key_arn.as_deref(), n.key_arn.as_deref());
+        check(&format!("{name}.role_arn"), w.role_arn.as_deref(), n.role_arn.as_deref());
+    }
     moved
+}
+
+/// Where each target's calls go, in the plan's order.
+pub(crate) fn target_locs(plan: &Plan) -> Vec<Loc> {
+    plan.targets.iter().enumerate().map(|(i, t)| Loc::new(Side::Target(i as u8), &t.region)).collect()
+}
+
+/// What the checkpoint keeps of each target.
+fn target_metas(plan: &Plan, resolved: &Resolved) -> Vec<TargetMeta> {
+    plan.targets
+        .iter()
+        .zip(&resolved.targets)
+        .map(|(t, r)| TargetMeta {
+            account: Some(r.account.to_string()),
+            region: t.region.to_string(),
+            key_arn: Some(r.key.arn.to_string()),
+            cross_account: r.cross_account,
+            role_arn: t.role_arn.as_ref().filter(|_| r.cross_account).map(|r| r.to_string()),
+            external_id: t.external_id.clone().filter(|_| r.cross_account),
+        })
+        .collect()
 }
 
 /// Deletes what a failed step left in state `error` (or no longer needs: a volume
@@ -453,7 +508,7 @@ async fn discard_errored(
     if f.kind != FailureKind::ResourceError {
         return;
     }
-    let (src, dst) = (actx.src(), actx.dst());
+    let (src, dst) = (actx.src(), actx.dst(v.target));
     let result = match f.step {
         Step::WaitCopy => match &v.target_snapshot {
             Some(s) => retrying(clock, || act::delete_snapshot_quietly(cloud, &dst, s)).await,
@@ -494,20 +549,26 @@ pub fn new_run_id(plan: &str, now_ms: i64) -> String {
     format!("{plan}-{}-{:02x}{:02x}", ts.strftime("%Y%m%dT%H%M%SZ"), r[0], r[1])
 }
 
-/// Adds the target account's statement to the source key policy, once per run.
+/// Adds each cross-account target's statement to the source key policy, once per
+/// run, all in one PutKeyPolicy.
 async fn ensure_grant(env: &Env, plan: &Plan, resolved: &Resolved, meta: &mut RunMeta) -> Result<(), RunError> {
     let clock = env.clock.as_ref();
     let cloud = env.cloud.as_ref();
     let loc = Loc::new(Side::Source, &plan.source.region);
     let key = &resolved.source_key.arn;
-    let Some(target) = resolved.share_with() else {
+    let accounts = resolved.share_with();
+    if accounts.is_empty() {
         return Ok(());
-    };
-    let grant = policy::Grant {
-        plan: plan.name.clone(),
-        target_account: target.clone(),
-        partition: plan.source.region.partition(),
-    };
+    }
+    let grants: Vec<policy::Grant> = accounts
+        .iter()
+        .map(|a| policy::Grant {
+            plan: plan.name.clone(),
+            target_account: a.clone(),
+            partition: plan.source.region.partition(),
+        })
+        .collect();
+    let named = accounts.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", ");
     let cloud_err = |what: &str, e: CloudError| {
         let hint = if e.kind == ErrorKind::AccessDenied {
             "; the caller needs kms:GetKeyPolicy and kms:PutKeyPolicy on the source key (snapferry run PLAN --dry-run prints the statement to add by hand instead)"
@@ -516,22 +577,41 @@ async fn ensure_grant(env: &Env, plan: &Plan, resolved: &Resolved, meta: &mut Ru
         };
         RunError::Cloud { what: format!("{what} of source key {key}{hint}"), source: e }
     };
+    // Every statement applied to one policy text: (new text, whether anything changed).
+    let merge = |current: &str| -> Result<(String, bool), RunError> {
+        let mut text = current.to_owned();
+        let mut changed = false;
+        for g in &grants {
+            let change = policy::ensure_grant(&text, g).map_err(|e| {
+                RunError::Other(format!("cannot grant account {} use of source key {key}: {e}", g.target_account))
+            })?;
+            if change.changed {
+                text = change.new_policy;
+                changed = true;
+            }
+        }
+        Ok((text, changed))
+    };
+    let record = |meta: &mut RunMeta, added: bool| {
+        let mut records =
+            grants.iter().map(|g| GrantRecord { key_arn: key.to_string(), sid: g.sid(), added, revoked: false });
+        if meta.grant.is_none() || added {
+            meta.grant = records.next();
+            meta.more_grants = records.collect();
+        }
+    };
     // Another plan may edit the same policy at the same time: re-read, merge and
     // verify, a few times, so neither loses its statement.
     for attempt in 0..5 {
         let current =
             retrying(clock, || cloud.get_key_policy(&loc, key)).await.map_err(|e| cloud_err("GetKeyPolicy", e))?;
-        let change = policy::ensure_grant(&current, &grant)
-            .map_err(|e| RunError::Other(format!("cannot grant account {target} use of source key {key}: {e}")))?;
-        if !change.changed {
-            if meta.grant.is_none() {
-                meta.grant =
-                    Some(GrantRecord { key_arn: key.to_string(), sid: grant.sid(), added: false, revoked: false });
-            }
-            tracing::info!(key = %key, account = %target, "key policy already grants the target account");
+        let (new_policy, changed) = merge(&current)?;
+        if !changed {
+            record(meta, false);
+            tracing::info!(key = %key, accounts = %named, "key policy already grants the target accounts");
             return Ok(());
         }
-        retrying(clock, || cloud.put_key_policy(&loc, key, &change.new_policy))
+        retrying(clock, || cloud.put_key_policy(&loc, key, &new_policy))
             .await
             .map_err(|e| cloud_err("PutKeyPolicy", e))?;
         // KMS has no conditional PutKeyPolicy: another writer that read the policy before
@@ -540,9 +620,9 @@ async fn ensure_grant(env: &Env, plan: &Plan, resolved: &Resolved, meta: &mut Ru
         clock.sleep_until(clock.now_ms() + POLICY_SETTLE_MS).await;
         let back =
             retrying(clock, || cloud.get_key_policy(&loc, key)).await.map_err(|e| cloud_err("GetKeyPolicy", e))?;
-        if !policy::ensure_grant(&back, &grant).map(|c| c.changed).unwrap_or(true) {
-            meta.grant = Some(GrantRecord { key_arn: key.to_string(), sid: grant.sid(), added: true, revoked: false });
-            tracing::info!(key = %key, account = %target, "granted the target account use of the source key");
+        if !merge(&back).map(|(_, c)| c).unwrap_or(true) {
+            record(meta, true);
+            tracing::info!(key = %key, accounts = %named, "granted the target accounts use of the source key");
             return Ok(());
         }
         tracing::warn!(key = %key, attempt, "key policy changed under us; merging again");

@@ -7,8 +7,8 @@ use std::fmt;
 
 use crate::clock::Clock;
 use crate::cloud::{Cloud, CloudError, ErrorKind, Identity, KeyInfo, KeyManager, Loc, Probe, Side, Volume};
-use crate::ids::{KeyRef, VolumeId};
-use crate::plan::{Pick, Plan, TargetVolume};
+use crate::ids::{AccountId, KeyRef, VolumeId};
+use crate::plan::{Pick, Plan, Target, TargetVolume};
 
 use super::retry::retrying;
 
@@ -33,14 +33,27 @@ pub struct SourceVolume {
     pub target: TargetVolume,
 }
 
+/// What preflight learnt about one target.
+#[derive(Debug, Clone)]
+pub struct ResolvedTarget {
+    /// The assumed role's identity, when the target has a role.
+    pub identity: Option<Identity>,
+    /// The account its resources live in: the role's, else the caller's own.
+    pub account: AccountId,
+    /// In another account than the source: shared with, granted, reached by the role.
+    pub cross_account: bool,
+    pub key: KeyInfo,
+}
+
 /// What preflight learnt: who the caller is on each side, the keys and the volumes.
 #[derive(Debug, Clone)]
 pub struct Resolved {
     pub source_identity: Identity,
-    pub target_identity: Option<Identity>,
+    /// Any target is in another account than the source.
     pub cross_account: bool,
     pub source_key: KeyInfo,
-    pub target_key: KeyInfo,
+    /// One per target of the plan, in its order.
+    pub targets: Vec<ResolvedTarget>,
     pub volumes: Vec<SourceVolume>,
     /// Listed volumes that no longer exist, in a recurring plan (where they fail alone
     /// instead of refusing the plan).
@@ -48,16 +61,17 @@ pub struct Resolved {
 }
 
 impl Resolved {
-    /// The account the target side's resources live in: the assumed role's for a
-    /// cross-account plan, else the caller's own. The one place this is worked out.
-    pub fn target_account(&self) -> crate::ids::AccountId {
-        self.target_identity.as_ref().map(|i| i.account.clone()).unwrap_or_else(|| self.source_identity.account.clone())
-    }
-
-    /// The account snapshots are shared with and the key policy grants: the target
-    /// account of a cross-account plan; none within one account.
-    pub fn share_with(&self) -> Option<crate::ids::AccountId> {
-        self.cross_account.then(|| self.target_account())
+    /// The accounts snapshots are shared with and the key policy grants: every target
+    /// account other than the source's, each once, in the plan's order. The one place
+    /// this is worked out.
+    pub fn share_with(&self) -> Vec<AccountId> {
+        let mut out: Vec<AccountId> = vec![];
+        for t in self.targets.iter().filter(|t| t.cross_account) {
+            if !out.contains(&t.account) {
+                out.push(t.account.clone());
+            }
+        }
+        out
     }
 }
 
@@ -108,7 +122,6 @@ pub async fn preflight(
 ) -> Result<Resolved, Vec<PreflightError>> {
     let mut errors = vec![];
     let src_loc = Loc::new(Side::Source, &plan.source.region);
-    let dst_loc = Loc::new(Side::Target, &plan.target.region);
 
     let source_identity = match retrying(clock, || cloud.caller_identity(Side::Source)).await {
         Ok(id) => id,
@@ -131,13 +144,6 @@ pub async fn preflight(
                 "the credentials belong to account {} ({}); use credentials of account {want} or fix the plan",
                 source_identity.account, source_identity.arn
             ),
-        ));
-    }
-    let cross_account = plan.cross_account(&source_identity.account);
-    if cross_account && plan.target.role_arn.is_none() {
-        errors.push(problem(
-            "target.role_arn",
-            "the target account differs from the caller's account: name a role in the target account to assume",
         ));
     }
 
@@ -168,62 +174,11 @@ pub async fn preflight(
         }
     };
 
-    let mut target_identity = None;
-    let mut target_reachable = true;
-    if plan.target.role_arn.is_some() {
-        match retrying(clock, || cloud.caller_identity(Side::Target)).await {
-            Ok(id) => {
-                if let Some(want) = &plan.target.account
-                    && want != &id.account
-                {
-                    errors.push(problem(
-                        format!("target.account {want}"),
-                        format!("the role's credentials belong to account {}", id.account),
-                    ));
-                }
-                target_identity = Some(id);
-            }
-            Err(e) => {
-                target_reachable = false;
-                let role = plan.target.role_arn.as_ref().map(|r| r.to_string()).unwrap_or_default();
-                errors.push(problem(
-                    format!("target.role_arn {role}"),
-                    format!(
-                        "cannot be assumed: {e}; its trust policy must allow {} to call sts:AssumeRole{} (snapferry run PLAN --dry-run prints it)",
-                        source_identity.arn,
-                        if plan.target.external_id.is_some() { " with the plan's external_id" } else { "" }
-                    ),
-                ));
-            }
-        }
+    // Each target: its role assumed (when it has one), its key checked in its account.
+    let mut targets: Vec<Option<ResolvedTarget>> = vec![];
+    for (i, t) in plan.targets.iter().enumerate() {
+        targets.push(check_target(plan, i, t, cloud, clock, &source_identity, &mut errors).await);
     }
-
-    let target_key = if target_reachable {
-        match retrying(clock, || cloud.describe_key(&dst_loc, &plan.target.kms_key)).await {
-            Ok(k) => {
-                errors.extend(check_key(&k, &plan.target.kms_key, "target"));
-                Some(k)
-            }
-            Err(e) if e.kind == ErrorKind::NotFound => {
-                let account = target_identity.as_ref().unwrap_or(&source_identity).account.clone();
-                errors.push(problem(
-                    format!("target key {}", plan.target.kms_key),
-                    format!(
-                        "does not exist in account {account} region {}; create it or fix target.kms_key",
-                        plan.target.region
-                    ),
-                ));
-                None
-            }
-            Err(e) => {
-                errors.push(problem(format!("target key {}", plan.target.kms_key), describe_error(&e)));
-                None
-            }
-        }
-    } else {
-        None
-    };
-
     let mut missing_ids = vec![];
     let volumes = match resolve_volumes(plan, cloud, clock, &src_loc).await {
         Ok((v, missing)) => {
@@ -242,26 +197,26 @@ pub async fn preflight(
         }
     };
 
-    if let (true, true, Some(tk), Some(first)) = (probe, errors.is_empty(), &target_key, volumes.first()) {
-        let probes = [
-            (
-                src_loc.clone(),
-                Probe::CreateSnapshot { volume: first.volume.id.clone() },
-                "the identity running snapferry",
-            ),
-            (
-                dst_loc.clone(),
-                Probe::CreateVolume {
-                    availability_zone: plan.target.availability_zone.clone(),
-                    kms_key: tk.arn.clone(),
-                },
-                if plan.target.role_arn.is_some() { "the target role" } else { "the identity running snapferry" },
-            ),
-        ];
-        for (loc, p, who) in probes {
-            if !plan.options.create_volume && matches!(p, Probe::CreateVolume { .. }) {
-                continue;
+    if let (true, true, Some(first)) = (probe, errors.is_empty(), volumes.first()) {
+        let mut probes = vec![(
+            src_loc.clone(),
+            Probe::CreateSnapshot { volume: first.volume.id.clone() },
+            "the identity running snapferry".to_owned(),
+        )];
+        if plan.options.create_volume {
+            for (i, (t, r)) in plan.targets.iter().zip(&targets).enumerate() {
+                let Some(r) = r else { continue };
+                probes.push((
+                    Loc::new(Side::Target(i as u8), &t.region),
+                    Probe::CreateVolume { availability_zone: t.availability_zone.clone(), kms_key: r.key.arn.clone() },
+                    match &t.role_arn {
+                        Some(role) => format!("the target role {role}"),
+                        None => "the identity running snapferry".to_owned(),
+                    },
+                ));
             }
+        }
+        for (loc, p, who) in probes {
             match retrying(clock, || cloud.dry_run(&loc, &p)).await {
                 Ok(()) => {}
                 Err(e) if e.kind == ErrorKind::AccessDenied => errors.push(problem(
@@ -278,18 +233,85 @@ pub async fn preflight(
         }
     }
 
-    match (source_key, target_key) {
-        (Some(source_key), Some(target_key)) if errors.is_empty() => Ok(Resolved {
-            source_identity,
-            target_identity,
-            cross_account,
-            source_key,
-            target_key,
-            volumes,
-            missing: missing_ids,
-        }),
+    let targets: Option<Vec<ResolvedTarget>> = targets.into_iter().collect();
+    match (source_key, targets) {
+        (Some(source_key), Some(targets)) if errors.is_empty() => {
+            let cross_account = targets.iter().any(|t| t.cross_account);
+            Ok(Resolved { source_identity, cross_account, source_key, targets, volumes, missing: missing_ids })
+        }
         _ => Err(errors),
     }
+}
+
+/// Target `i`: its role assumed and its account checked, its key described and
+/// checked. `None` when it cannot be used; the problems are in `errors`.
+async fn check_target(
+    plan: &Plan,
+    i: usize,
+    t: &Target,
+    cloud: &dyn Cloud,
+    clock: &dyn Clock,
+    source_identity: &Identity,
+    errors: &mut Vec<PreflightError>,
+) -> Option<ResolvedTarget> {
+    let side = Side::Target(i as u8);
+    let name = if plan.targets.len() > 1 && plan.fan_out { format!("targets[{i}]") } else { "target".to_owned() };
+    let cross_account = t.crosses(&source_identity.account);
+    if cross_account && t.role_arn.is_none() {
+        errors.push(problem(
+            format!("{name}.role_arn"),
+            "the target account differs from the caller's account: name a role in the target account to assume",
+        ));
+    }
+    let mut identity = None;
+    if let Some(role) = &t.role_arn {
+        match retrying(clock, || cloud.caller_identity(side)).await {
+            Ok(id) => {
+                if let Some(want) = &t.account
+                    && want != &id.account
+                {
+                    errors.push(problem(
+                        format!("{name}.account {want}"),
+                        format!("the role's credentials belong to account {}", id.account),
+                    ));
+                }
+                identity = Some(id);
+            }
+            Err(e) => {
+                errors.push(problem(
+                    format!("{name}.role_arn {role}"),
+                    format!(
+                        "cannot be assumed: {e}; its trust policy must allow {} to call sts:AssumeRole{} (snapferry run PLAN --dry-run prints it)",
+                        source_identity.arn,
+                        if t.external_id.is_some() { " with the plan's external_id" } else { "" }
+                    ),
+                ));
+                return None;
+            }
+        }
+    }
+    let account = identity.as_ref().map(|i| i.account.clone()).unwrap_or_else(|| source_identity.account.clone());
+    let loc = Loc::new(side, &t.region);
+    let key = match retrying(clock, || cloud.describe_key(&loc, &t.kms_key)).await {
+        Ok(k) => {
+            errors.extend(check_key(&k, &t.kms_key, &name));
+            k
+        }
+        Err(e) if e.kind == ErrorKind::NotFound => {
+            errors.push(problem(
+                format!("{name} key {}", t.kms_key),
+                format!("does not exist in account {account} region {}; create it or fix {name}.kms_key", t.region),
+            ));
+            return None;
+        }
+        Err(e) => {
+            errors.push(problem(format!("{name} key {}", t.kms_key), describe_error(&e)));
+            return None;
+        }
+    };
+    // A cross-account target crosses by the account the role lands in.
+    let cross_account = account != source_identity.account;
+    Some(ResolvedTarget { identity, account, cross_account, key })
 }
 
 /// The plan's volumes, ids and selectors together, each once, in plan order; and a

@@ -9,6 +9,11 @@
 //! When nothing is due, the previous run goes on as it is; when something is due, a
 //! new run starts with the due volumes, the unfinished ones carried over and the fresh
 //! ones recorded as they were.
+//!
+//! With several targets all of this is per (volume, target): a target whose copy is
+//! fresh is left alone while another target of the same volume is copied anew. The
+//! due copies of one volume share one new snapshot: the first is the lead, the others
+//! its followers.
 
 use std::collections::BTreeSet;
 
@@ -25,13 +30,14 @@ pub enum Recur {
     Start(Vec<VolumeRun>),
 }
 
-/// Decides this invocation's work. `previous` are the volumes of the plan's latest run
-/// (`previous_run` its id), or the newest chains found by tag when the state is gone;
-/// `wanted` the volumes the plan picks now.
+/// Decides this invocation's work. `previous` are the volume runs of the plan's latest
+/// run (`previous_run` its id), or the newest chains found by tag when the state is
+/// gone; `wanted` the volumes the plan picks now, each copied to `targets` targets.
 pub fn plan(
     previous: &[VolumeRun],
     previous_run: Option<&str>,
     wanted: &[VolumeId],
+    targets: u8,
     options: &Options,
     now_ms: i64,
 ) -> Recur {
@@ -42,19 +48,41 @@ pub fn plan(
         if !seen.insert(id.clone()) {
             continue;
         }
-        match previous.iter().find(|v| &v.source_volume == id) {
-            Some(v) if v.step == Step::Done => {
-                if options.due(v.started_ms, now_ms) {
-                    any_due = true;
-                    out.push(VolumeRun::new(id.clone()));
-                } else {
-                    out.push(carried(v, previous_run, true));
+        // The volume's due copies share one new snapshot: the first one leads.
+        let mut lead_taken = false;
+        let mut fresh_copy = |out: &mut Vec<VolumeRun>, t: u8| {
+            out.push(VolumeRun::for_target(id.clone(), t, lead_taken));
+            lead_taken = true;
+        };
+        for t in 0..targets.max(1) {
+            match previous.iter().find(|v| &v.source_volume == id && v.target == t) {
+                Some(v) if v.step == Step::Done => {
+                    if options.due(v.started_ms, now_ms) {
+                        any_due = true;
+                        fresh_copy(&mut out, t);
+                    } else {
+                        out.push(carried(v, previous_run, true));
+                    }
                 }
-            }
-            Some(v) => out.push(carried(v, previous_run, false)),
-            None => {
-                any_due = true;
-                out.push(VolumeRun::new(id.clone()));
+                // A follower that never joined and whose lead is not carried on starts
+                // over with this round's snapshot.
+                Some(v)
+                    if v.awaits_source()
+                        && !previous.iter().any(|l| {
+                            l.source_volume == v.source_volume
+                                && !l.follower
+                                && l.chain == v.chain
+                                && l.step != Step::Done
+                        }) =>
+                {
+                    any_due = true;
+                    fresh_copy(&mut out, t);
+                }
+                Some(v) => out.push(carried(v, previous_run, false)),
+                None => {
+                    any_due = true;
+                    fresh_copy(&mut out, t);
+                }
             }
         }
     }
@@ -100,7 +128,7 @@ mod tests {
     #[test]
     fn nothing_due_resumes_the_previous_run() {
         let prev = [done(1, 0), done(2, HOUR)];
-        assert_eq!(plan(&prev, Some("r1"), &[vol(1), vol(2)], &opts(), 20 * HOUR), Recur::Resume);
+        assert_eq!(plan(&prev, Some("r1"), &[vol(1), vol(2)], 1, &opts(), 20 * HOUR), Recur::Resume);
     }
 
     #[test]
@@ -109,7 +137,7 @@ mod tests {
         failed.step = Step::Failed;
         let prev = [done(1, 0), done(2, 10 * HOUR), failed];
         // 90% of a day after volume 1's copy began: due; volume 2's is recent.
-        let Recur::Start(vs) = plan(&prev, Some("r1"), &[vol(1), vol(2), vol(3)], &opts(), 22 * HOUR) else {
+        let Recur::Start(vs) = plan(&prev, Some("r1"), &[vol(1), vol(2), vol(3)], 1, &opts(), 22 * HOUR) else {
             panic!("a volume is due")
         };
         assert_eq!((vs[0].step, vs[0].chain.as_deref(), vs[0].fresh), (Step::Snapshot, None, false));
@@ -120,8 +148,8 @@ mod tests {
     #[test]
     fn ninety_percent_of_every_is_due() {
         let prev = [done(1, 0)];
-        assert_eq!(plan(&prev, Some("r"), &[vol(1)], &opts(), 21 * HOUR), Recur::Resume);
-        assert!(matches!(plan(&prev, Some("r"), &[vol(1)], &opts(), 21 * HOUR + 36 * 60_000), Recur::Start(_)));
+        assert_eq!(plan(&prev, Some("r"), &[vol(1)], 1, &opts(), 21 * HOUR), Recur::Resume);
+        assert!(matches!(plan(&prev, Some("r"), &[vol(1)], 1, &opts(), 21 * HOUR + 36 * 60_000), Recur::Start(_)));
     }
 
     #[test]
@@ -129,16 +157,35 @@ mod tests {
         let mut half = VolumeRun::new(vol(9));
         half.step = Step::WaitCopy;
         let prev = [done(1, 20 * HOUR), half];
-        let Recur::Start(vs) = plan(&prev, Some("r1"), &[vol(1), vol(2)], &opts(), 21 * HOUR) else { panic!() };
+        let Recur::Start(vs) = plan(&prev, Some("r1"), &[vol(1), vol(2)], 1, &opts(), 21 * HOUR) else { panic!() };
         let ids: Vec<_> = vs.iter().map(|v| (v.source_volume.clone(), v.step)).collect();
         assert_eq!(ids, vec![(vol(1), Step::Done), (vol(2), Step::Snapshot), (vol(9), Step::WaitCopy)]);
+    }
+
+    #[test]
+    fn per_target_a_fresh_copy_stays_while_the_due_one_starts_with_its_own_lead() {
+        let mut t0 = done(1, 20 * HOUR);
+        t0.target = 0;
+        let mut t1 = done(1, 0);
+        t1.target = 1;
+        t1.follower = true;
+        let mut t2 = done(1, 0);
+        t2.target = 2;
+        t2.follower = true;
+        let Recur::Start(vs) = plan(&[t0, t1, t2], Some("r1"), &[vol(1)], 3, &opts(), 22 * HOUR) else { panic!() };
+        let got: Vec<_> = vs.iter().map(|v| (v.target, v.step, v.fresh, v.follower)).collect();
+        assert_eq!(
+            got,
+            vec![(0, Step::Done, true, false), (1, Step::Snapshot, false, false), (2, Step::Snapshot, false, true)],
+            "target 1 leads the new round since target 0 is fresh"
+        );
     }
 
     #[test]
     fn without_a_previous_run_found_chains_keep_their_own_run() {
         let mut a = done(1, 20 * HOUR);
         a.chain = Some("old".into());
-        let Recur::Start(vs) = plan(&[a], None, &[vol(1)], &opts(), 21 * HOUR) else { panic!() };
+        let Recur::Start(vs) = plan(&[a], None, &[vol(1)], 1, &opts(), 21 * HOUR) else { panic!() };
         assert_eq!((vs[0].fresh, vs[0].chain.as_deref()), (true, Some("old")));
     }
 }

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::checkpoint::{RunRecord, RunStatus};
 use crate::cloud::Volume;
-use crate::engine::Step;
+use crate::engine::{Step, VolumeRun};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VolumeReport {
@@ -25,6 +25,23 @@ pub struct VolumeReport {
     /// Whether the volume's next copy is expected full or incremental, and why.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_copy: Option<CopyKind>,
+    /// With several targets: one entry per target, in the plan's order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub copies: Vec<CopyReport>,
+}
+
+/// One target's copy of a volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CopyReport {
+    pub account: Option<String>,
+    pub region: String,
+    pub target_snapshot: Option<String>,
+    pub target_volume: Option<String>,
+    /// `succeeded`, `failed`, `fresh` or `in_progress`, as a volume's.
+    pub status: String,
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
 }
 
 /// The kind of copy a volume's next copy into the target is expected to be (EBS User
@@ -97,30 +114,99 @@ impl RunReport {
             status: r.meta.status,
             simulated: r.meta.simulated,
             duration_seconds: (r.meta.finished_ms.unwrap_or(r.meta.updated_ms) - r.meta.created_ms).max(0) / 1000,
-            volumes: r
-                .volumes
-                .iter()
-                .map(|v| VolumeReport {
-                    source_volume: v.source_volume.to_string(),
-                    source_snapshot: v.source_snapshot.as_ref().map(|s| s.to_string()),
-                    shared_snapshot: v.shared_snapshot().map(|s| s.to_string()),
-                    target_snapshot: v.target_snapshot.as_ref().map(|s| s.to_string()),
-                    target_volume: v.target_volume.as_ref().map(|s| s.to_string()),
-                    status: match v.step {
-                        Step::Done if v.fresh => "fresh",
-                        Step::Done => "succeeded",
-                        Step::Failed => "failed",
-                        _ => "in_progress",
-                    }
-                    .to_owned(),
-                    step: v.failure.as_ref().map(|f| f.step).unwrap_or(v.step).as_str().to_owned(),
-                    error: v.failure.as_ref().map(|f| f.message.clone()),
-                    hint: v.failure.as_ref().and_then(|f| f.hint.clone()),
-                    next_copy: None,
-                })
-                .collect(),
+            volumes: volume_reports(r),
             retention: None,
             retention_error: None,
         }
     }
+}
+
+/// The status word of one volume run.
+fn unit_status(v: &VolumeRun, sibling_failed: bool) -> &'static str {
+    match v.step {
+        Step::Done if v.fresh => "fresh",
+        Step::Done => "succeeded",
+        Step::Failed => "failed",
+        // A lead's own copy is complete; its cleanup waits for a failed sibling's copy.
+        Step::Cleanup if sibling_failed => "succeeded",
+        _ => "in_progress",
+    }
+}
+
+/// One report per source volume, in the run's order. A volume with several targets
+/// reports its lead's source side and first copy in the flat fields, and every copy in
+/// `copies`; its status is `failed` when any copy failed, `in_progress` when any is
+/// unfinished, `fresh` when all were fresh, else `succeeded`.
+fn volume_reports(r: &RunRecord) -> Vec<VolumeReport> {
+    let targets = r.meta.targets();
+    let fan_out = targets.len() > 1 || r.volumes.iter().any(|v| v.target > 0);
+    let mut order: Vec<&crate::ids::VolumeId> = vec![];
+    for v in &r.volumes {
+        if !order.contains(&&v.source_volume) {
+            order.push(&v.source_volume);
+        }
+    }
+    order
+        .into_iter()
+        .map(|id| {
+            let mut units: Vec<&VolumeRun> = r.volumes.iter().filter(|v| &v.source_volume == id).collect();
+            units.sort_by_key(|v| v.target);
+            let any_failed = units.iter().any(|v| v.step == Step::Failed);
+            let statuses: Vec<&str> = units.iter().map(|v| unit_status(v, any_failed)).collect();
+            let status = if statuses.contains(&"failed") {
+                "failed"
+            } else if statuses.contains(&"in_progress") {
+                "in_progress"
+            } else if statuses.iter().all(|s| *s == "fresh") {
+                "fresh"
+            } else {
+                "succeeded"
+            };
+            // The source side is the lead's (of the newest chain when some are fresh).
+            let lead = units.iter().find(|v| !v.follower && !v.fresh).or(units.first()).copied().expect("one unit");
+            let first = units[0];
+            let failed = units.iter().find(|v| v.step == Step::Failed).copied();
+            let copies = if fan_out {
+                units
+                    .iter()
+                    .zip(&statuses)
+                    .map(|(v, st)| {
+                        let t = targets.get(usize::from(v.target));
+                        CopyReport {
+                            account: t.and_then(|t| t.account.clone()),
+                            region: t.map(|t| t.region.clone()).unwrap_or_default(),
+                            target_snapshot: v.target_snapshot.as_ref().map(|s| s.to_string()),
+                            target_volume: v.target_volume.as_ref().map(|s| s.to_string()),
+                            status: (*st).to_owned(),
+                            error: v.failure.as_ref().map(|f| f.message.clone()),
+                            hint: v.failure.as_ref().and_then(|f| f.hint.clone()),
+                        }
+                    })
+                    .collect()
+            } else {
+                vec![]
+            };
+            let about = failed.unwrap_or(first);
+            VolumeReport {
+                source_volume: id.to_string(),
+                source_snapshot: lead.source_snapshot.as_ref().map(|s| s.to_string()),
+                shared_snapshot: lead.shared_snapshot().map(|s| s.to_string()),
+                target_snapshot: first.target_snapshot.as_ref().map(|s| s.to_string()),
+                target_volume: first.target_volume.as_ref().map(|s| s.to_string()),
+                status: status.to_owned(),
+                step: about.failure.as_ref().map(|f| f.step).unwrap_or(about.step).as_str().to_owned(),
+                error: failed.and_then(|v| v.failure.as_ref()).map(|f| {
+                    match (fan_out, targets.get(usize::from(failed.map(|v| v.target).unwrap_or(0)))) {
+                        (true, Some(t)) => {
+                            format!("copy to {} in {}: {}", t.account.as_deref().unwrap_or("?"), t.region, f.message)
+                        }
+                        _ => f.message.clone(),
+                    }
+                }),
+                hint: failed.and_then(|v| v.failure.as_ref()).and_then(|f| f.hint.clone()),
+                next_copy: None,
+                copies,
+            }
+        })
+        .collect()
 }

@@ -13,8 +13,8 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 
 use crate::checkpoint::{Journal, RunRecord};
-use crate::cloud::{CloudError, ErrorKind, Loc, Side, Volume};
-use crate::engine::{self, Action, Ctx, Outcome, Step, TimeoutsMs, VolumeRun, Which};
+use crate::cloud::{CloudError, ErrorKind, Loc, Volume};
+use crate::engine::{self, Action, Ctx, Join, Outcome, Step, TimeoutsMs, VolumeRun, Which};
 use crate::ids::{RunId, SnapshotId, VolumeId};
 use crate::plan::{Plan, TargetVolume};
 
@@ -103,8 +103,17 @@ pub struct Runner {
     /// Volumes with a job under way; they are left out of planning until it ends.
     busy: Vec<bool>,
     /// Lowered copy limits per destination, after ResourceLimitExceeded.
-    slot_caps: BTreeMap<(Side, String), usize>,
+    slot_caps: BTreeMap<Slot, usize>,
+    /// Per follower, the index of its lead (the run of the same volume that takes the
+    /// source side); per lead, its followers.
+    lead_of: Vec<Option<usize>>,
+    followers: Vec<Vec<usize>>,
+    /// The caller's account: the slot of re-encryption copies.
+    source_account: String,
 }
+
+/// A destination of copies: (account, region). The copy limit counts per slot.
+type Slot = (String, String);
 
 /// A unit of work in one tick.
 /// Each job owns what it needs, so the runner can go on with other volumes while it
@@ -139,6 +148,7 @@ impl Runner {
     ) -> Self {
         let plan: &Plan = &cfg.plan;
         let n = record.volumes.len();
+        let (lead_of, followers) = kin(&record.volumes);
         Runner {
             env,
             ctx: Ctx {
@@ -163,6 +173,9 @@ impl Runner {
             progress: cfg.progress.clone(),
             busy: vec![false; n],
             slot_caps: BTreeMap::new(),
+            lead_of,
+            followers,
+            source_account: resolved.source_identity.account.to_string(),
             record,
             journal,
         }
@@ -195,23 +208,27 @@ impl Runner {
         Ok(())
     }
 
-    /// Copies in flight per (account side, destination region), for the copy limit.
-    fn copy_slot(&self, step: Step) -> Option<(Side, String)> {
-        let src_side = Side::Source;
-        let dst_side = if self.ctx.cross_account { Side::Target } else { Side::Source };
-        match step {
-            Step::Reencrypt | Step::WaitReencrypt => Some((src_side, self.actx.source_region.to_string())),
-            Step::Copy | Step::WaitCopy => Some((dst_side, self.actx.target_region.to_string())),
+    /// The destination whose copy limit a volume run's copy step counts against:
+    /// re-encryption in the source account and region, the copy in its target's.
+    fn copy_slot(&self, v: &VolumeRun) -> Option<Slot> {
+        match v.step {
+            Step::Reencrypt | Step::WaitReencrypt => {
+                Some((self.source_account.clone(), self.actx.source_region.to_string()))
+            }
+            Step::Copy | Step::WaitCopy => {
+                let t = self.actx.target(v.target);
+                Some((t.account.to_string(), t.region.to_string()))
+            }
             _ => None,
         }
     }
 
-    fn slots_in_use(&self) -> BTreeMap<(Side, String), usize> {
+    fn slots_in_use(&self) -> BTreeMap<Slot, usize> {
         let mut m = BTreeMap::new();
         for v in &self.record.volumes {
             let busy = matches!(v.step, Step::WaitReencrypt | Step::WaitCopy)
                 || (matches!(v.step, Step::Reencrypt | Step::Copy) && v.in_flight);
-            if let Some(k) = self.copy_slot(v.step).filter(|_| busy) {
+            if let Some(k) = self.copy_slot(v).filter(|_| busy) {
                 *m.entry(k).or_default() += 1;
             }
         }
@@ -268,7 +285,7 @@ impl Runner {
                         None => Ended::Interrupted,
                     });
                 }
-                if self.record.volumes.iter().all(|v| v.step.is_terminal()) {
+                if (0..self.record.volumes.len()).all(|i| self.settled(i)) {
                     return Ok(Ended::Finished);
                 }
                 let wake = self.next_wake(now);
@@ -329,8 +346,13 @@ impl Runner {
 
     fn next_wake(&self, now: i64) -> i64 {
         let mut wake = now + MAX_POLL_MS;
-        for ((v, s), busy) in self.record.volumes.iter().zip(&self.sched).zip(&self.busy) {
+        for (i, ((v, s), busy)) in self.record.volumes.iter().zip(&self.sched).zip(&self.busy).enumerate() {
             if v.step.is_terminal() || *busy {
+                continue;
+            }
+            // A follower waiting for its lead, and a lead whose cleanup waits for its
+            // followers' copies, move on when those do; they need no wake-up.
+            if v.awaits_source() || (v.step == Step::Cleanup && !self.may_clean_up(i)) {
                 continue;
             }
             // A volume queued for a copy slot wakes when a copy ends, which a poll
@@ -366,13 +388,44 @@ impl Runner {
             // Volumes queued for a full copy slot cost nothing per tick, however many.
             if matches!(v.step, Step::Copy | Step::Reencrypt)
                 && !v.in_flight
-                && self.copy_slot(v.step).is_some_and(|k| slots.get(&k).is_some_and(|n| *n >= self.slot_cap(&k)))
+                && self.copy_slot(v).is_some_and(|k| slots.get(&k).is_some_and(|n| *n >= self.slot_cap(&k)))
             {
                 continue;
             }
             let action = engine::next_action_in(v, &self.actx.run_id, &self.ctx);
             let due = self.sched[i].next_poll_ms <= now;
+            if matches!(action, Action::Cleanup { .. }) && !self.may_clean_up(i) {
+                // The intermediates are still needed by another target's copy.
+                continue;
+            }
             match action {
+                Action::AwaitSource => {
+                    let joined = match self.lead_of[i] {
+                        Some(l) => engine::join(v, &self.record.volumes[l], now),
+                        None => Join::Failed(
+                            engine::apply(
+                                v,
+                                &Outcome::Fatal {
+                                    message: format!(
+                                        "the checkpoint has no run of {} that takes its source side",
+                                        v.source_volume
+                                    ),
+                                    hint: Some("run snapferry cleanup for this run and start a new one".to_owned()),
+                                },
+                                &self.ctx,
+                                now,
+                            )
+                            .map_err(|e| RunError::Other(e.to_string()))?,
+                        ),
+                    };
+                    match joined {
+                        Join::Wait => {}
+                        Join::Joined(next) | Join::Failed(next) => {
+                            self.sched[i].step_changed();
+                            self.set(i, next)?;
+                        }
+                    }
+                }
                 Action::Nothing => {
                     let next = engine::apply(
                         v,
@@ -390,14 +443,14 @@ impl Runner {
                     self.set(i, next)?;
                 }
                 Action::PollSnapshot { which, id } => {
-                    snap_polls.entry(self.actx.loc(which)).or_default().push((i, id, which, due));
+                    snap_polls.entry(self.actx.loc(which, v.target)).or_default().push((i, id, which, due));
                 }
                 Action::PollVolume { id } => {
-                    vol_polls.entry(self.actx.dst()).or_default().push((i, id, due));
+                    vol_polls.entry(self.actx.dst(v.target)).or_default().push((i, id, due));
                 }
                 a if a.is_mutating() => {
                     if matches!(a, Action::Reencrypt { .. } | Action::Copy { .. }) {
-                        let key = self.copy_slot(v.step).expect("copy steps have a slot");
+                        let key = self.copy_slot(v).expect("copy steps have a slot");
                         let cap = self.slot_cap(&key);
                         let used = slots.entry(key).or_default();
                         if *used >= cap {
@@ -442,9 +495,27 @@ impl Runner {
         Ok(jobs)
     }
 
+    /// True when volume run `i` has nothing more to do in this invocation: it ended, or
+    /// it is a lead whose cleanup waits for a follower that failed before its copy was
+    /// complete (the intermediates stay for the rerun that makes that copy).
+    fn settled(&self, i: usize) -> bool {
+        let v = &self.record.volumes[i];
+        v.step.is_terminal()
+            || (v.step == Step::Cleanup
+                && self.followers[i].iter().any(|f| {
+                    let f = &self.record.volumes[*f];
+                    f.step == Step::Failed && !f.copy_complete()
+                }))
+    }
+
+    /// True when lead `i` may delete its intermediates: every follower's copy is complete.
+    fn may_clean_up(&self, i: usize) -> bool {
+        engine::may_clean_up(self.followers[i].iter().map(|f| &self.record.volumes[*f]))
+    }
+
     /// Copies allowed at once into a destination: the plan's limit, or less once AWS
     /// said ResourceLimitExceeded there (other copies in the account hold slots).
-    fn slot_cap(&self, key: &(Side, String)) -> usize {
+    fn slot_cap(&self, key: &Slot) -> usize {
         self.slot_caps.get(key).copied().unwrap_or(self.copy_limit)
     }
 
@@ -495,7 +566,7 @@ impl Runner {
                     Decision::QueueForQuota { .. } => {
                         // The account's copy quota is taken by copies outside this run:
                         // queue behind the copies this run has in flight.
-                        if let Some(key) = self.copy_slot(v.step) {
+                        if let Some(key) = self.copy_slot(&v) {
                             let in_use = self.slots_in_use().get(&key).copied().unwrap_or(0).saturating_sub(1);
                             let cap = in_use.max(1);
                             tracing::warn!(volume = %v.source_volume, region = key.1, cap, "copy quota reached; queueing copies");
@@ -530,12 +601,37 @@ impl Runner {
     }
 }
 
+/// Who leads whom: per volume run, the index of its lead when it is a follower, and
+/// per lead, its followers. A follower's lead is the run of the same source volume
+/// and chain that is not a follower and not left fresh.
+pub(crate) fn kin(volumes: &[VolumeRun]) -> (Vec<Option<usize>>, Vec<Vec<usize>>) {
+    let mut leads: HashMap<(&VolumeId, Option<&str>), usize> = HashMap::new();
+    for (i, v) in volumes.iter().enumerate() {
+        if !v.follower && !v.fresh {
+            leads.entry((&v.source_volume, v.chain.as_deref())).or_insert(i);
+        }
+    }
+    let mut lead_of = vec![None; volumes.len()];
+    let mut followers = vec![vec![]; volumes.len()];
+    for (i, v) in volumes.iter().enumerate() {
+        if v.follower
+            && !v.fresh
+            && let Some(&l) = leads.get(&(&v.source_volume, v.chain.as_deref()))
+        {
+            lead_of[i] = Some(l);
+            followers[l].push(i);
+        }
+    }
+    (lead_of, followers)
+}
+
 fn log_step(v: &VolumeRun, before: Step) {
     match v.step {
         Step::Failed => {
             let f = v.failure.as_ref();
             tracing::error!(
                 volume = %v.source_volume,
+                target = v.target,
                 step = f.map(|f| f.step.as_str()).unwrap_or("?"),
                 error = f.map(|f| f.message.as_str()).unwrap_or(""),
                 hint = f.and_then(|f| f.hint.as_deref()).unwrap_or(""),
@@ -544,11 +640,14 @@ fn log_step(v: &VolumeRun, before: Step) {
         }
         Step::Done => tracing::info!(
             volume = %v.source_volume,
+            target = v.target,
             target_snapshot = v.target_snapshot.as_ref().map(|s| s.as_str()).unwrap_or(""),
             target_volume = v.target_volume.as_ref().map(|s| s.as_str()).unwrap_or(""),
             "volume done"
         ),
-        step => tracing::info!(volume = %v.source_volume, from = before.as_str(), step = step.as_str(), "step"),
+        step => {
+            tracing::info!(volume = %v.source_volume, target = v.target, from = before.as_str(), step = step.as_str(), "step")
+        }
     }
 }
 
@@ -559,11 +658,17 @@ fn explain(v: &VolumeRun, action: &Action, e: &CloudError, actx: &ActCtx) -> (St
         Action::Reencrypt { from } => {
             format!("CopySnapshot of {from} under source key {} in {}", actx.source_key, actx.source_region)
         }
-        Action::Share { snapshot } => format!("sharing snapshot {snapshot} with the target account"),
-        Action::Copy { from } => {
-            format!("CopySnapshot of {from} into {} under target key {}", actx.target_region, actx.target_key)
+        Action::Share { snapshot } => {
+            let with: Vec<&str> = actx.share_with.iter().map(|a| a.as_str()).collect();
+            format!("sharing snapshot {snapshot} with account(s) {}", with.join(", "))
         }
-        Action::CreateVolume { snapshot, .. } => format!("CreateVolume from {snapshot} in {}", actx.availability_zone),
+        Action::Copy { from } => {
+            let t = actx.target(v.target);
+            format!("CopySnapshot of {from} into account {} in {} under target key {}", t.account, t.region, t.key)
+        }
+        Action::CreateVolume { snapshot, .. } => {
+            format!("CreateVolume from {snapshot} in {}", actx.target(v.target).availability_zone)
+        }
         Action::Cleanup { delete, .. } => format!("deleting intermediate snapshots {delete:?}"),
         other => format!("{other:?}"),
     };

@@ -11,7 +11,11 @@ use crate::ids::{AccountId, AvailabilityZone, KeyRef, PlanName, Region, RoleArn,
 pub struct Plan {
     pub name: PlanName,
     pub source: Source,
-    pub target: Target,
+    /// Where the copies go: one entry for `target:`, one per entry of `targets:`. Never
+    /// empty; at most one per (account, region).
+    pub targets: Vec<Target>,
+    /// The plan was written with `targets:`: the report lists `copies` per volume.
+    pub fan_out: bool,
     pub volumes: Vec<VolumeSpec>,
     pub options: Options,
 }
@@ -159,10 +163,17 @@ impl Default for Options {
 }
 
 impl Plan {
-    /// True when the copy crosses accounts, given the source account the caller
+    /// True when any copy crosses accounts, given the source account the caller
     /// identity resolved: the snapshot is shared, the key policy gets a grant and the
     /// target side works through the role.
     pub fn cross_account(&self, source_account: &AccountId) -> bool {
-        self.target.account.as_ref().is_some_and(|t| t != source_account)
+        self.targets.iter().any(|t| t.crosses(source_account))
+    }
+}
+
+impl Target {
+    /// True when this target is in another account than `source_account`.
+    pub fn crosses(&self, source_account: &AccountId) -> bool {
+        self.account.as_ref().is_some_and(|t| t != source_account)
     }
 }

@@ -34,6 +34,10 @@ pub struct RawPlan {
     /// Where the copies go: region, account, role, key and availability zone.
     #[schemars(with = "RawTarget")]
     pub target: Option<Spanned<RawTarget>>,
+    /// Instead of `target`: several targets, each copy of every volume made in each;
+    /// at most one per account and region.
+    #[schemars(with = "Option<Vec<RawTarget>>", length(min = 1))]
+    pub targets: Option<Spanned<Vec<Spanned<RawTarget>>>>,
     /// The volumes to copy, by id or by tag selector; at least one entry.
     #[schemars(with = "Vec<RawVolume>", length(min = 1))]
     pub volumes: Option<Spanned<Vec<Spanned<RawVolume>>>>,

@@ -13,6 +13,9 @@
 //!   the role's: the role lives in the target account.
 //! - A key given as an ARN must be in its side's region, the zone in `target.region`,
 //!   the role in `target.account`.
+//! - Exactly one of `target:` and `targets:`. Each entry of `targets:` meets the rules
+//!   of `target:` (its fields named `targets[i].…`), and no two entries share an
+//!   account and region: their copies would be the same resources.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -166,9 +169,7 @@ impl Checker<'_> {
                 Some(s) => self.source(s),
                 None => (None, None),
             };
-        let target = self
-            .required(&p.target, top, "", "target", "a mapping with region, kms_key and availability_zone")
-            .and_then(|t| self.target(t, source_account));
+        let targets = self.targets(p, top, source_account);
         let options = match &p.options {
             Some(o) => self.options(&o.value),
             None => Some(Options::default()),
@@ -177,7 +178,8 @@ impl Checker<'_> {
             .required(&p.volumes, top, "", "volumes", "a list of at least one volume")
             .and_then(|v| self.volumes(v, options.as_ref()));
 
-        Some(Plan { name: name?, source: source?, target: target?, volumes: volumes?, options: options? })
+        let fan_out = p.targets.is_some();
+        Some(Plan { name: name?, source: source?, targets: targets?, fan_out, volumes: volumes?, options: options? })
     }
 
     fn version(&mut self, version: Option<&Spanned<i64>>, top: &Location) {
@@ -281,27 +283,106 @@ impl Checker<'_> {
         (source, account)
     }
 
-    fn target(&mut self, raw: &Spanned<RawTarget>, source_account: Option<Option<AccountId>>) -> Option<Target> {
+    /// `target:` or `targets:`, exactly one of them; each entry checked as a target,
+    /// then the list as a whole: at most one target per account and region.
+    fn targets(
+        &mut self,
+        p: &RawPlan,
+        top: &Location,
+        source_account: Option<Option<AccountId>>,
+    ) -> Option<Vec<Target>> {
+        match (&p.target, &p.targets) {
+            (Some(t), None) => self.target(t, source_account, "target").map(|t| vec![t]),
+            (None, None) => {
+                self.report(
+                    top,
+                    "target",
+                    "missing required key `target`: expected a mapping with region, kms_key and \
+                     availability_zone (or `targets:`, a list of them)",
+                );
+                None
+            }
+            (Some(_), Some(list)) => {
+                self.report(
+                    &list.referenced,
+                    "targets",
+                    "expected exactly one of `target` and `targets`, found both: put every target \
+                     in the `targets` list, or keep `target` alone",
+                );
+                None
+            }
+            (None, Some(list)) => {
+                if list.value.is_empty() {
+                    self.report(&list.referenced, "targets", "expected at least one target, found an empty list");
+                    return None;
+                }
+                let mut out = Some(Vec::with_capacity(list.value.len()));
+                let mut seen: Vec<(Option<AccountId>, Region, usize)> = vec![];
+                for (i, raw) in list.value.iter().enumerate() {
+                    let field = format!("targets[{i}]");
+                    let Some(t) = self.target(raw, source_account.clone(), &field) else {
+                        out = None;
+                        continue;
+                    };
+                    // Same account: written out or, when omitted, the source account.
+                    let account = t.account.clone().or_else(|| source_account.clone().flatten());
+                    if let Some((_, _, first)) = seen.iter().find(|(a, r, _)| a == &account && r == &t.region) {
+                        let where_ = match &account {
+                            Some(a) => format!("account {a}, region {}", t.region),
+                            None => format!("the source account, region {}", t.region),
+                        };
+                        let message = format!(
+                            "expected one target per account and region, found a second one for {where_} \
+                             (first at targets[{first}]): the copies of both would be the same resources; \
+                             remove one"
+                        );
+                        self.report(&raw.referenced, &field, message);
+                        out = None;
+                        continue;
+                    }
+                    seen.push((account, t.region.clone(), i));
+                    if let Some(v) = out.as_mut() {
+                        v.push(t);
+                    }
+                }
+                if let Some(v) = &out
+                    && v.len() > usize::from(u8::MAX)
+                {
+                    self.report(&list.referenced, "targets", "expected at most 255 targets");
+                    return None;
+                }
+                out
+            }
+        }
+    }
+
+    fn target(
+        &mut self,
+        raw: &Spanned<RawTarget>,
+        source_account: Option<Option<AccountId>>,
+        pfx: &str,
+    ) -> Option<Target> {
         let at = &raw.referenced;
         let t = &raw.value;
+        let f = |name: &str| format!("{pfx}.{name}");
         let region = self
-            .required(&t.region, at, "target", "region", "an AWS region name like eu-west-1")
-            .and_then(|r| self.id(r, "target.region", Region::parse));
-        let account = self.account(&t.account, "target.account");
-        let role = self.optional_id(&t.role_arn, "target.role_arn", RoleArn::parse);
-        let external_id = self.external_id(t, &role);
+            .required(&t.region, at, pfx, "region", "an AWS region name like eu-west-1")
+            .and_then(|r| self.id(r, &f("region"), Region::parse));
+        let account = self.account(&t.account, &f("account"));
+        let role = self.optional_id(&t.role_arn, &f("role_arn"), RoleArn::parse);
+        let external_id = self.external_id(t, &role, pfx);
         let kms_key = self
-            .required(&t.kms_key, at, "target", "kms_key", "a customer managed KMS key, like alias/dr-ebs")
-            .and_then(|k| self.key(k, "target.kms_key", region.as_ref(), "target"));
+            .required(&t.kms_key, at, pfx, "kms_key", "a customer managed KMS key, like alias/dr-ebs")
+            .and_then(|k| self.key(k, &f("kms_key"), region.as_ref(), "target"));
         let zone = self
             .required(
                 &t.availability_zone,
                 at,
-                "target",
+                pfx,
                 "availability_zone",
                 "an availability zone in target.region, like eu-west-1a",
             )
-            .and_then(|z| self.zone(z, region.as_ref()));
+            .and_then(|z| self.zone(z, region.as_ref(), pfx));
 
         if let (Some(role_arn), Some(region)) = (&t.role_arn, &region)
             && let Some(role) = role.valid()
@@ -309,41 +390,41 @@ impl Checker<'_> {
             let partition = role.as_str().split(':').nth(1).unwrap_or_default();
             if partition != region.partition() {
                 let message = format!(
-                    "expected a role in partition {} (that of target.region {region}), found one in {partition}",
+                    "expected a role in partition {} (that of {pfx}.region {region}), found one in {partition}",
                     region.partition()
                 );
-                self.report(&role_arn.referenced, "target.role_arn", message);
+                self.report(&role_arn.referenced, &f("role_arn"), message);
             }
         }
         if let (Some(role_arn), Some(role), Some(account)) = (&t.role_arn, role.valid(), account.valid())
             && &role.account() != account
         {
             let message = format!(
-                "expected a role in target.account {account}, found a role in account {}: \
+                "expected a role in {pfx}.account {account}, found a role in account {}: \
                  the role is assumed to work in the target account",
                 role.account()
             );
-            self.report(&role_arn.referenced, "target.role_arn", message);
+            self.report(&role_arn.referenced, &f("role_arn"), message);
         }
         if let (Checked::Valid(target_account), Checked::Absent) = (&account, &role) {
             match source_account {
                 Some(Some(source_account)) if &source_account == target_account => {}
                 Some(Some(source_account)) => {
                     let message = format!(
-                        "missing required key `role_arn`: target.account {target_account} differs \
+                        "missing required key `role_arn`: {pfx}.account {target_account} differs \
                          from source.account {source_account}, so a role in the target account \
                          is needed, like arn:aws:iam::{target_account}:role/snapferry"
                     );
-                    self.report(at, "target.role_arn", message);
+                    self.report(at, &f("role_arn"), message);
                 }
                 Some(None) => {
                     let message = format!(
-                        "missing required key `role_arn`: target.account {target_account} is given \
+                        "missing required key `role_arn`: {pfx}.account {target_account} is given \
                          without source.account, so the copy may cross accounts; expected a role \
                          in the target account, like arn:aws:iam::{target_account}:role/snapferry, \
-                         or source.account equal to target.account for a same-account copy"
+                         or source.account equal to {pfx}.account for a same-account copy"
                     );
-                    self.report(at, "target.role_arn", message);
+                    self.report(at, &f("role_arn"), message);
                 }
                 // The source side failed its own checks; the rule cannot be judged.
                 None => {}
@@ -365,12 +446,12 @@ impl Checker<'_> {
         })
     }
 
-    fn external_id(&mut self, t: &RawTarget, role: &Checked<RoleArn>) -> Option<Option<String>> {
+    fn external_id(&mut self, t: &RawTarget, role: &Checked<RoleArn>, pfx: &str) -> Option<Option<String>> {
         let Some(ext) = &t.external_id else {
             return Some(None);
         };
         let loc = &ext.referenced;
-        let field = "target.external_id";
+        let field = &format!("{pfx}.external_id");
         let value = &ext.value;
         let len = chars(value);
         let allowed = |c: char| c.is_ascii_alphanumeric() || "_+=,.@:/-".contains(c);
@@ -390,25 +471,24 @@ impl Checker<'_> {
             return None;
         }
         if matches!(role, Checked::Absent) {
-            self.report(
-                loc,
-                field,
+            let message = format!(
                 "expected external_id only together with role_arn, found it alone: it is passed \
-                 to AssumeRole; set target.role_arn or remove external_id",
+                 to AssumeRole; set {pfx}.role_arn or remove external_id"
             );
+            self.report(loc, field, message);
             return None;
         }
         Some(Some(value.clone()))
     }
 
-    fn zone(&mut self, value: &Spanned<String>, region: Option<&Region>) -> Option<AvailabilityZone> {
-        let field = "target.availability_zone";
+    fn zone(&mut self, value: &Spanned<String>, region: Option<&Region>, pfx: &str) -> Option<AvailabilityZone> {
+        let field = &format!("{pfx}.availability_zone");
         let zone = self.id(value, field, AvailabilityZone::parse)?;
         if let Some(region) = region
             && &zone.region() != region
         {
             let message = format!(
-                "expected a zone in target.region {region}, like {region}a, found `{zone}` in {}",
+                "expected a zone in {pfx}.region {region}, like {region}a, found `{zone}` in {}",
                 zone.region()
             );
             self.report(&value.referenced, field, message);

@@ -288,6 +288,33 @@ pub fn trust_principal(caller_arn: &str) -> String {
     caller_arn.to_owned()
 }
 
+/// One document holding every statement of `docs`: a statement found in several is
+/// kept once; two different statements under one Sid keep both, the later one's Sid
+/// numbered (a policy's Sids must be unique).
+pub fn merge_documents<'a>(docs: impl Iterator<Item = &'a Value>) -> Value {
+    let mut out: Vec<Value> = vec![];
+    for d in docs {
+        for st in d.get("Statement").and_then(Value::as_array).into_iter().flatten() {
+            if out.contains(st) {
+                continue;
+            }
+            let mut st = st.clone();
+            let sid = st.get("Sid").and_then(Value::as_str).unwrap_or_default().to_owned();
+            let taken =
+                |sid: &str, out: &[Value]| out.iter().any(|o| o.get("Sid").and_then(Value::as_str) == Some(sid));
+            if taken(&sid, &out) {
+                let mut n = 2;
+                while taken(&format!("{sid}{n}"), &out) {
+                    n += 1;
+                }
+                st["Sid"] = Value::String(format!("{sid}{n}"));
+            }
+            out.push(st);
+        }
+    }
+    document(out)
+}
+
 fn document(statements: Vec<Value>) -> Value {
     json!({ "Version": POLICY_VERSION, "Statement": statements })
 }

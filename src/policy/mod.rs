@@ -21,8 +21,8 @@ mod key_policy;
 pub use diff::diff;
 pub use eval::{IamRequest, action_matches, allows, identity_allows};
 pub use iam::{
-    IamContext, IamDocuments, documents, source_caller_policy, target_role_policy, target_role_trust, trust_principal,
-    with_state_bucket,
+    IamContext, IamDocuments, documents, merge_documents, source_caller_policy, target_role_policy, target_role_trust,
+    trust_principal, with_state_bucket,
 };
 pub use key_policy::{
     GRANT_ACTIONS, Grant, GrantChange, MAX_KEY_POLICY_BYTES, ensure_grant, grant_statement, revoke_grant,

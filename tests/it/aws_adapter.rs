@@ -26,7 +26,7 @@ use std::sync::Arc;
 use snapferry::cloud::aws::{AwsCloud, AwsConfig};
 use snapferry::cloud::{
     Cloud, CopySnapshotReq, CreateSnapshotReq, CreateVolumeReq, DecryptReq, EncryptionContext, ErrorKind, KeyManager,
-    Loc, Side, SnapshotState, Tags,
+    Loc, Side, SnapshotState, Tags, TargetAccess,
 };
 use snapferry::ids::{AccountId, AvailabilityZone, KeyArn, KeyRef, Region, RoleArn, SnapshotId, VolumeId};
 
@@ -130,8 +130,10 @@ fn config(endpoint: &str) -> AwsConfig {
         source_region: region("us-east-1"),
         source_profile: None,
         endpoint_url: Some(endpoint.to_owned()),
-        target_role: Some(RoleArn::parse("arn:aws:iam::222222222222:role/snapferry-dr").unwrap()),
-        external_id: Some("it-external-id".to_owned()),
+        targets: vec![TargetAccess {
+            role: Some(RoleArn::parse("arn:aws:iam::222222222222:role/snapferry-dr").unwrap()),
+            external_id: Some("it-external-id".to_owned()),
+        }],
         session_name: "snapferry-it-run".to_owned(),
     }
 }
@@ -179,7 +181,7 @@ async fn scenario(endpoint: &str, seed: &str) {
         dr_key: KeyArn::parse(seed[3]).unwrap(),
         src: Loc::new(Side::Source, &region("us-east-1")),
         src_dr: Loc::new(Side::Source, &region("eu-west-1")),
-        dst: Loc::new(Side::Target, &region("eu-west-1")),
+        dst: Loc::new(Side::TARGET, &region("eu-west-1")),
         target_account: AccountId::parse(TARGET_ACCOUNT).unwrap(),
     });
     let mut failed = vec![];
@@ -199,7 +201,7 @@ async fn scenario(endpoint: &str, seed: &str) {
 /// Plain credentials on the source side, the assumed role on the target.
 async fn identities(f: Arc<Fixture>) {
     assert_eq!(f.cloud.caller_identity(Side::Source).await.unwrap().account.as_str(), SOURCE_ACCOUNT);
-    let target = f.cloud.caller_identity(Side::Target).await.unwrap();
+    let target = f.cloud.caller_identity(Side::TARGET).await.unwrap();
     assert_eq!(target.account, f.target_account);
     assert!(target.arn.contains("snapferry-dr/snapferry-it-run"), "{}", target.arn);
 }
@@ -271,10 +273,10 @@ async fn snapshots_and_sharing(f: Arc<Fixture>) {
     let by_tags = f.cloud.find_snapshots(&f.src, &run_tags).await.unwrap();
     assert_eq!(by_tags.iter().map(|s| &s.id).collect::<Vec<_>>(), [&snap.id]);
 
-    f.cloud.share_snapshot(&f.src, &snap.id, &f.target_account).await.unwrap();
+    f.cloud.share_snapshot(&f.src, &snap.id, std::slice::from_ref(&f.target_account)).await.unwrap();
     let shared = f.cloud.snapshot_shared_with(&f.src, &snap.id).await.unwrap();
     assert_eq!(shared, std::slice::from_ref(&f.target_account));
-    f.cloud.unshare_snapshot(&f.src, &snap.id, &f.target_account).await.unwrap();
+    f.cloud.unshare_snapshot(&f.src, &snap.id, std::slice::from_ref(&f.target_account)).await.unwrap();
     assert!(f.cloud.snapshot_shared_with(&f.src, &snap.id).await.unwrap().is_empty());
 
     f.cloud.delete_snapshot(&f.src, &snap.id).await.unwrap();

@@ -91,8 +91,9 @@ struct Call {
 struct Recorder {
     inner: SimCloud,
     source_account: AccountId,
-    target_account: AccountId,
-    role: Option<RoleArn>,
+    /// Per target of the plan: its account and the role its side assumes.
+    target_accounts: Vec<AccountId>,
+    roles: Vec<Option<RoleArn>>,
     calls: Mutex<Vec<Call>>,
 }
 
@@ -102,7 +103,7 @@ impl Recorder {
     fn account(&self, side: Side) -> &AccountId {
         match side {
             Side::Source => &self.source_account,
-            Side::Target => &self.target_account,
+            Side::Target(i) => &self.target_accounts[usize::from(i)],
         }
     }
 
@@ -142,9 +143,13 @@ impl Recorder {
 #[async_trait]
 impl Cloud for Recorder {
     async fn caller_identity(&self, side: Side) -> CloudResult<Identity> {
-        match (side, &self.role) {
+        let role = match side {
+            Side::Target(i) => self.roles[usize::from(i)].as_ref(),
+            Side::Source => None,
+        };
+        match (side, role) {
             // The target side's credentials come from AssumeRole with the caller's.
-            (Side::Target, Some(role)) => self.note(Side::Source, "sts:AssumeRole", role.as_str(), &[]),
+            (Side::Target(_), Some(role)) => self.note(Side::Source, "sts:AssumeRole", role.as_str(), &[]),
             // GetCallerIdentity needs no permission; the source policy allows it anyway.
             _ => self.note(Side::Source, "sts:GetCallerIdentity", "*", &[]),
         }
@@ -220,7 +225,7 @@ impl Cloud for Recorder {
         }
         self.inner.delete_snapshot(loc, id).await
     }
-    async fn share_snapshot(&self, loc: &Loc, id: &SnapshotId, with: &AccountId) -> CloudResult<()> {
+    async fn share_snapshot(&self, loc: &Loc, id: &SnapshotId, with: &[AccountId]) -> CloudResult<()> {
         let tags = self.snapshot(loc, id).await.map(|s| s.tags).unwrap_or_default();
         self.note(
             loc.side,
@@ -230,7 +235,7 @@ impl Cloud for Recorder {
         );
         self.inner.share_snapshot(loc, id, with).await
     }
-    async fn unshare_snapshot(&self, loc: &Loc, id: &SnapshotId, with: &AccountId) -> CloudResult<()> {
+    async fn unshare_snapshot(&self, loc: &Loc, id: &SnapshotId, with: &[AccountId]) -> CloudResult<()> {
         let tags = self.snapshot(loc, id).await.map(|s| s.tags).unwrap_or_default();
         self.note(
             loc.side,
@@ -307,12 +312,13 @@ async fn replay(plan: &Plan, key_failure: bool) -> (DryRun, Vec<Call>) {
     let (world, sides) = seed_from_plan(plan, 1_800_000_000_000);
     let sim = SimCloud::new(world, sides.clone());
     let source_account = sides.source_account.clone();
-    let target_account = plan.target.account.clone().unwrap_or_else(|| source_account.clone());
+    let target_accounts =
+        plan.targets.iter().map(|t| t.account.clone().unwrap_or_else(|| source_account.clone())).collect();
     let recorder = Arc::new(Recorder {
         inner: sim.clone(),
         source_account,
-        target_account,
-        role: sides.target_role.clone(),
+        target_accounts,
+        roles: sides.targets.iter().map(|t| t.role.clone()).collect(),
         calls: Mutex::new(vec![]),
     });
     let dir = tempfile::tempdir().unwrap();
@@ -356,12 +362,22 @@ fn refused(printed: &DryRun, calls: &[Call], cross_account: bool) -> Vec<String>
     let allowed = |doc: &Value, r: &IamRequest| identity_allows(doc, r);
     let mut out: Vec<String> = calls
         .iter()
-        .filter(|c| match (c.side, cross_account) {
-            (Side::Source, _) => !allowed(&printed.iam.source_caller, &c.request),
-            (Side::Target, true) => !allowed(&printed.iam.target_role, &c.request),
-            // One account: the caller holds both documents.
-            (Side::Target, false) => {
-                !allowed(&printed.iam.source_caller, &c.request) && !allowed(&printed.iam.target_role, &c.request)
+        .filter(|c| {
+            // A fan-out plan prints one document per target; a single target's is `iam`.
+            let (target_doc, cross) = match c.side {
+                Side::Target(i) if !printed.targets.is_empty() => {
+                    let t = &printed.targets[usize::from(i)];
+                    (&t.iam_policy, t.cross_account)
+                }
+                _ => (&printed.iam.target_role, cross_account),
+            };
+            match (c.side, cross) {
+                (Side::Source, _) => !allowed(&printed.iam.source_caller, &c.request),
+                (Side::Target(_), true) => !allowed(target_doc, &c.request),
+                // One account: the caller holds both documents.
+                (Side::Target(_), false) => {
+                    !allowed(&printed.iam.source_caller, &c.request) && !allowed(target_doc, &c.request)
+                }
             }
         })
         .map(|c| format!("{} {} on {} {:?}", c.side, c.request.action, c.request.resource, c.request.context))
@@ -383,7 +399,7 @@ fn actions_on(calls: &[Call], side: Side) -> BTreeMap<String, usize> {
 async fn printed_policies_allow_every_call_of_a_cross_account_run() {
     let plan = parse("plan.yaml", CROSS).unwrap();
     let (printed, calls) = replay(&plan, true).await;
-    let target = actions_on(&calls, Side::Target);
+    let target = actions_on(&calls, Side::TARGET);
     // The replay reaches the deletes on the target side, not only the happy path.
     for action in ["ec2:CopySnapshot", "ec2:CreateVolume", "ec2:DeleteSnapshot", "ec2:DeleteVolume", "kms:CreateGrant"]
     {
@@ -410,7 +426,7 @@ async fn without_retention_the_target_role_may_still_delete_a_copy_in_error() {
     let plan = parse("plan.yaml", &CROSS.replace("  keep: 1\n", "")).unwrap();
     assert!(plan.options.keep.is_none());
     let (printed, calls) = replay(&plan, true).await;
-    assert!(actions_on(&calls, Side::Target).contains_key("ec2:DeleteSnapshot"), "the copy in error is deleted");
+    assert!(actions_on(&calls, Side::TARGET).contains_key("ec2:DeleteSnapshot"), "the copy in error is deleted");
     let refused = refused(&printed, &calls, true);
     assert!(refused.is_empty(), "calls the printed policies do not allow:\n{}", refused.join("\n"));
 }
@@ -422,7 +438,52 @@ async fn printed_policies_allow_every_call_of_a_same_account_run() {
         .replace("name: iam-check", "name: iam-check-same");
     let plan = parse("plan.yaml", &text).unwrap();
     let (printed, calls) = replay(&plan, false).await;
-    assert!(actions_on(&calls, Side::Target).contains_key("ec2:DeleteSnapshot"));
+    assert!(actions_on(&calls, Side::TARGET).contains_key("ec2:DeleteSnapshot"));
     let refused = refused(&printed, &calls, false);
     assert!(refused.is_empty(), "calls the printed policies do not allow:\n{}", refused.join("\n"));
+}
+
+/// Two targets: one in another account, reached by its role, and one in the caller's
+/// own account in a third region.
+const FANOUT: &str = r#"
+version: 1
+name: iam-fan
+source:
+  region: us-east-1
+  account: "111111111111"
+  kms_key: alias/share
+targets:
+  - region: eu-west-1
+    account: "222222222222"
+    role_arn: arn:aws:iam::222222222222:role/dr
+    external_id: x-1
+    kms_key: alias/dr
+    availability_zone: eu-west-1a
+  - region: us-west-2
+    account: "111111111111"
+    kms_key: alias/local-dr
+    availability_zone: us-west-2c
+volumes:
+  - id: vol-00000000000000001
+  - id: vol-00000000000000002
+  - id: vol-00000000000000003
+options:
+  keep: 1
+"#;
+
+#[tokio::test]
+async fn printed_policies_allow_every_call_of_a_fan_out_run_per_target() {
+    let plan = parse("plan.yaml", FANOUT).unwrap();
+    let (printed, calls) = replay(&plan, true).await;
+    assert_eq!(printed.targets.len(), 2);
+    assert!(printed.targets[0].cross_account && !printed.targets[1].cross_account);
+    assert!(printed.targets[0].trust_policy.is_some(), "the role's trust policy is printed");
+    for side in [Side::Target(0), Side::Target(1)] {
+        let on = actions_on(&calls, side);
+        for action in ["ec2:CopySnapshot", "ec2:CreateVolume", "ec2:DeleteSnapshot"] {
+            assert!(on.contains_key(action), "{action} on {side}: {on:?}");
+        }
+    }
+    let refused = refused(&printed, &calls, true);
+    assert!(refused.is_empty(), "requests the printed policies do not allow:\n{}", refused.join("\n"));
 }

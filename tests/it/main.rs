@@ -12,6 +12,7 @@ mod edges;
 mod envelope;
 mod esdk_format;
 mod esdk_interop;
+mod fanout;
 mod moto_e2e;
 mod plan;
 mod policy;

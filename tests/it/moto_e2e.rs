@@ -1032,3 +1032,97 @@ fn a_recurring_plan_over_three_invocations_with_a_volume_deleted_after_the_first
     let calls = rig.moto.calls_view("mutating");
     assert_eq!(calls.as_object().map(|m| m.values().filter_map(Value::as_u64).sum::<u64>()), Some(0), "{calls}");
 }
+
+/// The vault: a third account, reached through its own role, with its key in us-west-2.
+const VAULT_ACCOUNT: &str = "333333333333";
+const VAULT_ROLE: &str = "arn:aws:iam::333333333333:role/vault";
+
+/// argv JSON: {"seed": true} makes alias/vault in the vault account and us-west-2;
+/// either way prints what the vault holds there.
+const VAULT: &str = r#"
+creds = client("sts").assume_role(RoleArn="arn:aws:iam::333333333333:role/vault",
+                                  RoleSessionName="e2e-vault")["Credentials"]
+key = None
+if ARGS.get("seed"):
+    kms = client("kms", "us-west-2", creds)
+    key = kms.create_key(Description="e2e vault")["KeyMetadata"]["Arn"]
+    kms.create_alias(AliasName="alias/vault", TargetKeyId=key)
+c = client("ec2", "us-west-2", creds)
+out({
+    "key": key,
+    "snapshots": [{"id": s["SnapshotId"], "state": s["State"], "kms": s.get("KmsKeyId"), "tags": tags(s)}
+                  for s in c.describe_snapshots(OwnerIds=["self"])["Snapshots"]],
+    "volumes": [{"id": v["VolumeId"], "kms": v.get("KmsKeyId"), "az": v["AvailabilityZone"],
+                 "snapshot": v.get("SnapshotId"), "tags": tags(v)} for v in c.describe_volumes()["Volumes"]],
+})
+"#;
+
+#[test]
+fn fan_out_to_two_accounts_in_two_regions_copies_each_volume_to_both_under_each_key() {
+    let rig = Rig::start(&[]);
+    let seed = rig.seed(&THREE, Some(Target::Cross));
+    let vault_key = rig.py(VAULT, json!({"seed": true}))["key"].as_str().unwrap().to_owned();
+    let name = "e2e-fan";
+    let mut y = format!(
+        "version: 1\nname: {name}\nsource:\n  region: us-east-1\n  account: \"{SOURCE_ACCOUNT}\"\n  kms_key: alias/share\n\
+         targets:\n  - region: eu-west-1\n    account: \"{TARGET_ACCOUNT}\"\n    role_arn: {ROLE}\n    kms_key: alias/dr\n    availability_zone: {TARGET_AZ}\n\
+         \x20 - region: us-west-2\n    account: \"{VAULT_ACCOUNT}\"\n    role_arn: {VAULT_ROLE}\n    kms_key: alias/vault\n    availability_zone: us-west-2b\n\
+         volumes:\n"
+    );
+    for v in &seed.volumes {
+        y.push_str(&format!("  - id: {v}\n"));
+    }
+    let plan = rig.path(&format!("{name}.yaml"));
+    fs::write(&plan, y).unwrap();
+
+    // The dry-run names both accounts' statements and both roles' documents.
+    let dry = rig.snapferry(&["run", arg(&plan), "--dry-run"]);
+    dry.expect(0);
+    let d = dry.json();
+    assert_eq!(d["targets"].as_array().map(Vec::len), Some(2), "{d:#}");
+    assert_eq!(d["key_policy"]["add_statements"].as_array().map(Vec::len), Some(2), "{d:#}");
+
+    rig.moto.reset_calls();
+    let run = rig.snapferry(&["run", arg(&plan)]);
+    run.expect(0);
+    let report = run.json();
+    let calls = rig.moto.calls();
+    assert_eq!(count(&calls, "ec2:CreateSnapshot"), 3, "one snapshot per volume: {calls:#}");
+    assert_eq!(count(&calls, "ec2:CopySnapshot"), 2 + 6, "two re-encryptions and six copies: {calls:#}");
+    assert_eq!(count(&calls, "kms:PutKeyPolicy"), 1, "{calls:#}");
+    assert_eq!(count(&calls, "ec2:ModifySnapshotAttribute"), 3, "one share per volume for both: {calls:#}");
+
+    let inv = rig.inventory(&seed);
+    let vault = rig.py(VAULT, json!({}));
+    let sids: Vec<&str> = grants(&inv).iter().filter_map(|s| s["Sid"].as_str()).collect();
+    assert_eq!(sids.len(), 2, "{:#}", inv["policy"]);
+    for account in [TARGET_ACCOUNT, VAULT_ACCOUNT] {
+        assert!(sids.iter().any(|s| s.ends_with(account)), "no statement for {account}: {sids:?}");
+    }
+    let places = [
+        (&inv["target_snapshots"], &inv["target_volumes"], seed.target_key.as_deref().unwrap(), TARGET_AZ, 0),
+        (&vault["snapshots"], &vault["volumes"], vault_key.as_str(), "us-west-2b", 1),
+    ];
+    for src in &seed.volumes {
+        let entry = report["volumes"].as_array().unwrap().iter().find(|v| v["source_volume"] == src.as_str()).unwrap();
+        assert_eq!(entry["status"], "succeeded", "{entry:#}");
+        for (snaps, vols, key, az, i) in places {
+            let copies = made(snaps, name, Some("copy"), Some(src));
+            assert_eq!(copies.len(), 1, "copies of {src} in target {i}: {copies:#?}");
+            assert_eq!(copies[0]["state"], "completed");
+            assert_eq!(copies[0]["kms"], key, "{:#}", copies[0]);
+            let made_vols = made(vols, name, Some("volume"), Some(src));
+            assert_eq!(made_vols.len(), 1, "volumes of {src} in target {i}");
+            assert_eq!((made_vols[0]["kms"].as_str(), made_vols[0]["az"].as_str()), (Some(key), Some(az)));
+            let c = &entry["copies"][i];
+            assert_eq!(c["status"], "succeeded", "{entry:#}");
+            assert_eq!(c["target_snapshot"], copies[0]["id"], "{entry:#}");
+            assert_eq!(c["target_volume"], made_vols[0]["id"], "{entry:#}");
+        }
+    }
+    let left: Vec<_> = made(&inv["source_snapshots"], name, None, None)
+        .into_iter()
+        .filter(|s| s["tags"][TAG_STEP] != "copy")
+        .collect();
+    assert!(left.is_empty(), "intermediates left: {left:#?}");
+}

@@ -140,10 +140,10 @@ fn every_invalid_fixture_fails_where_and_how_it_says() {
 fn example_plan_is_cross_account_and_cross_region() {
     let plan = load_example("example.yaml");
     assert_eq!(plan.name.as_str(), "prod-db-dr");
-    assert_ne!(plan.source.region, plan.target.region);
+    assert_ne!(plan.source.region, plan.targets[0].region);
     let source_account = plan.source.account.clone().expect("source account");
     assert!(plan.cross_account(&source_account));
-    assert!(plan.target.role_arn.is_some());
+    assert!(plan.targets[0].role_arn.is_some());
     assert_eq!(plan.volumes.len(), 3);
     assert!(plan.volumes.iter().all(|v| matches!(v.pick, Pick::Id(_))));
     assert_eq!(plan.volumes[0].target.iops, Some(6000));
@@ -155,10 +155,10 @@ fn example_plan_is_cross_account_and_cross_region() {
 #[test]
 fn same_account_plan_needs_no_role() {
     let plan = load_example("same-account.yaml");
-    assert_eq!(plan.source.account, plan.target.account);
-    assert!(plan.target.role_arn.is_none());
+    assert_eq!(plan.source.account, plan.targets[0].account);
+    assert!(plan.targets[0].role_arn.is_none());
     assert!(!plan.cross_account(plan.source.account.as_ref().unwrap()));
-    assert_ne!(plan.source.region, plan.target.region);
+    assert_ne!(plan.source.region, plan.targets[0].region);
     assert_eq!(plan.source.profile.as_deref(), Some("platform"));
 }
 
@@ -242,7 +242,7 @@ fn missing_keys_are_all_reported_at_their_parent() {
 #[test]
 fn target_account_defaults_to_the_roles_account() {
     let plan = plan::parse("plan.yaml", &edited("  account: \"222222222222\"\n", "")).unwrap();
-    assert_eq!(plan.target.account.as_ref().map(AccountId::as_str), Some("222222222222"));
+    assert_eq!(plan.targets[0].account.as_ref().map(AccountId::as_str), Some("222222222222"));
     assert!(plan.cross_account(&AccountId::parse("111111111111").unwrap()));
 }
 
@@ -251,7 +251,7 @@ fn same_account_copy_needs_no_role() {
     let text =
         edited("role_arn: arn:aws:iam::222222222222:role/snapferry\n  ", "").replace("222222222222", "111111111111");
     let plan = plan::parse("plan.yaml", &text).unwrap();
-    assert!(plan.target.role_arn.is_none());
+    assert!(plan.targets[0].role_arn.is_none());
 }
 
 #[test]

@@ -727,7 +727,10 @@ async fn missing_permissions_are_all_reported_by_dry_run_probes_before_any_chang
     assert_eq!(snapferry::cli::exit::of_run_error(&err), 2);
     let text = err.to_string();
     assert!(text.contains("ec2:CreateSnapshot") && text.contains("ec2:CreateVolume"), "{text}");
-    assert!(text.contains("the target role may not call ec2:CreateVolume in eu-west-1"), "{text}");
+    assert!(
+        text.contains("the target role arn:aws:iam::222222222222:role/dr may not call ec2:CreateVolume in eu-west-1"),
+        "{text}"
+    );
     rig.sim.with_world(|w| {
         assert!(w.snapshots.is_empty());
         assert!(!w.calls.contains_key("ec2:CreateSnapshot"));

@@ -8,8 +8,8 @@ use std::time::Duration;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 
-use crate::cloud::{CloudError, ErrorKind};
-use crate::ids::{Region, RoleArn};
+use crate::cloud::{CloudError, ErrorKind, TargetAccess};
+use crate::ids::Region;
 
 /// What [`super::AwsCloud::connect`] needs to reach AWS.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,11 +21,10 @@ pub struct AwsConfig {
     /// `--endpoint-url`: send every call there (an emulator). `AWS_ENDPOINT_URL` is
     /// honoured by the SDK itself and checked the same way.
     pub endpoint_url: Option<String>,
-    /// The plan's `target.role_arn`; without it the target side uses the source
-    /// credentials (same-account plans).
-    pub target_role: Option<RoleArn>,
-    /// The plan's `target.external_id`, passed to AssumeRole.
-    pub external_id: Option<String>,
+    /// How each target of the plan is reached, in its order: the role to assume and
+    /// the external id to pass; without a role that target's side uses the source
+    /// credentials (a same-account target).
+    pub targets: Vec<TargetAccess>,
     /// The role session name, such as `snapferry-<run id>`: it shows in the target
     /// account's CloudTrail, so an operator can tell which run did what.
     pub session_name: String,

@@ -181,13 +181,16 @@ pub(crate) async fn delete_snapshot(client: &Client, id: &SnapshotId) -> CloudRe
 
 /// Adds or removes one account's createVolumePermission. Always by account id: the
 /// group `all` would make the snapshot public.
-pub(crate) async fn set_shared(client: &Client, id: &SnapshotId, with: &AccountId, add: bool) -> CloudResult<()> {
+pub(crate) async fn set_shared(client: &Client, id: &SnapshotId, with: &[AccountId], add: bool) -> CloudResult<()> {
+    if with.is_empty() {
+        return Ok(());
+    }
     client
         .modify_snapshot_attribute()
         .snapshot_id(id.as_str())
         .attribute(SnapshotAttributeName::CreateVolumePermission)
         .operation_type(if add { OperationType::Add } else { OperationType::Remove })
-        .user_ids(with.as_str())
+        .set_user_ids(Some(with.iter().map(|a| a.as_str().to_owned()).collect()))
         .send()
         .await
         .map_err(|e| from_sdk("ec2:ModifySnapshotAttribute", e))?;

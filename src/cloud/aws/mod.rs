@@ -62,10 +62,11 @@ pub struct AwsCloud {
     source_region: Region,
     /// Source credentials, retry and timeout policy, endpoint.
     source: SdkConfig,
-    target_role: Option<TargetRole>,
-    /// `source` with the assumed-role credentials, made at the first target-side call
-    /// so that runs and dry runs that never reach the target do not assume the role.
-    target: OnceCell<SdkConfig>,
+    /// Per target of the plan, the role its side assumes (none: the source credentials).
+    target_roles: Vec<Option<TargetRole>>,
+    /// Per target, `source` with the assumed-role credentials, made at its side's first
+    /// call so that runs and dry runs that never reach a target do not assume its role.
+    targets: Vec<OnceCell<SdkConfig>>,
     /// One set of clients per side and region, made when first needed: every call in
     /// a region then shares one connection pool and one adaptive-retry rate limiter.
     clients: Mutex<HashMap<(Side, Region), Arc<Clients>>>,
@@ -75,7 +76,10 @@ impl fmt::Debug for AwsCloud {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AwsCloud")
             .field("source_region", &self.source_region)
-            .field("target_role", &self.target_role.as_ref().map(|r| r.arn.as_str()))
+            .field(
+                "target_roles",
+                &self.target_roles.iter().map(|r| r.as_ref().map(|r| r.arn.as_str())).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -92,7 +96,7 @@ impl AwsCloud {
                 check_endpoint_from(&url, var)?;
             }
         }
-        if cfg.target_role.is_some() {
+        if cfg.targets.iter().any(|t| t.role.is_some()) {
             check_session_name(&cfg.session_name)?;
         }
 
@@ -113,39 +117,50 @@ impl AwsCloud {
             check_endpoint_from(url, "AWS_ENDPOINT_URL or the profile's endpoint_url")?;
         }
 
-        let target_role =
-            cfg.target_role.map(|arn| TargetRole { arn, external_id: cfg.external_id, session_name: cfg.session_name });
+        let target_roles: Vec<Option<TargetRole>> = cfg
+            .targets
+            .into_iter()
+            .map(|t| {
+                t.role.map(|arn| TargetRole { arn, external_id: t.external_id, session_name: cfg.session_name.clone() })
+            })
+            .collect();
         Ok(AwsCloud {
             source_region: cfg.source_region,
             source,
-            target_role,
-            target: OnceCell::new(),
+            targets: target_roles.iter().map(|_| OnceCell::new()).collect(),
+            target_roles,
             clients: Mutex::new(HashMap::new()),
         })
     }
 
     /// The configuration a side's calls are made with.
     async fn sdk_config(&self, side: Side) -> &SdkConfig {
-        match (side, &self.target_role) {
-            (Side::Source, _) | (Side::Target, None) => &self.source,
-            (Side::Target, Some(role)) => {
-                self.target
-                    .get_or_init(|| async {
-                        let mut provider = AssumeRoleProvider::builder(role.arn.as_str())
-                            .session_name(&role.session_name)
-                            // STS in the source region: the regional endpoint the
-                            // source credentials are known to reach.
-                            .region(aws_config::Region::new(self.source_region.as_str().to_owned()))
-                            .configure(&self.source);
-                        if let Some(id) = &role.external_id {
-                            provider = provider.external_id(id);
-                        }
-                        let provider = provider.build().await;
-                        // The clients' identity cache (from `source`) keeps the assumed
-                        // credentials and renews them before they expire.
-                        self.source.to_builder().credentials_provider(SharedCredentialsProvider::new(provider)).build()
-                    })
-                    .await
+        let target = match side {
+            Side::Source => None,
+            Side::Target(i) => {
+                let i = usize::from(i);
+                self.target_roles.get(i).and_then(Option::as_ref).zip(self.targets.get(i))
+            }
+        };
+        match target {
+            None => &self.source,
+            Some((role, cell)) => {
+                cell.get_or_init(|| async {
+                    let mut provider = AssumeRoleProvider::builder(role.arn.as_str())
+                        .session_name(&role.session_name)
+                        // STS in the source region: the regional endpoint the
+                        // source credentials are known to reach.
+                        .region(aws_config::Region::new(self.source_region.as_str().to_owned()))
+                        .configure(&self.source);
+                    if let Some(id) = &role.external_id {
+                        provider = provider.external_id(id);
+                    }
+                    let provider = provider.build().await;
+                    // The clients' identity cache (from `source`) keeps the assumed
+                    // credentials and renews them before they expire.
+                    self.source.to_builder().credentials_provider(SharedCredentialsProvider::new(provider)).build()
+                })
+                .await
             }
         }
     }
@@ -241,11 +256,11 @@ impl Cloud for AwsCloud {
         ec2::delete_snapshot(&self.at(loc).await.ec2, id).await
     }
 
-    async fn share_snapshot(&self, loc: &Loc, id: &SnapshotId, with: &AccountId) -> CloudResult<()> {
+    async fn share_snapshot(&self, loc: &Loc, id: &SnapshotId, with: &[AccountId]) -> CloudResult<()> {
         ec2::set_shared(&self.at(loc).await.ec2, id, with, true).await
     }
 
-    async fn unshare_snapshot(&self, loc: &Loc, id: &SnapshotId, with: &AccountId) -> CloudResult<()> {
+    async fn unshare_snapshot(&self, loc: &Loc, id: &SnapshotId, with: &[AccountId]) -> CloudResult<()> {
         ec2::set_shared(&self.at(loc).await.ec2, id, with, false).await
     }
 

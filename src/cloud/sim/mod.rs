@@ -33,18 +33,17 @@ pub use world::{Faults, World};
 use crate::clock::Clock;
 use crate::cloud::{
     Cloud, CloudResult, CopySnapshotReq, CreateSnapshotReq, CreateVolumeReq, DataKey, Identity, KeyInfo, Loc, Side,
-    Snapshot, Tags, Volume, WrappedKey,
+    Snapshot, Tags, TargetAccess, Volume, WrappedKey,
 };
-use crate::ids::{AccountId, KeyArn, KeyRef, RoleArn, SnapshotId, VolumeId};
+use crate::ids::{AccountId, KeyArn, KeyRef, SnapshotId, VolumeId};
 
 /// Who the two sides are, as the AWS adapter would learn from its config.
 #[derive(Debug, Clone)]
 pub struct SimSides {
     /// The account whose credentials run snapferry.
     pub source_account: AccountId,
-    /// The role the target side assumes, if any.
-    pub target_role: Option<RoleArn>,
-    pub external_id: Option<String>,
+    /// How each target's side is reached, in the plan's order.
+    pub targets: Vec<TargetAccess>,
 }
 
 /// A handle on a shared simulated world with one pair of credentials.
@@ -128,9 +127,9 @@ impl SimCloud {
     fn account(&self, w: &World, side: Side) -> CloudResult<AccountId> {
         match side {
             Side::Source => Ok(self.sides.source_account.clone()),
-            Side::Target => match &self.sides.target_role {
-                None => Ok(self.sides.source_account.clone()),
-                Some(role) => w.assume(role, &self.sides.source_account, self.sides.external_id.as_deref()),
+            Side::Target(i) => match self.sides.targets.get(usize::from(i)).map(|t| (&t.role, &t.external_id)) {
+                None | Some((None, _)) => Ok(self.sides.source_account.clone()),
+                Some((Some(role), external_id)) => w.assume(role, &self.sides.source_account, external_id.as_deref()),
             },
         }
     }
@@ -157,8 +156,12 @@ impl Cloud for SimCloud {
     async fn caller_identity(&self, side: Side) -> CloudResult<Identity> {
         self.call("sts:GetCallerIdentity", |w| {
             let account = self.account(w, side)?;
-            let arn = match (&self.sides.target_role, side) {
-                (Some(role), Side::Target) => {
+            let role = match side {
+                Side::Target(i) => self.sides.targets.get(usize::from(i)).and_then(|t| t.role.as_ref()),
+                Side::Source => None,
+            };
+            let arn = match role {
+                Some(role) => {
                     let name = role.as_str().rsplit('/').next().unwrap_or("role");
                     format!("arn:aws:sts::{account}:assumed-role/{name}/snapferry")
                 }
@@ -267,18 +270,18 @@ impl Cloud for SimCloud {
         .await
     }
 
-    async fn share_snapshot(&self, loc: &Loc, id: &SnapshotId, with: &AccountId) -> CloudResult<()> {
+    async fn share_snapshot(&self, loc: &Loc, id: &SnapshotId, with: &[AccountId]) -> CloudResult<()> {
         self.call("ec2:ModifySnapshotAttribute", |w| {
             let acct = self.account(w, loc.side)?;
-            w.set_share(&acct, &loc.region, id, with, true)
+            with.iter().try_for_each(|a| w.set_share(&acct, &loc.region, id, a, true))
         })
         .await
     }
 
-    async fn unshare_snapshot(&self, loc: &Loc, id: &SnapshotId, with: &AccountId) -> CloudResult<()> {
+    async fn unshare_snapshot(&self, loc: &Loc, id: &SnapshotId, with: &[AccountId]) -> CloudResult<()> {
         self.call("ec2:ModifySnapshotAttribute", |w| {
             let acct = self.account(w, loc.side)?;
-            w.set_share(&acct, &loc.region, id, with, false)
+            with.iter().try_for_each(|a| w.set_share(&acct, &loc.region, id, a, false))
         })
         .await
     }

@@ -6,7 +6,7 @@
 //! unencrypted, so a rehearsal shows every path (re-encryption included). Each
 //! selector gets three matching volumes.
 
-use crate::cloud::KeyManager;
+use crate::cloud::{KeyManager, TargetAccess};
 use crate::ids::{AccountId, AvailabilityZone, KeyArn, KeyRef, Region, VolumeId};
 use crate::plan::{Pick, Plan};
 
@@ -53,22 +53,22 @@ pub fn seed_from_plan(plan: &Plan, now_ms: i64) -> (World, SimSides) {
     let mut w = World::new(now_ms);
     let source =
         plan.source.account.clone().unwrap_or_else(|| AccountId::parse(DEFAULT_SOURCE_ACCOUNT).expect("valid"));
-    let target = plan
-        .target
-        .account
-        .clone()
-        .or_else(|| plan.target.role_arn.as_ref().map(|r| r.account()))
-        .unwrap_or_else(|| source.clone());
     let source_key = ensure_key(&mut w, &source, &plan.source.region, &plan.source.kms_key);
-    ensure_key(&mut w, &target, &plan.target.region, &plan.target.kms_key);
-    let aws_ebs = w.aws_ebs_key(&source, &plan.source.region);
-    if let Some(role) = &plan.target.role_arn {
-        w.roles.push(super::world::SimRole {
-            arn: role.clone(),
-            trusted: vec![source.clone()],
-            external_id: plan.target.external_id.clone(),
-        });
+    for t in &plan.targets {
+        let target =
+            t.account.clone().or_else(|| t.role_arn.as_ref().map(|r| r.account())).unwrap_or_else(|| source.clone());
+        ensure_key(&mut w, &target, &t.region, &t.kms_key);
+        if let Some(role) = &t.role_arn
+            && !w.roles.iter().any(|r| &r.arn == role)
+        {
+            w.roles.push(super::world::SimRole {
+                arn: role.clone(),
+                trusted: vec![source.clone()],
+                external_id: t.external_id.clone(),
+            });
+        }
     }
+    let aws_ebs = w.aws_ebs_key(&source, &plan.source.region);
     let az = AvailabilityZone::parse(&format!("{}a", plan.source.region)).expect("valid zone");
     let mut n = 0usize;
     let mut add = |w: &mut World, id: Option<VolumeId>, tags, seed: u64| {
@@ -99,8 +99,11 @@ pub fn seed_from_plan(plan: &Plan, now_ms: i64) -> (World, SimSides) {
     }
     let sides = SimSides {
         source_account: source,
-        target_role: plan.target.role_arn.clone(),
-        external_id: plan.target.external_id.clone(),
+        targets: plan
+            .targets
+            .iter()
+            .map(|t| TargetAccess { role: t.role_arn.clone(), external_id: t.external_id.clone() })
+            .collect(),
     };
     (w, sides)
 }

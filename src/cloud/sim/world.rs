@@ -25,6 +25,10 @@ pub struct Faults {
     /// Copies of this source volume's snapshots behave as if the key grant were
     /// missing (a concurrent policy edit, an SCP, a Deny the run cannot see).
     pub key_inaccessible_for: Option<VolumeId>,
+    /// Copies into this account, of any volume, fail as if the source key's policy did
+    /// not reach it: "Given key ID is not accessible".
+    #[serde(default)]
+    pub key_inaccessible_to: Option<AccountId>,
     /// After this many calls in total, the next call takes effect and its caller
     /// hangs forever: a crash between the call and the checkpoint of its outcome.
     pub halt_after_calls: Option<u64>,
@@ -642,7 +646,8 @@ impl World {
             };
             let blocked_by_fault = src.origin_volume.is_some()
                 && self.faults.key_inaccessible_for.as_ref().map(|v| v.to_string()) == src.origin_volume;
-            if !usable || (blocked_by_fault && &src.owner != account) {
+            let blocked_for_account = self.faults.key_inaccessible_to.as_ref() == Some(account);
+            if !usable || ((blocked_by_fault || blocked_for_account) && &src.owner != account) {
                 fails_with = Some(inaccessible.clone());
             }
         }
