@@ -41,7 +41,7 @@ pub(crate) fn code(o: &Output) -> i32 {
 #[test]
 fn validate_accepts_the_examples_and_refuses_a_bad_plan_with_exit_2() {
     let dir = tempfile::tempdir().unwrap();
-    for p in ["plans/example.yaml", "plans/same-account.yaml", "plans/fleet.yaml"] {
+    for p in ["plans/example.yaml", "plans/same-account.yaml", "plans/fleet.yaml", "plans/fan-out.yaml"] {
         let o = run(&["validate", root(p).to_str().unwrap()], dir.path());
         assert_eq!(code(&o), 0, "{p}: {}", String::from_utf8_lossy(&o.stderr));
     }
@@ -419,4 +419,55 @@ fn bad_state_locations_and_durations_are_usage_errors() {
     let o = run(&["run", p, "--simulate", "--max-duration", "soon"], dir.path());
     assert_eq!(code(&o), 2, "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--max-duration soon"));
+}
+
+#[test]
+fn a_fan_out_plan_is_rehearsed_reported_per_target_and_dry_run_per_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = root("plans/fan-out.yaml");
+    let metrics = dir.path().join("snapferry.prom");
+    let o = run(
+        &["run", plan.to_str().unwrap(), "--simulate", "--format", "json", "--metrics-file", metrics.to_str().unwrap()],
+        dir.path(),
+    );
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let doc = json(&o);
+    assert_eq!(doc["status"], "succeeded");
+    for v in doc["volumes"].as_array().unwrap() {
+        let copies = v["copies"].as_array().unwrap();
+        let places: Vec<_> = copies.iter().map(|c| (c["account"].clone(), c["region"].clone())).collect();
+        assert_eq!(
+            places,
+            vec![("222222222222".into(), "eu-west-1".into()), ("333333333333".into(), "us-west-2".into())],
+            "{v}"
+        );
+        for c in copies {
+            assert_eq!(c["status"], "succeeded", "{c}");
+            assert!(c["target_snapshot"].is_string() && c["target_volume"].is_string(), "{c}");
+            assert!(c["error"].is_null());
+        }
+        // The flat fields are the first target's.
+        assert_eq!(v["target_snapshot"], copies[0]["target_snapshot"]);
+    }
+    let prom = std::fs::read_to_string(&metrics).unwrap();
+    assert!(prom.contains("target=\"333333333333/us-west-2\""), "{prom}");
+    let o = run(&["status", "--format", "json"], dir.path());
+    let last = json(&o)["last_success"].as_array().unwrap().clone();
+    assert_eq!(last.len(), 6, "one entry per volume and target: {last:?}");
+
+    let o = run(&["run", plan.to_str().unwrap(), "--dry-run", "--offline", "--format", "json"], dir.path());
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let d = json(&o);
+    let targets = d["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 2);
+    for t in targets {
+        assert!(t["iam_policy"]["Statement"].is_array() && t["trust_policy"].is_object(), "{t}");
+    }
+    let statements = d["key_policy"]["add_statements"].as_array().unwrap();
+    let sids: Vec<&str> = statements.iter().map(|s| s["Sid"].as_str().unwrap()).collect();
+    assert_eq!(sids, ["SnapferryShare-prod-db-fanout-222222222222", "SnapferryShare-prod-db-fanout-333333333333"]);
+    let caller = d["iam"]["source_caller"].to_string();
+    for role in ["role/snapferry-dr", "role/snapferry-vault"] {
+        assert!(caller.contains(role), "the caller may assume {role}: {caller}");
+    }
 }
