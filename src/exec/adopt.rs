@@ -42,10 +42,15 @@ pub struct Held {
 }
 
 fn add_snaps(into: &mut Vec<Snapshot>, from: Vec<Snapshot>) {
+    let mut at: std::collections::HashMap<SnapshotId, usize> =
+        into.iter().enumerate().map(|(i, s)| (s.id.clone(), i)).collect();
     for s in from {
-        match into.iter_mut().find(|x| x.id == s.id) {
-            Some(x) => *x = s,
-            None => into.push(s),
+        match at.get(&s.id) {
+            Some(&i) => into[i] = s,
+            None => {
+                at.insert(s.id.clone(), into.len());
+                into.push(s);
+            }
         }
     }
 }
@@ -59,10 +64,15 @@ impl Survey {
         }
         for (into, from) in self.targets.iter_mut().zip(other.targets) {
             add_snaps(&mut into.snapshots, from.snapshots);
+            let mut at: std::collections::HashMap<VolumeId, usize> =
+                into.volumes.iter().enumerate().map(|(i, v)| (v.id.clone(), i)).collect();
             for v in from.volumes {
-                match into.volumes.iter_mut().find(|x| x.id == v.id) {
-                    Some(x) => *x = v,
-                    None => into.volumes.push(v),
+                match at.get(&v.id) {
+                    Some(&i) => into.volumes[i] = v,
+                    None => {
+                        at.insert(v.id.clone(), into.volumes.len());
+                        into.volumes.push(v);
+                    }
                 }
             }
         }
@@ -178,28 +188,56 @@ pub fn rebuild_run(survey: &Survey, run_id: &str, shape: Shape, now_ms: i64) -> 
         .filter_map(|t| tag(t, TAG_SOURCE_VOLUME))
         .collect();
 
+    // Each list grouped once by source volume, so a run of many volumes costs one pass.
+    fn by_source<'a, T>(list: impl Iterator<Item = &'a T>, tags: impl Fn(&T) -> &Tags) -> BTreeMap<&'a str, Vec<&'a T>>
+    where
+        T: 'a,
+    {
+        let mut m: BTreeMap<&str, Vec<&T>> = BTreeMap::new();
+        for x in list {
+            if let Some(src) = tags(x).get(TAG_SOURCE_VOLUME) {
+                m.entry(src.as_str()).or_default().push(x);
+            }
+        }
+        m
+    }
+    let of_this_run = |t: &Tags| tag(t, TAG_RUN) == Some(run_id.as_str());
+    let src_snaps = by_source(survey.source_snapshots.iter().filter(|s| of_this_run(&s.tags)), |s| &s.tags);
+    type BySource<'a, T> = BTreeMap<&'a str, Vec<&'a T>>;
+    let per_target: Vec<(BySource<Snapshot>, BySource<Volume>)> = survey
+        .targets
+        .iter()
+        .map(|h| {
+            (
+                by_source(h.snapshots.iter().filter(|s| of_this_run(&s.tags)), |s| &s.tags),
+                by_source(h.volumes.iter().filter(|v| of_this_run(&v.tags)), |v| &v.tags),
+            )
+        })
+        .collect();
+    // The oldest resource not in error, as a lookup after a crash picks it.
+    let pick = |list: Option<&Vec<&Snapshot>>, step: &str| -> Option<Snapshot> {
+        list.into_iter()
+            .flatten()
+            .filter(|s| of_run(&s.tags, step) && s.state != SnapshotState::Error)
+            .min_by_key(|s| (s.start_time_ms.unwrap_or(0), s.id.clone()))
+            .map(|s| (*s).clone())
+    };
+
     let mut volumes = vec![];
     for source in sources {
         let Ok(id) = VolumeId::parse(source) else { continue };
-        let mine = |t: &Tags| tag(t, TAG_SOURCE_VOLUME) == Some(source);
-        // The oldest resource not in error, as a lookup after a crash picks it.
-        let pick = |list: &[Snapshot], step: &str| -> Option<Snapshot> {
-            list.iter()
-                .filter(|s| of_run(&s.tags, step) && mine(&s.tags) && s.state != SnapshotState::Error)
-                .min_by_key(|s| (s.start_time_ms.unwrap_or(0), s.id.clone()))
-                .cloned()
-        };
-        let snapshot = pick(&survey.source_snapshots, "snapshot");
-        let reencrypted = pick(&survey.source_snapshots, "reencrypt");
-        for (t, held) in survey.targets.iter().enumerate() {
-            let copy = pick(&held.snapshots, "copy");
-            let volume = held
-                .volumes
-                .iter()
-                .filter(|v| of_run(&v.tags, "volume") && mine(&v.tags))
+        let snapshot = pick(src_snaps.get(source), "snapshot");
+        let reencrypted = pick(src_snaps.get(source), "reencrypt");
+        for (t, (snaps, vols)) in per_target.iter().enumerate() {
+            let copy = pick(snaps.get(source), "copy");
+            let volume = vols
+                .get(source)
+                .into_iter()
+                .flatten()
+                .filter(|v| of_run(&v.tags, "volume"))
                 .filter(|v| !matches!(v.state, VolumeState::Error | VolumeState::Deleting | VolumeState::Deleted))
                 .min_by_key(|v| (v.create_time_ms.unwrap_or(0), v.id.clone()))
-                .cloned();
+                .map(|v| (*v).clone());
             let mut v = rebuild(id.clone(), shape, t > 0, snapshot.clone(), reencrypted.clone(), copy, volume, now_ms);
             v.target = t as u8;
             v.follower = t > 0;

@@ -140,16 +140,20 @@ fn unit_status(v: &VolumeRun, sibling_failed: bool) -> &'static str {
 fn volume_reports(r: &RunRecord) -> Vec<VolumeReport> {
     let targets = r.meta.targets();
     let fan_out = targets.len() > 1 || r.volumes.iter().any(|v| v.target > 0);
+    // Grouped in one pass, in the run's order.
     let mut order: Vec<&crate::ids::VolumeId> = vec![];
+    let mut groups: std::collections::HashMap<&crate::ids::VolumeId, Vec<&VolumeRun>> = Default::default();
     for v in &r.volumes {
-        if !order.contains(&&v.source_volume) {
+        let g = groups.entry(&v.source_volume).or_default();
+        if g.is_empty() {
             order.push(&v.source_volume);
         }
+        g.push(v);
     }
     order
         .into_iter()
         .map(|id| {
-            let mut units: Vec<&VolumeRun> = r.volumes.iter().filter(|v| &v.source_volume == id).collect();
+            let mut units: Vec<&VolumeRun> = groups.remove(id).unwrap_or_default();
             units.sort_by_key(|v| v.target);
             let any_failed = units.iter().any(|v| v.step == Step::Failed);
             let statuses: Vec<&str> = units.iter().map(|v| unit_status(v, any_failed)).collect();

@@ -4,7 +4,8 @@
 //! error or a long wait is decided in `sched`; the run's lifecycle around this loop
 //! is in `lifecycle`.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -110,10 +111,34 @@ pub struct Runner {
     followers: Vec<Vec<usize>>,
     /// The caller's account: the slot of re-encryption copies.
     source_account: String,
+    /// The agenda. A planning pass looks only at the volume runs in `ready` (their
+    /// state, schedule or a neighbour's changed, or a timer of theirs fired), so its
+    /// cost follows the events, not the fleet. Ordered, so a pass is deterministic.
+    ready: BTreeSet<usize>,
+    /// Wake-ups (time, volume run): a retry's delay, a poll, a wait's timeout. An entry
+    /// made stale by a later change only costs one look when it fires.
+    timers: BinaryHeap<Reverse<(i64, usize)>>,
+    /// Per volume run, the time of its pending wake-up (`i64::MAX`: none).
+    wake_at: Vec<i64>,
+    /// Copies in flight per destination, kept as states change.
+    slots: BTreeMap<Slot, usize>,
+    /// Volume runs waiting for a slot, per destination, in arrival order; a copy that
+    /// ends wakes as many as slots are free.
+    slot_queue: BTreeMap<Slot, VecDeque<usize>>,
+    queued: Vec<bool>,
+    /// Volume runs in a wait, per poll group (one Describe call answers a group).
+    groups: BTreeMap<PollGroup, BTreeSet<usize>>,
+    waiting: usize,
+    /// Volume runs not yet at Done or Failed.
+    open: BTreeSet<usize>,
+    tally: Tally,
 }
 
 /// A destination of copies: (account, region). The copy limit counts per slot.
 type Slot = (String, String);
+
+/// Waits answered by one call: snapshots (`true`) or volumes, in one place.
+type PollGroup = (bool, Loc);
 
 /// A unit of work in one tick.
 /// Each job owns what it needs, so the runner can go on with other volumes while it
@@ -149,7 +174,7 @@ impl Runner {
         let plan: &Plan = &cfg.plan;
         let n = record.volumes.len();
         let (lead_of, followers) = kin(&record.volumes);
-        Runner {
+        let mut r = Runner {
             env,
             ctx: Ctx {
                 cross_account: resolved.cross_account,
@@ -176,9 +201,24 @@ impl Runner {
             lead_of,
             followers,
             source_account: resolved.source_identity.account.to_string(),
+            ready: (0..n).collect(),
+            timers: BinaryHeap::new(),
+            wake_at: vec![i64::MAX; n],
+            slots: BTreeMap::new(),
+            slot_queue: BTreeMap::new(),
+            queued: vec![false; n],
+            groups: BTreeMap::new(),
+            waiting: 0,
+            open: BTreeSet::new(),
+            tally: Tally { total: n, ..Tally::default() },
             record,
             journal,
+        };
+        for i in 0..n {
+            let v = r.record.volumes[i].clone();
+            r.count(i, &v, true);
         }
+        r
     }
 
     /// The run's state and journal, once the loop has ended.
@@ -193,17 +233,64 @@ impl Runner {
         (self.rng >> 11) as f64 / (1u64 << 53) as f64
     }
 
+    /// Adds (`add`) or takes away what volume run `i` in state `v` counts for: its
+    /// copy slot, its poll group, the open set and the tally.
+    fn count(&mut self, i: usize, v: &VolumeRun, add: bool) {
+        if let Some(slot) = self.occupied_slot(v) {
+            let n = self.slots.entry(slot).or_default();
+            *n = if add { *n + 1 } else { n.saturating_sub(1) };
+        }
+        if let Some(g) = self.poll_group(v) {
+            let members = self.groups.entry(g).or_default();
+            let changed = if add { members.insert(i) } else { members.remove(&i) };
+            if changed {
+                self.waiting = if add { self.waiting + 1 } else { self.waiting.saturating_sub(1) };
+            }
+        }
+        if !v.step.is_terminal() {
+            if add {
+                self.open.insert(i);
+            } else {
+                self.open.remove(&i);
+            }
+        }
+        let t = &mut self.tally;
+        let bump = |x: &mut usize| *x = if add { *x + 1 } else { x.saturating_sub(1) };
+        match v.step {
+            Step::Done => bump(&mut t.done),
+            Step::Failed => bump(&mut t.failed),
+            Step::Copy | Step::WaitCopy => bump(&mut t.copying),
+            _ => {}
+        }
+    }
+
     fn set(&mut self, index: usize, mut next: VolumeRun) -> Result<(), RunError> {
         if next.step == Step::Done {
             next.failing_since_ms = None;
         }
         if next != self.record.volumes[index] {
-            let before = self.record.volumes[index].step;
-            if before != next.step {
-                log_step(&next, before);
+            let before = self.record.volumes[index].clone();
+            if before.step != next.step {
+                log_step(&next, before.step);
             }
             self.journal.volume(index, &next)?;
+            self.count(index, &before, false);
+            self.count(index, &next, true);
+            let freed = self.occupied_slot(&before).filter(|s| self.occupied_slot(&next).as_ref() != Some(s));
             self.record.volumes[index] = next;
+            if let Some(slot) = freed {
+                self.wake_slot(&slot);
+            }
+            // The volume, and those that wait on it: a lead's followers wait for its
+            // snapshot, a lead's cleanup for its followers' copies.
+            self.ready.insert(index);
+            if let Some(l) = self.lead_of[index] {
+                self.ready.insert(l);
+            }
+            for f in 0..self.followers[index].len() {
+                let f = self.followers[index][f];
+                self.ready.insert(f);
+            }
         }
         Ok(())
     }
@@ -223,16 +310,46 @@ impl Runner {
         }
     }
 
-    fn slots_in_use(&self) -> BTreeMap<Slot, usize> {
-        let mut m = BTreeMap::new();
-        for v in &self.record.volumes {
-            let busy = matches!(v.step, Step::WaitReencrypt | Step::WaitCopy)
-                || (matches!(v.step, Step::Reencrypt | Step::Copy) && v.in_flight);
-            if let Some(k) = self.copy_slot(v).filter(|_| busy) {
-                *m.entry(k).or_default() += 1;
+    /// The slot `v` holds: a copy issued or under way.
+    fn occupied_slot(&self, v: &VolumeRun) -> Option<Slot> {
+        let holds = matches!(v.step, Step::WaitReencrypt | Step::WaitCopy)
+            || (matches!(v.step, Step::Reencrypt | Step::Copy) && v.in_flight);
+        if holds { self.copy_slot(v) } else { None }
+    }
+
+    /// The poll group of a volume run in a wait.
+    fn poll_group(&self, v: &VolumeRun) -> Option<PollGroup> {
+        match v.step {
+            Step::WaitSnapshot | Step::WaitReencrypt => Some((true, self.actx.src())),
+            Step::WaitCopy => Some((true, self.actx.dst(v.target))),
+            Step::WaitVolume => Some((false, self.actx.dst(v.target))),
+            _ => None,
+        }
+    }
+
+    fn in_use(&self, slot: &Slot) -> usize {
+        self.slots.get(slot).copied().unwrap_or(0)
+    }
+
+    /// A copy into `slot` ended: as many queued volume runs as slots are free get a look.
+    fn wake_slot(&mut self, slot: &Slot) {
+        let free = self.slot_cap(slot).saturating_sub(self.in_use(slot)).max(1);
+        if let Some(q) = self.slot_queue.get_mut(slot) {
+            for _ in 0..free {
+                let Some(i) = q.pop_front() else { break };
+                self.queued[i] = false;
+                self.ready.insert(i);
             }
         }
-        m
+    }
+
+    /// Wakes volume run `i` at `at`, unless it is woken earlier already: each keeps one
+    /// wake-up, its earliest, and the next is set when that one fires.
+    fn timer(&mut self, at: i64, i: usize) {
+        if at < self.wake_at[i] {
+            self.wake_at[i] = at;
+            self.timers.push(Reverse((at, i)));
+        }
     }
 
     /// Drives all volumes to a terminal step, or until shutdown or a credentials
@@ -254,17 +371,18 @@ impl Runner {
         loop {
             stopping |= *shutdown.borrow() || self.halt.is_some();
             let now = clock.now_ms();
-            if !stopping {
-                // Waits past their timeout are given up for this invocation, once
-                // polled by it; the resource stays in AWS and is waited on next time.
-                for i in 0..self.record.volumes.len() {
-                    let v = &self.record.volumes[i];
-                    if !self.busy[i] && self.sched[i].wait_given_up(v, &self.ctx, now) {
-                        let next = engine::apply(v, &Outcome::TimedOut, &self.ctx, now)
-                            .map_err(|e| RunError::Other(e.to_string()))?;
-                        self.set(i, next)?;
-                    }
+            while let Some(Reverse((t, i))) = self.timers.peek().copied() {
+                if t > now {
+                    break;
                 }
+                self.timers.pop();
+                // An entry overtaken by an earlier wake-up of the same run is stale.
+                if t == self.wake_at[i] {
+                    self.wake_at[i] = i64::MAX;
+                    self.ready.insert(i);
+                }
+            }
+            if !stopping {
                 let jobs = self.plan_tick(now)?;
                 if !jobs.is_empty() {
                     // The intents of these changes are durable before any is issued.
@@ -285,8 +403,17 @@ impl Runner {
                         None => Ended::Interrupted,
                     });
                 }
-                if (0..self.record.volumes.len()).all(|i| self.settled(i)) {
+                if self.ready.is_empty() && self.all_settled() {
                     return Ok(Ended::Finished);
+                }
+                if !self.ready.is_empty() {
+                    continue;
+                }
+                if self.timers.is_empty() {
+                    // Nothing is due and nothing will wake anyone: look at every open
+                    // volume run again after a while rather than stall.
+                    let open: Vec<usize> = self.open.iter().copied().collect();
+                    self.ready.extend(open);
                 }
                 let wake = self.next_wake(now);
                 tokio::select! {
@@ -319,10 +446,11 @@ impl Runner {
             for (index, action, result) in done.into_iter().flatten() {
                 self.busy[index] = false;
                 self.absorb(index, &action, result, now)?;
+                self.ready.insert(index);
             }
             self.journal.sync().await?;
             if let Some(p) = &self.progress {
-                p.update(&self.tally());
+                p.update(&self.tally);
             }
             if self.journal.wants_compaction() {
                 self.record.meta.updated_ms = now;
@@ -331,71 +459,50 @@ impl Runner {
         }
     }
 
-    fn tally(&self) -> Tally {
-        let mut t = Tally { total: self.record.volumes.len(), ..Tally::default() };
-        for v in &self.record.volumes {
-            match v.step {
-                Step::Done => t.done += 1,
-                Step::Failed => t.failed += 1,
-                Step::Copy | Step::WaitCopy => t.copying += 1,
-                _ => {}
-            }
-        }
-        t
+    /// True when every volume run has ended or waits on a follower that failed. Looks
+    /// only at the open ones, and stops at the first that can still move.
+    fn all_settled(&self) -> bool {
+        self.open.iter().all(|&i| self.settled(i))
     }
 
+    /// When the loop next has something to do: the earliest timer, at most
+    /// `MAX_POLL_MS` away.
     fn next_wake(&self, now: i64) -> i64 {
-        let mut wake = now + MAX_POLL_MS;
-        for (i, ((v, s), busy)) in self.record.volumes.iter().zip(&self.sched).zip(&self.busy).enumerate() {
-            if v.step.is_terminal() || *busy {
-                continue;
-            }
-            // A follower waiting for its lead, and a lead whose cleanup waits for its
-            // followers' copies, move on when those do; they need no wake-up.
-            if v.awaits_source() || (v.step == Step::Cleanup && !self.may_clean_up(i)) {
-                continue;
-            }
-            // A volume queued for a copy slot wakes when a copy ends, which a poll
-            // of that copy notices; it needs no wake-up of its own.
-            if matches!(v.step, Step::Copy | Step::Reencrypt) && !v.in_flight && s.not_before_ms <= now {
-                continue;
-            }
-            let t = if matches!(v.step, Step::WaitSnapshot | Step::WaitReencrypt | Step::WaitCopy | Step::WaitVolume) {
-                s.next_poll_ms.max(s.not_before_ms)
-            } else {
-                s.not_before_ms
-            };
-            wake = wake.min(t.max(now + 1));
-            // A wait's timeout is a wake-up too.
-            if let (Some(start), Some(limit)) = (v.wait_started_ms, engine::wait_limit_ms(v.step, &self.ctx)) {
-                wake = wake.min((start + limit + 1).max(now + 1));
-            }
+        if !self.ready.is_empty() {
+            return now;
         }
-        wake
+        let cap = now + MAX_POLL_MS;
+        self.timers.peek().map(|Reverse((t, _))| (*t).clamp(now + 1, cap)).unwrap_or(cap)
     }
 
-    /// Chooses this tick's jobs and records the intents of the changing ones.
+    /// Chooses this tick's jobs, from the volume runs on the agenda, and records the
+    /// intents of the changing ones.
     fn plan_tick(&mut self, now: i64) -> Result<Vec<Job>, RunError> {
         let mut jobs = vec![];
-        let mut slots = self.slots_in_use();
-        let mut snap_polls: BTreeMap<Loc, Vec<(usize, SnapshotId, Which, bool)>> = BTreeMap::new();
-        let mut vol_polls: BTreeMap<Loc, Vec<(usize, VolumeId, bool)>> = BTreeMap::new();
-        for i in 0..self.record.volumes.len() {
+        let mut due_groups: BTreeSet<PollGroup> = BTreeSet::new();
+        let agenda = std::mem::take(&mut self.ready);
+        for i in agenda {
             let v = &self.record.volumes[i];
-            if v.step.is_terminal() || self.busy[i] || self.sched[i].not_before_ms > now {
+            if v.step.is_terminal() || self.busy[i] {
                 continue;
             }
-            // Volumes queued for a full copy slot cost nothing per tick, however many.
-            if matches!(v.step, Step::Copy | Step::Reencrypt)
-                && !v.in_flight
-                && self.copy_slot(v).is_some_and(|k| slots.get(&k).is_some_and(|n| *n >= self.slot_cap(&k)))
-            {
+            // A wait past its timeout is given up for this invocation, once polled by
+            // it; the resource stays in AWS and is waited on next time.
+            if self.sched[i].wait_given_up(v, &self.ctx, now) {
+                let next =
+                    engine::apply(v, &Outcome::TimedOut, &self.ctx, now).map_err(|e| RunError::Other(e.to_string()))?;
+                self.set(i, next)?;
+                continue;
+            }
+            if self.sched[i].not_before_ms > now {
+                let t = self.sched[i].not_before_ms;
+                self.timer(t, i);
                 continue;
             }
             let action = engine::next_action_in(v, &self.actx.run_id, &self.ctx);
-            let due = self.sched[i].next_poll_ms <= now;
             if matches!(action, Action::Cleanup { .. }) && !self.may_clean_up(i) {
-                // The intermediates are still needed by another target's copy.
+                // The intermediates are still needed by another target's copy; that
+                // copy's progress puts this volume run back on the agenda.
                 continue;
             }
             match action {
@@ -419,6 +526,7 @@ impl Runner {
                         ),
                     };
                     match joined {
+                        // The lead's progress puts this follower back on the agenda.
                         Join::Wait => {}
                         Join::Joined(next) | Join::Failed(next) => {
                             self.sched[i].step_changed();
@@ -442,24 +550,36 @@ impl Runner {
                     .map_err(|e| RunError::Other(e.to_string()))?;
                     self.set(i, next)?;
                 }
-                Action::PollSnapshot { which, id } => {
-                    snap_polls.entry(self.actx.loc(which, v.target)).or_default().push((i, id, which, due));
-                }
-                Action::PollVolume { id } => {
-                    vol_polls.entry(self.actx.dst(v.target)).or_default().push((i, id, due));
+                Action::PollSnapshot { .. } | Action::PollVolume { .. } => {
+                    let group = self.poll_group(v);
+                    // The wait's timeout is a wake-up too.
+                    if let (Some(start), Some(limit)) = (v.wait_started_ms, engine::wait_limit_ms(v.step, &self.ctx)) {
+                        self.timer(start + limit + 1, i);
+                    }
+                    let next_poll = self.sched[i].next_poll_ms;
+                    match group {
+                        Some(g) if next_poll <= now => {
+                            due_groups.insert(g);
+                        }
+                        _ => self.timer(next_poll, i),
+                    }
                 }
                 a if a.is_mutating() => {
                     if matches!(a, Action::Reencrypt { .. } | Action::Copy { .. }) {
                         let key = self.copy_slot(v).expect("copy steps have a slot");
-                        let cap = self.slot_cap(&key);
-                        let used = slots.entry(key).or_default();
-                        if *used >= cap {
+                        if self.in_use(&key) >= self.slot_cap(&key) {
+                            // Queued: a copy into this destination that ends wakes it.
+                            if !self.queued[i] {
+                                self.queued[i] = true;
+                                self.slot_queue.entry(key).or_default().push_back(i);
+                            }
                             continue;
                         }
-                        *used += 1;
                     }
                     let next = engine::begin(v, now);
                     self.set(i, next)?;
+                    // `set` put it back on the agenda; its job takes it off.
+                    self.ready.remove(&i);
                     jobs.push(self.one(i, a));
                 }
                 a => jobs.push(self.one(i, a)),
@@ -467,21 +587,32 @@ impl Runner {
         }
         // When any member of a group is due, the whole group is asked about in one
         // call: a poll costs the same for one id as for a thousand.
-        let waiting: usize =
-            snap_polls.values().map(Vec::len).sum::<usize>() + vol_polls.values().map(Vec::len).sum::<usize>();
-        self.poll_floor_ms = if waiting > FLEET_SIZE { FLEET_POLL_MS } else { MIN_POLL_MS };
-        for (loc, members) in snap_polls {
-            if members.iter().any(|m| m.3) {
-                let picked: Vec<(usize, SnapshotId, Which)> =
-                    members.into_iter().map(|(i, id, w, _)| (i, id, w)).collect();
+        self.poll_floor_ms = if self.waiting > FLEET_SIZE { FLEET_POLL_MS } else { MIN_POLL_MS };
+        for g in due_groups {
+            let members: Vec<usize> = self.groups.get(&g).map(|m| m.iter().copied().collect()).unwrap_or_default();
+            let members = members.into_iter().filter(|i| !self.busy[*i] && self.sched[*i].not_before_ms <= now);
+            let (snapshots, loc) = g;
+            if snapshots {
+                let picked: Vec<(usize, SnapshotId, Which)> = members
+                    .filter_map(|i| {
+                        match engine::next_action_in(&self.record.volumes[i], &self.actx.run_id, &self.ctx) {
+                            Action::PollSnapshot { which, id } => Some((i, id, which)),
+                            _ => None,
+                        }
+                    })
+                    .collect();
                 for chunk in picked.chunks(DESCRIBE_BATCH) {
                     jobs.push(Job::PollSnapshots { loc: loc.clone(), members: chunk.to_vec() });
                 }
-            }
-        }
-        for (loc, members) in vol_polls {
-            if members.iter().any(|m| m.2) {
-                let picked: Vec<(usize, VolumeId)> = members.into_iter().map(|(i, id, _)| (i, id)).collect();
+            } else {
+                let picked: Vec<(usize, VolumeId)> = members
+                    .filter_map(|i| {
+                        match engine::next_action_in(&self.record.volumes[i], &self.actx.run_id, &self.ctx) {
+                            Action::PollVolume { id } => Some((i, id)),
+                            _ => None,
+                        }
+                    })
+                    .collect();
                 for chunk in picked.chunks(DESCRIBE_BATCH / 2) {
                     jobs.push(Job::PollVolumes { loc: loc.clone(), members: chunk.to_vec() });
                 }
@@ -490,7 +621,18 @@ impl Runner {
         for job in &jobs {
             for i in job.members() {
                 self.busy[i] = true;
+                self.ready.remove(&i);
             }
+        }
+        // A slot left free (a woken volume run went elsewhere) goes to the next in line.
+        let free: Vec<Slot> = self
+            .slot_queue
+            .iter()
+            .filter(|(slot, q)| !q.is_empty() && self.in_use(slot) < self.slot_cap(slot))
+            .map(|(slot, _)| slot.clone())
+            .collect();
+        for slot in free {
+            self.wake_slot(&slot);
         }
         Ok(jobs)
     }
@@ -567,7 +709,7 @@ impl Runner {
                         // The account's copy quota is taken by copies outside this run:
                         // queue behind the copies this run has in flight.
                         if let Some(key) = self.copy_slot(&v) {
-                            let in_use = self.slots_in_use().get(&key).copied().unwrap_or(0).saturating_sub(1);
+                            let in_use = self.in_use(&key).saturating_sub(1);
                             let cap = in_use.max(1);
                             tracing::warn!(volume = %v.source_volume, region = key.1, cap, "copy quota reached; queueing copies");
                             self.slot_caps.insert(key, cap);
@@ -697,14 +839,17 @@ async fn perform_job(cloud: Arc<dyn crate::cloud::Cloud>, actx: Arc<ActCtx>, job
         Job::PollSnapshots { loc, members } => {
             let ids: Vec<SnapshotId> = members.iter().map(|m| m.1.clone()).collect();
             match cloud.describe_snapshots(&loc, &ids).await {
-                Ok(found) => members
-                    .into_iter()
-                    .map(|(i, id, which)| {
-                        let outcome =
-                            found.iter().find(|s| s.id == id).map(act::snapshot_outcome).unwrap_or(Outcome::Missing);
-                        (i, Action::PollSnapshot { which, id }, Ok(outcome))
-                    })
-                    .collect(),
+                Ok(found) => {
+                    let found: HashMap<&SnapshotId, &crate::cloud::Snapshot> =
+                        found.iter().map(|s| (&s.id, s)).collect();
+                    members
+                        .into_iter()
+                        .map(|(i, id, which)| {
+                            let outcome = found.get(&id).map(|s| act::snapshot_outcome(s)).unwrap_or(Outcome::Missing);
+                            (i, Action::PollSnapshot { which, id }, Ok(outcome))
+                        })
+                        .collect()
+                }
                 Err(e) => members
                     .into_iter()
                     .map(|(i, id, which)| (i, Action::PollSnapshot { which, id }, Err(e.clone())))
@@ -714,14 +859,16 @@ async fn perform_job(cloud: Arc<dyn crate::cloud::Cloud>, actx: Arc<ActCtx>, job
         Job::PollVolumes { loc, members } => {
             let ids: Vec<VolumeId> = members.iter().map(|m| m.1.clone()).collect();
             match cloud.describe_volumes(&loc, &ids).await {
-                Ok(found) => members
-                    .into_iter()
-                    .map(|(i, id)| {
-                        let outcome =
-                            found.iter().find(|x| x.id == id).map(act::volume_outcome).unwrap_or(Outcome::Missing);
-                        (i, Action::PollVolume { id }, Ok(outcome))
-                    })
-                    .collect(),
+                Ok(found) => {
+                    let found: HashMap<&VolumeId, &Volume> = found.iter().map(|x| (&x.id, x)).collect();
+                    members
+                        .into_iter()
+                        .map(|(i, id)| {
+                            let outcome = found.get(&id).map(|x| act::volume_outcome(x)).unwrap_or(Outcome::Missing);
+                            (i, Action::PollVolume { id }, Ok(outcome))
+                        })
+                        .collect()
+                }
                 Err(e) => members.into_iter().map(|(i, id)| (i, Action::PollVolume { id }, Err(e.clone()))).collect(),
             }
         }

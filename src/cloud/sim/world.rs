@@ -172,6 +172,19 @@ pub struct World {
     pub peak_copies: BTreeMap<String, usize>,
     next_id: u64,
     rng: u64,
+    /// Lookups kept beside the maps so that a call costs the same in a world of ten
+    /// thousand volumes as in one of ten; rebuilt from the maps when a world is read.
+    #[serde(skip)]
+    index: Option<Index>,
+}
+
+/// What the world looks up by something other than an id.
+#[derive(Debug, Clone, Default)]
+struct Index {
+    /// Copies that may still be pending, per (owner, region).
+    pending_copies: BTreeMap<(String, String), BTreeSet<String>>,
+    /// Volumes by (owner, region, ClientToken).
+    tokens: BTreeMap<(String, String, String), String>,
 }
 
 fn err(kind: ErrorKind, code: &str, message: impl Into<String>) -> CloudError {
@@ -215,7 +228,28 @@ impl World {
             peak_copies: BTreeMap::new(),
             next_id: 1,
             rng: 0x9e37_79b9_7f4a_7c15,
+            index: None,
         }
+    }
+
+    /// The lookups, built from the maps the first time they are needed.
+    fn index(&mut self) -> &mut Index {
+        if self.index.is_none() {
+            let mut ix = Index::default();
+            for s in self.snapshots.values().filter(|s| s.is_copy && self.now_ms < s.ready_ms) {
+                ix.pending_copies
+                    .entry((s.owner.to_string(), s.region.to_string()))
+                    .or_default()
+                    .insert(s.id.to_string());
+            }
+            for v in self.volumes.values() {
+                if let Some(t) = &v.client_token {
+                    ix.tokens.insert((v.owner.to_string(), v.region.to_string(), t.clone()), v.id.to_string());
+                }
+            }
+            self.index = Some(ix);
+        }
+        self.index.as_mut().expect("just built")
     }
 
     pub fn count(&mut self, action: &str) {
@@ -587,11 +621,16 @@ impl World {
         Ok(view)
     }
 
-    fn copies_in_flight(&self, account: &AccountId, region: &Region) -> usize {
-        self.snapshots
-            .values()
-            .filter(|s| s.is_copy && &s.owner == account && &s.region == region && self.now_ms < s.ready_ms)
-            .count()
+    /// Copies pending into (account, region). Each copy is looked at until it is ready
+    /// or gone, then dropped from the index.
+    fn copies_in_flight(&mut self, account: &AccountId, region: &Region) -> usize {
+        let now = self.now_ms;
+        let key = (account.to_string(), region.to_string());
+        let mut pending = self.index().pending_copies.remove(&key).unwrap_or_default();
+        pending.retain(|id| self.snapshots.get(id).is_some_and(|s| now < s.ready_ms));
+        let n = pending.len();
+        self.index().pending_copies.insert(key, pending);
+        n
     }
 
     pub fn copy_snapshot(
@@ -685,6 +724,11 @@ impl World {
             origin_volume: src.origin_volume.clone(),
         };
         self.snapshots.insert(id.to_string(), s);
+        self.index()
+            .pending_copies
+            .entry((account.to_string(), region.to_string()))
+            .or_default()
+            .insert(id.to_string());
         let now = self.copies_in_flight(account, region);
         let peak = self.peak_copies.entry(format!("{account}/{region}")).or_default();
         *peak = (*peak).max(now);
@@ -746,10 +790,14 @@ impl World {
         region: &Region,
         req: &CreateVolumeReq,
     ) -> CloudResult<crate::ids::VolumeId> {
-        if let Some(v) = self.volumes.values().find(|v| {
-            &v.owner == account && &v.region == region && v.client_token.as_deref() == Some(&req.client_token)
-        }) {
-            return Ok(v.id.clone());
+        let token = (account.to_string(), region.to_string(), req.client_token.clone());
+        if let Some(id) = self.index().tokens.get(&token).cloned() {
+            match self.volumes.get(&id) {
+                Some(v) => return Ok(v.id.clone()),
+                None => {
+                    self.index().tokens.remove(&token);
+                }
+            }
         }
         if req.availability_zone.region() != *region {
             return Err(err(
@@ -798,6 +846,7 @@ impl World {
             client_token: Some(req.client_token.clone()),
         };
         self.volumes.insert(id.to_string(), v);
+        self.index().tokens.insert(token, id.to_string());
         Ok(id)
     }
 
