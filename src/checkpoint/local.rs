@@ -2,17 +2,19 @@
 //!
 //! ```text
 //! runs/<run-id>/checkpoint.json   the whole run, replaced atomically (temp, fsync, rename)
-//! runs/<run-id>/journal.jsonl     records appended since that file was written, fsynced
+//! runs/<run-id>/journal.jsonl     records written since that file was, fdatasynced
 //! locks/<plan>.lock               held (flock) by the one process running that plan
 //! ```
 //!
-//! Appending a batch of lines and fsyncing it is cheap however many volumes a run
-//! has. A torn last line (a crash mid-append) is ignored on load: the calls it
-//! announced were never issued, because calls are issued only after the append is
-//! synced.
+//! Writing a batch of lines and syncing it is cheap however many volumes a run has.
+//! The journal grows in zero-filled steps ahead of its records, so a sync flushes the
+//! new records alone, not the file's size as well: one write to the disk, not two.
+//! Reading stops at the first line that does not parse: the zeros past the last
+//! record, or a torn last line (a crash mid-write), whose calls were never issued,
+//! because calls are issued only after the write is synced.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -135,17 +137,43 @@ impl StateStore for LocalStore {
 struct LocalJournal {
     dir: PathBuf,
     file: File,
+    /// Where the next record goes: the end of the last one.
+    end: u64,
+    /// How far the file is filled with zeros ahead of `end`.
+    allocated: u64,
     lines: usize,
     /// Fold into checkpoint.json past this many lines.
     compact_at: usize,
 }
 
+/// The journal grows by at least this much at a time.
+const GROWTH: u64 = 1 << 20;
+
 impl LocalJournal {
     fn open(dir: PathBuf, volumes: usize) -> Result<Journal, StoreError> {
         let path = dir.join("journal.jsonl");
-        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
+        let file = OpenOptions::new().create(true).truncate(true).write(true).open(&path).map_err(io(&path))?;
         sync_dir(&dir)?;
-        Ok(Journal::new(LocalJournal { dir, file, lines: 0, compact_at: (volumes * 8).max(2048) }))
+        Ok(Journal::new(LocalJournal {
+            dir,
+            file,
+            end: 0,
+            allocated: 0,
+            lines: 0,
+            compact_at: (volumes * 8).max(2048),
+        }))
+    }
+
+    /// Fills the file with zeros up to at least `need` bytes, durably (the size is
+    /// metadata, synced with it).
+    fn grow(&mut self, need: u64, path: &Path) -> Result<(), StoreError> {
+        let to = need.max(self.allocated + GROWTH);
+        let zeros = vec![0u8; (to - self.allocated) as usize];
+        self.file.seek(SeekFrom::Start(self.allocated)).map_err(io(path))?;
+        self.file.write_all(&zeros).map_err(io(path))?;
+        self.file.sync_all().map_err(io(path))?;
+        self.allocated = to;
+        Ok(())
     }
 }
 
@@ -153,8 +181,14 @@ impl LocalJournal {
 impl JournalSink for LocalJournal {
     async fn append(&mut self, batch: &[u8], lines: usize) -> Result<(), StoreError> {
         let path = self.dir.join("journal.jsonl");
+        let need = self.end + batch.len() as u64;
+        if need > self.allocated {
+            self.grow(need, &path)?;
+        }
+        self.file.seek(SeekFrom::Start(self.end)).map_err(io(&path))?;
         self.file.write_all(batch).map_err(io(&path))?;
         self.file.sync_data().map_err(io(&path))?;
+        self.end = need;
         self.lines += lines;
         Ok(())
     }
@@ -162,10 +196,12 @@ impl JournalSink for LocalJournal {
     async fn compact(&mut self, record: &RunRecord) -> Result<(), StoreError> {
         write_atomic(&self.dir.join("checkpoint.json"), record)?;
         let path = self.dir.join("journal.jsonl");
-        // Truncate only after the checkpoint that contains every line is durable.
-        self.file = OpenOptions::new().create(true).write(true).truncate(true).open(&path).map_err(io(&path))?;
+        // Truncate only after the checkpoint that contains every line is durable: no
+        // record of the old journal may be read over the new checkpoint.
+        self.file.set_len(0).map_err(io(&path))?;
         self.file.sync_all().map_err(io(&path))?;
-        self.file = OpenOptions::new().append(true).open(&path).map_err(io(&path))?;
+        self.end = 0;
+        self.allocated = 0;
         self.lines = 0;
         Ok(())
     }

@@ -22,9 +22,9 @@ mod local;
 pub mod memory;
 pub mod remote;
 
+use std::borrow::Cow;
 use std::fmt;
 use std::fs::{self, File};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -180,12 +180,12 @@ pub struct RunRecord {
     pub volumes: Vec<VolumeRun>,
 }
 
-/// One journal line.
+/// One journal line: borrowed when written, owned when read back.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub(crate) enum Entry {
-    Meta(RunMeta),
-    Volume { index: usize, state: VolumeRun },
+pub(crate) enum Entry<'a> {
+    Meta(Cow<'a, RunMeta>),
+    Volume { index: usize, state: Cow<'a, VolumeRun> },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -372,12 +372,12 @@ impl Journal {
 
     /// Records a volume's new state (durable after the next [`Journal::sync`]).
     pub fn volume(&mut self, index: usize, state: &VolumeRun) -> Result<(), StoreError> {
-        self.write_entry(&Entry::Volume { index, state: state.clone() })
+        self.write_entry(&Entry::Volume { index, state: Cow::Borrowed(state) })
     }
 
     /// Records the run's new meta (durable after the next [`Journal::sync`]).
     pub fn meta(&mut self, meta: &RunMeta) -> Result<(), StoreError> {
-        self.write_entry(&Entry::Meta(meta.clone()))
+        self.write_entry(&Entry::Meta(Cow::Borrowed(meta)))
     }
 
     /// Makes everything recorded so far durable, in one write. Fails, writing
@@ -388,8 +388,16 @@ impl Journal {
         }
         self.sink.append(&self.pending, self.pending_lines).await?;
         self.pending.clear();
+        // A run's first batch holds every volume's intent; keep no such buffer for the
+        // rest of the run.
+        self.pending.shrink_to(1 << 16);
         self.pending_lines = 0;
         Ok(())
+    }
+
+    /// Records written since the last sync.
+    pub fn pending_lines(&self) -> usize {
+        self.pending_lines
     }
 
     /// True when the journal has grown enough to be folded into the checkpoint.
@@ -410,8 +418,9 @@ pub(crate) fn replay(record: &mut RunRecord, lines: &[u8]) {
     for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
         let Ok(entry) = serde_json::from_slice::<Entry>(line) else { break };
         match entry {
-            Entry::Meta(m) => record.meta = m,
+            Entry::Meta(m) => record.meta = m.into_owned(),
             Entry::Volume { index, state } => {
+                let state = state.into_owned();
                 if index < record.volumes.len() {
                     record.volumes[index] = state;
                 } else if index == record.volumes.len() {
@@ -438,10 +447,16 @@ pub(crate) fn parse_checkpoint(bytes: &[u8], path: &Path) -> Result<RunRecord, S
 pub fn write_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("checkpoint")));
-    let bytes = serde_json::to_vec_pretty(value)
-        .map_err(|e| StoreError::Corrupt { path: path.to_owned(), message: e.to_string() })?;
-    let mut f = File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(&bytes).map_err(io(&tmp))?;
+    // Streamed: a large run (or simulated world) is never held as one buffer.
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, File::create(&tmp).map_err(io(&tmp))?);
+    serde_json::to_writer_pretty(&mut out, value).map_err(|e| {
+        if e.is_io() {
+            io(&tmp)(e.into())
+        } else {
+            StoreError::Corrupt { path: path.to_owned(), message: e.to_string() }
+        }
+    })?;
+    let f = out.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
     f.sync_all().map_err(io(&tmp))?;
     drop(f);
     fs::rename(&tmp, path).map_err(io(path))?;
@@ -455,6 +470,7 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use std::fs::OpenOptions;
+    use std::io::{Seek, SeekFrom, Write};
     use std::time::Duration;
 
     use super::memory::MemoryObjects;
@@ -531,8 +547,37 @@ mod tests {
         r.volumes[1].step = crate::engine::Step::WaitSnapshot;
         j.volume(1, &r.volumes[1]).unwrap();
         j.sync().await.unwrap();
-        let mut f = OpenOptions::new().append(true).open(dir.path().join("runs/r1/journal.jsonl")).unwrap();
+        // A crash mid-write leaves part of a line where the zeros ahead of the records
+        // began.
+        let path = dir.path().join("runs/r1/journal.jsonl");
+        let end = fs::read(&path).unwrap().iter().position(|b| *b == 0).expect("zeros ahead of the records");
+        let mut f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.seek(SeekFrom::Start(end as u64)).unwrap();
         f.write_all(b"{\"volume\":{\"index\":0,\"sta").unwrap();
+        assert_eq!(store.load("r1").await.unwrap(), r);
+    }
+
+    #[tokio::test]
+    async fn records_across_the_journals_growth_all_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let mut r = record("r1", 3);
+        let mut j = store.create_or_reopen(&r).await.unwrap();
+        // Past two steps of growth, in batches of different sizes.
+        let mut written = 0;
+        for round in 0..12_000 {
+            let i = round % 3;
+            r.volumes[i].progress = Some((round % 100) as u8);
+            r.volumes[i].lookups_missed = (round % 7) as u8;
+            j.volume(i, &r.volumes[i]).unwrap();
+            if round % 7 == 0 {
+                j.sync().await.unwrap();
+            }
+            written += 1;
+        }
+        j.sync().await.unwrap();
+        let len = fs::metadata(dir.path().join("runs/r1/journal.jsonl")).unwrap().len();
+        assert!(len > 2 << 20, "the journal grew twice ({len} bytes, {written} records)");
         assert_eq!(store.load("r1").await.unwrap(), r);
     }
 

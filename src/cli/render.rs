@@ -1,6 +1,7 @@
 //! Rendering of results: text for people, JSON for CI, and the Prometheus textfile.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::Path;
 
 use serde_json::{Value, json};
@@ -17,7 +18,14 @@ use super::Format;
 /// of it for people. Both come from the same value, so they cannot disagree.
 pub fn emit<T: serde::Serialize + ?Sized>(format: Format, value: &T, text: impl FnOnce(&T) -> String) {
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(value).unwrap_or_default()),
+        Format::Json => {
+            // Streamed: a report of many volumes is never held as one string.
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let _ = serde_json::to_writer_pretty(&mut out, value)
+                .map_err(std::io::Error::from)
+                .and_then(|()| writeln!(out))
+                .and_then(|()| out.flush());
+        }
         Format::Text => print!("{}", text(value)),
     }
 }

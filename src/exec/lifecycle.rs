@@ -4,6 +4,7 @@
 //! grant the target account use of the source key, drive every volume (the loop is in
 //! `runner`), and end: status, report, retention.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -16,7 +17,7 @@ use crate::policy;
 
 use super::act::{self, ActCtx, TargetCtx};
 use super::adopt::{self, Shape};
-use super::preflight::{Resolved, preflight};
+use super::preflight::{Resolved, SourceVolume, preflight};
 use super::recurring::{self, Recur};
 use super::retry::retrying;
 use super::runner::{Ended, RunConfig, Runner};
@@ -219,8 +220,10 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
     let mut report = RunReport::from_record(&record);
     let source_key = resolved.source_key.arn.as_str();
     let dsts = target_locs(plan);
+    let by_id: HashMap<&str, &SourceVolume> =
+        resolved.volumes.iter().map(|sv| (sv.volume.id.as_str(), sv.as_ref())).collect();
     for v in &mut report.volumes {
-        if let Some(sv) = resolved.volumes.iter().find(|sv| sv.volume.id.as_str() == v.source_volume) {
+        if let Some(sv) = by_id.get(v.source_volume.as_str()) {
             v.next_copy = Some(super::report::copy_kind(&sv.volume, source_key));
         }
     }

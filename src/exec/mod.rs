@@ -8,7 +8,9 @@
 //! The driving loop asks every volume without a call under way for its next action;
 //! records the intent of every call that changes AWS and syncs the journal once;
 //! starts the calls (polls batched per account and region); and applies each outcome
-//! as its call ends, syncing again. Copies wait for a slot under the per-destination
+//! as its call ends. The outcomes and the intents planned from them are synced in one
+//! write, before any call that changes AWS starts and before the loop waits on AWS or
+//! a timer; a poll needs no intent. Copies wait for a slot under the per-destination
 //! limit. When nothing is due, it sleeps until the next poll or retry is due, on the
 //! [`Clock`] (virtual under simulation).
 //!

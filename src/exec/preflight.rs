@@ -2,8 +2,9 @@
 //! Every problem is collected, not just the first, and each names its resource and
 //! what to do about it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
+use std::sync::Arc;
 
 use crate::clock::Clock;
 use crate::cloud::{Cloud, CloudError, ErrorKind, Identity, KeyInfo, KeyManager, Loc, Probe, Side, Volume};
@@ -54,7 +55,8 @@ pub struct Resolved {
     pub source_key: KeyInfo,
     /// One per target of the plan, in its order.
     pub targets: Vec<ResolvedTarget>,
-    pub volumes: Vec<SourceVolume>,
+    /// Shared with the runner's jobs, not copied per job.
+    pub volumes: Vec<Arc<SourceVolume>>,
     /// Listed volumes that no longer exist, in a recurring plan (where they fail alone
     /// instead of refusing the plan).
     pub missing: Vec<VolumeId>,
@@ -237,7 +239,14 @@ pub async fn preflight(
     match (source_key, targets) {
         (Some(source_key), Some(targets)) if errors.is_empty() => {
             let cross_account = targets.iter().any(|t| t.cross_account);
-            Ok(Resolved { source_identity, cross_account, source_key, targets, volumes, missing: missing_ids })
+            Ok(Resolved {
+                source_identity,
+                cross_account,
+                source_key,
+                targets,
+                volumes: volumes.into_iter().map(Arc::new).collect(),
+                missing: missing_ids,
+            })
         }
         _ => Err(errors),
     }
@@ -338,17 +347,19 @@ pub async fn resolve_volumes(
             Pick::Selector(_) => None,
         })
         .collect();
-    let mut found = vec![];
+    let mut found: HashMap<VolumeId, Volume> = HashMap::with_capacity(ids.len());
     // DescribeVolumes takes at most 500 ids per call with filters; stay well within.
     for chunk in ids.chunks(200) {
-        found.extend(retrying(clock, || cloud.describe_volumes(loc, chunk)).await?);
+        found.extend(
+            retrying(clock, || cloud.describe_volumes(loc, chunk)).await?.into_iter().map(|v| (v.id.clone(), v)),
+        );
     }
     let mut out = vec![];
     let mut problems = vec![];
     let mut seen = BTreeSet::new();
     for spec in &plan.volumes {
         match &spec.pick {
-            Pick::Id(id) => match found.iter().find(|v| &v.id == id) {
+            Pick::Id(id) => match found.get(id) {
                 Some(v) => {
                     if seen.insert(v.id.clone()) {
                         out.push(SourceVolume { volume: v.clone(), target: spec.target.clone() });

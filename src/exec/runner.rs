@@ -24,6 +24,9 @@ use super::preflight::{Resolved, SourceVolume};
 use super::sched::{Decision, VolumeSched};
 use super::{Env, RunError};
 
+/// Outcomes of polls and of ended calls held unsynced at most, when no call that
+/// changes AWS comes to sync them: lost in a crash, they are looked up again.
+const UNSYNCED_LINES: usize = 512;
 /// The first poll of a new wait, and the floor of later ones, for small runs.
 const MIN_POLL_MS: i64 = 5_000;
 /// The floor when many volumes wait at once: one DescribeSnapshots answers for all of
@@ -95,7 +98,7 @@ pub struct Runner {
     sched: Vec<VolumeSched>,
     /// Set when the credentials were refused: nothing more is issued.
     halt: Option<CloudError>,
-    sources: HashMap<VolumeId, SourceVolume>,
+    sources: HashMap<VolumeId, Arc<SourceVolume>>,
     copy_limit: usize,
     rng: u64,
     /// The shortest poll interval now, by how many volumes wait.
@@ -144,12 +147,17 @@ type PollGroup = (bool, Loc);
 /// Each job owns what it needs, so the runner can go on with other volumes while it
 /// is under way.
 enum Job {
-    One { index: usize, action: Action, volume: Box<VolumeRun>, source: Option<Box<SourceVolume>> },
+    One { index: usize, action: Action, volume: Box<VolumeRun>, source: Option<Arc<SourceVolume>> },
     PollSnapshots { loc: Loc, members: Vec<(usize, SnapshotId, Which)> },
     PollVolumes { loc: Loc, members: Vec<(usize, VolumeId)> },
 }
 
 impl Job {
+    /// True for a call whose intent must be durable before it is issued.
+    fn changes_aws(&self) -> bool {
+        matches!(self, Job::One { action, .. } if action.is_mutating())
+    }
+
     fn members(&self) -> Vec<usize> {
         match self {
             Job::One { index, .. } => vec![*index],
@@ -384,11 +392,14 @@ impl Runner {
             }
             if !stopping {
                 let jobs = self.plan_tick(now)?;
-                if !jobs.is_empty() {
-                    // The intents of these changes are durable before any is issued.
+                // The intents of the calls that change AWS are durable before any is
+                // issued, in one write with the outcomes absorbed since the last one.
+                // Polls need no intent: their outcomes wait for that write, for the
+                // loop to fall idle, or for a bounded backlog.
+                if jobs.iter().any(Job::changes_aws) || self.journal.pending_lines() >= UNSYNCED_LINES {
                     self.journal.sync().await?;
-                    queue.extend(jobs);
                 }
+                queue.extend(jobs);
             }
             while !stopping && inflight.len() < CALLS_IN_FLIGHT {
                 let Some(job) = queue.pop_front() else { break };
@@ -422,6 +433,12 @@ impl Runner {
                 }
                 continue;
             }
+            if !virtual_time {
+                // Against AWS the loop now waits on calls and timers: whatever it has
+                // recorded becomes durable first. On the virtual clock calls end at
+                // once, and the backlog rule above bounds what a crash can lose.
+                self.journal.sync().await?;
+            }
             let first = if virtual_time || stopping {
                 inflight.next().await
             } else {
@@ -448,7 +465,6 @@ impl Runner {
                 self.absorb(index, &action, result, now)?;
                 self.ready.insert(index);
             }
-            self.journal.sync().await?;
             if let Some(p) = &self.progress {
                 p.update(&self.tally);
             }
@@ -663,7 +679,7 @@ impl Runner {
 
     fn one(&self, index: usize, action: Action) -> Job {
         let volume = Box::new(self.record.volumes[index].clone());
-        let source = self.sources.get(&volume.source_volume).cloned().map(Box::new);
+        let source = self.sources.get(&volume.source_volume).cloned();
         Job::One { index, action, volume, source }
     }
 
