@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 
 use super::{
-    Journal, JournalSink, PlanLock, RunRecord, StateStore, StoreError, io, parse_checkpoint, replay, sync_dir,
-    write_atomic,
+    Journal, JournalSink, PlanLock, RunMeta, RunRecord, StateStore, StoreError, io, meta_of, parse_checkpoint, replay,
+    sync_dir, write_atomic,
 };
 
 /// The state dir.
@@ -121,6 +121,30 @@ impl StateStore for LocalStore {
         }
         runs.sort_by(|a, b| (a.meta.created_ms, &a.meta.run_id).cmp(&(b.meta.created_ms, &b.meta.run_id)));
         Ok(runs)
+    }
+
+    async fn list_meta(&self) -> Result<Vec<RunMeta>, StoreError> {
+        let dir = self.root.join("runs");
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(io(&dir)(e)),
+        };
+        let mut metas = vec![];
+        for e in entries {
+            let e = e.map_err(io(&dir))?;
+            let run = e.path();
+            let path = run.join("checkpoint.json");
+            let checkpoint = match fs::read(&path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(&path)(e)),
+            };
+            let journal = fs::read(run.join("journal.jsonl")).unwrap_or_default();
+            metas.push(meta_of(&checkpoint, &journal, &path)?);
+        }
+        metas.sort_by(|a, b| (a.created_ms, &a.run_id).cmp(&(b.created_ms, &b.run_id)));
+        Ok(metas)
     }
 
     async fn create_or_reopen(&self, record: &RunRecord) -> Result<Journal, StoreError> {

@@ -247,6 +247,11 @@ pub trait StateStore: Send + Sync + fmt::Debug {
     async fn load(&self, run_id: &str) -> Result<RunRecord, StoreError>;
     /// Every run, oldest first by creation time.
     async fn list(&self) -> Result<Vec<RunRecord>, StoreError>;
+    /// Every run's meta, in the order of [`StateStore::list`]; a store that can read a
+    /// run's meta without its volumes does so.
+    async fn list_meta(&self) -> Result<Vec<RunMeta>, StoreError> {
+        Ok(self.list().await?.into_iter().map(|r| r.meta).collect())
+    }
     /// Opens a run for appending: creates it if it is new, else folds its journal into
     /// a fresh checkpoint of `record`.
     async fn create_or_reopen(&self, record: &RunRecord) -> Result<Journal, StoreError>;
@@ -305,8 +310,19 @@ impl Store {
     }
 
     /// The newest run of a plan, if any.
+    /// The plan's newest run, whole. Only that one is read whole: a recurring plan
+    /// leaves a run per round behind, and a fleet's run is large.
     pub async fn latest_of_plan(&self, plan: &str) -> Result<Option<RunRecord>, StoreError> {
-        Ok(self.0.list().await?.into_iter().rfind(|r| r.meta.plan == plan))
+        let Some(meta) = self.0.list_meta().await?.into_iter().rfind(|m| m.plan == plan) else {
+            return Ok(None);
+        };
+        match self.0.load(&meta.run_id).await {
+            Ok(r) => Ok(Some(r)),
+            // Gone between the listing and the read (another process's cleanup): the
+            // newest that is left.
+            Err(StoreError::NoSuchRun(_)) => Ok(self.0.list().await?.into_iter().rfind(|r| r.meta.plan == plan)),
+            Err(e) => Err(e),
+        }
     }
 
     pub async fn close(&self) {
@@ -431,15 +447,47 @@ pub(crate) fn replay(record: &mut RunRecord, lines: &[u8]) {
     }
 }
 
+/// A run's meta from its checkpoint and journal, skipping its volumes unparsed.
+pub(crate) fn meta_of(checkpoint: &[u8], journal: &[u8], path: &Path) -> Result<RunMeta, StoreError> {
+    let version = parse_version(checkpoint, path)?;
+    if version > FORMAT_VERSION {
+        return Err(StoreError::NewerFormat { path: path.to_owned(), found: version });
+    }
+    let mut meta: RunMeta = serde_json::from_slice(checkpoint)
+        .map_err(|e| StoreError::Corrupt { path: path.to_owned(), message: e.to_string() })?;
+    for line in journal.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        if line.starts_with(b"{\"volume\"") {
+            continue;
+        }
+        match serde_json::from_slice::<Entry>(line) {
+            Ok(Entry::Meta(m)) => meta = m.into_owned(),
+            Ok(Entry::Volume { .. }) => {}
+            Err(_) => break,
+        }
+    }
+    Ok(meta)
+}
+
+fn parse_version(bytes: &[u8], path: &Path) -> Result<u32, StoreError> {
+    #[derive(Deserialize)]
+    struct Version {
+        #[serde(default)]
+        format_version: u64,
+    }
+    serde_json::from_slice::<Version>(bytes)
+        .map(|v| v.format_version as u32)
+        .map_err(|e| StoreError::Corrupt { path: path.to_owned(), message: e.to_string() })
+}
+
 /// Parses a checkpoint, refusing a newer format. `path` names it in errors.
 pub(crate) fn parse_checkpoint(bytes: &[u8], path: &Path) -> Result<RunRecord, StoreError> {
-    let value: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|e| StoreError::Corrupt { path: path.to_owned(), message: e.to_string() })?;
-    let found = value.get("format_version").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+    // The version first, skipping the rest (no tree of the whole run is built), so a
+    // newer format is named as such rather than as damage.
+    let found = parse_version(bytes, path)?;
     if found > FORMAT_VERSION {
         return Err(StoreError::NewerFormat { path: path.to_owned(), found });
     }
-    serde_json::from_value(value).map_err(|e| StoreError::Corrupt { path: path.to_owned(), message: e.to_string() })
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt { path: path.to_owned(), message: e.to_string() })
 }
 
 /// Writes `value` as JSON to `path` so that a crash leaves either the old file or the
@@ -651,6 +699,35 @@ mod tests {
             assert_eq!(store.latest_of_plan("p").await.unwrap().unwrap().meta.run_id, "b");
             assert!(store.latest_of_plan("q").await.unwrap().is_none());
             assert!(matches!(store.load("zzz").await, Err(StoreError::NoSuchRun(_))));
+        }
+    }
+
+    #[tokio::test]
+    async fn metas_are_read_without_volumes_and_agree_with_whole_runs() {
+        for (store, _dir, _) in stores() {
+            let mut old = record("old", 3);
+            old.meta.created_ms = 5;
+            let mut new = record("new", 4);
+            new.meta.created_ms = 9;
+            let mut other = record("other", 2);
+            other.meta.created_ms = 12;
+            other.meta.plan = "q".into();
+            for r in [&old, &other] {
+                store.create_or_reopen(r).await.unwrap();
+            }
+            // The newest run's meta and a volume change only in its journal.
+            let mut j = store.create_or_reopen(&new).await.unwrap();
+            new.volumes[2].step = crate::engine::Step::WaitCopy;
+            j.volume(2, &new.volumes[2]).unwrap();
+            new.meta.status = RunStatus::Failed;
+            new.meta.updated_ms = 77;
+            j.meta(&new.meta).unwrap();
+            j.sync().await.unwrap();
+            let metas = store.0.list_meta().await.unwrap();
+            let whole: Vec<RunMeta> = store.list().await.unwrap().into_iter().map(|r| r.meta).collect();
+            assert_eq!(metas, whole, "{}", store.location());
+            assert_eq!(metas.iter().map(|m| m.run_id.as_str()).collect::<Vec<_>>(), ["old", "new", "other"]);
+            assert_eq!(store.latest_of_plan("p").await.unwrap(), Some(new.clone()), "{}", store.location());
         }
     }
 

@@ -100,8 +100,9 @@ pub async fn connect(reach: Reach<'_>) -> Result<Connected, Failure> {
                 .unwrap_or_else(|| AccountId::parse(crate::cloud::sim::DEFAULT_SOURCE_ACCOUNT).expect("valid")),
             targets: reach.targets.clone(),
         };
-        let world = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice::<World>(&bytes).map_err(|e| {
+        // Read as a stream: a large world is never held twice, as text and as parsed.
+        let world = match std::fs::File::open(&path) {
+            Ok(file) => serde_json::from_reader::<_, World>(std::io::BufReader::new(file)).map_err(|e| {
                 Failure::new(
                     exit::FAILED,
                     format!("simulated world {} is damaged ({e}); delete it to start afresh", path.display()),

@@ -4,7 +4,7 @@
 //! grant the target account use of the source key, drive every volume (the loop is in
 //! `runner`), and end: status, report, retention.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use crate::checkpoint::{FORMAT_VERSION, GrantRecord, RunMeta, RunRecord, RunStatus, StoreError, TargetMeta};
 use crate::cloud::{CloudError, ErrorKind, Loc, Side};
 use crate::engine::{Failure, FailureKind, Step, VolumeRun};
+use crate::ids::VolumeId;
 use crate::plan::Plan;
 use crate::policy;
 
@@ -114,11 +115,18 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
     // Volumes the plan picks now and the run does not have yet join it, one volume run
     // per target: the first leads, the others follow.
     let targets = plan.targets.len() as u8;
-    for id in resolved.volumes.iter().map(|sv| &sv.volume.id).chain(&resolved.missing) {
-        if !record.volumes.iter().any(|v| &v.source_volume == id) {
-            for t in 0..targets {
-                record.volumes.push(VolumeRun::for_target(id.clone(), t, t > 0));
-            }
+    let known: HashSet<&VolumeId> = record.volumes.iter().map(|v| &v.source_volume).collect();
+    let new: Vec<&VolumeId> = resolved
+        .volumes
+        .iter()
+        .map(|sv| &sv.volume.id)
+        .chain(&resolved.missing)
+        .filter(|id| !known.contains(id))
+        .collect();
+    record.volumes.reserve_exact(new.len() * usize::from(targets));
+    for id in new {
+        for t in 0..targets {
+            record.volumes.push(VolumeRun::for_target(id.clone(), t, t > 0));
         }
     }
     let mut journal = env.store.create_or_reopen(&record).await?;
@@ -335,15 +343,19 @@ async fn recur(
     let mut wanted: Vec<_> =
         resolved.volumes.iter().map(|v| v.volume.id.clone()).chain(resolved.missing.clone()).collect();
     // In the plan's order, selected volumes after the listed ones.
-    let listed: Vec<&crate::ids::VolumeId> = plan
+    let mut listed: HashMap<&VolumeId, usize> = HashMap::new();
+    for (i, id) in plan
         .volumes
         .iter()
         .filter_map(|s| match &s.pick {
             crate::plan::Pick::Id(id) => Some(id),
             crate::plan::Pick::Selector(_) => None,
         })
-        .collect();
-    wanted.sort_by_key(|id| listed.iter().position(|l| *l == id).unwrap_or(usize::MAX));
+        .enumerate()
+    {
+        listed.entry(id).or_insert(i);
+    }
+    wanted.sort_by_key(|id| listed.get(id).copied().unwrap_or(usize::MAX));
     let (volumes, run_id) = match &previous {
         Some(r) => (r.volumes.clone(), Some(r.meta.run_id.clone())),
         None => {

@@ -244,7 +244,12 @@ pub async fn preflight(
                 cross_account,
                 source_key,
                 targets,
-                volumes: volumes.into_iter().map(Arc::new).collect(),
+                volumes: {
+                    let mut v: Vec<_> = volumes.into_iter().map(Arc::new).collect();
+                    // Collected in place: give back the room the volumes themselves took.
+                    v.shrink_to_fit();
+                    v
+                },
                 missing: missing_ids,
             })
         }

@@ -15,7 +15,7 @@
 //! due copies of one volume share one new snapshot: the first is the lead, the others
 //! its followers.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use crate::engine::{Step, VolumeRun};
 use crate::ids::VolumeId;
@@ -44,7 +44,13 @@ pub fn plan(
     let mut out = vec![];
     let mut any_due = previous_run.is_none() && !previous.iter().any(|v| v.step != Step::Done);
     let mut seen = BTreeSet::new();
+    // The previous run's volume runs by source volume: a look per volume, not a scan.
+    let mut of_volume: HashMap<&VolumeId, Vec<&VolumeRun>> = HashMap::new();
+    for v in previous {
+        of_volume.entry(&v.source_volume).or_default().push(v);
+    }
     for id in wanted {
+        let mine = of_volume.get(id).map(Vec::as_slice).unwrap_or_default();
         if !seen.insert(id.clone()) {
             continue;
         }
@@ -55,7 +61,7 @@ pub fn plan(
             lead_taken = true;
         };
         for t in 0..targets.max(1) {
-            match previous.iter().find(|v| &v.source_volume == id && v.target == t) {
+            match mine.iter().copied().find(|v| v.target == t) {
                 Some(v) if v.step == Step::Done => {
                     if options.due(v.started_ms, now_ms) {
                         any_due = true;
@@ -68,12 +74,7 @@ pub fn plan(
                 // over with this round's snapshot.
                 Some(v)
                     if v.awaits_source()
-                        && !previous.iter().any(|l| {
-                            l.source_volume == v.source_volume
-                                && !l.follower
-                                && l.chain == v.chain
-                                && l.step != Step::Done
-                        }) =>
+                        && !mine.iter().any(|l| !l.follower && l.chain == v.chain && l.step != Step::Done) =>
                 {
                     any_due = true;
                     fresh_copy(&mut out, t);

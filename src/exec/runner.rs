@@ -405,6 +405,10 @@ impl Runner {
                 let Some(job) = queue.pop_front() else { break };
                 inflight.push(Box::pin(perform_job(self.env.cloud.clone(), self.actx.clone(), job)));
             }
+            if queue.is_empty() {
+                // The first tick queues a job per volume; keep no room for that after.
+                queue.shrink_to(CALLS_IN_FLIGHT * 4);
+            }
             if inflight.is_empty() {
                 self.journal.sync().await?;
                 if stopping {
