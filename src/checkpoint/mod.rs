@@ -310,6 +310,12 @@ impl Store {
     }
 
     /// The newest run of a plan, if any.
+    /// Every run's meta, oldest first, without reading the runs' volumes where the
+    /// store can.
+    pub async fn list_meta(&self) -> Result<Vec<RunMeta>, StoreError> {
+        self.0.list_meta().await
+    }
+
     /// The plan's newest run, whole. Only that one is read whole: a recurring plan
     /// leaves a run per round behind, and a fleet's run is large.
     pub async fn latest_of_plan(&self, plan: &str) -> Result<Option<RunRecord>, StoreError> {

@@ -118,8 +118,8 @@ async fn run(args: &RunArgs) -> Result<u8, Failure> {
     // The run is over and checkpointed: a metrics file that cannot be written is worth
     // a warning, not a failed run (the next invocation would start a new one).
     if let Some(path) = &args.metrics_file {
-        let written = match store.list().await {
-            Ok(runs) => render::write_metrics(path, &plan, &runs).map_err(|e| e.to_string()),
+        let written = match metrics_of(&store, &plan).await {
+            Ok(m) => render::write_metrics(path, &plan, &m).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         if let Err(e) = written {
@@ -128,6 +128,20 @@ async fn run(args: &RunArgs) -> Result<u8, Failure> {
     }
     emit(format, &report, render::report_text);
     Ok(exit::of_status(report.status))
+}
+
+/// The metrics of a plan's runs, read one run at a time.
+async fn metrics_of(store: &Store, plan: &crate::plan::Plan) -> Result<render::Metrics, StoreError> {
+    let mut m = render::Metrics::default();
+    for meta in store.list_meta().await?.into_iter().filter(|m| m.plan == plan.name.as_str()) {
+        match store.load(&meta.run_id).await {
+            Ok(r) => m.add(plan, &r),
+            // Removed since the listing: nothing to count.
+            Err(StoreError::NoSuchRun(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(m)
 }
 
 /// A run's status as `status` shows it: a run checkpointed as running whose plan lock
@@ -159,12 +173,15 @@ async fn status(run_id: Option<&str>, common: &Common) -> Result<u8, Failure> {
             emit(common.format, &render::run_status_json(&r), |_| render::run_status_text(&r));
         }
         None => {
-            let runs: Vec<RunRecord> = store.list().await.map_err(|e| Failure::from(&e))?;
-            let mut shown = Vec::with_capacity(runs.len());
-            for r in runs {
-                shown.push(observed(&store, r).await);
+            // One run at a time: a recurring plan leaves a run per round.
+            let mut runs = render::Runs::default();
+            for meta in store.list_meta().await.map_err(|e| Failure::from(&e))? {
+                match store.load(&meta.run_id).await {
+                    Ok(r) => runs.add(&observed(&store, r).await),
+                    Err(StoreError::NoSuchRun(_)) => {}
+                    Err(e) => return Err(Failure::from(&e)),
+                }
             }
-            let runs = shown;
             emit(common.format, &render::runs_json(&runs), |_| render::runs_text(&runs));
         }
     }

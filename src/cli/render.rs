@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::checkpoint::{RunRecord, RunStatus};
+use crate::checkpoint::{RunMeta, RunRecord, RunStatus};
 use crate::engine::Step;
 use crate::exec::RunReport;
 use crate::exec::cleanup::CleanupSummary;
@@ -124,43 +124,82 @@ fn counts(r: &RunRecord) -> Value {
     })
 }
 
-/// Per plan and source volume: the newest successful copy, when it finished and how
-/// old it is now, for DR freshness; for a recurring plan also whether it is older than
-/// `every` (from when it began, as `every` counts).
-pub fn last_success(runs: &[RunRecord], now_ms: i64) -> Value {
-    type Newest = (i64, Option<i64>, String, Option<String>, Option<String>);
-    let mut m: std::collections::BTreeMap<(String, String, u8), Newest> = Default::default();
-    let mut every: std::collections::BTreeMap<String, (i64, Option<i64>)> = Default::default();
-    for r in runs {
-        let e = every.entry(r.meta.plan.clone()).or_insert((r.meta.created_ms, r.meta.every_ms));
+type Newest = (i64, Option<i64>, String, Option<String>, Option<String>);
+
+/// What `status` shows of every run, gathered one run at a time: a recurring plan
+/// leaves a run per round, and only one of them is held at once.
+#[derive(Debug, Default)]
+pub struct Runs {
+    /// Per run, in the order added: its meta and its volumes by status.
+    rows: Vec<(RunMeta, Value)>,
+    /// Per (plan, source volume, target): the newest successful copy (finished, began,
+    /// run, target snapshot, target label).
+    newest: std::collections::BTreeMap<(String, String, u8), Newest>,
+    /// Per plan, its newest run's creation time and `every`.
+    every: std::collections::BTreeMap<String, (i64, Option<i64>)>,
+    /// Per plan, its newest run's creation time and failing volumes.
+    failing: std::collections::BTreeMap<String, (i64, Vec<Value>)>,
+}
+
+impl Runs {
+    /// Adds a run; runs come oldest first, as the store lists them.
+    pub fn add(&mut self, r: &RunRecord) {
+        self.rows.push((r.meta.clone(), counts(r)));
+        let e = self.every.entry(r.meta.plan.clone()).or_insert((r.meta.created_ms, r.meta.every_ms));
         if r.meta.created_ms >= e.0 {
             *e = (r.meta.created_ms, r.meta.every_ms);
         }
         for v in r.volumes.iter().filter(|v| v.step == Step::Done) {
             let Some(f) = v.finished_ms else { continue };
             let key = (r.meta.plan.clone(), v.source_volume.to_string(), v.target);
-            if m.get(&key).is_none_or(|e| e.0 < f) {
+            if self.newest.get(&key).is_none_or(|e| e.0 < f) {
                 let run = v.chain_run(&r.meta.run_id).to_owned();
                 let target = target_label(r, v.target);
-                m.insert(key, (f, v.started_ms, run, v.target_snapshot.as_ref().map(|s| s.to_string()), target));
+                self.newest
+                    .insert(key, (f, v.started_ms, run, v.target_snapshot.as_ref().map(|s| s.to_string()), target));
             }
         }
-    }
-    Value::Array(
-        m.into_iter()
-            .map(|((plan, vol, _), (f, began, run, snap, target))| {
-                let mut e = json!({"plan": plan, "source_volume": vol, "run_id": run, "finished": ts(f),
-                       "age_seconds": (now_ms - f).max(0) / 1000, "target_snapshot": snap});
-                if let Some(t) = target {
+        if self.failing.get(r.meta.plan.as_str()).is_none_or(|(created, _)| r.meta.created_ms >= *created) {
+            let mut out = vec![];
+            for v in r.volumes.iter().filter(|v| v.step == Step::Failed) {
+                let since = v.failing_since_ms.or(v.finished_ms).unwrap_or(r.meta.updated_ms);
+                let mut e = json!({"plan": r.meta.plan, "source_volume": v.source_volume.to_string(),
+                                "since": ts(since), "error": v.failure.as_ref().map(|f| f.message.clone())});
+                if let Some(t) = target_label(r, v.target) {
                     e["target"] = json!(t);
                 }
-                if let (Some(every_ms), Some(began)) = (every.get(&plan).and_then(|e| e.1), began) {
-                    e["stale"] = json!(now_ms - began > every_ms);
-                }
-                e
-            })
-            .collect(),
-    )
+                out.push(e);
+            }
+            self.failing.insert(r.meta.plan.clone(), (r.meta.created_ms, out));
+        }
+    }
+
+    /// Per plan and source volume: the newest successful copy, when it finished and
+    /// how old it is now, for DR freshness; for a recurring plan also whether it is
+    /// older than `every` (from when it began, as `every` counts).
+    pub fn last_success(&self, now_ms: i64) -> Value {
+        Value::Array(
+            self.newest
+                .iter()
+                .map(|((plan, vol, _), (f, began, run, snap, target))| {
+                    let mut e = json!({"plan": plan, "source_volume": vol, "run_id": run, "finished": ts(*f),
+                           "age_seconds": (now_ms - f).max(0) / 1000, "target_snapshot": snap});
+                    if let Some(t) = target {
+                        e["target"] = json!(t);
+                    }
+                    if let (Some(every_ms), Some(began)) = (self.every.get(plan).and_then(|e| e.1), began) {
+                        e["stale"] = json!(now_ms - began > every_ms);
+                    }
+                    e
+                })
+                .collect(),
+        )
+    }
+
+    /// Per plan, the volumes failing in its latest run, and since when.
+    pub fn failing(&self) -> Value {
+        Value::Array(self.failing.values().flat_map(|(_, f)| f.iter().cloned()).collect())
+    }
 }
 
 /// `account/region` of target `t` of a run with several targets; `None` with one.
@@ -172,67 +211,42 @@ fn target_label(r: &RunRecord, t: u8) -> Option<String> {
         .map(|x| format!("{}/{}", x.account.as_deref().unwrap_or("source"), x.region))
 }
 
-/// Per plan, the volumes failing in its latest run, and since when.
-pub fn failing(runs: &[RunRecord]) -> Value {
-    let mut latest: std::collections::BTreeMap<&str, &RunRecord> = Default::default();
-    for r in runs {
-        let e = latest.entry(r.meta.plan.as_str()).or_insert(r);
-        if r.meta.created_ms >= e.meta.created_ms {
-            *e = r;
-        }
-    }
-    let mut out = vec![];
-    for r in latest.values() {
-        for v in r.volumes.iter().filter(|v| v.step == Step::Failed) {
-            let since = v.failing_since_ms.or(v.finished_ms).unwrap_or(r.meta.updated_ms);
-            let mut e = json!({"plan": r.meta.plan, "source_volume": v.source_volume.to_string(),
-                            "since": ts(since), "error": v.failure.as_ref().map(|f| f.message.clone())});
-            if let Some(t) = target_label(r, v.target) {
-                e["target"] = json!(t);
-            }
-            out.push(e);
-        }
-    }
-    Value::Array(out)
-}
-
-pub fn runs_json(runs: &[RunRecord]) -> Value {
-    json!({"last_success": last_success(runs, crate::clock::Clock::now_ms(&crate::clock::WallClock)),
-           "failing": failing(runs),
-           "runs": runs.iter().map(|r| json!({
-        "run_id": r.meta.run_id,
-        "plan": r.meta.plan,
-        "status": r.meta.status.as_str(),
-        "created": ts(r.meta.created_ms),
-        "updated": ts(r.meta.updated_ms),
-        "finished": r.meta.finished_ms.map(ts),
-        "simulated": r.meta.simulated,
-        "cleaned_up": r.meta.cleaned_up,
-        "volumes": counts(r),
+pub fn runs_json(runs: &Runs) -> Value {
+    json!({"last_success": runs.last_success(crate::clock::Clock::now_ms(&crate::clock::WallClock)),
+           "failing": runs.failing(),
+           "runs": runs.rows.iter().map(|(m, counts)| json!({
+        "run_id": m.run_id,
+        "plan": m.plan,
+        "status": m.status.as_str(),
+        "created": ts(m.created_ms),
+        "updated": ts(m.updated_ms),
+        "finished": m.finished_ms.map(ts),
+        "simulated": m.simulated,
+        "cleaned_up": m.cleaned_up,
+        "volumes": counts,
     })).collect::<Vec<_>>()})
 }
 
-pub fn runs_text(runs: &[RunRecord]) -> String {
-    if runs.is_empty() {
+pub fn runs_text(runs: &Runs) -> String {
+    if runs.rows.is_empty() {
         return "no runs in the state dir\n".into();
     }
     let mut s = String::new();
     let _ = writeln!(s, "{:<48} {:<12} {:>6} {:>6} {:>6}  updated", "run", "status", "done", "failed", "total");
-    for r in runs {
-        let c = counts(r);
+    for (m, c) in &runs.rows {
         let _ = writeln!(
             s,
             "{:<48} {:<12} {:>6} {:>6} {:>6}  {}{}",
-            r.meta.run_id,
-            r.meta.status.as_str(),
+            m.run_id,
+            m.status.as_str(),
             c["succeeded"].as_u64().unwrap_or(0),
             c["failed"].as_u64().unwrap_or(0),
             c["total"].as_u64().unwrap_or(0),
-            ts(r.meta.updated_ms),
-            if r.meta.cleaned_up { " (cleaned up)" } else { "" }
+            ts(m.updated_ms),
+            if m.cleaned_up { " (cleaned up)" } else { "" }
         );
     }
-    let fresh = last_success(runs, crate::clock::Clock::now_ms(&crate::clock::WallClock));
+    let fresh = runs.last_success(crate::clock::Clock::now_ms(&crate::clock::WallClock));
     if let Some(list) = fresh.as_array().filter(|l| !l.is_empty()) {
         let _ = writeln!(s, "\nlast successful copy per source volume:");
         for e in list {
@@ -250,7 +264,7 @@ pub fn runs_text(runs: &[RunRecord]) -> String {
             );
         }
     }
-    if let Some(list) = failing(runs).as_array().filter(|l| !l.is_empty()) {
+    if let Some(list) = runs.failing().as_array().filter(|l| !l.is_empty()) {
         let _ = writeln!(s, "\nfailing source volumes:");
         for e in list {
             let _ = writeln!(
@@ -324,44 +338,77 @@ fn series(plan: &Plan, v: &crate::engine::VolumeRun) -> String {
     }
 }
 
-/// Writes a Prometheus textfile (for node_exporter's textfile collector) with, per
-/// source volume of the plan, the time of its last successful copy, the duration
-/// and the outcome of its latest attempt. Written atomically.
-pub fn write_metrics(path: &Path, plan: &Plan, runs: &[RunRecord]) -> std::io::Result<()> {
-    use std::collections::BTreeMap;
-    let mut last_success: BTreeMap<String, i64> = BTreeMap::new();
-    let mut latest: BTreeMap<String, (i64, i64, bool)> = BTreeMap::new();
-    for r in runs.iter().filter(|r| r.meta.plan == plan.name.as_str()) {
+/// What the metrics file says, gathered one run at a time: a recurring plan leaves a
+/// run per round, and only one of them is held at once.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Per series, when its last successful copy finished.
+    last_success: std::collections::BTreeMap<String, i64>,
+    /// Per series, the latest attempt: (ended, duration, succeeded).
+    latest: std::collections::BTreeMap<String, (i64, i64, bool)>,
+    /// Per series, when its newest good copy began.
+    newest: std::collections::BTreeMap<String, i64>,
+    /// The failing series of the plan's newest run, and since when; with that run's
+    /// creation time.
+    failing: Option<(i64, std::collections::BTreeMap<String, i64>)>,
+}
+
+impl Metrics {
+    /// Adds a run of `plan` (runs of other plans are left out), in any order.
+    pub fn add(&mut self, plan: &Plan, r: &RunRecord) {
+        if r.meta.plan != plan.name.as_str() {
+            return;
+        }
         for v in &r.volumes {
             let id = series(plan, v);
             if let (Step::Done, Some(f)) = (v.step, v.finished_ms) {
-                let e = last_success.entry(id.clone()).or_default();
+                let e = self.last_success.entry(id.clone()).or_default();
                 *e = (*e).max(f);
             }
+            if let (Step::Done, Some(start)) = (v.step, v.started_ms) {
+                let e = self.newest.entry(id.clone()).or_insert(start);
+                *e = (*e).max(start);
+            }
             if let (Some(start), Some(end)) = (v.started_ms, v.finished_ms) {
-                let e = latest.entry(id).or_insert((0, 0, false));
+                let e = self.latest.entry(id).or_insert((0, 0, false));
                 if end >= e.0 {
                     *e = (end, end - start, v.step == Step::Done);
                 }
             }
         }
+        if self.failing.as_ref().is_none_or(|(created, _)| r.meta.created_ms >= *created) {
+            let failing = r
+                .volumes
+                .iter()
+                .filter(|v| v.step == Step::Failed)
+                .filter_map(|v| v.failing_since_ms.map(|since| (series(plan, v), since)))
+                .collect();
+            self.failing = Some((r.meta.created_ms, failing));
+        }
     }
+}
+
+/// Writes a Prometheus textfile (for node_exporter's textfile collector) with, per
+/// source volume of the plan, the time of its last successful copy, the duration
+/// and the outcome of its latest attempt. Written atomically.
+pub fn write_metrics(path: &Path, plan: &Plan, m: &Metrics) -> std::io::Result<()> {
+    let (last_success, latest) = (&m.last_success, &m.latest);
     let p = plan.name.as_str();
     let mut s = String::new();
     let _ =
         writeln!(s, "# HELP snapferry_last_success_timestamp_seconds When the volume's last successful copy finished.");
     let _ = writeln!(s, "# TYPE snapferry_last_success_timestamp_seconds gauge");
-    for (v, t) in &last_success {
+    for (v, t) in last_success {
         let _ = writeln!(s, "snapferry_last_success_timestamp_seconds{{plan=\"{p}\",{v}}} {}", t / 1000);
     }
     let _ = writeln!(s, "# HELP snapferry_last_duration_seconds How long the volume's latest copy took.");
     let _ = writeln!(s, "# TYPE snapferry_last_duration_seconds gauge");
-    for (v, (_, d, _)) in &latest {
+    for (v, (_, d, _)) in latest {
         let _ = writeln!(s, "snapferry_last_duration_seconds{{plan=\"{p}\",{v}}} {:.3}", *d as f64 / 1000.0);
     }
     let _ = writeln!(s, "# HELP snapferry_last_success Whether the volume's latest copy succeeded (1) or failed (0).");
     let _ = writeln!(s, "# TYPE snapferry_last_success gauge");
-    for (v, (_, _, ok)) in &latest {
+    for (v, (_, _, ok)) in latest {
         let _ = writeln!(s, "snapferry_last_success{{plan=\"{p}\",{v}}} {}", u8::from(*ok));
     }
     if let Some(every) = plan.options.every {
@@ -370,38 +417,24 @@ pub fn write_metrics(path: &Path, plan: &Plan, runs: &[RunRecord]) -> std::io::R
         // a volume has been failing.
         let every_ms = every.as_millis() as i64;
         let now = crate::clock::Clock::now_ms(&crate::clock::WallClock);
-        let mut newest: BTreeMap<String, i64> = BTreeMap::new();
-        let mut failing: BTreeMap<String, i64> = BTreeMap::new();
-        if let Some(r) = runs.iter().filter(|r| r.meta.plan == p).max_by_key(|r| r.meta.created_ms) {
-            for v in &r.volumes {
-                if let Some(since) = v.failing_since_ms.filter(|_| v.step == Step::Failed) {
-                    failing.insert(series(plan, v), since);
-                }
-            }
-        }
-        for r in runs.iter().filter(|r| r.meta.plan == p) {
-            for v in r.volumes.iter().filter(|v| v.step == Step::Done) {
-                if let Some(start) = v.started_ms {
-                    let e = newest.entry(series(plan, v)).or_insert(start);
-                    *e = (*e).max(start);
-                }
-            }
-        }
+        let newest = &m.newest;
+        let empty = std::collections::BTreeMap::new();
+        let failing = m.failing.as_ref().map(|(_, f)| f).unwrap_or(&empty);
         let _ =
             writeln!(s, "# HELP snapferry_copy_age_seconds Age of the volume's newest good copy, from when it began.");
         let _ = writeln!(s, "# TYPE snapferry_copy_age_seconds gauge");
-        for (v, start) in &newest {
+        for (v, start) in newest {
             let _ = writeln!(s, "snapferry_copy_age_seconds{{plan=\"{p}\",{v}}} {}", (now - start).max(0) / 1000);
         }
         let _ =
             writeln!(s, "# HELP snapferry_stale Whether the volume's newest good copy is older than options.every.");
         let _ = writeln!(s, "# TYPE snapferry_stale gauge");
-        for (v, start) in &newest {
+        for (v, start) in newest {
             let _ = writeln!(s, "snapferry_stale{{plan=\"{p}\",{v}}} {}", u8::from(now - start > every_ms));
         }
         let _ = writeln!(s, "# HELP snapferry_failing_since_timestamp_seconds Since when the volume has been failing.");
         let _ = writeln!(s, "# TYPE snapferry_failing_since_timestamp_seconds gauge");
-        for (v, since) in &failing {
+        for (v, since) in failing {
             let _ = writeln!(s, "snapferry_failing_since_timestamp_seconds{{plan=\"{p}\",{v}}} {}", since / 1000);
         }
     }
