@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::{Journal, JournalSink, PlanLock, RunRecord, StateStore, StoreError, parse_checkpoint, replay};
+use super::{Journal, JournalSink, PlanLock, RunMeta, RunRecord, StateStore, StoreError, parse_checkpoint, replay};
 use crate::cloud::object::{Condition, ObjectStats, ObjectStore, refused};
 use crate::cloud::{CloudError, ErrorKind};
 
@@ -332,6 +332,15 @@ impl RemoteStore {
         PathBuf::from(format!("{}/{key}", self.objects.location()))
     }
 
+    /// The ids of the runs under `runs/`.
+    async fn run_ids(&self) -> Result<Vec<String>, StoreError> {
+        let keys = self.objects.list("runs/").await.map_err(|e| self.err(e))?;
+        let mut ids: Vec<String> =
+            keys.iter().filter_map(|k| k.strip_prefix("runs/")?.split('/').next()).map(str::to_owned).collect();
+        ids.dedup();
+        Ok(ids)
+    }
+
     /// One attempt at reading a run; `Ok(None)` when an object vanished meanwhile.
     async fn load_once(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
         let keys = self.objects.list(&format!("runs/{run_id}/")).await.map_err(|e| self.err(e))?;
@@ -483,12 +492,9 @@ impl StateStore for RemoteStore {
     }
 
     async fn list(&self) -> Result<Vec<RunRecord>, StoreError> {
-        let keys = self.objects.list("runs/").await.map_err(|e| self.err(e))?;
-        let mut ids: Vec<&str> = keys.iter().filter_map(|k| k.strip_prefix("runs/")?.split('/').next()).collect();
-        ids.dedup();
         let mut runs = vec![];
-        for id in ids {
-            match self.load(id).await {
+        for id in self.run_ids().await? {
+            match self.load(&id).await {
                 Ok(r) => runs.push(r),
                 Err(StoreError::NoSuchRun(_)) => {}
                 Err(e) => return Err(e),
@@ -496,6 +502,21 @@ impl StateStore for RemoteStore {
         }
         runs.sort_by(|a, b| (a.meta.created_ms, &a.meta.run_id).cmp(&(b.meta.created_ms, &b.meta.run_id)));
         Ok(runs)
+    }
+
+    /// Each run is read whole (its newest checkpoint and the batches after it) and
+    /// kept only as its meta: one run in memory at a time.
+    async fn list_meta(&self) -> Result<Vec<RunMeta>, StoreError> {
+        let mut metas = vec![];
+        for id in self.run_ids().await? {
+            match self.load(&id).await {
+                Ok(r) => metas.push(r.meta),
+                Err(StoreError::NoSuchRun(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        metas.sort_by(|a, b| (a.created_ms, &a.run_id).cmp(&(b.created_ms, &b.run_id)));
+        Ok(metas)
     }
 
     async fn create_or_reopen(&self, record: &RunRecord) -> Result<Journal, StoreError> {
