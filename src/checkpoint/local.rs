@@ -43,6 +43,23 @@ impl LocalStore {
         self.root.join("runs").join(run_id)
     }
 
+    /// The names under `runs/`: the runs' ids.
+    fn run_names(&self) -> Result<Vec<String>, StoreError> {
+        let dir = self.root.join("runs");
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(io(&dir)(e)),
+        };
+        let mut names = vec![];
+        for e in entries {
+            if let Some(name) = e.map_err(io(&dir))?.file_name().to_str() {
+                names.push(name.to_owned());
+            }
+        }
+        Ok(names)
+    }
+
     /// Creates a run on disk and returns the journal to record it with.
     fn create(&self, record: &RunRecord) -> Result<Journal, StoreError> {
         let dir = self.run_dir(&record.meta.run_id);
@@ -102,45 +119,25 @@ impl StateStore for LocalStore {
     }
 
     async fn list(&self) -> Result<Vec<RunRecord>, StoreError> {
-        let dir = self.root.join("runs");
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-            Err(e) => return Err(io(&dir)(e)),
-        };
         let mut runs = vec![];
-        for e in entries {
-            let e = e.map_err(io(&dir))?;
-            if let Some(name) = e.file_name().to_str() {
-                match self.load(name).await {
-                    Ok(r) => runs.push(r),
-                    Err(StoreError::NoSuchRun(_)) => {}
-                    Err(err) => return Err(err),
-                }
-            }
+        for name in self.run_names()? {
+            runs.extend(self.load_listed(&name).await?);
         }
         runs.sort_by(|a, b| (a.meta.created_ms, &a.meta.run_id).cmp(&(b.meta.created_ms, &b.meta.run_id)));
         Ok(runs)
     }
 
     async fn list_meta(&self) -> Result<Vec<RunMeta>, StoreError> {
-        let dir = self.root.join("runs");
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-            Err(e) => return Err(io(&dir)(e)),
-        };
         let mut metas = vec![];
-        for e in entries {
-            let e = e.map_err(io(&dir))?;
-            let run = e.path();
-            let path = run.join("checkpoint.json");
+        for name in self.run_names()? {
+            let dir = self.run_dir(&name);
+            let path = dir.join("checkpoint.json");
             let checkpoint = match fs::read(&path) {
                 Ok(t) => t,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(io(&path)(e)),
             };
-            let journal = fs::read(run.join("journal.jsonl")).unwrap_or_default();
+            let journal = fs::read(dir.join("journal.jsonl")).unwrap_or_default();
             metas.push(meta_of(&checkpoint, &journal, &path)?);
         }
         metas.sort_by(|a, b| (a.created_ms, &a.run_id).cmp(&(b.created_ms, &b.run_id)));

@@ -247,6 +247,15 @@ pub trait StateStore: Send + Sync + fmt::Debug {
     async fn load(&self, run_id: &str) -> Result<RunRecord, StoreError>;
     /// Every run, oldest first by creation time.
     async fn list(&self) -> Result<Vec<RunRecord>, StoreError>;
+    /// Reads a run listed a moment ago: `None` when it is gone since (another
+    /// process's cleanup), which a listing passes over.
+    async fn load_listed(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
+        match self.load(run_id).await {
+            Ok(r) => Ok(Some(r)),
+            Err(StoreError::NoSuchRun(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
     /// Every run's meta, in the order of [`StateStore::list`]; a store that can read a
     /// run's meta without its volumes does so.
     async fn list_meta(&self) -> Result<Vec<RunMeta>, StoreError> {
@@ -309,11 +318,15 @@ impl Store {
         self.0.create_or_reopen(record).await
     }
 
-    /// The newest run of a plan, if any.
     /// Every run's meta, oldest first, without reading the runs' volumes where the
     /// store can.
     pub async fn list_meta(&self) -> Result<Vec<RunMeta>, StoreError> {
         self.0.list_meta().await
+    }
+
+    /// Reads a run listed a moment ago; `None` when it is gone since.
+    pub async fn load_listed(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
+        self.0.load_listed(run_id).await
     }
 
     /// The plan's newest run, whole. Only that one is read whole: a recurring plan
@@ -322,12 +335,10 @@ impl Store {
         let Some(meta) = self.0.list_meta().await?.into_iter().rfind(|m| m.plan == plan) else {
             return Ok(None);
         };
-        match self.0.load(&meta.run_id).await {
-            Ok(r) => Ok(Some(r)),
-            // Gone between the listing and the read (another process's cleanup): the
-            // newest that is left.
-            Err(StoreError::NoSuchRun(_)) => Ok(self.0.list().await?.into_iter().rfind(|r| r.meta.plan == plan)),
-            Err(e) => Err(e),
+        match self.0.load_listed(&meta.run_id).await? {
+            Some(r) => Ok(Some(r)),
+            // Gone since the listing: the newest that is left.
+            None => Ok(self.0.list().await?.into_iter().rfind(|r| r.meta.plan == plan)),
         }
     }
 
@@ -455,12 +466,8 @@ pub(crate) fn replay(record: &mut RunRecord, lines: &[u8]) {
 
 /// A run's meta from its checkpoint and journal, skipping its volumes unparsed.
 pub(crate) fn meta_of(checkpoint: &[u8], journal: &[u8], path: &Path) -> Result<RunMeta, StoreError> {
-    let version = parse_version(checkpoint, path)?;
-    if version > FORMAT_VERSION {
-        return Err(StoreError::NewerFormat { path: path.to_owned(), found: version });
-    }
-    let mut meta: RunMeta = serde_json::from_slice(checkpoint)
-        .map_err(|e| StoreError::Corrupt { path: path.to_owned(), message: e.to_string() })?;
+    // RunMeta's fields are the checkpoint's top-level ones; `volumes` is skipped.
+    let mut meta: RunMeta = parse_versioned(checkpoint, path)?;
     for line in journal.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
         if line.starts_with(b"{\"volume\"") {
             continue;
@@ -474,26 +481,26 @@ pub(crate) fn meta_of(checkpoint: &[u8], journal: &[u8], path: &Path) -> Result<
     Ok(meta)
 }
 
-fn parse_version(bytes: &[u8], path: &Path) -> Result<u32, StoreError> {
+/// Parses a checkpoint, refusing a newer format. `path` names it in errors.
+pub(crate) fn parse_checkpoint(bytes: &[u8], path: &Path) -> Result<RunRecord, StoreError> {
+    parse_versioned(bytes, path)
+}
+
+/// Parses `T` out of a checkpoint after reading its format version alone (the rest
+/// skipped, no tree of the whole run built), so a newer format is named as such rather
+/// than as damage.
+fn parse_versioned<T: serde::de::DeserializeOwned>(bytes: &[u8], path: &Path) -> Result<T, StoreError> {
     #[derive(Deserialize)]
     struct Version {
         #[serde(default)]
         format_version: u64,
     }
-    serde_json::from_slice::<Version>(bytes)
-        .map(|v| v.format_version as u32)
-        .map_err(|e| StoreError::Corrupt { path: path.to_owned(), message: e.to_string() })
-}
-
-/// Parses a checkpoint, refusing a newer format. `path` names it in errors.
-pub(crate) fn parse_checkpoint(bytes: &[u8], path: &Path) -> Result<RunRecord, StoreError> {
-    // The version first, skipping the rest (no tree of the whole run is built), so a
-    // newer format is named as such rather than as damage.
-    let found = parse_version(bytes, path)?;
+    let corrupt = |e: serde_json::Error| StoreError::Corrupt { path: path.to_owned(), message: e.to_string() };
+    let found = serde_json::from_slice::<Version>(bytes).map_err(corrupt)?.format_version as u32;
     if found > FORMAT_VERSION {
         return Err(StoreError::NewerFormat { path: path.to_owned(), found });
     }
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt { path: path.to_owned(), message: e.to_string() })
+    serde_json::from_slice(bytes).map_err(corrupt)
 }
 
 /// Writes `value` as JSON to `path` so that a crash leaves either the old file or the

@@ -494,11 +494,7 @@ impl StateStore for RemoteStore {
     async fn list(&self) -> Result<Vec<RunRecord>, StoreError> {
         let mut runs = vec![];
         for id in self.run_ids().await? {
-            match self.load(&id).await {
-                Ok(r) => runs.push(r),
-                Err(StoreError::NoSuchRun(_)) => {}
-                Err(e) => return Err(e),
-            }
+            runs.extend(self.load_listed(&id).await?);
         }
         runs.sort_by(|a, b| (a.meta.created_ms, &a.meta.run_id).cmp(&(b.meta.created_ms, &b.meta.run_id)));
         Ok(runs)
@@ -509,11 +505,7 @@ impl StateStore for RemoteStore {
     async fn list_meta(&self) -> Result<Vec<RunMeta>, StoreError> {
         let mut metas = vec![];
         for id in self.run_ids().await? {
-            match self.load(&id).await {
-                Ok(r) => metas.push(r.meta),
-                Err(StoreError::NoSuchRun(_)) => {}
-                Err(e) => return Err(e),
-            }
+            metas.extend(self.load_listed(&id).await?.map(|r| r.meta));
         }
         metas.sort_by(|a, b| (a.created_ms, &a.run_id).cmp(&(b.created_ms, &b.run_id)));
         Ok(metas)

@@ -134,11 +134,8 @@ async fn run(args: &RunArgs) -> Result<u8, Failure> {
 async fn metrics_of(store: &Store, plan: &crate::plan::Plan) -> Result<render::Metrics, StoreError> {
     let mut m = render::Metrics::default();
     for meta in store.list_meta().await?.into_iter().filter(|m| m.plan == plan.name.as_str()) {
-        match store.load(&meta.run_id).await {
-            Ok(r) => m.add(plan, &r),
-            // Removed since the listing: nothing to count.
-            Err(StoreError::NoSuchRun(_)) => {}
-            Err(e) => return Err(e),
+        if let Some(r) = store.load_listed(&meta.run_id).await? {
+            m.add(plan, &r);
         }
     }
     Ok(m)
@@ -176,10 +173,8 @@ async fn status(run_id: Option<&str>, common: &Common) -> Result<u8, Failure> {
             // One run at a time: a recurring plan leaves a run per round.
             let mut runs = render::Runs::default();
             for meta in store.list_meta().await.map_err(|e| Failure::from(&e))? {
-                match store.load(&meta.run_id).await {
-                    Ok(r) => runs.add(&observed(&store, r).await),
-                    Err(StoreError::NoSuchRun(_)) => {}
-                    Err(e) => return Err(Failure::from(&e)),
+                if let Some(r) = store.load_listed(&meta.run_id).await.map_err(|e| Failure::from(&e))? {
+                    runs.add(&observed(&store, r).await);
                 }
             }
             emit(common.format, &render::runs_json(&runs), |_| render::runs_text(&runs));

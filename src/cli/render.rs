@@ -135,20 +135,22 @@ pub struct Runs {
     /// Per (plan, source volume, target): the newest successful copy (finished, began,
     /// run, target snapshot, target label).
     newest: std::collections::BTreeMap<(String, String, u8), Newest>,
-    /// Per plan, its newest run's creation time and `every`.
-    every: std::collections::BTreeMap<String, (i64, Option<i64>)>,
-    /// Per plan, its newest run's creation time and failing volumes.
-    failing: std::collections::BTreeMap<String, (i64, Vec<Value>)>,
+    /// Per plan, what its newest run says: when it was created, its `every`, and its
+    /// failing volumes.
+    newest_run: std::collections::BTreeMap<String, NewestRun>,
+}
+
+#[derive(Debug)]
+struct NewestRun {
+    created_ms: i64,
+    every_ms: Option<i64>,
+    failing: Vec<Value>,
 }
 
 impl Runs {
     /// Adds a run; runs come oldest first, as the store lists them.
     pub fn add(&mut self, r: &RunRecord) {
         self.rows.push((r.meta.clone(), counts(r)));
-        let e = self.every.entry(r.meta.plan.clone()).or_insert((r.meta.created_ms, r.meta.every_ms));
-        if r.meta.created_ms >= e.0 {
-            *e = (r.meta.created_ms, r.meta.every_ms);
-        }
         for v in r.volumes.iter().filter(|v| v.step == Step::Done) {
             let Some(f) = v.finished_ms else { continue };
             let key = (r.meta.plan.clone(), v.source_volume.to_string(), v.target);
@@ -159,8 +161,8 @@ impl Runs {
                     .insert(key, (f, v.started_ms, run, v.target_snapshot.as_ref().map(|s| s.to_string()), target));
             }
         }
-        if self.failing.get(r.meta.plan.as_str()).is_none_or(|(created, _)| r.meta.created_ms >= *created) {
-            let mut out = vec![];
+        if self.newest_run.get(r.meta.plan.as_str()).is_none_or(|n| r.meta.created_ms >= n.created_ms) {
+            let mut failing = vec![];
             for v in r.volumes.iter().filter(|v| v.step == Step::Failed) {
                 let since = v.failing_since_ms.or(v.finished_ms).unwrap_or(r.meta.updated_ms);
                 let mut e = json!({"plan": r.meta.plan, "source_volume": v.source_volume.to_string(),
@@ -168,9 +170,10 @@ impl Runs {
                 if let Some(t) = target_label(r, v.target) {
                     e["target"] = json!(t);
                 }
-                out.push(e);
+                failing.push(e);
             }
-            self.failing.insert(r.meta.plan.clone(), (r.meta.created_ms, out));
+            let newest = NewestRun { created_ms: r.meta.created_ms, every_ms: r.meta.every_ms, failing };
+            self.newest_run.insert(r.meta.plan.clone(), newest);
         }
     }
 
@@ -187,7 +190,7 @@ impl Runs {
                     if let Some(t) = target {
                         e["target"] = json!(t);
                     }
-                    if let (Some(every_ms), Some(began)) = (self.every.get(plan).and_then(|e| e.1), began) {
+                    if let (Some(every_ms), Some(began)) = (self.newest_run.get(plan).and_then(|n| n.every_ms), began) {
                         e["stale"] = json!(now_ms - began > every_ms);
                     }
                     e
@@ -198,7 +201,7 @@ impl Runs {
 
     /// Per plan, the volumes failing in its latest run, and since when.
     pub fn failing(&self) -> Value {
-        Value::Array(self.failing.values().flat_map(|(_, f)| f.iter().cloned()).collect())
+        Value::Array(self.newest_run.values().flat_map(|n| n.failing.iter().cloned()).collect())
     }
 }
 
