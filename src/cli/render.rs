@@ -151,8 +151,8 @@ impl Runs {
     /// Adds a run; runs come oldest first, as the store lists them.
     pub fn add(&mut self, r: &RunRecord) {
         self.rows.push((r.meta.clone(), counts(r)));
-        for v in r.volumes.iter().filter(|v| v.step == Step::Done) {
-            let Some(f) = v.finished_ms else { continue };
+        for v in &r.volumes {
+            let Some(f) = v.delivered_at() else { continue };
             let key = (r.meta.plan.clone(), v.source_volume.to_string(), v.target);
             if self.newest.get(&key).is_none_or(|e| e.0 < f) {
                 let run = v.chain_run(&r.meta.run_id).to_owned();
@@ -321,6 +321,13 @@ pub fn cleanup_text(c: &CleanupSummary) -> String {
         c.deleted_snapshots.len(),
         c.grant
     );
+    for k in &c.carried {
+        let _ = writeln!(
+            s,
+            "  {}: left alone, run {} carries this chain on (it is cleaned up with that run)",
+            k.source_volume, k.carried_by
+        );
+    }
     for e in &c.errors {
         let _ = writeln!(s, "  error: {e}");
     }
@@ -364,18 +371,21 @@ impl Metrics {
         }
         for v in &r.volumes {
             let id = series(plan, v);
-            if let (Step::Done, Some(f)) = (v.step, v.finished_ms) {
+            // A lead whose copy is delivered and whose cleanup waits for another
+            // target's copy counts as that copy's success, as in the report.
+            let delivered = v.delivered_at();
+            if let Some(f) = delivered {
                 let e = self.last_success.entry(id.clone()).or_default();
                 *e = (*e).max(f);
             }
-            if let (Step::Done, Some(start)) = (v.step, v.started_ms) {
+            if let (Some(_), Some(start)) = (delivered, v.started_ms) {
                 let e = self.newest.entry(id.clone()).or_insert(start);
                 *e = (*e).max(start);
             }
-            if let (Some(start), Some(end)) = (v.started_ms, v.finished_ms) {
+            if let (Some(start), Some(end)) = (v.started_ms, delivered.or(v.finished_ms)) {
                 let e = self.latest.entry(id).or_insert((0, 0, false));
                 if end >= e.0 {
-                    *e = (end, end - start, v.step == Step::Done);
+                    *e = (end, end - start, delivered.is_some());
                 }
             }
         }

@@ -162,6 +162,15 @@ pub struct VolumeRun {
     /// for its shared snapshot, then copies it.
     #[serde(default)]
     pub follower: bool,
+    /// A follower found the lead's shared snapshot gone: it waits for the lead's next
+    /// one rather than join this one again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gone_source: Option<SnapshotId>,
+    /// When this run's own copy was delivered: the copy completed and, with
+    /// `create_volume`, its volume available. A lead's cleanup may come long after
+    /// (held for a follower's copy); freshness and status count from this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_ms: Option<i64>,
 }
 
 impl VolumeRun {
@@ -187,6 +196,8 @@ impl VolumeRun {
             failing_since_ms: None,
             target: 0,
             follower: false,
+            gone_source: None,
+            delivered_ms: None,
         }
     }
 
@@ -203,6 +214,25 @@ impl VolumeRun {
                 .failure
                 .as_ref()
                 .is_some_and(|f| matches!(f.step, Step::CreateVolume | Step::WaitVolume | Step::Cleanup))
+    }
+
+    /// When this run's copy was delivered, if it was: done, or at (or failed at) the
+    /// cleanup that follows delivery. Runs checkpointed before `delivered_ms` existed
+    /// count a done run's end.
+    pub fn delivered_at(&self) -> Option<i64> {
+        let at_cleanup = self.step == Step::Cleanup
+            || (self.step == Step::Failed && self.failure.as_ref().is_some_and(|f| f.step == Step::Cleanup));
+        match self.step {
+            Step::Done => self.delivered_ms.or(self.finished_ms),
+            _ if at_cleanup => self.delivered_ms,
+            _ => None,
+        }
+    }
+
+    /// True for a lead whose own copy is delivered and whose cleanup is all that is
+    /// left: it holds the intermediates for followers' copies still to be made.
+    pub fn held_for_followers(&self) -> bool {
+        !self.follower && !self.fresh && self.step == Step::Cleanup
     }
 
     /// True while a follower still waits for the lead's shared snapshot.
@@ -406,6 +436,11 @@ pub enum Outcome {
     VolumeError,
     /// The resource waited on stayed invisible past the grace period: it is gone.
     Vanished,
+    /// The snapshot a copy, re-encryption or share reads from no longer exists in the
+    /// source account (deleted outside snapferry): the source side is made again.
+    SourceGone {
+        snapshot: SnapshotId,
+    },
     CleanedUp,
     /// The call failed for good; the volume fails with this message and hint.
     Fatal {
@@ -574,15 +609,8 @@ pub fn apply(v: &VolumeRun, outcome: &Outcome, ctx: &Ctx, now_ms: i64) -> Result
         return Ok(v.clone());
     }
     let mut n = v.clone();
-    // A failure keeps `in_flight`: a call whose outcome is unknown stays unknown until
-    // a lookup settles it, whatever happens to the volume meanwhile.
-    let fail = |mut n: VolumeRun, kind: FailureKind, message: String, hint: Option<String>| {
-        n.failure = Some(Failure { step: n.step, kind, message, hint });
-        n.step = Step::Failed;
-        n.finished_ms = Some(now_ms);
-        n.failing_since_ms.get_or_insert(now_ms);
-        n
-    };
+    let fail =
+        |n: VolumeRun, kind: FailureKind, message: String, hint: Option<String>| fail(&n, kind, message, hint, now_ms);
     let start_wait = |mut n: VolumeRun, step: Step| {
         n.step = step;
         n.in_flight = false;
@@ -623,6 +651,10 @@ pub fn apply(v: &VolumeRun, outcome: &Outcome, ctx: &Ctx, now_ms: i64) -> Result
                 format!("{what}, waited on at step {}, is gone", v.step.as_str()),
                 Some("it was deleted outside snapferry; run the same command again to make it again".into()),
             ))
+        }
+
+        (Step::Reencrypt | Step::Share | Step::Copy, Outcome::SourceGone { snapshot }) => {
+            Ok(forget_source(n, snapshot))
         }
 
         (Step::Snapshot, Outcome::SnapshotCreated(id)) => {
@@ -676,6 +708,9 @@ pub fn apply(v: &VolumeRun, outcome: &Outcome, ctx: &Ctx, now_ms: i64) -> Result
             n.progress = Some(100);
             n.wait_started_ms = None;
             n.step = after_copy(v, ctx);
+            if n.step != Step::CreateVolume {
+                n.delivered_ms = Some(now_ms);
+            }
             if n.step == Step::Done {
                 n.finished_ms = Some(now_ms);
             }
@@ -701,6 +736,7 @@ pub fn apply(v: &VolumeRun, outcome: &Outcome, ctx: &Ctx, now_ms: i64) -> Result
         (Step::WaitVolume, Outcome::VolumePending) => Ok(n),
         (Step::WaitVolume, Outcome::VolumeAvailable) => {
             n.wait_started_ms = None;
+            n.delivered_ms = Some(now_ms);
             n.step = if ctx.cleanup && !v.follower { Step::Cleanup } else { Step::Done };
             if n.step == Step::Done {
                 n.finished_ms = Some(now_ms);
@@ -729,6 +765,78 @@ pub fn apply(v: &VolumeRun, outcome: &Outcome, ctx: &Ctx, now_ms: i64) -> Result
     }
 }
 
+/// The state after the snapshot `gone` that this run's next step reads from turned
+/// out deleted: the source side is forgotten. A lead (or a run of one target) goes back
+/// to its snapshot and takes the source side again; a follower goes back to waiting
+/// for its lead's next shared snapshot, and will not join `gone` again. What the run
+/// made on the target side is kept; `started_ms` stays, so freshness stays
+/// conservative.
+fn forget_source(mut n: VolumeRun, gone: &SnapshotId) -> VolumeRun {
+    n.source_snapshot = None;
+    n.reencrypted_snapshot = None;
+    n.shared = false;
+    n.step = Step::Snapshot;
+    n.in_flight = false;
+    n.lookups_missed = 0;
+    n.wait_started_ms = None;
+    n.progress = None;
+    n.gone_source = n.follower.then(|| gone.clone());
+    n
+}
+
+/// `v` failed at its current step. A failure keeps `in_flight`: a call whose outcome
+/// is unknown stays unknown until a lookup settles it, whatever happens to the volume
+/// meanwhile. The one way a volume run becomes `Failed`.
+pub fn fail(v: &VolumeRun, kind: FailureKind, message: String, hint: Option<String>, now_ms: i64) -> VolumeRun {
+    let mut n = v.clone();
+    n.failure = Some(Failure { step: n.step, kind, message, hint });
+    n.step = Step::Failed;
+    n.finished_ms = Some(now_ms);
+    n.failing_since_ms.get_or_insert(now_ms);
+    n
+}
+
+/// AWS answered the call of `v`'s step with an error: the call is known not to have
+/// taken effect, so nothing is left to look up before it is issued again.
+pub fn refused(v: &VolumeRun) -> VolumeRun {
+    let mut n = v.clone();
+    n.in_flight = false;
+    n.lookups_missed = 0;
+    n
+}
+
+/// `snapferry cleanup` stopped `v`: an unfinished volume run ends failed, and since
+/// cleanup listed and deleted what its calls made, nothing is left in flight.
+pub fn stopped_by_cleanup(v: &VolumeRun, now_ms: i64) -> VolumeRun {
+    if v.step.is_terminal() {
+        return v.clone();
+    }
+    let mut n = fail(
+        v,
+        FailureKind::Call,
+        "stopped by snapferry cleanup".into(),
+        Some("start a new run of the plan".into()),
+        now_ms,
+    );
+    n.in_flight = false;
+    n
+}
+
+/// A chain rebuilt from its resources' tags (adoption) resumes at `step`: a wait
+/// starts now, a chain found finished ends now.
+pub fn found_at(v: &VolumeRun, step: Step, now_ms: i64) -> VolumeRun {
+    let mut n = v.clone();
+    n.step = step;
+    match step {
+        Step::WaitSnapshot | Step::WaitReencrypt | Step::WaitCopy | Step::WaitVolume => {
+            n.wait_started_ms = Some(now_ms)
+        }
+        Step::Done => n.finished_ms = Some(now_ms),
+        _ => {}
+    }
+    n
+}
+
 /// What a follower does about its lead, the run of the same volume that takes the
 /// source side.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -754,20 +862,53 @@ pub fn join(f: &VolumeRun, lead: &VolumeRun, now_ms: i64) -> Join {
     };
     let ready =
         matches!(at, Step::Copy | Step::WaitCopy | Step::CreateVolume | Step::WaitVolume | Step::Cleanup | Step::Done);
+    if ready && f.gone_source.is_some() && lead.shared_snapshot() == f.gone_source.as_ref() {
+        // The lead still names the snapshot this follower found gone.
+        if lead.copy_complete() {
+            // The lead is past its own copy and will not make another source side:
+            // this run takes the source side itself (and cleans it up after).
+            let mut n = f.clone();
+            n.follower = false;
+            n.gone_source = None;
+            n.chain = lead.chain.clone();
+            n.started_ms.get_or_insert(now_ms);
+            return Join::Joined(n);
+        }
+        if lead.step == Step::Failed {
+            // A rerun revives both: the lead finds the snapshot gone too and makes a
+            // new one, which this run then joins.
+            let gone = f.gone_source.as_ref().map(|s| s.as_str()).unwrap_or("?");
+            let mut n = fail(
+                f,
+                FailureKind::Call,
+                format!("the shared snapshot {gone} of {} is gone", f.source_volume),
+                Some("run the same command again: the source side is made again".to_owned()),
+                now_ms,
+            );
+            n.started_ms.get_or_insert(now_ms);
+            return Join::Failed(n);
+        }
+        // The lead is at its own copy: it finds the snapshot gone too, or its copy
+        // completes; either puts this follower back on the agenda.
+        return Join::Wait;
+    }
     if ready {
         let mut n = f.clone();
         n.source_snapshot = lead.source_snapshot.clone();
         n.reencrypted_snapshot = lead.reencrypted_snapshot.clone();
         n.shared = lead.shared;
         n.chain = lead.chain.clone();
+        n.gone_source = None;
         n.step = Step::Copy;
         n.in_flight = false;
         n.lookups_missed = 0;
-        n.started_ms.get_or_insert(now_ms);
+        // The copy holds the data of the lead's snapshot: its chain began with it.
+        if n.started_ms.is_none() {
+            n.started_ms = lead.started_ms.or(Some(now_ms));
+        }
         return Join::Joined(n);
     }
     if lead.step == Step::Failed {
-        let mut n = f.clone();
         let (message, hint) = match &lead.failure {
             Some(l) => (
                 format!("the source side of {} failed at step {}: {}", f.source_volume, l.step.as_str(), l.message),
@@ -775,10 +916,7 @@ pub fn join(f: &VolumeRun, lead: &VolumeRun, now_ms: i64) -> Join {
             ),
             None => (format!("the source side of {} failed", f.source_volume), None),
         };
-        n.failure = Some(Failure { step: n.step, kind: FailureKind::Call, message, hint });
-        n.step = Step::Failed;
-        n.finished_ms = Some(now_ms);
-        n.failing_since_ms.get_or_insert(now_ms);
+        let mut n = fail(f, FailureKind::Call, message, hint, now_ms);
         n.started_ms.get_or_insert(now_ms);
         return Join::Failed(n);
     }

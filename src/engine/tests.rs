@@ -409,3 +409,65 @@ fn only_calls_that_change_aws_are_mutating() {
     assert!(!Action::PollSnapshot { which: Which::Source, id: snap(1) }.is_mutating());
     assert!(!Action::Nothing.is_mutating());
 }
+
+#[test]
+fn a_gone_source_is_made_again_by_the_lead_and_awaited_by_a_follower() {
+    let c = ctx(true, true, true);
+    let mut lead = VolumeRun::new(vol(1));
+    lead.source_snapshot = Some(snap(1));
+    lead.reencrypted_snapshot = Some(snap(2));
+    lead.shared = true;
+    lead.step = Step::Copy;
+    lead.started_ms = Some(5);
+    let gone = Outcome::SourceGone { snapshot: snap(2) };
+    let l = apply(&begin(&lead, 0), &gone, &c, 9).unwrap();
+    assert_eq!((l.step, l.in_flight, l.shared), (Step::Snapshot, false, false));
+    assert_eq!((l.source_snapshot.clone(), l.reencrypted_snapshot.clone(), l.gone_source.clone()), (None, None, None));
+    assert_eq!(l.started_ms, Some(5), "the chain's start stays");
+    assert_eq!(next_action(&l, "r"), Action::CreateSnapshot);
+
+    // A follower that found the lead's snapshot gone waits for the next one.
+    let mut f = VolumeRun::for_target(vol(1), 1, true);
+    f.source_snapshot = Some(snap(1));
+    f.reencrypted_snapshot = Some(snap(2));
+    f.step = Step::Copy;
+    let f = apply(&f, &gone, &c, 9).unwrap();
+    assert_eq!((f.step, f.gone_source.clone()), (Step::Snapshot, Some(snap(2))));
+    assert_eq!(next_action(&f, "r"), Action::AwaitSource);
+    // The lead still at its own copy of the gone snapshot: no join.
+    assert_eq!(join(&f, &lead, 10), Join::Wait);
+    // The lead made a new one: joined, with its ids.
+    let mut renewed = lead.clone();
+    renewed.reencrypted_snapshot = Some(snap(7));
+    match join(&f, &renewed, 11) {
+        Join::Joined(n) => {
+            assert_eq!(
+                (n.step, n.reencrypted_snapshot.clone(), n.gone_source.clone()),
+                (Step::Copy, Some(snap(7)), None)
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    // The lead is done with the gone snapshot: the follower takes the source side.
+    let mut done = lead.clone();
+    done.step = Step::Done;
+    match join(&f, &done, 12) {
+        Join::Joined(n) => {
+            assert!(!n.follower);
+            assert_eq!(next_action(&n, "r"), Action::CreateSnapshot);
+        }
+        other => panic!("{other:?}"),
+    }
+    // The lead failed still naming it: the follower fails with it, and waits again once revived.
+    let mut failed = lead.clone();
+    failed.step = Step::Failed;
+    failed.failure =
+        Some(Failure { step: Step::WaitCopy, kind: FailureKind::ResourceError, message: "x".into(), hint: None });
+    match join(&f, &failed, 13) {
+        Join::Failed(mut n) => {
+            n.revive();
+            assert_eq!(next_action(&n, "r"), Action::AwaitSource);
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -43,6 +43,21 @@ pub const TAG_PLAN: &str = "snapferry:plan";
 pub const TAG_RUN: &str = "snapferry:run";
 pub const TAG_SOURCE_VOLUME: &str = "snapferry:source-volume";
 pub const TAG_STEP: &str = "snapferry:step";
+/// On a target copy and volume: when the chain they come from began (RFC 3339), its
+/// source snapshot's time, which `every` counts from. Kept here because with
+/// `cleanup: true` the source snapshot is gone once the copy is made, and freshness
+/// rebuilt from tags (a lost state) must date from the same moment as with the state.
+pub const TAG_CHAIN_STARTED: &str = "snapferry:chain-started";
+
+/// The value of [`TAG_CHAIN_STARTED`] for a chain that began at `ms`.
+pub fn chain_started_tag(ms: i64) -> Option<String> {
+    jiff::Timestamp::from_millisecond(ms).ok().map(|t| t.to_string())
+}
+
+/// The time a [`TAG_CHAIN_STARTED`] value stands for, in ms since the epoch.
+pub fn parse_chain_started(tags: &Tags) -> Option<i64> {
+    tags.get(TAG_CHAIN_STARTED)?.parse::<jiff::Timestamp>().ok().map(|t| t.as_millisecond())
+}
 
 impl ActCtx {
     pub fn src(&self) -> Loc {
@@ -77,13 +92,21 @@ impl ActCtx {
     }
 
     /// Everything put on a created resource: `options.tags`, then the identity tags
-    /// (which win, so a plan cannot break resume by overriding them).
+    /// (which win, so a plan cannot break resume by overriding them), and on the target
+    /// side when the chain began.
     pub fn tags(&self, v: &VolumeRun, step: &str, own: Option<&Tags>) -> Tags {
         let mut t = self.extra_tags.clone();
         if let Some(own) = own {
             t.extend(own.clone());
         }
         t.extend(self.identity_tags(v, step));
+        if matches!(step, "copy" | "volume")
+            && let Some(at) = v.started_ms.and_then(chain_started_tag)
+        {
+            t.insert(TAG_CHAIN_STARTED.to_owned(), at);
+        } else {
+            t.remove(TAG_CHAIN_STARTED);
+        }
         t
     }
 
@@ -157,7 +180,10 @@ pub async fn perform(
                 tags: ctx.tags(v, "reencrypt", None),
                 completion_minutes: None,
             };
-            Ok(Outcome::SnapshotCreated(cloud.copy_snapshot(&ctx.src(), &req).await?))
+            match cloud.copy_snapshot(&ctx.src(), &req).await {
+                Err(e) if e.kind == ErrorKind::NotFound => source_gone_or(cloud, ctx, from, e).await,
+                other => Ok(Outcome::SnapshotCreated(other?)),
+            }
         }
         Action::Share { snapshot } => {
             if ctx.share_with.is_empty() {
@@ -167,8 +193,10 @@ pub async fn perform(
                     "the plan has no target account to share with",
                 ));
             }
-            cloud.share_snapshot(&ctx.src(), snapshot, &ctx.share_with).await?;
-            Ok(Outcome::Shared)
+            match cloud.share_snapshot(&ctx.src(), snapshot, &ctx.share_with).await {
+                Err(e) if e.kind == ErrorKind::NotFound => source_gone_or(cloud, ctx, snapshot, e).await,
+                other => other.map(|()| Outcome::Shared),
+            }
         }
         Action::Copy { from } => {
             let req = CopySnapshotReq {
@@ -179,7 +207,10 @@ pub async fn perform(
                 tags: ctx.tags(v, "copy", None),
                 completion_minutes: ctx.copy_within_minutes,
             };
-            Ok(Outcome::SnapshotCreated(cloud.copy_snapshot(&ctx.dst(v.target), &req).await?))
+            match cloud.copy_snapshot(&ctx.dst(v.target), &req).await {
+                Err(e) if e.kind == ErrorKind::NotFound => source_gone_or(cloud, ctx, from, e).await,
+                other => Ok(Outcome::SnapshotCreated(other?)),
+            }
         }
         Action::CreateVolume { snapshot, client_token } => {
             let req = CreateVolumeReq {
@@ -243,6 +274,21 @@ pub async fn perform(
         Action::PollSnapshot { .. } | Action::PollVolume { .. } | Action::AwaitSource | Action::Nothing => {
             Err(CloudError::new(ErrorKind::Other, "NotAnAction", format!("{action:?} is not performed one at a time")))
         }
+    }
+}
+
+/// After a copy or share was refused because its snapshot was not found: asks the
+/// source account, which owns `snapshot`, whether it still exists. Gone there, it is
+/// [`Outcome::SourceGone`]; still there (a share that has not reached the target
+/// account yet), the refusal `e` stands and is retried as before.
+async fn source_gone_or(cloud: &dyn Cloud, ctx: &ActCtx, snapshot: &SnapshotId, e: CloudError) -> CloudResult<Outcome> {
+    let found = cloud.describe_snapshots(&ctx.src(), std::slice::from_ref(snapshot)).await?;
+    let exists = found.iter().any(|s| &s.id == snapshot && s.state != SnapshotState::Error);
+    if exists {
+        Err(e)
+    } else {
+        tracing::warn!(snapshot = %snapshot, error = %e, "the snapshot to copy from is gone from the source account; making the source side again");
+        Ok(Outcome::SourceGone { snapshot: snapshot.clone() })
     }
 }
 

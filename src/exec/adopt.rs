@@ -23,7 +23,7 @@ use crate::cloud::{Cloud, CloudResult, Loc, Snapshot, SnapshotState, Tags, Volum
 use crate::engine::{Step, VolumeRun};
 use crate::ids::{SnapshotId, VolumeId};
 
-use super::act::{TAG_PLAN, TAG_RUN, TAG_SOURCE_VOLUME, TAG_STEP};
+use super::act::{TAG_PLAN, TAG_RUN, TAG_SOURCE_VOLUME, TAG_STEP, parse_chain_started};
 use super::retry::retrying;
 
 /// What AWS holds under one plan's tag.
@@ -251,12 +251,22 @@ pub fn rebuild_run(survey: &Survey, run_id: &str, shape: Shape, now_ms: i64) -> 
 
 /// Per (source volume, target), its newest chain in any run (recurring plans, whose
 /// volumes' chains belong to different runs), each tagged with its run as `chain`.
-/// A chain with nothing in a target is no copy to it.
+/// A chain with nothing in a target is no copy to it, unless its lead's chain is
+/// unfinished: then that target's copy is still to be made from the lead's snapshot,
+/// and it is kept as a follower waiting for it (not a new lead with a snapshot of its
+/// own).
 pub fn newest_chains(survey: &Survey, shape: Shape, now_ms: i64) -> Vec<VolumeRun> {
     let mut best: BTreeMap<(VolumeId, u8), VolumeRun> = BTreeMap::new();
     for run_id in survey.runs().into_keys() {
-        for mut v in rebuild_run(survey, &run_id, shape, now_ms).volumes {
-            if v.follower && v.target_snapshot.is_none() && v.target_volume.is_none() {
+        let volumes = rebuild_run(survey, &run_id, shape, now_ms).volumes;
+        let open_leads: BTreeSet<VolumeId> =
+            volumes.iter().filter(|v| !v.follower && v.step != Step::Done).map(|v| v.source_volume.clone()).collect();
+        for mut v in volumes {
+            if v.follower
+                && v.target_snapshot.is_none()
+                && v.target_volume.is_none()
+                && !open_leads.contains(&v.source_volume)
+            {
                 continue;
             }
             v.chain = Some(run_id.clone());
@@ -293,26 +303,21 @@ fn rebuild(
             volume.as_ref().and_then(|x| x.snapshot_id.as_deref()).and_then(|s| SnapshotId::parse(s).ok());
     }
     let intermediates_left = snapshot.is_some() || reencrypted.is_some();
-    let finish = |mut v: VolumeRun| {
-        if shape.cleanup && intermediates_left && !follower {
-            v.step = Step::Cleanup;
-        } else {
-            v.step = Step::Done;
-            v.finished_ms = Some(now_ms);
-        }
-        v
+    let finish = |v: VolumeRun| {
+        let step = if shape.cleanup && intermediates_left && !follower { Step::Cleanup } else { Step::Done };
+        crate::engine::found_at(&v, step, now_ms)
     };
-    let wait = |mut v: VolumeRun, step: Step| {
-        v.step = step;
-        v.wait_started_ms = Some(now_ms);
-        v
-    };
+    let wait = |v: VolumeRun, step: Step| crate::engine::found_at(&v, step, now_ms);
     // The chain began when its first resource did: what freshness is measured from.
+    // The copy and the volume carry that time in a tag, since with `cleanup: true` the
+    // source snapshot is gone once they exist.
     let began = [&snapshot, &reencrypted, &copy]
         .into_iter()
         .flatten()
         .filter_map(|s| s.start_time_ms)
         .chain(volume.iter().filter_map(|x| x.create_time_ms))
+        .chain(copy.iter().filter_map(|s| parse_chain_started(&s.tags)))
+        .chain(volume.iter().filter_map(|x| parse_chain_started(&x.tags)))
         .min();
     v.started_ms = Some(began.unwrap_or(now_ms));
     match (&volume, &copy) {

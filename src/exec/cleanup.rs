@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::checkpoint::{FORMAT_VERSION, RunMeta, RunRecord, RunStatus, Store, StoreError, TargetMeta};
 use crate::clock::Clock;
 use crate::cloud::{Cloud, ErrorKind, Loc, Side, Snapshot, SnapshotState};
-use crate::engine::{Failure, FailureKind, Step};
+use crate::engine::{self, Step};
 use crate::ids::{AccountId, KeyArn, PlanName, Region, SnapshotId};
 use crate::plan::Plan;
 use crate::policy;
@@ -29,6 +29,7 @@ use crate::policy;
 use super::RunError;
 use super::act::{TAG_RUN, TAG_SOURCE_VOLUME, TAG_STEP, delete_snapshot_quietly};
 use super::adopt::{self, Shape, Survey};
+use super::key_policy::{self, EditError};
 use super::retry::retrying;
 
 /// What cleanup did.
@@ -41,7 +42,17 @@ pub struct CleanupSummary {
     pub unshared_snapshots: Vec<String>,
     /// `revoked`, `already gone`, `kept (needed by RUN...)` or `none`.
     pub grant: String,
+    /// Source volumes whose chain of this run a later run carries on unfinished (a
+    /// recurring plan's failing volume): left alone, with the run that carries it.
+    pub carried: Vec<CarriedChain>,
     pub errors: Vec<String>,
+}
+
+/// A chain of the run being cleaned up that a later run still carries.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CarriedChain {
+    pub source_volume: String,
+    pub carried_by: String,
 }
 
 /// Cleans up `run_id`. `plan`, when given, supplies regions, accounts and the role
@@ -124,6 +135,9 @@ pub async fn cleanup(
             && s.tags.get(TAG_STEP).map(String::as_str) == Some(step)
     };
 
+    // Chains of this run that a later run carries on unfinished are that run's now:
+    // its pending copy reads their snapshots. They are left alone.
+    let carriers = carriers_of(store, run_id).await?;
     // Per source volume: its copies (one per target) and the intermediates they read.
     let mut sources: Vec<crate::ids::VolumeId> = vec![];
     for v in &record.volumes {
@@ -132,6 +146,11 @@ pub async fn cleanup(
         }
     }
     for source_id in sources {
+        if let Some(by) = carriers.get(source_id.as_str()) {
+            tracing::warn!(volume = %source_id, run = %by, "left alone: a later run carries this chain on");
+            summary.carried.push(CarriedChain { source_volume: source_id.to_string(), carried_by: by.clone() });
+            continue;
+        }
         let units: Vec<usize> =
             (0..record.volumes.len()).filter(|i| record.volumes[*i].source_volume == source_id).collect();
         // The unit holding the source side: the lead, else the first.
@@ -221,17 +240,7 @@ pub async fn cleanup(
 
         for i in units {
             let v = record.volumes[i].clone();
-            let mut n = v.clone();
-            if !n.step.is_terminal() {
-                n.step = Step::Failed;
-                n.in_flight = false;
-                n.failure = Some(Failure {
-                    step: v.step,
-                    kind: FailureKind::Call,
-                    message: "stopped by snapferry cleanup".into(),
-                    hint: Some("start a new run of the plan".into()),
-                });
-            }
+            let mut n = engine::stopped_by_cleanup(&v, clock.now_ms());
             n.source_snapshot = v.source_snapshot.clone().filter(|s| kept.contains(s));
             n.reencrypted_snapshot = v.reencrypted_snapshot.clone().filter(|s| kept.contains(s));
             if n.source_snapshot.is_none() && n.reencrypted_snapshot.is_none() {
@@ -291,6 +300,26 @@ pub async fn cleanup(
     journal.meta(&record.meta)?;
     journal.compact(&record).await?;
     Ok(summary)
+}
+
+/// Per source volume, the newest other run in the state that carries a chain of
+/// `run_id` unfinished (`VolumeRun::chain` naming it, not done, the run not cleaned up).
+async fn carriers_of(store: &Store, run_id: &str) -> Result<std::collections::HashMap<String, String>, RunError> {
+    let mut carriers: std::collections::HashMap<String, (i64, String)> = std::collections::HashMap::new();
+    for r in store.list().await? {
+        if r.meta.run_id == run_id || r.meta.cleaned_up {
+            continue;
+        }
+        for v in &r.volumes {
+            if v.chain.as_deref() == Some(run_id) && v.step != Step::Done {
+                let e = carriers.entry(v.source_volume.to_string()).or_insert((i64::MIN, String::new()));
+                if r.meta.created_ms >= e.0 {
+                    *e = (r.meta.created_ms, r.meta.run_id.clone());
+                }
+            }
+        }
+    }
+    Ok(carriers.into_iter().map(|(k, (_, run))| (k, run)).collect())
 }
 
 fn failed_at_copy(v: &crate::engine::VolumeRun) -> bool {
@@ -387,6 +416,9 @@ async fn from_tags(
     Ok(record)
 }
 
+/// Removes the statement of `g` from the policy of `key`; true when it was there.
+/// Read back like a grant (`key_policy::edit`): a concurrent writer's copy of the
+/// older policy would bring the statement back.
 async fn revoke(
     cloud: &dyn Cloud,
     clock: &dyn Clock,
@@ -394,16 +426,16 @@ async fn revoke(
     key: &KeyArn,
     g: &policy::Grant,
 ) -> Result<bool, String> {
-    let current = retrying(clock, || cloud.get_key_policy(loc, key)).await.map_err(|e| e.to_string())?;
-    let (next, changed) = match policy::revoke_grant(&current, g) {
-        Ok(r) => r,
-        Err(e) => return Err(e.to_string()),
-    };
-    if changed {
-        retrying(clock, || cloud.put_key_policy(loc, key, &next)).await.map_err(|e| match e.kind {
-            ErrorKind::AccessDenied => format!("{e}; the caller needs kms:PutKeyPolicy on the key"),
-            _ => e.to_string(),
-        })?;
-    }
-    Ok(changed)
+    let merge = |current: &str| policy::revoke_grant(current, g).map_err(|e| e.to_string());
+    key_policy::edit(cloud, clock, loc, key, &merge).await.map_err(|e| match e {
+        EditError::Cloud { call, source } if source.kind == ErrorKind::AccessDenied => {
+            format!("{call}: {source}; the caller needs kms:GetKeyPolicy and kms:PutKeyPolicy on the key")
+        }
+        EditError::Cloud { call, source } => format!("{call}: {source}"),
+        EditError::Merge(m) => m,
+        EditError::KeepsChanging => {
+            "the key policy keeps changing while snapferry removes its statement; run cleanup again when other edits are done"
+                .to_owned()
+        }
+    })
 }

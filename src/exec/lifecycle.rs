@@ -11,13 +11,14 @@ use tokio::sync::watch;
 
 use crate::checkpoint::{FORMAT_VERSION, GrantRecord, RunMeta, RunRecord, RunStatus, StoreError, TargetMeta};
 use crate::cloud::{CloudError, ErrorKind, Loc, Side};
-use crate::engine::{Failure, FailureKind, Step, VolumeRun};
-use crate::ids::VolumeId;
+use crate::engine::{self, FailureKind, Step, VolumeRun};
+use crate::ids::{KeyArn, VolumeId};
 use crate::plan::Plan;
 use crate::policy;
 
 use super::act::{self, ActCtx, TargetCtx};
 use super::adopt::{self, Shape};
+use super::key_policy::{self, EditError};
 use super::preflight::{Resolved, SourceVolume, preflight};
 use super::recurring::{self, Recur};
 use super::retry::retrying;
@@ -29,9 +30,6 @@ use super::{Env, RunError, RunReport};
 /// resource made just before the state was lost can be missing from the first one
 /// (eventual consistency), as a lookup after a crash must miss this often.
 const ADOPT_LISTINGS: u32 = crate::engine::RECONCILE_LOOKUPS as u32;
-/// How long a key-policy write is left to settle before it is read back, so that a
-/// concurrent writer's overlapping read-merge-write shows.
-const POLICY_SETTLE_MS: i64 = 2_000;
 /// Resources younger than this make adoption list again before it trusts a miss.
 const RECENT_MS: i64 = 10 * 60_000;
 
@@ -171,16 +169,13 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
             })
             .collect();
         for i in gone {
-            let v = &mut record.volumes[i];
-            v.failure = Some(Failure {
-                step: Step::Snapshot,
-                kind: FailureKind::Gone,
-                message: format!("source volume {id} no longer exists in {}", plan.source.region),
-                hint: Some("restore the volume, or remove it from the plan; the other volumes go on".into()),
-            });
-            v.step = Step::Failed;
-            v.finished_ms = Some(now);
-            v.failing_since_ms.get_or_insert(now);
+            record.volumes[i] = engine::fail(
+                &record.volumes[i],
+                FailureKind::Gone,
+                format!("source volume {id} no longer exists in {}", plan.source.region),
+                Some("restore the volume, or remove it from the plan; the other volumes go on".into()),
+                now,
+            );
             journal.volume(i, &record.volumes[i])?;
         }
     }
@@ -200,13 +195,24 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
         journal.sync().await?;
     }
 
-    let mut r = Runner::new(&cfg, env.clone(), &resolved, Arc::new(actx), record, journal);
-    let ended = r.drive(shutdown).await;
+    let actx = Arc::new(actx);
+    let mut r = Runner::new(&cfg, env.clone(), &resolved, actx.clone(), record, journal);
+    let ended = r.drive(shutdown.clone()).await;
+    let ended = match ended {
+        Ok(Ended::Finished) if resolved.cross_account => {
+            let (record, journal) = r.into_parts();
+            retry_after_lost_grant(&cfg, &env, &resolved, &actx, record, journal, shutdown).await
+        }
+        Ok(ended) => {
+            let (record, journal) = r.into_parts();
+            Ok((record, journal, ended))
+        }
+        Err(e) => Err(e),
+    };
     if let Some(p) = &cfg.progress {
         p.finish();
     }
-    let ended = ended?;
-    let (mut record, mut journal) = r.into_parts();
+    let (mut record, mut journal, ended) = ended?;
 
     let now = clock.now_ms();
     let all_done = record.volumes.iter().all(|v| v.step == Step::Done);
@@ -290,6 +296,71 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
         }
     }
     Ok(report)
+}
+
+/// True for a copy that AWS ended in `error` because the target account could not
+/// use the source key: the statement our grant added may have been lost since.
+fn lost_key_access(v: &VolumeRun) -> bool {
+    v.step == Step::Failed
+        && v.failure.as_ref().is_some_and(|f| {
+            f.kind == FailureKind::ResourceError
+                && f.step == Step::WaitCopy
+                && f.message.to_ascii_lowercase().contains("given key id is not accessible")
+        })
+}
+
+/// Copies that failed with "Given key ID is not accessible" first make the run read
+/// the source key policy: where the statement for their target account is missing
+/// (lost to a concurrent writer of the policy, which KMS cannot prevent), it is put
+/// back, with a warning naming the key, and those copies are made once more in this
+/// invocation. A policy that still holds the statement leaves the failures as they
+/// are: the cause is elsewhere (the target role's IAM policy, the target key).
+async fn retry_after_lost_grant(
+    cfg: &RunConfig,
+    env: &Env,
+    resolved: &Resolved,
+    actx: &Arc<ActCtx>,
+    mut record: RunRecord,
+    mut journal: crate::checkpoint::Journal,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(RunRecord, crate::checkpoint::Journal, Ended), RunError> {
+    let lost: Vec<usize> = (0..record.volumes.len()).filter(|i| lost_key_access(&record.volumes[*i])).collect();
+    let accounts: HashSet<String> =
+        lost.iter().map(|i| actx.target(record.volumes[*i].target).account.to_string()).collect();
+    let grants: Vec<policy::Grant> =
+        plan_grants(&cfg.plan, resolved).into_iter().filter(|g| accounts.contains(g.target_account.as_str())).collect();
+    if grants.is_empty() {
+        return Ok((record, journal, Ended::Finished));
+    }
+    let key = &resolved.source_key.arn;
+    let restored = match put_grants(env, &actx.src(), key, &grants).await {
+        Ok(restored) => restored,
+        Err(e) => {
+            tracing::warn!(key = %key, error = %e, "could not check the source key policy after copies lost access to the key");
+            false
+        }
+    };
+    if !restored {
+        return Ok((record, journal, Ended::Finished));
+    }
+    let named = grants.iter().map(|g| g.target_account.as_str()).collect::<Vec<_>>().join(", ");
+    tracing::warn!(
+        key = %key,
+        accounts = %named,
+        copies = lost.len(),
+        "the policy of the source key had lost snapferry's statement for the target account (another writer replaced it); it is put back and those copies are made once more"
+    );
+    let (cloud, clock) = (env.cloud.as_ref(), env.clock.as_ref());
+    for i in lost {
+        discard_errored(cloud, clock, actx, &record.volumes[i]).await;
+        record.volumes[i].revive();
+        journal.volume(i, &record.volumes[i])?;
+    }
+    journal.sync().await?;
+    let mut r = Runner::new(cfg, env.clone(), resolved, actx.clone(), record, journal);
+    let ended = r.drive(shutdown).await?;
+    let (record, journal) = r.into_parts();
+    Ok((record, journal, ended))
 }
 
 /// What a recurring plan carries on.
@@ -565,41 +636,54 @@ pub fn new_run_id(plan: &str, now_ms: i64) -> String {
 }
 
 /// Adds each cross-account target's statement to the source key policy, once per
-/// run, all in one PutKeyPolicy.
+/// run, all in one PutKeyPolicy (read, merge, write, read back: `key_policy::edit`).
 async fn ensure_grant(env: &Env, plan: &Plan, resolved: &Resolved, meta: &mut RunMeta) -> Result<(), RunError> {
-    let clock = env.clock.as_ref();
-    let cloud = env.cloud.as_ref();
     let loc = Loc::new(Side::Source, &plan.source.region);
     let key = &resolved.source_key.arn;
-    let accounts = resolved.share_with();
-    if accounts.is_empty() {
+    let grants = plan_grants(plan, resolved);
+    if grants.is_empty() {
         return Ok(());
     }
-    let grants: Vec<policy::Grant> = accounts
+    let named = grants.iter().map(|g| g.target_account.as_str()).collect::<Vec<_>>().join(", ");
+    let added = put_grants(env, &loc, key, &grants).await?;
+    let mut records =
+        grants.iter().map(|g| GrantRecord { key_arn: key.to_string(), sid: g.sid(), added, revoked: false });
+    if meta.grant.is_none() || added {
+        meta.grant = records.next();
+        meta.more_grants = records.collect();
+    }
+    if added {
+        tracing::info!(key = %key, accounts = %named, "granted the target accounts use of the source key");
+    } else {
+        tracing::info!(key = %key, accounts = %named, "key policy already grants the target accounts");
+    }
+    Ok(())
+}
+
+/// The statements the plan needs on the source key: one per cross-account target
+/// account.
+fn plan_grants(plan: &Plan, resolved: &Resolved) -> Vec<policy::Grant> {
+    resolved
+        .share_with()
         .iter()
         .map(|a| policy::Grant {
             plan: plan.name.clone(),
             target_account: a.clone(),
             partition: plan.source.region.partition(),
         })
-        .collect();
-    let named = accounts.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", ");
-    let cloud_err = |what: &str, e: CloudError| {
-        let hint = if e.kind == ErrorKind::AccessDenied {
-            "; the caller needs kms:GetKeyPolicy and kms:PutKeyPolicy on the source key (snapferry run PLAN --dry-run prints the statement to add by hand instead)"
-        } else {
-            ""
-        };
-        RunError::Cloud { what: format!("{what} of source key {key}{hint}"), source: e }
-    };
+        .collect()
+}
+
+/// Puts `grants` into the policy of `key` unless it holds them already; true when it
+/// wrote the policy.
+async fn put_grants(env: &Env, loc: &Loc, key: &KeyArn, grants: &[policy::Grant]) -> Result<bool, RunError> {
     // Every statement applied to one policy text: (new text, whether anything changed).
-    let merge = |current: &str| -> Result<(String, bool), RunError> {
+    let merge = |current: &str| -> Result<(String, bool), String> {
         let mut text = current.to_owned();
         let mut changed = false;
-        for g in &grants {
-            let change = policy::ensure_grant(&text, g).map_err(|e| {
-                RunError::Other(format!("cannot grant account {} use of source key {key}: {e}", g.target_account))
-            })?;
+        for g in grants {
+            let change = policy::ensure_grant(&text, g)
+                .map_err(|e| format!("cannot grant account {} use of source key {key}: {e}", g.target_account))?;
             if change.changed {
                 text = change.new_policy;
                 changed = true;
@@ -607,43 +691,18 @@ async fn ensure_grant(env: &Env, plan: &Plan, resolved: &Resolved, meta: &mut Ru
         }
         Ok((text, changed))
     };
-    let record = |meta: &mut RunMeta, added: bool| {
-        let mut records =
-            grants.iter().map(|g| GrantRecord { key_arn: key.to_string(), sid: g.sid(), added, revoked: false });
-        if meta.grant.is_none() || added {
-            meta.grant = records.next();
-            meta.more_grants = records.collect();
+    key_policy::edit(env.cloud.as_ref(), env.clock.as_ref(), loc, key, &merge).await.map_err(|e| match e {
+        EditError::Cloud { call, source } => {
+            let hint = if source.kind == ErrorKind::AccessDenied {
+                "; the caller needs kms:GetKeyPolicy and kms:PutKeyPolicy on the source key (snapferry run PLAN --dry-run prints the statement to add by hand instead)"
+            } else {
+                ""
+            };
+            RunError::Cloud { what: format!("{call} of source key {key}{hint}"), source }
         }
-    };
-    // Another plan may edit the same policy at the same time: re-read, merge and
-    // verify, a few times, so neither loses its statement.
-    for attempt in 0..5 {
-        let current =
-            retrying(clock, || cloud.get_key_policy(&loc, key)).await.map_err(|e| cloud_err("GetKeyPolicy", e))?;
-        let (new_policy, changed) = merge(&current)?;
-        if !changed {
-            record(meta, false);
-            tracing::info!(key = %key, accounts = %named, "key policy already grants the target accounts");
-            return Ok(());
-        }
-        retrying(clock, || cloud.put_key_policy(&loc, key, &new_policy))
-            .await
-            .map_err(|e| cloud_err("PutKeyPolicy", e))?;
-        // KMS has no conditional PutKeyPolicy: another writer that read the policy before
-        // our write can still replace it with a copy lacking our statement. Such a write
-        // lands within moments, so the read-back waits for it before trusting the policy.
-        clock.sleep_until(clock.now_ms() + POLICY_SETTLE_MS).await;
-        let back =
-            retrying(clock, || cloud.get_key_policy(&loc, key)).await.map_err(|e| cloud_err("GetKeyPolicy", e))?;
-        if !merge(&back).map(|(_, c)| c).unwrap_or(true) {
-            record(meta, true);
-            tracing::info!(key = %key, accounts = %named, "granted the target accounts use of the source key");
-            return Ok(());
-        }
-        tracing::warn!(key = %key, attempt, "key policy changed under us; merging again");
-        clock.sleep_until(clock.now_ms() + 1_000 * (attempt + 1)).await;
-    }
-    Err(RunError::Other(format!(
-        "the policy of source key {key} keeps changing while snapferry adds its statement; run again when other edits are done"
-    )))
+        EditError::Merge(m) => RunError::Other(m),
+        EditError::KeepsChanging => RunError::Other(format!(
+            "the policy of source key {key} keeps changing while snapferry adds its statement; run again when other edits are done"
+        )),
+    })
 }

@@ -21,6 +21,7 @@
 mod act;
 pub mod adopt;
 pub mod cleanup;
+mod key_policy;
 mod lifecycle;
 pub mod preflight;
 pub mod recurring;

@@ -54,6 +54,17 @@ pub fn plan(
         if !seen.insert(id.clone()) {
             continue;
         }
+        // A lead whose copy is delivered, held only so that a failing follower can still
+        // read its intermediates, counts as its target's copy: once due, its target gets
+        // a new round, and the first unfinished follower of its chain takes the old
+        // source side over (it cleans the intermediates up once its copy is made).
+        let handed_over: Vec<&Option<String>> = mine
+            .iter()
+            .filter(|l| l.held_for_followers() && options.due(l.started_ms, now_ms))
+            .filter(|l| mine.iter().any(|f| takes_over(f, &l.chain)))
+            .map(|l| &l.chain)
+            .collect();
+        let mut took_over: Vec<&Option<String>> = vec![];
         // The volume's due copies share one new snapshot: the first one leads.
         let mut lead_taken = false;
         let mut fresh_copy = |out: &mut Vec<VolumeRun>, t: u8| {
@@ -69,6 +80,18 @@ pub fn plan(
                     } else {
                         out.push(carried(v, previous_run, true));
                     }
+                }
+                Some(v) if v.held_for_followers() && handed_over.contains(&&v.chain) => {
+                    any_due = true;
+                    fresh_copy(&mut out, t);
+                }
+                Some(v)
+                    if takes_over(v, &v.chain) && handed_over.contains(&&v.chain) && !took_over.contains(&&v.chain) =>
+                {
+                    took_over.push(&v.chain);
+                    let mut c = carried(v, previous_run, false);
+                    c.follower = false;
+                    out.push(c);
                 }
                 // A follower that never joined and whose lead is not carried on starts
                 // over with this round's snapshot.
@@ -92,6 +115,12 @@ pub fn plan(
         out.push(carried(v, previous_run, false));
     }
     if previous_run.is_some() && !any_due { Recur::Resume } else { Recur::Start(out) }
+}
+
+/// True for a follower of `chain` that can take its source side over: it joined the
+/// lead's snapshot and its own copy is not made yet.
+fn takes_over(f: &VolumeRun, chain: &Option<String>) -> bool {
+    f.follower && &f.chain == chain && f.shared_snapshot().is_some() && !f.copy_complete()
 }
 
 fn carried(v: &VolumeRun, previous_run: Option<&str>, fresh: bool) -> VolumeRun {
@@ -180,6 +209,32 @@ mod tests {
             vec![(0, Step::Done, true, false), (1, Step::Snapshot, false, false), (2, Step::Snapshot, false, true)],
             "target 1 leads the new round since target 0 is fresh"
         );
+    }
+
+    #[test]
+    fn a_lead_held_for_a_failing_follower_counts_as_its_targets_copy_and_hands_its_chain_over() {
+        let snap = crate::ids::SnapshotId::parse("snap-00000000000000001").unwrap();
+        let mut lead = VolumeRun::for_target(vol(1), 0, false);
+        lead.step = Step::Cleanup;
+        lead.started_ms = Some(0);
+        lead.source_snapshot = Some(snap.clone());
+        let mut failing = VolumeRun::for_target(vol(1), 1, true);
+        failing.step = Step::Failed;
+        failing.started_ms = Some(0);
+        failing.source_snapshot = Some(snap);
+        failing.failure = Some(crate::engine::Failure {
+            step: Step::WaitCopy,
+            kind: crate::engine::FailureKind::ResourceError,
+            message: "x".into(),
+            hint: None,
+        });
+        // Not due yet: both carried as they are.
+        let prev = [lead.clone(), failing.clone()];
+        let Recur::Resume = plan(&prev, Some("r1"), &[vol(1)], 2, &opts(), 10 * HOUR) else { panic!("nothing due") };
+        // Due: the lead's target gets a new round; the follower takes the old chain over.
+        let Recur::Start(vs) = plan(&prev, Some("r1"), &[vol(1)], 2, &opts(), 22 * HOUR) else { panic!("due") };
+        let got: Vec<_> = vs.iter().map(|v| (v.target, v.step, v.follower, v.chain.as_deref())).collect();
+        assert_eq!(got, vec![(0, Step::Snapshot, false, None), (1, Step::Failed, false, Some("r1"))]);
     }
 
     #[test]

@@ -711,11 +711,8 @@ impl Runner {
                 self.set(i, next)
             }
             Err(e) => {
-                let mut next = v.clone();
-                if e.outcome_known() && action.is_mutating() {
-                    // AWS answered with an error: the call did not take effect.
-                    next.in_flight = false;
-                }
+                // AWS answered with an error: the call did not take effect.
+                let next = if e.outcome_known() && action.is_mutating() { engine::refused(&v) } else { v.clone() };
                 let jitter = self.jitter();
                 let decision =
                     self.sched[i].on_error(action, &e, &self.ctx, now, jitter, || explain(&v, action, &e, &self.actx));

@@ -1,4 +1,5 @@
-//! The integration tests, one binary so the crate links once: the plan parser, policy
+//! The integration tests, one binary so the crate links once: the bad day on the
+//! simulated AWS (`bad_days`), the plan parser, policy
 //! editing, envelope encryption (the AWS Encryption SDK message format, and its CLI),
 //! the engine against the simulated AWS, crash safety, the dry-run against a run's
 //! calls, the binary's edges, the binary end to end against moto's server (with the state in moto's S3
@@ -6,6 +7,7 @@
 //! architecture invariants (`tidy`).
 
 mod aws_adapter;
+mod bad_days;
 mod cli;
 mod dryrun;
 mod edges;

@@ -1,7 +1,7 @@
 //! The architecture invariants of ARCHITECTURE.md, checked on the source text (as
 //! rust-analyzer's tidy test does): the AWS SDK stays in `src/cloud/aws`, the pure
-//! modules stay pure, every source file says what it owns, and no two files import
-//! each other.
+//! modules stay pure, every source file says what it owns, no two files import each
+//! other, and a volume's state changes only in the engine.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -268,4 +268,52 @@ fn the_import_check_finds_a_cycle() {
     assert!(!mentions("let tokio_like = 1;", "tokio"));
     assert!(mentions("use tokio::sync;", "tokio"));
     assert_eq!(code_only("let a = \"tokio\"; // std::fs\nb"), "let a = \"\"; \nb");
+}
+
+/// Assignments to a volume run's step, failure or intent outside its tests, as
+/// `path:line: text`: those fields belong to the engine, whose transitions are the only
+/// way they change.
+fn state_assignments(path: &str, text: &str) -> Vec<String> {
+    let code = code_only(text);
+    let live = code.split("#[cfg(test)]").next().unwrap_or("");
+    let mut out = vec![];
+    for (n, line) in live.lines().enumerate() {
+        for field in [".step", ".in_flight", ".failure"] {
+            for (at, _) in line.match_indices(field) {
+                let rest = line[at + field.len()..].trim_start();
+                let ident_goes_on =
+                    line[at + field.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_');
+                if !ident_goes_on && rest.starts_with('=') && !rest.starts_with("==") {
+                    out.push(format!("{path}:{}: {}", n + 1, line.trim()));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_volumes_state_changes_only_in_the_engine() {
+    let mut bad = vec![];
+    for (path, text) in sources(&["src"]) {
+        if path.starts_with("src/engine/") {
+            continue;
+        }
+        bad.extend(state_assignments(&path, &text));
+    }
+    assert!(
+        bad.is_empty(),
+        "a VolumeRun's step, failure or in_flight set outside src/engine (add or use an engine transition):\n{}",
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn the_state_check_finds_an_assignment() {
+    assert_eq!(state_assignments("x.rs", "fn f(v: &mut V) {\n    v.step = Step::Done;\n}").len(), 1);
+    assert_eq!(state_assignments("x.rs", "v.in_flight = false; v.failure = None;").len(), 2);
+    assert!(state_assignments("x.rs", "if v.step == Step::Done { v.steps = 1; }").is_empty());
+    assert!(
+        state_assignments("x.rs", "// v.step = Step::Done\n#[cfg(test)]\nmod t { fn f() { v.step = S; } }").is_empty()
+    );
 }

@@ -55,6 +55,11 @@ pub struct Faults {
     /// refused, while describes by id still answer.
     #[serde(default)]
     pub lookups_fail: bool,
+    /// As the first copy from another account starts, another writer of the source
+    /// key's policy puts back a document it read before snapferry's statements were
+    /// added (KMS has no conditional PutKeyPolicy): they are gone. Happens once.
+    #[serde(default)]
+    pub key_policy_reverted_on_copy: bool,
 }
 
 /// How long things take, as functions of size (milliseconds).
@@ -668,6 +673,12 @@ impl World {
         // Key checks happen later, in the background, as in AWS: the copy is accepted
         // and ends in `error`.
         let inaccessible = "Given key ID is not accessible".to_owned();
+        if self.faults.key_policy_reverted_on_copy && &src.owner != account {
+            self.faults.key_policy_reverted_on_copy = false;
+            if let Some(key) = self.keys.iter_mut().find(|x| Some(&x.arn) == src.kms_key.as_ref()) {
+                key.policy = without_snapferry_statements(&key.policy);
+            }
+        }
         let mut fails_with = None;
         if let Some(k) = &src.kms_key {
             let key = self.keys.iter().find(|x| &x.arn == k);
@@ -985,4 +996,13 @@ fn context_sum(context: &crate::cloud::EncryptionContext) -> u32 {
 fn unwrap_raw(k: &SimKey, body_and_sum: &[u8]) -> Vec<u8> {
     let body = &body_and_sum[..body_and_sum.len().saturating_sub(4)];
     body.iter().zip(k.secret.iter().cycle()).map(|(p, s)| p ^ s).collect()
+}
+
+/// `policy` less every statement snapferry added (Sid `SnapferryShare...`).
+fn without_snapferry_statements(policy: &str) -> String {
+    let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(policy) else { return policy.to_owned() };
+    if let Some(serde_json::Value::Array(items)) = doc.get_mut("Statement") {
+        items.retain(|st| !st.get("Sid").and_then(|s| s.as_str()).is_some_and(|s| s.starts_with("SnapferryShare")));
+    }
+    serde_json::to_string_pretty(&doc).unwrap_or_else(|_| policy.to_owned())
 }
