@@ -14,6 +14,8 @@
 //! - [`checkpoint`]: the state of runs, versioned, atomic, locked: a local dir or S3.
 //! - [`clock`]: wall or virtual time for the runner.
 //! - [`envelope`]: envelope encryption of files with KMS data keys.
+//! - [`private_fs`]: owner-only files and directories, replaced atomically, symlinks
+//!   never followed.
 //! - [`cli`]: commands, rendering, exit codes.
 
 pub mod checkpoint;
@@ -26,3 +28,4 @@ pub mod exec;
 pub mod ids;
 pub mod plan;
 pub mod policy;
+pub mod private_fs;

@@ -6,6 +6,9 @@
 //! locks/<plan>.lock               held (flock) by the one process running that plan
 //! ```
 //!
+//! Only its owner can read it: directories are created 0700 and files 0600, and no
+//! file is opened through a symlink ([`crate::private_fs`]).
+//!
 //! Writing a batch of lines and syncing it is cheap however many volumes a run has.
 //! The journal grows in zero-filled steps ahead of its records, so a sync flushes the
 //! new records alone, not the file's size as well: one write to the disk, not two.
@@ -13,11 +16,13 @@
 //! record, or a torn last line (a crash mid-write), whose calls were never issued,
 //! because calls are issued only after the write is synced.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
+
+use crate::private_fs;
 
 use super::{
     Journal, JournalSink, PlanLock, RunMeta, RunRecord, StateStore, StoreError, io, meta_of, parse_checkpoint, replay,
@@ -63,7 +68,7 @@ impl LocalStore {
     /// Creates a run on disk and returns the journal to record it with.
     fn create(&self, record: &RunRecord) -> Result<Journal, StoreError> {
         let dir = self.run_dir(&record.meta.run_id);
-        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        private_fs::create_dir_all(&dir).map_err(io(&dir))?;
         write_atomic(&dir.join("checkpoint.json"), record)?;
         let journal_path = dir.join("journal.jsonl");
         let _ = fs::remove_file(&journal_path);
@@ -92,9 +97,9 @@ impl StateStore for LocalStore {
 
     async fn lock_plan(&self, plan: &str) -> Result<PlanLock, StoreError> {
         let dir = self.root.join("locks");
-        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        private_fs::create_dir_all(&dir).map_err(io(&dir))?;
         let path = dir.join(format!("{plan}.lock"));
-        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io(&path))?;
+        let file = private_fs::open_in_place(&path, false).map_err(io(&path))?;
         match file.try_lock() {
             // The kernel drops the lock with the file, or with the process.
             Ok(()) => Ok(PlanLock::new(file)),
@@ -173,7 +178,7 @@ const GROWTH: u64 = 1 << 20;
 impl LocalJournal {
     fn open(dir: PathBuf, volumes: usize) -> Result<Journal, StoreError> {
         let path = dir.join("journal.jsonl");
-        let file = OpenOptions::new().create(true).truncate(true).write(true).open(&path).map_err(io(&path))?;
+        let file = private_fs::open_in_place(&path, true).map_err(io(&path))?;
         sync_dir(&dir)?;
         Ok(Journal::new(LocalJournal {
             dir,

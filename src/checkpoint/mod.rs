@@ -24,7 +24,6 @@ pub mod remote;
 
 use std::borrow::Cow;
 use std::fmt;
-use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -504,12 +503,13 @@ fn parse_versioned<T: serde::de::DeserializeOwned>(bytes: &[u8], path: &Path) ->
 }
 
 /// Writes `value` as JSON to `path` so that a crash leaves either the old file or the
-/// new one: temp file in the same dir, fsync, rename, fsync the dir.
+/// new one: an owner-only temporary file in the same dir, fsync, rename, fsync the dir
+/// ([`crate::private_fs::AtomicFile`]).
 pub fn write_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("checkpoint")));
+    let mut file = crate::private_fs::AtomicFile::create(path).map_err(io(path))?;
+    let tmp = file.temp_path().to_path_buf();
     // Streamed: a large run (or simulated world) is never held as one buffer.
-    let mut out = std::io::BufWriter::with_capacity(1 << 16, File::create(&tmp).map_err(io(&tmp))?);
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, file.file());
     serde_json::to_writer_pretty(&mut out, value).map_err(|e| {
         if e.is_io() {
             io(&tmp)(e.into())
@@ -517,20 +517,18 @@ pub fn write_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreErr
             StoreError::Corrupt { path: path.to_owned(), message: e.to_string() }
         }
     })?;
-    let f = out.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
-    f.sync_all().map_err(io(&tmp))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(io(path))?;
-    sync_dir(dir)
+    std::io::Write::flush(&mut out).map_err(io(&tmp))?;
+    drop(out);
+    file.commit().map_err(io(path))
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+    crate::private_fs::sync_dir(dir).map_err(io(dir))
 }
 
 #[cfg(test)]
 mod tests {
-    use std::fs::OpenOptions;
+    use std::fs::{self, OpenOptions};
     use std::io::{Seek, SeekFrom, Write};
     use std::time::Duration;
 

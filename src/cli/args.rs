@@ -69,6 +69,39 @@ pub struct Common {
     pub endpoint_url: Option<String>,
 }
 
+/// The options of the envelope commands: how KMS is reached and how the result is
+/// printed. No run is checkpointed there, so the state dir matters only to keep the
+/// simulated AWS between invocations.
+#[derive(Debug, Clone, Args)]
+pub struct EnvelopeCommon {
+    /// Output: text for people, json for CI (one JSON document on stdout at the end).
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Use the built-in simulated KMS instead of the real one (a rehearsal; its keys are
+    /// kept in --state-dir between invocations).
+    #[arg(long)]
+    pub simulate: bool,
+    /// With --simulate: the state dir the simulated AWS is kept in. Accepted, and unused,
+    /// without it, as by every command that talks to AWS: nothing is checkpointed here.
+    #[arg(long, value_name = "DIR", env = "SNAPFERRY_STATE_DIR", default_value = ".snapferry")]
+    pub state_dir: PathBuf,
+    /// Send every KMS call to URL (an emulator); AWS_ENDPOINT_URL works too.
+    #[arg(long, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+}
+
+impl EnvelopeCommon {
+    /// The shared options, as the code that connects to AWS takes them.
+    pub fn common(&self) -> Common {
+        Common {
+            state_dir: self.state_dir.clone(),
+            format: self.format,
+            simulate: self.simulate,
+            endpoint_url: self.endpoint_url.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The plan file (YAML).
@@ -162,16 +195,18 @@ pub enum EnvelopeAction {
         data_key: Option<PathBuf>,
         /// The file to read.
         input: PathBuf,
-        /// The file to write (replaced only when the command succeeds).
+        /// The file to write: created 0600, and replaced only when the command succeeds
+        /// (nothing is left there otherwise, an interruption included).
         output: PathBuf,
         #[command(flatten)]
-        common: Common,
+        common: EnvelopeCommon,
     },
     /// Decrypt IN (an AWS Encryption SDK message, or an older snapferry envelope) to OUT;
-    /// nothing is written unless the whole message verifies.
+    /// nothing is written unless the data key is under an allowed KMS key and the whole
+    /// message verifies.
     Decrypt {
-        /// A KMS key allowed to decrypt the message's data key (alias/NAME, key id or
-        /// ARN); repeatable. Required for a message unless --discovery is given.
+        /// A KMS key allowed to decrypt the data key (alias/NAME, key id or ARN), in
+        /// either format; repeatable. Required unless --discovery is given.
         #[arg(long = "key", value_name = "KEY")]
         keys: Vec<String>,
         /// Use whichever KMS key the message names (discovery), optionally limited with
@@ -184,7 +219,8 @@ pub enum EnvelopeAction {
         /// With --discovery-account: the keys' partition.
         #[arg(long, value_name = "PARTITION", default_value = "aws", requires = "discovery_accounts")]
         discovery_partition: String,
-        /// An encryption context pair the message must carry; repeatable.
+        /// An encryption context pair the message must carry; repeatable. Refused for a
+        /// file in the older snapferry format, which carries no context.
         #[arg(long = "context", value_name = "KEY=VALUE")]
         context: Vec<String>,
         /// Refuse messages with more encrypted data keys than this.
@@ -195,35 +231,42 @@ pub enum EnvelopeAction {
         region: Option<String>,
         /// The file to read.
         input: PathBuf,
-        /// The file to write (replaced only when the command succeeds).
+        /// The file to write: created 0600, and replaced only when the command succeeds
+        /// (nothing is left there otherwise, an interruption included).
         output: PathBuf,
         #[command(flatten)]
-        common: Common,
+        common: EnvelopeCommon,
     },
     /// Write N random bytes from KMS GenerateRandom to OUT.
     Random {
         /// How many bytes (1 to 1024, the KMS limit).
         #[arg(long, default_value_t = 32)]
         bytes: u32,
+        /// KMS region (default: AWS_REGION).
         #[arg(long)]
         region: Option<String>,
+        /// Where to write the bytes: created 0600, replaced atomically, never written
+        /// through a symlink.
         output: PathBuf,
         #[command(flatten)]
-        common: Common,
+        common: EnvelopeCommon,
     },
     /// Prepare an encrypted data key now (GenerateDataKeyWithoutPlaintext) for later use.
     Datakey {
+        /// The KMS key to encrypt the data key under: alias/NAME, key id or ARN.
         #[arg(long)]
         key: String,
+        /// KMS region (default: the key ARN's, else AWS_REGION).
         #[arg(long)]
         region: Option<String>,
         /// An encryption context pair fixed now for every file encrypted with this key;
         /// repeatable.
         #[arg(long = "context", value_name = "KEY=VALUE")]
         context: Vec<String>,
-        /// Where to write the encrypted data key (binary).
+        /// Where to write the encrypted data key (binary): created 0600, replaced
+        /// atomically, never written through a symlink.
         output: PathBuf,
         #[command(flatten)]
-        common: Common,
+        common: EnvelopeCommon,
     },
 }

@@ -28,7 +28,7 @@ impl Connected {
     pub fn save(&self) -> Result<(), Failure> {
         if let Some((sim, path)) = &self.sim {
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)
+                crate::private_fs::create_dir_all(dir)
                     .map_err(|e| Failure::new(exit::FAILED, format!("cannot create {}: {e}", dir.display())))?;
             }
             sim.with_world(|w| crate::checkpoint::write_atomic(path, w))

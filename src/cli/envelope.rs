@@ -4,6 +4,12 @@
 //! a key prepared with `datakey`) and one to decrypt (Decrypt with the message's context
 //! and the key named in it, restricted to the keys the user allows); the bulk work is
 //! local in `crate::envelope`, run on a blocking thread so the async runtime stays free.
+//!
+//! One rule decrypts every format: `--key` or `--discovery` says which KMS keys may
+//! unwrap a data key, the key a file names is checked against it before KMS is asked,
+//! and is the KeyId of the Decrypt call, and the key KMS answered for is checked again.
+//! A signal (SIGINT, SIGTERM, SIGHUP) ends a command with exit 130 after removing the
+//! output it had not finished; prepared keys and random bytes are written owner-only.
 
 use std::path::Path;
 
@@ -20,6 +26,7 @@ use crate::ids::{AccountId, KeyArn, KeyRef, Region};
 use super::args::{Common, EnvelopeAction, EnvelopeArgs, Format};
 use super::cloud::{Connected, Reach, connect, session_name};
 use super::{Failure, exit};
+use crate::private_fs;
 
 /// The file `envelope datakey` writes: a prepared data key, encrypted under a KMS key,
 /// with the encryption context it is bound to. Version 1 files carry no context.
@@ -77,13 +84,24 @@ fn ensure_sim_key(c: &Connected, region: &Region, key: &KeyRef) {
     }
 }
 
-fn key32(plain: &[u8]) -> Result<Zeroizing<[u8; KEY_LEN]>, Failure> {
-    let mut k = Zeroizing::new([0u8; KEY_LEN]);
-    if plain.len() != KEY_LEN {
-        return Err(failed(format!("KMS returned a {}-byte data key; AES-256 needs {KEY_LEN}", plain.len())));
+/// The plaintext data key: on the heap in one place, wiped when dropped, and only
+/// borrowed from there. Moving it (into a blocking task) moves the pointer, so no
+/// unwiped copy of the bytes is left behind.
+struct DataKey(Box<Zeroizing<[u8; KEY_LEN]>>);
+
+impl DataKey {
+    fn from_kms(plain: &[u8]) -> Result<Self, Failure> {
+        if plain.len() != KEY_LEN {
+            return Err(failed(format!("KMS returned a {}-byte data key; AES-256 needs {KEY_LEN}", plain.len())));
+        }
+        let mut key = DataKey(Box::new(Zeroizing::new([0u8; KEY_LEN])));
+        key.0.copy_from_slice(plain);
+        Ok(key)
     }
-    k.copy_from_slice(plain);
-    Ok(k)
+
+    fn bytes(&self) -> &[u8; KEY_LEN] {
+        &self.0
+    }
 }
 
 fn print(format: Format, doc: serde_json::Value, text: String) {
@@ -93,7 +111,53 @@ fn print(format: Format, doc: serde_json::Value, text: String) {
     }
 }
 
+/// Runs an envelope command; a SIGINT, SIGTERM or SIGHUP ends it with exit 130 after
+/// removing the output it had not finished (a decrypted file whose message was not yet
+/// verified, or a part of an encrypted one).
 pub async fn envelope(args: EnvelopeArgs) -> Result<u8, Failure> {
+    // Installed before any file is opened: from here a signal no longer ends the
+    // process where it stands.
+    let signal = interrupts()?;
+    tokio::select! {
+        result = action(args) => result,
+        name = signal => {
+            let removed = envelope::discard_unfinished_outputs();
+            let what = if removed > 0 { "; the unfinished output was removed" } else { "" };
+            Err(Failure::new(exit::INTERRUPTED, format!("interrupted by {name}{what}; run the command again")))
+        }
+    }
+}
+
+/// The first of SIGINT, SIGTERM and SIGHUP, handled from the moment this returns.
+#[cfg(unix)]
+fn interrupts() -> Result<impl std::future::Future<Output = &'static str>, Failure> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let handle = |kind: SignalKind, name: &'static str| {
+        signal(kind).map_err(|e| failed(format!("cannot handle {name}: {e}"))).map(|s| (s, name))
+    };
+    let (mut int, mut term, mut hup) = (
+        handle(SignalKind::interrupt(), "SIGINT")?,
+        handle(SignalKind::terminate(), "SIGTERM")?,
+        handle(SignalKind::hangup(), "SIGHUP")?,
+    );
+    Ok(async move {
+        tokio::select! {
+            _ = int.0.recv() => int.1,
+            _ = term.0.recv() => term.1,
+            _ = hup.0.recv() => hup.1,
+        }
+    })
+}
+
+#[cfg(not(unix))]
+fn interrupts() -> Result<impl std::future::Future<Output = &'static str>, Failure> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    })
+}
+
+async fn action(args: EnvelopeArgs) -> Result<u8, Failure> {
     match args.action {
         EnvelopeAction::Encrypt {
             key,
@@ -106,6 +170,7 @@ pub async fn envelope(args: EnvelopeArgs) -> Result<u8, Failure> {
             output,
             common,
         } => {
+            let common = common.common();
             let frame_length = frame_length.unwrap_or(DEFAULT_FRAME_LENGTH);
             if !(1..=MAX_FRAME_LENGTH).contains(&frame_length) {
                 return Err(usage(format!("--frame-length {frame_length}: must be 1 to {MAX_FRAME_LENGTH}")));
@@ -145,7 +210,7 @@ pub async fn envelope(args: EnvelopeArgs) -> Result<u8, Failure> {
                         .generate_data_key(&Loc::new(Side::Source, &region), &key, &full)
                         .await
                         .map_err(|e| failed(format!("GenerateDataKey with {key} in {region}: {e}")))?;
-                    (key32(&dk.plaintext)?, dk.ciphertext, dk.key_arn.to_string(), full, signer, region, c)
+                    (DataKey::from_kms(&dk.plaintext)?, dk.ciphertext, dk.key_arn.to_string(), full, signer, region, c)
                 }
                 (None, Some(file)) => {
                     if suite.is_signed() {
@@ -160,7 +225,7 @@ pub async fn envelope(args: EnvelopeArgs) -> Result<u8, Failure> {
                     let c = reach(&common, region.clone()).await?;
                     let req = DecryptReq { ciphertext: &wrapped, key: Some(&arn), context: &context };
                     let (plain, arn) = decrypt_key(c.cloud.as_ref(), &region, &req).await?;
-                    (key32(&plain)?, wrapped, arn, context, None, region, c)
+                    (DataKey::from_kms(&plain)?, wrapped, arn, context, None, region, c)
                 }
                 (None, None) => return Err(usage("pass --key KEY or --data-key FILE")),
             };
@@ -171,7 +236,7 @@ pub async fn envelope(args: EnvelopeArgs) -> Result<u8, Failure> {
                     suite,
                     context: &full_context,
                     data_keys: &data_keys,
-                    data_key: &plain,
+                    data_key: plain.bytes(),
                     signer: signer.as_ref(),
                     frame_length,
                 };
@@ -203,28 +268,15 @@ pub async fn envelope(args: EnvelopeArgs) -> Result<u8, Failure> {
             discovery_partition,
             context,
             max_encrypted_data_keys,
-            region: r,
+            region,
             input,
             output,
             common,
         } => {
             let required = parse_pairs(&context)?;
-            let file = envelope::read_envelope_file(&input, max_encrypted_data_keys)
-                .map_err(|e| failed(format!("{}: {e}", input.display())))?;
-            let header = match file {
-                EnvelopeFile::Legacy(header) => return decrypt_legacy(header, r, input, output, common).await,
-                EnvelopeFile::Message(header) => header,
-            };
-            for (k, v) in &required {
-                if header.context().get(k) != Some(v) {
-                    return Err(failed(format!(
-                        "{}: its encryption context has no {k}={v} (it has {}); check the file and the --context given",
-                        input.display(),
-                        pairs_text(&user_pairs(header.context()))
-                    )));
-                }
-            }
-            let filter = if discovery {
+            // Which keys may unwrap the data key is said before the file is even read,
+            // whatever its format.
+            let allowed = if discovery {
                 let accounts = discovery_accounts
                     .iter()
                     .map(|a| AccountId::parse(a).map_err(|e| usage(format!("--discovery-account {a}: {e}"))))
@@ -232,42 +284,31 @@ pub async fn envelope(args: EnvelopeArgs) -> Result<u8, Failure> {
                 Allowed::Discovery { partition: discovery_partition, accounts }
             } else if keys.is_empty() {
                 return Err(usage(
-                    "an AWS Encryption SDK message needs --key KEY (the keys allowed to decrypt it) or --discovery",
+                    "envelope decrypt needs --key KEY (the KMS keys allowed to decrypt the file) or --discovery",
                 ));
             } else {
                 Allowed::Keys(keys)
             };
-            let first_region = header
-                .data_keys()
-                .iter()
-                .find_map(|k| k.kms_key_arn().and_then(|a| KeyArn::parse(a).ok()).and_then(|a| a.region()));
-            let region = match first_region {
-                Some(found) if r.is_none() => found,
-                _ => region(r.as_deref(), None)?,
-            };
-            let c = reach(&common, region.clone()).await?;
-            let allowed = filter.resolve(c.cloud.as_ref(), &region).await?;
-            let (plain, arn) = unwrap_data_key(c.cloud.as_ref(), &header, &allowed).await?;
-            let key = key32(&plain)?;
-            let suite = header.suite();
-            let pairs = user_pairs(header.context());
-            let (inp, out) = (input.clone(), output.clone());
-            let stats = tokio::task::spawn_blocking(move || envelope::decrypt_message_file(&inp, &out, &header, &key))
-                .await
-                .map_err(|e| failed(format!("decryption task: {e}")))?
-                .map_err(|e| {
-                    failed(format!("{}: {e}; nothing was written to {}", input.display(), output.display()))
-                })?;
-            print(
-                common.format,
-                json!({"status": "decrypted", "input": input, "output": output, "key_arn": arn,
-                       "algorithm": suite.name(), "context": pairs,
-                       "bytes": stats.plaintext_bytes, "frames": stats.chunks}),
-                format!("decrypted {} to {} ({} bytes)", input.display(), output.display(), stats.plaintext_bytes),
-            );
-            Ok(exit::OK)
+            let file = envelope::read_envelope_file(&input, max_encrypted_data_keys)
+                .map_err(|e| failed(format!("{}: {e}", input.display())))?;
+            let job = DecryptJob { allowed, region, input, output, common: common.common() };
+            match file {
+                EnvelopeFile::Legacy(header) => {
+                    if !required.is_empty() {
+                        return Err(usage(format!(
+                            "{}: a file in snapferry's older envelope format carries no encryption context, so \
+                             --context cannot be checked; decrypt it without --context (its KMS key is still held \
+                             to --key or --discovery)",
+                            job.input.display()
+                        )));
+                    }
+                    decrypt_legacy(header, job).await
+                }
+                EnvelopeFile::Message(header) => decrypt_esdk(header, &required, job).await,
+            }
         }
         EnvelopeAction::Datakey { key, region: r, context, output, common } => {
+            let common = common.common();
             let context = parse_pairs(&context)?;
             envelope::check_user_context(&context).map_err(|e| usage(format!("--context: {e}")))?;
             let key = KeyRef::parse(&key).map_err(|e| usage(format!("--key {key}: {e}")))?;
@@ -289,6 +330,7 @@ pub async fn envelope(args: EnvelopeArgs) -> Result<u8, Failure> {
             Ok(exit::OK)
         }
         EnvelopeAction::Random { bytes, region: r, output, common } => {
+            let common = common.common();
             if !(1..=1024).contains(&bytes) {
                 return Err(usage("--bytes must be 1 to 1024 (the GenerateRandom limit)"));
             }
@@ -299,7 +341,10 @@ pub async fn envelope(args: EnvelopeArgs) -> Result<u8, Failure> {
                 .generate_random(&Loc::new(Side::Source, &region), bytes)
                 .await
                 .map_err(|e| failed(format!("GenerateRandom in {region}: {e}")))?;
-            std::fs::write(&output, &random).map_err(|e| failed(format!("cannot write {}: {e}", output.display())))?;
+            // Random bytes from KMS are usually a secret: owner-only, like a key.
+            let random = Zeroizing::new(random);
+            private_fs::write_atomic(&output, &random)
+                .map_err(|e| failed(format!("cannot write {}: {e}", output.display())))?;
             print(
                 common.format,
                 json!({"status": "written", "output": output, "bytes": random.len()}),
@@ -310,29 +355,107 @@ pub async fn envelope(args: EnvelopeArgs) -> Result<u8, Failure> {
     }
 }
 
-/// A file in snapferry's own envelope format, from before it wrote AWS Encryption SDK
-/// messages: its header names the key, and its data key has no encryption context.
-async fn decrypt_legacy(
-    header: envelope::Header,
-    r: Option<String>,
+/// What `envelope decrypt` was asked, once its options are checked.
+struct DecryptJob {
+    allowed: Allowed,
+    /// `--region`.
+    region: Option<String>,
     input: std::path::PathBuf,
     output: std::path::PathBuf,
-    common: super::args::Common,
-) -> Result<u8, Failure> {
-    let region = region(r.as_deref(), Some(header.key_arn()))?;
+    common: Common,
+}
+
+/// An AWS Encryption SDK message: the first of its data keys under an allowed key that
+/// KMS decrypts, with the context required.
+async fn decrypt_esdk(header: MessageHeader, required: &EncryptionContext, job: DecryptJob) -> Result<u8, Failure> {
+    let DecryptJob { allowed, region: r, input, output, common } = job;
+    for (k, v) in required {
+        if header.context().get(k) != Some(v) {
+            return Err(failed(format!(
+                "{}: its encryption context has no {k}={v} (it has {}); check the file and the --context given",
+                input.display(),
+                pairs_text(&user_pairs(header.context()))
+            )));
+        }
+    }
+    let first_region = header
+        .data_keys()
+        .iter()
+        .find_map(|k| k.kms_key_arn().and_then(|a| KeyArn::parse(a).ok()).and_then(|a| a.region()));
+    let region = match first_region {
+        Some(found) if r.is_none() => found,
+        _ => region(r.as_deref(), None)?,
+    };
     let c = reach(&common, region.clone()).await?;
-    let empty = EncryptionContext::new();
-    let req = DecryptReq { ciphertext: header.encrypted_key(), key: None, context: &empty };
-    let (plain, arn) = decrypt_key(c.cloud.as_ref(), &region, &req).await?;
-    let key = key32(&plain)?;
+    let allowed = allowed.resolve(c.cloud.as_ref(), &region).await?;
+    let (plain, arn) = unwrap_data_key(c.cloud.as_ref(), &header, &allowed).await?;
+    let key = DataKey::from_kms(&plain)?;
+    drop(plain);
+    let suite = header.suite();
+    let pairs = user_pairs(header.context());
     let (inp, out) = (input.clone(), output.clone());
-    let stats = tokio::task::spawn_blocking(move || envelope::decrypt_file(&inp, &out, &key, &header))
+    let stats = tokio::task::spawn_blocking(move || envelope::decrypt_message_file(&inp, &out, &header, key.bytes()))
         .await
         .map_err(|e| failed(format!("decryption task: {e}")))?
-        .map_err(|e| failed(e.to_string()))?;
+        .map_err(|e| failed(format!("{}: {e}; nothing was written to {}", input.display(), output.display())))?;
     print(
         common.format,
         json!({"status": "decrypted", "input": input, "output": output, "key_arn": arn,
+               "algorithm": suite.name(), "context": pairs,
+               "bytes": stats.plaintext_bytes, "frames": stats.chunks}),
+        format!("decrypted {} to {} ({} bytes)", input.display(), output.display(), stats.plaintext_bytes),
+    );
+    Ok(exit::OK)
+}
+
+/// A file in snapferry's own envelope format, from before it wrote AWS Encryption SDK
+/// messages: its header names the key, and its data key has no encryption context. It
+/// obeys the rule of messages: the key it names must be allowed, is the KeyId of the
+/// one Decrypt (in the key's own region), and must be the key KMS answers for.
+async fn decrypt_legacy(header: envelope::Header, job: DecryptJob) -> Result<u8, Failure> {
+    let DecryptJob { allowed, region: r, input, output, common } = job;
+    let arn = KeyArn::parse(header.key_arn()).map_err(|_| {
+        failed(format!(
+            "{}: its header names {:?} as its KMS key, which is not a key ARN; the file is damaged",
+            input.display(),
+            header.key_arn()
+        ))
+    })?;
+    let key_region = arn
+        .region()
+        .ok_or_else(|| failed(format!("{}: key arn {arn} names no region; the file is damaged", input.display())))?;
+    let region = match r.as_deref() {
+        Some(_) => region(r.as_deref(), None)?,
+        None => key_region.clone(),
+    };
+    let c = reach(&common, region.clone()).await?;
+    let allowed = allowed.resolve(c.cloud.as_ref(), &region).await?;
+    if !allowed.allows(&arn) {
+        return Err(failed(format!(
+            "{}: its data key is under {arn}, which is not an allowed KMS key; pass that key with --key, or \
+             --discovery (with --discovery-account for its account); nothing was written",
+            input.display()
+        )));
+    }
+    let empty = EncryptionContext::new();
+    let req = DecryptReq { ciphertext: header.encrypted_key(), key: Some(&arn), context: &empty };
+    let (plain, by) = decrypt_key(c.cloud.as_ref(), &key_region, &req).await?;
+    if by != arn.as_str() {
+        return Err(failed(format!(
+            "{}: KMS decrypted its data key with {by}, not {arn}, the key the file names; nothing was written",
+            input.display()
+        )));
+    }
+    let key = DataKey::from_kms(&plain)?;
+    drop(plain);
+    let (inp, out) = (input.clone(), output.clone());
+    let stats = tokio::task::spawn_blocking(move || envelope::decrypt_file(&inp, &out, key.bytes(), &header))
+        .await
+        .map_err(|e| failed(format!("decryption task: {e}")))?
+        .map_err(|e| failed(format!("{}: {e}; nothing was written to {}", input.display(), output.display())))?;
+    print(
+        common.format,
+        json!({"status": "decrypted", "input": input, "output": output, "key_arn": arn.as_str(),
                "algorithm": "snapferry-envelope-v1", "bytes": stats.plaintext_bytes, "frames": stats.chunks}),
         format!("decrypted {} to {} ({} bytes)", input.display(), output.display(), stats.plaintext_bytes),
     );
@@ -486,7 +609,7 @@ fn write_datakey(path: &Path, arn: &str, wrapped: &[u8], context: &EncryptionCon
         b.extend_from_slice(&(part.len() as u16).to_be_bytes());
         b.extend_from_slice(part);
     }
-    std::fs::write(path, b).map_err(|e| failed(format!("cannot write {}: {e}", path.display())))
+    private_fs::write_atomic(path, &b).map_err(|e| failed(format!("cannot write {}: {e}", path.display())))
 }
 
 /// A prepared data key: its KMS key, the encrypted key, and the context it is bound to.

@@ -4,22 +4,27 @@
 //! rename stays on one file system and is atomic), synced to disk, and renamed over the
 //! output only once every chunk has been written or authenticated. On any error, and on
 //! a panic, the temporary file is removed: the output path is left as it was, never
-//! holding a partial or unauthenticated result. A process killed outright (`kill -9`,
-//! power loss) can leave a temporary file named `.OUT.XXXXXXXXXXXXXXXX.snapferry-tmp`
-//! beside the output; it never appears under the output's name.
+//! holding a partial or unauthenticated result. A signal that ends the process (the
+//! envelope commands handle SIGINT, SIGTERM and SIGHUP) removes it too, through
+//! [`discard_unfinished_outputs`]. Only a process killed outright (`kill -9`, power
+//! loss) can leave a temporary file named `.OUT.XXXXXXXXXXXXXXXX.tmp` beside the
+//! output; it never appears under the output's name.
 //!
-//! On Unix the output is created with mode 0600: a decrypted file is as sensitive as
-//! the key that protected it, and an encrypted one carries a key reference.
+//! On Unix the output is created with mode 0600 ([`crate::private_fs`]): a decrypted
+//! file is as sensitive as the key that protected it, and an encrypted one carries a
+//! key reference.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::EnvelopeError;
 use super::format::{Header, KEY_LEN, MAGIC, read_header};
 use super::frames::{EncryptMaterials, decrypt_message, encrypt_message};
 use super::message::{MessageHeader, read_message_header};
 use super::stream::{Stats, decrypt, encrypt};
+use crate::private_fs::{self, AtomicFile};
 
 /// I/O buffer for messages: frames can be as small as one byte, and a frame is written
 /// as several small fields, so small writes are gathered; large ones pass straight
@@ -189,88 +194,108 @@ fn with_paths(e: EnvelopeError, read_path: &Path, write_path: &Path) -> Envelope
     }
 }
 
-/// A temporary file beside the output that is removed when dropped, unless
-/// [`commit`](Self::commit) renamed it into place.
+/// The temporary files of this process's unfinished outputs, for
+/// [`discard_unfinished_outputs`]. A temporary file is created and registered, renamed
+/// into place and unregistered, or removed and unregistered, under this lock: an
+/// interrupted process that holds it sees every one, and none is made or completed
+/// after it looked.
+static UNFINISHED: Mutex<Unfinished> = Mutex::new(Unfinished { paths: Vec::new(), closed: false });
+
+struct Unfinished {
+    paths: Vec<PathBuf>,
+    /// Set by [`discard_unfinished_outputs`]: no output is created or completed after.
+    closed: bool,
+}
+
+fn unfinished() -> MutexGuard<'static, Unfinished> {
+    // A panic elsewhere while holding the lock leaves a list that is still right.
+    UNFINISHED.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Removes the temporary file of every output this process has not finished writing
+/// (the decrypted or encrypted file of a command that a signal interrupts), and stops
+/// any from being created or completed from then on, so that no plaintext of an
+/// unverified message is left whatever the threads still writing do before the process
+/// exits. Returns how many were removed.
+pub fn discard_unfinished_outputs() -> usize {
+    let mut list = unfinished();
+    list.closed = true;
+    std::mem::take(&mut list.paths).iter().filter(|path| fs::remove_file(path).is_ok()).count()
+}
+
+fn interrupted(path: &Path) -> EnvelopeError {
+    EnvelopeError::File {
+        action: "write",
+        path: path.to_path_buf(),
+        error: io::Error::new(io::ErrorKind::Interrupted, "the command was interrupted"),
+    }
+}
+
+/// A temporary owner-only file beside the output, registered in [`UNFINISHED`], that
+/// is removed when dropped unless [`commit`](Self::commit) renamed it into place.
 struct TempOutput {
-    file: Option<File>,
+    file: Option<AtomicFile>,
     path: PathBuf,
 }
 
 impl TempOutput {
     fn create(out_path: &Path) -> Result<Self, EnvelopeError> {
-        let name = out_path.file_name().ok_or_else(|| EnvelopeError::File {
-            action: "write to",
-            path: out_path.to_path_buf(),
-            error: io::Error::new(io::ErrorKind::InvalidInput, "not a file name"),
-        })?;
-        let dir = parent_dir(out_path);
-        // A random suffix so that two runs writing the same output never share a
-        // temporary file; `create_new` refuses to open anything that already exists.
-        let mut suffix = [0u8; 8];
-        aws_lc_rs::rand::fill(&mut suffix).map_err(|_| EnvelopeError::Random)?;
-        let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
-        let mut temp_name = std::ffi::OsString::from(".");
-        temp_name.push(name);
-        temp_name.push(format!(".{suffix}.snapferry-tmp"));
-        let path = dir.join(temp_name);
-
-        let mut options = OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let file = options.open(&path).map_err(|error| EnvelopeError::File {
+        let mut list = unfinished();
+        if list.closed {
+            return Err(interrupted(out_path));
+        }
+        let file = AtomicFile::create(out_path).map_err(|error| EnvelopeError::File {
             action: "create a temporary file in",
-            path: dir.to_path_buf(),
+            path: private_fs::parent_dir(out_path).to_path_buf(),
             error,
         })?;
+        let path = file.temp_path().to_path_buf();
+        list.paths.push(path.clone());
         Ok(Self { file: Some(file), path })
     }
 
     fn file(&mut self) -> &mut File {
-        self.file.as_mut().expect("file is open until commit")
+        self.file.as_mut().expect("open until commit").file()
     }
 
     /// Syncs the data, renames the file to `out_path`, and syncs the directory so the
     /// rename itself survives a crash.
     fn commit(mut self, out_path: &Path) -> Result<(), EnvelopeError> {
-        let file = self.file.take().expect("file is open until commit");
-        file.sync_all().map_err(|error| EnvelopeError::File { action: "sync", path: self.path.clone(), error })?;
-        drop(file);
-        fs::rename(&self.path, out_path).map_err(|error| EnvelopeError::File {
-            action: "rename the temporary file to",
-            path: out_path.to_path_buf(),
-            error,
-        })?;
-        // From here the temporary name no longer exists; nothing is left to remove.
-        self.path = PathBuf::new();
-        #[cfg(unix)]
+        let mut file = self.file.take().expect("open until commit");
+        if let Err(error) = file.sync() {
+            self.file = Some(file);
+            return Err(EnvelopeError::File { action: "sync", path: self.path.clone(), error });
+        }
         {
-            let dir = parent_dir(out_path);
-            File::open(dir).and_then(|d| d.sync_all()).map_err(|error| EnvelopeError::File {
-                action: "sync the directory",
-                path: dir.to_path_buf(),
+            let mut list = unfinished();
+            list.paths.retain(|p| p != &self.path);
+            if list.closed {
+                drop(file);
+                return Err(interrupted(out_path));
+            }
+            file.persist().map_err(|error| EnvelopeError::File {
+                action: "rename the temporary file to",
+                path: out_path.to_path_buf(),
                 error,
             })?;
         }
-        Ok(())
+        let dir = private_fs::parent_dir(out_path);
+        private_fs::sync_dir(dir).map_err(|error| EnvelopeError::File {
+            action: "sync the directory",
+            path: dir.to_path_buf(),
+            error,
+        })
     }
 }
 
 impl Drop for TempOutput {
     fn drop(&mut self) {
-        if !self.path.as_os_str().is_empty() {
-            // Close before removing, for file systems that refuse to remove open files.
-            self.file.take();
-            // Best effort: the error being reported matters more than a leftover file.
-            let _ = fs::remove_file(&self.path);
+        if let Some(file) = self.file.take() {
+            let mut list = unfinished();
+            list.paths.retain(|p| p != &self.path);
+            // Removes the temporary file, best effort: the error being reported matters
+            // more than a leftover file.
+            drop(file);
         }
-    }
-}
-
-/// The directory a path's file lives in (`.` for a bare file name).
-fn parent_dir(path: &Path) -> &Path {
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
     }
 }

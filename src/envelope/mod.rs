@@ -112,8 +112,8 @@ mod stream;
 
 pub use error::EnvelopeError;
 pub use file::{
-    EnvelopeFile, decrypt_file, decrypt_message_file, encrypt_file, encrypt_message_file, read_envelope_file,
-    read_header_file,
+    EnvelopeFile, decrypt_file, decrypt_message_file, discard_unfinished_outputs, encrypt_file, encrypt_message_file,
+    read_envelope_file, read_header_file,
 };
 pub use format::{
     DEFAULT_CHUNK_SIZE, FORMAT_VERSION, Header, KEY_LEN, MAGIC, MAX_CHUNK_SIZE, MAX_ENCRYPTED_KEY_LEN, MAX_KEY_ARN_LEN,

@@ -197,6 +197,17 @@ fn dropped_chunk_is_detected() {
 }
 
 #[test]
+fn duplicated_chunk_is_detected() {
+    let (envelope, h) = seal(&data(3 * C + 1));
+    let first = chunk_range(h, 0, envelope.len());
+    let mut damaged = envelope[..first.end].to_vec();
+    damaged.extend_from_slice(&envelope[first.clone()]);
+    damaged.extend_from_slice(&envelope[first.end..]);
+    let err = open(&damaged).unwrap_err();
+    assert!(matches!(err, EnvelopeError::ChunkAuthentication { index: 1 }), "{err:?}");
+}
+
+#[test]
 fn swapped_chunks_are_detected() {
     let (envelope, h) = seal(&data(3 * C + 1));
     let (first, second) = (chunk_range(h, 0, envelope.len()), chunk_range(h, 1, envelope.len()));

@@ -288,3 +288,85 @@ proptest! {
         prop_assert!(open(&message[..cut]).is_err());
     }
 }
+
+/// The review's tamper cases, each by the error it must give: a cut exactly at a frame
+/// boundary, the commitment key, the header tag and the context changed.
+#[test]
+fn a_cut_at_a_frame_boundary_is_named_truncation() {
+    let frame = 64usize;
+    for suite in Suite::ALL {
+        let (message, header) = seal(suite, frame as u32, &[], &data(3 * frame + 5));
+        let h = header.as_bytes().len();
+        let record = 4 + 12 + frame + 16;
+        for kept in 0..=3 {
+            let err = open(&message[..h + kept * record]).unwrap_err();
+            assert!(matches!(err, EnvelopeError::MessageTruncated), "{suite:?}, {kept} frames kept: {err:?}");
+        }
+    }
+}
+
+#[test]
+fn a_changed_commitment_key_header_tag_or_context_is_refused_by_name() {
+    for suite in Suite::ALL {
+        let (message, header) = seal(suite, 64, &[("purpose", "backup")], &data(300));
+        let h = header.as_bytes().len();
+        let mut bad = message.clone();
+        bad[h - 16 - 1] ^= 0x01; // last byte of the commit key
+        assert!(matches!(open(&bad), Err(EnvelopeError::Commitment)), "{suite:?}: commit key");
+        let mut bad = message.clone();
+        bad[h - 1] ^= 0x01; // last byte of the header tag
+        assert!(matches!(open(&bad), Err(EnvelopeError::HeaderAuthentication)), "{suite:?}: header tag");
+        let mut bad = message.clone();
+        let at = bad.windows(6).position(|w| w == b"backup").unwrap();
+        bad[at] = b'B';
+        assert!(matches!(open(&bad), Err(EnvelopeError::HeaderAuthentication)), "{suite:?}: context value");
+    }
+}
+
+#[test]
+fn absurd_lengths_are_refused_before_anything_is_allocated_for_them() {
+    let frame = 64usize;
+    let (unsigned, uh) = seal(Suite::CommitKey, frame as u32, &[], &data(frame + 5));
+    let h = uh.as_bytes().len();
+    // The header's own lengths: context, data key count, a data key's ciphertext,
+    // frame length.
+    let edks = 35 + 2 + usize::from(u16::from_be_bytes([unsigned[35], unsigned[36]]));
+    let blob_len = edks + 2 + 2 + 7 + 2 + ARN.len();
+    let frame_len = blob_len + 2 + 184 + 1;
+    let cases: [(&str, usize, &[u8]); 4] = [
+        ("context length", 35, &[0xFF, 0xFF]),
+        ("data key count", edks, &[0xFF, 0xFF]),
+        ("data key length", blob_len, &[0xFF, 0xFF]),
+        ("frame length", frame_len, &[0xFF, 0xFF, 0xFF, 0xFF]),
+    ];
+    for (what, at, bytes) in cases {
+        let mut bad = unsigned.clone();
+        bad[at..at + bytes.len()].copy_from_slice(bytes);
+        let err = read_message_header(&mut &bad[..], 10).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                EnvelopeError::HeaderTruncated
+                    | EnvelopeError::TooManyDataKeys { .. }
+                    | EnvelopeError::FieldOutOfRange { .. }
+                    | EnvelopeError::InvalidHeader(_)
+            ),
+            "{what}: {err:?}"
+        );
+    }
+    // The final frame's content length, past the frame length.
+    let final_len = h + (4 + 12 + frame + 16) + 4 + 4 + 12;
+    assert_eq!(&unsigned[final_len..final_len + 4], &[0, 0, 0, 5]);
+    let mut bad = unsigned.clone();
+    bad[final_len..final_len + 4].copy_from_slice(&[0xFF; 4]);
+    assert!(
+        matches!(open(&bad), Err(EnvelopeError::FieldOutOfRange { field: "final frame content length", .. })),
+        "final frame length"
+    );
+    // The signature's length, past the longest P-384 signature.
+    let (signed, sh) = seal(Suite::CommitKeyEcdsaP384, frame as u32, &[], &data(frame + 5));
+    let footer = sh.as_bytes().len() + (4 + 12 + frame + 16) + (4 + 4 + 12 + 4 + 5 + 16);
+    let mut bad = signed.clone();
+    bad[footer..footer + 2].copy_from_slice(&[0xFF, 0xFF]);
+    assert!(matches!(open(&bad), Err(EnvelopeError::SignatureInvalid)), "signature length");
+}

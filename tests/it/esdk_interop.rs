@@ -28,15 +28,15 @@ const UNSIGNED: &str = "AES_256_GCM_HKDF_SHA512_COMMIT_KEY";
 const ACCOUNT: &str = "123456789012";
 const MIB: usize = 1 << 20;
 
-struct Interop {
-    moto: Moto,
+pub(crate) struct Interop {
+    pub(crate) moto: Moto,
     dir: tempfile::TempDir,
-    /// Two KMS keys: ARNs.
-    keys: [String; 2],
+    /// Two KMS keys: ARNs; `alias/backup` names the first.
+    pub(crate) keys: [String; 2],
 }
 
 impl Interop {
-    fn start() -> Interop {
+    pub(crate) fn start() -> Interop {
         let moto = Moto::start();
         let dir = tempfile::tempdir().unwrap();
         let mut rig = Interop { moto, dir, keys: [String::new(), String::new()] };
@@ -47,12 +47,12 @@ impl Interop {
         rig
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
     /// Nothing of the developer's AWS setup: test credentials and moto's endpoint.
-    fn env(&self, cmd: &mut Command) {
+    pub(crate) fn env(&self, cmd: &mut Command) {
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", self.dir.path())
@@ -68,7 +68,7 @@ impl Interop {
     }
 
     /// Runs a boto3 script that prints one JSON value.
-    fn py(&self, script: &str) -> Value {
+    pub(crate) fn py(&self, script: &str) -> Value {
         let python = std::env::var("SNAPFERRY_TEST_PYTHON").unwrap_or_else(|_| "python3".to_string());
         let mut cmd = Command::new(&python);
         self.env(&mut cmd);
@@ -77,7 +77,7 @@ impl Interop {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
-    fn snapferry(&self, args: &[&str]) -> Output {
+    pub(crate) fn snapferry(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_snapferry"));
         self.env(&mut cmd);
         cmd.args(args).args(["--state-dir", self.path("state").to_str().unwrap()]).output().expect("run snapferry")
@@ -114,11 +114,11 @@ impl Interop {
     }
 }
 
-fn arg(p: &Path) -> &str {
+pub(crate) fn arg(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-fn ok(out: &Output, what: &str) {
+pub(crate) fn ok(out: &Output, what: &str) {
     assert!(
         out.status.success(),
         "{what} failed ({}): {}\n{}",
@@ -128,7 +128,7 @@ fn ok(out: &Output, what: &str) {
     );
 }
 
-fn data(len: usize) -> Vec<u8> {
+pub(crate) fn data(len: usize) -> Vec<u8> {
     let mut state = 0x2545_F491_4F6C_DD1D_u64 ^ len as u64;
     (0..len)
         .map(|_| {
@@ -368,7 +368,10 @@ fn older_envelopes_and_prepared_keys_keep_working() {
     let header = Header::new(rig.keys[0].clone(), blob, 64 * 1024).unwrap();
     encrypt_file(&input, &old, &key, &header).unwrap();
     let back = rig.path("old.back");
-    ok(&rig.snapferry(&["envelope", "decrypt", arg(&old), arg(&back)]), "decrypt an older envelope");
+    ok(
+        &rig.snapferry(&["envelope", "decrypt", "--key", "alias/backup", arg(&old), arg(&back)]),
+        "decrypt an older envelope",
+    );
     assert!(fs::read(&back).unwrap() == plain);
 
     // A data key prepared with a context encrypts unsigned messages the CLI reads.

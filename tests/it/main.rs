@@ -12,6 +12,7 @@ mod cli;
 mod dryrun;
 mod edges;
 mod envelope;
+mod envelope_cli;
 mod esdk_format;
 mod esdk_interop;
 mod fanout;
