@@ -118,7 +118,7 @@ impl LeaseOptions {
 
     /// How long one attempt at a write (or its read-back) may take: half the margin,
     /// so an attempt started before the margin is given up before the lease ends.
-    pub fn attempt_bound(&self) -> Duration {
+    fn attempt_bound(&self) -> Duration {
         self.duration / 8
     }
 }

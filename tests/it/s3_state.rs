@@ -392,6 +392,7 @@ fn a_run_whose_state_writes_lose_their_answers_succeeds_in_one_run() {
     // with its answer lost, and its retry refused by it.
     assert!(lost.len() >= 3, "{log:#?}");
     assert!(refused >= lost.len(), "every lost answer's retry was refused: {log:#?}");
+    eprintln!("lost answers: {} state writes carried out and answered 500, {refused} retries refused", lost.len());
     let runs = runs_in_state(&rig);
     assert_eq!(runs.len(), 1, "no second run: {runs:#?}");
     assert_eq!(runs[0]["run_id"], report["run_id"]);
@@ -452,6 +453,12 @@ fn a_write_held_past_the_lease_stops_its_holder_and_the_next_holders_state_ignor
     let start = log.iter().find(|e| e["fault"] == "hold").expect("a held write")["received"].as_f64().unwrap();
     let after: Vec<_> = log.iter().filter(|e| e["received"].as_f64().unwrap() >= start).collect();
     assert!(after.iter().all(|e| e["service"] == "s3"), "no AWS call after the partition began: {after:#?}");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    eprintln!(
+        "partitioned holder: stopped {:.1} s after its write was held ({} requests held, all S3)",
+        now - start,
+        after.len()
+    );
 
     // Once the lease ended, a second machine (not partitioned) takes the run over and
     // finishes it before the held writes land.
