@@ -269,7 +269,7 @@ async fn a_write_that_comes_back_after_the_lease_is_safe_does_not_count() {
     j.meta(&record(1).meta).unwrap();
     let err = j.sync().await.unwrap_err();
     assert!(matches!(err, StoreError::LeaseLost { .. }), "{err}");
-    assert!(err.to_string().contains("came back only after"), "{err}");
+    assert!(err.to_string().contains("came back after the lease's safe end"), "{err}");
     assert_eq!(faulty.landed(), [("runs/run/000000000002.json".to_owned(), true)]);
     // The process stops as a lost lease does: no later write either.
     j.meta(&record(1).meta).unwrap();

@@ -216,7 +216,7 @@ impl Lease {
         if self.lost.lock().unwrap_or_else(|p| p.into_inner()).is_none() && now_ms() >= expires - self.opts.margin_ms()
         {
             self.mark_lost(format!(
-                "a state write came back only after the lease could still be relied on (it ends at {}), so it does not count",
+                "a state write came back after the lease's safe end (it ends at {}), so it does not count",
                 when(expires)
             ));
         }
