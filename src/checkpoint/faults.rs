@@ -256,16 +256,16 @@ async fn a_write_held_past_the_lease_stops_its_writer_and_readers_ignore_it_when
 async fn a_write_that_comes_back_after_the_lease_is_safe_does_not_count() {
     let objects = Arc::new(MemoryObjects::new());
     let faulty = Faulty::new(objects.clone());
-    let backend = Arc::new(RemoteStore::new(faulty.clone(), lease(2000)));
+    let backend = Arc::new(RemoteStore::new(faulty.clone(), lease(4000)));
     let store = Store::from_backend(backend.clone());
     let _lock = store.lock_plan("p").await.unwrap();
-    let taken = Instant::now();
     let mut j = store.create_or_reopen(&record(1)).await.unwrap();
-    // Renewals stop (the lease is safe for 1.5 s from its last one); a write starts
-    // inside that and comes back, carried out, after it.
+    // Renewed just now, by the reopen: safe for 3 s. Renewals stop; a write starts
+    // inside that and comes back, carried out within its bound of 0.5 s, after it.
+    let renewed = Instant::now();
     backend.abandon("p");
-    tokio::time::sleep(Duration::from_millis(1350).saturating_sub(taken.elapsed())).await;
-    faulty.add("runs/", Fault::Hold(Duration::from_millis(220)), 1);
+    tokio::time::sleep(Duration::from_millis(2650).saturating_sub(renewed.elapsed())).await;
+    faulty.add("runs/", Fault::Hold(Duration::from_millis(400)), 1);
     j.meta(&record(1).meta).unwrap();
     let err = j.sync().await.unwrap_err();
     assert!(matches!(err, StoreError::LeaseLost { .. }), "{err}");
