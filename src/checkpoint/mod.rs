@@ -18,6 +18,8 @@
 //! Architecture Invariant: nothing here ever holds a credential; records are plan
 //! data, resource ids and AWS messages only.
 
+#[cfg(test)]
+mod faults;
 mod local;
 pub mod memory;
 pub mod remote;

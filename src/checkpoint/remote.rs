@@ -22,6 +22,21 @@
 //! passed, and deleted with `If-Match` when released. A holder writes nothing once
 //! less than a quarter of its lease is left unrenewed, so it has stopped before
 //! anyone can take over, even with clocks a little apart.
+//!
+//! Every write, of the lease or of the state, is bounded: each attempt is given up
+//! after an eighth of the lease (half the margin), so no attempt is sent after the
+//! lease ended, and a write counts only if the lease was still safe when it came
+//! back; one that came back later stops the process as a lost lease does. A write
+//! refused by its condition is read back first: S3 can carry out a write and lose
+//! its answer, and the SDK's retry is then refused by our own write. A state object
+//! whose bytes are ours, or a lease that holds our token, is our success, not
+//! another writer's.
+//!
+//! A stale holder's write that lands late (held in the network past the lease) is
+//! at the sequence number after the last object it had written, which is at or
+//! below the slot of the checkpoint its successor takes the run over with: it is
+//! refused while that checkpoint stands, and once a compaction freed the slot it is
+//! older than the newest checkpoint, which readers start from.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -59,6 +74,9 @@ const COMPACT_MIN_BYTES: usize = 256 * 1024;
 const DELETES_IN_FLIGHT: usize = 16;
 /// How long `close` waits for a lease to be released.
 const RELEASE_WAIT: Duration = Duration::from_secs(15);
+/// Attempts at one state or lease write whose attempts fail or time out, while the
+/// lease allows: a partition outlasts the lease first.
+const WRITE_ATTEMPTS: u32 = 8;
 const LEASE_FORMAT: u32 = 1;
 
 /// How long a lease lasts unrenewed.
@@ -96,6 +114,12 @@ impl LeaseOptions {
     /// Writes stop this long before the lease's expiry.
     fn margin_ms(&self) -> i64 {
         self.duration_ms() / 4
+    }
+
+    /// How long one attempt at a write (or its read-back) may take: half the margin,
+    /// so an attempt started before the margin is given up before the lease ends.
+    fn attempt_bound(&self) -> Duration {
+        self.duration / 8
     }
 }
 
@@ -186,35 +210,75 @@ impl Lease {
         Ok(())
     }
 
-    /// Extends the lease (and records the run id in it).
+    /// After a write came back: it counts only if the lease was still safe then.
+    fn confirm(&self) -> Result<(), StoreError> {
+        let expires = self.expires_ms.load(Ordering::SeqCst);
+        if self.lost.lock().unwrap_or_else(|p| p.into_inner()).is_none() && now_ms() >= expires - self.opts.margin_ms()
+        {
+            self.mark_lost(format!(
+                "a state write came back after the lease's safe end (it ends at {}), so it does not count",
+                when(expires)
+            ));
+        }
+        self.check()
+    }
+
+    /// True when `bytes` is a lease this acquisition wrote (one of its renewals).
+    fn is_ours(&self, doc: &LeaseDoc, bytes: &[u8]) -> bool {
+        serde_json::from_slice::<LeaseDoc>(bytes).is_ok_and(|d| d.token == doc.token)
+    }
+
+    /// Extends the lease (and records the run id in it). Each attempt is bounded, so a
+    /// hung one never holds up the next renewal.
     async fn renew(&self, run_id: Option<&str>) -> Result<(), StoreError> {
         let mut state = self.state.lock().await;
-        self.check()?;
-        let mut doc = state.1.clone();
-        if let Some(r) = run_id {
-            doc.run_id = Some(r.to_owned());
-        }
-        doc.expires_ms = now_ms() + self.opts.duration_ms();
-        let bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
-        match self.objects.put(&self.key, bytes, Condition::Matches(state.0.clone())).await {
-            Ok(etag) => {
-                self.expires_ms.store(doc.expires_ms, Ordering::SeqCst);
-                *state = (etag, doc);
-                Ok(())
+        for _ in 0..LOCK_ATTEMPTS {
+            self.check()?;
+            let mut doc = state.1.clone();
+            if let Some(r) = run_id {
+                doc.run_id = Some(r.to_owned());
             }
-            Err(e) if refused(&e) || e.kind == ErrorKind::NotFound => {
-                let who = match self.objects.get(&self.key).await {
-                    Ok(Some(o)) => serde_json::from_slice::<LeaseDoc>(&o.bytes)
+            doc.expires_ms = now_ms() + self.opts.duration_ms();
+            let bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
+            let condition = Condition::Matches(state.0.clone());
+            let written =
+                put_reconciled(&*self.objects, &self.location, &self.key, &bytes, &condition, self.opts, &|| {
+                    self.check()
+                })
+                .await?;
+            match written {
+                Put::Ours(etag) => {
+                    self.expires_ms.store(doc.expires_ms, Ordering::SeqCst);
+                    *state = (etag, doc);
+                    return Ok(());
+                }
+                // An earlier renewal of ours landed after its answer was lost: carry on
+                // from the version it made.
+                Put::Refused(Some(o)) if self.is_ours(&state.1, &o.bytes) => {
+                    if let Ok(d) = serde_json::from_slice::<LeaseDoc>(&o.bytes) {
+                        self.expires_ms.store(d.expires_ms, Ordering::SeqCst);
+                        *state = (o.etag, d);
+                    }
+                }
+                Put::Refused(found) => {
+                    let who = found
+                        .and_then(|o| serde_json::from_slice::<LeaseDoc>(&o.bytes).ok())
                         .map(|d| d.holder())
-                        .unwrap_or_else(|_| "someone else".to_owned()),
-                    _ => "someone else".to_owned(),
-                };
-                let reason = format!("it was taken over by {who}");
-                self.mark_lost(reason.clone());
-                Err(self.lost_error(reason))
+                        .unwrap_or_else(|| "someone else".to_owned());
+                    let reason = format!("it was taken over by {who}");
+                    self.mark_lost(reason.clone());
+                    return Err(self.lost_error(reason));
+                }
             }
-            Err(e) => Err(remote(&self.location, e)),
         }
+        Err(remote(
+            &self.location,
+            CloudError::new(
+                ErrorKind::Transport,
+                "LeaseChanging",
+                format!("the lease {} keeps changing under its own renewals", self.key),
+            ),
+        ))
     }
 
     /// Deletes the lease if it is still ours.
@@ -223,27 +287,172 @@ impl Lease {
         if self.lost.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
             return;
         }
-        match self.objects.delete(&self.key, Some(&state.0)).await {
-            Ok(()) => tracing::debug!(plan = %self.plan, "released the lease"),
-            Err(e) if refused(&e) => {}
-            Err(e) => tracing::warn!(plan = %self.plan, error = %e, "could not release the lease; it ends by itself"),
+        let bound = self.opts.attempt_bound();
+        let mut etag = state.0.clone();
+        for _ in 0..WRITE_ATTEMPTS {
+            let outcome = match tokio::time::timeout(bound, self.objects.delete(&self.key, Some(&etag))).await {
+                Ok(r) => r,
+                Err(_) => Err(timed_out("s3:DeleteObject", &self.key, bound)),
+            };
+            match outcome {
+                Ok(()) => {
+                    tracing::debug!(plan = %self.plan, "released the lease");
+                    return;
+                }
+                // Gone (our delete whose answer was lost), someone else's, or a renewal
+                // of ours that landed late: only the last is deleted again.
+                Err(e) if refused(&e) => match tokio::time::timeout(bound, self.objects.get(&self.key)).await {
+                    Ok(Ok(Some(o))) if self.is_ours(&state.1, &o.bytes) => etag = o.etag,
+                    _ => return,
+                },
+                Err(e) => tracing::debug!(plan = %self.plan, error = %e, "could not release the lease; trying again"),
+            }
         }
+        tracing::warn!(plan = %self.plan, "could not release the lease; it ends by itself");
     }
 }
 
-/// Renews the lease until the lock is dropped, then releases it.
+/// What became of a conditional write.
+#[derive(Debug)]
+enum Put {
+    /// Ours: the entity tag of the version written.
+    Ours(String),
+    /// Refused by its condition, and what was there instead (read back).
+    Refused(Option<crate::cloud::object::Object>),
+}
+
+fn timed_out(action: &str, key: &str, bound: Duration) -> CloudError {
+    CloudError::new(
+        ErrorKind::Transport,
+        "Timeout",
+        format!("{action} of {key}: no answer in {} ms; it may or may not have taken effect", bound.as_millis()),
+    )
+}
+
+/// Writes `bytes` at `key` if `condition` holds. Each attempt (and each read-back) is
+/// given up after [`LeaseOptions::attempt_bound`], and one is made only while `go`
+/// allows; one that failed or timed out is tried again, a little later each time,
+/// so that a partition ends the lease before the attempts. A refused attempt is read
+/// back: the very bytes we sent are our own earlier attempt, carried out with its
+/// answer lost.
+async fn put_reconciled(
+    objects: &dyn ObjectStore,
+    location: &str,
+    key: &str,
+    bytes: &[u8],
+    condition: &Condition,
+    opts: LeaseOptions,
+    go: &(dyn Fn() -> Result<(), StoreError> + Send + Sync),
+) -> Result<Put, StoreError> {
+    let bound = opts.attempt_bound();
+    let mut last = None;
+    for attempt in 0..WRITE_ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(bound / 4 * attempt).await;
+        }
+        go()?;
+        let outcome = match tokio::time::timeout(bound, objects.put(key, bytes.to_vec(), condition.clone())).await {
+            Ok(r) => r,
+            Err(_) => Err(timed_out("s3:PutObject", key, bound)),
+        };
+        let e = match outcome {
+            Ok(etag) => return Ok(Put::Ours(etag)),
+            Err(e) => e,
+        };
+        if refused(&e) {
+            match tokio::time::timeout(bound, objects.get(key)).await {
+                Ok(Ok(Some(o))) if o.bytes == bytes => {
+                    tracing::debug!(key, "a write refused on retry had been carried out: its answer was lost");
+                    return Ok(Put::Ours(o.etag));
+                }
+                Ok(Ok(found)) => return Ok(Put::Refused(found)),
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => last = Some(timed_out("s3:GetObject", key, bound)),
+            }
+        } else if matches!(e.kind, ErrorKind::Transport | ErrorKind::Throttled | ErrorKind::Other) {
+            tracing::debug!(key, error = %e, "a state write failed; trying again");
+            last = Some(e);
+        } else {
+            return Err(remote(location, e));
+        }
+    }
+    Err(remote(location, last.unwrap_or_else(|| timed_out("s3:PutObject", key, bound))))
+}
+
+/// A state object's bytes made this write's own, so that reading it back tells our
+/// write from another writer's with the same content: a checkpoint gets a `write`
+/// field, a journal batch a last line that is no record (replaying a batch stops at
+/// a line that is not one).
+fn stamped(bytes: &[u8], checkpoint: bool) -> Vec<u8> {
+    let stamp = format!("\"write\":\"{}\"", token());
+    let mut out = Vec::with_capacity(bytes.len() + stamp.len() + 4);
+    match bytes.strip_prefix(b"{") {
+        Some(rest) if checkpoint => {
+            out.push(b'{');
+            out.extend_from_slice(stamp.as_bytes());
+            if !rest.starts_with(b"}") {
+                out.push(b',');
+            }
+            out.extend_from_slice(rest);
+        }
+        _ => {
+            out.extend_from_slice(bytes);
+            if !bytes.is_empty() && !bytes.ends_with(b"\n") {
+                out.push(b'\n');
+            }
+            out.push(b'{');
+            out.extend_from_slice(stamp.as_bytes());
+            out.extend_from_slice(b"}\n");
+        }
+    }
+    out
+}
+
+/// Creates one state object, while this process owns the run: refused when another
+/// writer took its slot, and counted only if the lease still held when it came back.
+async fn create_object(
+    objects: &dyn ObjectStore,
+    lease: Option<&Lease>,
+    opts: LeaseOptions,
+    run_id: &str,
+    key: &str,
+    bytes: &[u8],
+    checkpoint: bool,
+) -> Result<(), StoreError> {
+    let location = objects.location();
+    let location = location.as_str();
+    let go = || lease.map_or(Ok(()), Lease::check);
+    let bytes = stamped(bytes, checkpoint);
+    match put_reconciled(objects, location, key, &bytes, &Condition::Absent, opts, &go).await? {
+        Put::Ours(_) => {}
+        Put::Refused(_) => {
+            return Err(StoreError::Fenced { run_id: run_id.to_owned(), location: location.to_owned() });
+        }
+    }
+    match lease {
+        Some(l) => l.confirm(),
+        None => Ok(()),
+    }
+}
+
+/// Renews the lease until the lock is dropped, then releases it. A renewal that
+/// failed is tried again after a quarter of the usual wait.
 async fn keep(lease: Arc<Lease>, mut stop: oneshot::Receiver<()>) {
+    let mut wait = lease.opts.renew_every();
     loop {
         tokio::select! {
             _ = &mut stop => break,
-            _ = tokio::time::sleep(lease.opts.renew_every()) => {
+            _ = tokio::time::sleep(wait) => {
                 match lease.renew(None).await {
-                    Ok(()) => {}
+                    Ok(()) => wait = lease.opts.renew_every(),
                     Err(StoreError::LeaseLost { .. }) => {
                         let _ = stop.await;
                         return;
                     }
-                    Err(e) => tracing::warn!(plan = %lease.plan, error = %e, "could not renew the lease; trying again"),
+                    Err(e) => {
+                        tracing::warn!(plan = %lease.plan, error = %e, "could not renew the lease; trying again");
+                        wait = lease.opts.renew_every() / 4;
+                    }
                 }
             }
         }
@@ -322,6 +531,27 @@ impl RemoteStore {
 
     fn err(&self, e: CloudError) -> StoreError {
         remote(&self.objects.location(), e)
+    }
+
+    /// Holds the lease written as `etag` with `doc`: renews it in the background
+    /// until the lock is dropped.
+    fn hold(&self, plan: &str, key: String, location: String, etag: String, doc: LeaseDoc) -> PlanLock {
+        let lease = Arc::new(Lease {
+            plan: plan.to_owned(),
+            key,
+            location,
+            objects: self.objects.clone(),
+            opts: self.opts,
+            expires_ms: AtomicI64::new(doc.expires_ms),
+            state: tokio::sync::Mutex::new((etag, doc)),
+            lost: Mutex::new(None),
+        });
+        let (stop, stopped) = oneshot::channel();
+        let alive = Arc::new(());
+        let task = tokio::spawn(keep(lease.clone(), stopped));
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).insert(plan.to_owned(), Arc::downgrade(&lease));
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner()).insert(plan.to_owned(), (task, Arc::downgrade(&alive)));
+        PlanLock::new(LeaseGuard { _stop: stop, _alive: alive })
     }
 
     fn lease_of(&self, plan: &str) -> Option<Arc<Lease>> {
@@ -407,14 +637,26 @@ impl StateStore for RemoteStore {
         }
         let location = self.location();
         let key = format!("locks/{plan}.json");
+        let bound = self.opts.attempt_bound();
+        // One token for every attempt: a lease found with it is ours, taken by an
+        // attempt whose answer was lost.
+        let token = token();
+        let mut failed = None;
         for _ in 0..LOCK_ATTEMPTS {
-            let current = self.objects.get(&key).await.map_err(|e| self.err(e))?;
+            let current = match tokio::time::timeout(bound, self.objects.get(&key)).await {
+                Ok(r) => r.map_err(|e| self.err(e))?,
+                Err(_) => return Err(self.err(timed_out("s3:GetObject", &key, bound))),
+            };
             let now = now_ms();
             let condition = match &current {
                 None => Condition::Absent,
                 Some(obj) => {
                     match serde_json::from_slice::<LeaseDoc>(&obj.bytes) {
-                        Ok(doc) if doc.expires_ms > now => {
+                        Ok(doc) if doc.token == token && doc.expires_ms - self.opts.margin_ms() > now => {
+                            tracing::debug!(plan, "the lease was taken by an attempt whose answer was lost");
+                            return Ok(self.hold(plan, key, location, obj.etag.clone(), doc));
+                        }
+                        Ok(doc) if doc.expires_ms > now && doc.token != token => {
                             return Err(StoreError::Leased {
                                 plan: plan.to_owned(),
                                 location,
@@ -438,38 +680,22 @@ impl StateStore for RemoteStore {
                 plan: plan.to_owned(),
                 host: hostname(),
                 pid: std::process::id(),
-                token: token(),
+                token: token.clone(),
                 run_id: None,
                 acquired_ms: now,
                 expires_ms: now + self.opts.duration_ms(),
             };
             let bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
-            match self.objects.put(&key, bytes, condition).await {
-                Ok(etag) => {
-                    let lease = Arc::new(Lease {
-                        plan: plan.to_owned(),
-                        key,
-                        location,
-                        objects: self.objects.clone(),
-                        opts: self.opts,
-                        expires_ms: AtomicI64::new(doc.expires_ms),
-                        state: tokio::sync::Mutex::new((etag, doc)),
-                        lost: Mutex::new(None),
-                    });
-                    let (stop, stopped) = oneshot::channel();
-                    let alive = Arc::new(());
-                    let task = tokio::spawn(keep(lease.clone(), stopped));
-                    self.held.lock().unwrap_or_else(|p| p.into_inner()).insert(plan.to_owned(), Arc::downgrade(&lease));
-                    self.tasks
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(plan.to_owned(), (task, Arc::downgrade(&alive)));
-                    return Ok(PlanLock::new(LeaseGuard { _stop: stop, _alive: alive }));
-                }
-                // Someone else wrote the lease between our read and our write.
-                Err(e) if refused(&e) => continue,
-                Err(e) => return Err(self.err(e)),
+            match put_reconciled(&*self.objects, &location, &key, &bytes, &condition, self.opts, &|| Ok(())).await {
+                Ok(Put::Ours(etag)) => return Ok(self.hold(plan, key, location, etag, doc)),
+                // Someone else wrote the lease between our read and our write (or an
+                // earlier attempt of ours did): look again.
+                Ok(Put::Refused(_)) => {}
+                Err(e) => failed = Some(e),
             }
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         Err(StoreError::Leased {
             plan: plan.to_owned(),
@@ -536,14 +762,7 @@ impl StateStore for RemoteStore {
         let bytes = serde_json::to_vec(record)
             .map_err(|e| StoreError::Corrupt { path: self.path(&key), message: e.to_string() })?;
         let snapshot_bytes = bytes.len();
-        if let Some(l) = &lease {
-            l.check()?;
-        }
-        match self.objects.put(&key, bytes, Condition::Absent).await {
-            Ok(_) => {}
-            Err(e) if refused(&e) => return Err(StoreError::Fenced { run_id, location: self.location() }),
-            Err(e) => return Err(self.err(e)),
-        }
+        create_object(&*self.objects, lease.as_deref(), self.opts, &run_id, &key, &bytes, true).await?;
         self.loaded.lock().unwrap_or_else(|p| p.into_inner()).insert(run_id.clone(), (seq, vec![key.clone()]));
         self.prune(old_keys).await;
         Ok(Journal::new(RemoteJournal {
@@ -551,6 +770,7 @@ impl StateStore for RemoteStore {
             location: self.location(),
             run_id,
             lease,
+            opts: self.opts,
             next: seq + 1,
             written: vec![key],
             since_bytes: 0,
@@ -580,6 +800,7 @@ struct RemoteJournal {
     location: String,
     run_id: String,
     lease: Option<Arc<Lease>>,
+    opts: LeaseOptions,
     /// The sequence number of the next object.
     next: u64,
     /// The newest checkpoint's key and the journal objects after it.
@@ -590,28 +811,19 @@ struct RemoteJournal {
 
 impl RemoteJournal {
     /// Creates the next object, if this process still owns the run.
-    async fn create(&mut self, bytes: Vec<u8>) -> Result<String, StoreError> {
-        if let Some(l) = &self.lease {
-            l.check()?;
-        }
+    async fn create(&mut self, bytes: &[u8], checkpoint: bool) -> Result<String, StoreError> {
         let key = object_key(&self.run_id, self.next);
-        match self.objects.put(&key, bytes, Condition::Absent).await {
-            Ok(_) => {
-                self.next += 1;
-                Ok(key)
-            }
-            Err(e) if refused(&e) => {
-                Err(StoreError::Fenced { run_id: self.run_id.clone(), location: self.location.clone() })
-            }
-            Err(e) => Err(remote(&self.location, e)),
-        }
+        let lease = self.lease.as_deref();
+        create_object(&*self.objects, lease, self.opts, &self.run_id, &key, bytes, checkpoint).await?;
+        self.next += 1;
+        Ok(key)
     }
 }
 
 #[async_trait]
 impl JournalSink for RemoteJournal {
     async fn append(&mut self, batch: &[u8], _lines: usize) -> Result<(), StoreError> {
-        let key = self.create(batch.to_vec()).await?;
+        let key = self.create(batch, false).await?;
         self.written.push(key);
         self.since_bytes += batch.len();
         Ok(())
@@ -621,7 +833,7 @@ impl JournalSink for RemoteJournal {
         let bytes = serde_json::to_vec(record)
             .map_err(|e| StoreError::Corrupt { path: PathBuf::from(&self.location), message: e.to_string() })?;
         let len = bytes.len();
-        let key = self.create(bytes).await?;
+        let key = self.create(&bytes, true).await?;
         let old = std::mem::replace(&mut self.written, vec![key]);
         self.since_bytes = 0;
         self.snapshot_bytes = len;
@@ -655,6 +867,21 @@ mod tests {
         assert_eq!(parse_key(&a), Some(9));
         assert_eq!(parse_key(&b), Some(10));
         assert_eq!(parse_key("runs/r/notes.json"), None);
+    }
+
+    #[test]
+    fn a_stamp_leaves_checkpoints_and_batches_as_they_read() {
+        let checkpoint = br#"{"format_version":1,"run_id":"r"}"#;
+        let a = stamped(checkpoint, true);
+        assert_ne!(a, stamped(checkpoint, true), "each write its own");
+        let v: serde_json::Value = serde_json::from_slice(&a).unwrap();
+        assert_eq!((v["format_version"].as_u64(), v["run_id"].as_str()), (Some(1), Some("r")));
+        assert!(is_checkpoint(&a));
+        let batch = b"{\"meta\": {}}\n{\"volume\": {}}\n";
+        let b = stamped(batch, false);
+        assert!(b.starts_with(batch) && b.ends_with(b"\"}\n"), "{}", String::from_utf8_lossy(&b));
+        assert_eq!(b.split(|c| *c == b'\n').filter(|l| !l.is_empty()).count(), 3);
+        assert!(!is_checkpoint(&b));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::moto_e2e::PRELUDE;
+use super::support::fault_proxy::FaultProxy;
 use super::support::moto::Moto;
 
 const BUCKET: &str = "snapferry-state";
@@ -345,4 +346,152 @@ fn the_state_of_twenty_volumes_costs_writes_in_proportion() {
     // Only what the run wrote last is left: the newest checkpoint.
     let left: Vec<_> = inv["objects"].as_object().unwrap().keys().filter(|k| k.contains("/runs/")).collect();
     assert_eq!(left.len(), 1, "{left:?}");
+}
+
+/// The binary with its S3 (and every other AWS) request going through `proxy`, and
+/// a lease of `lease` seconds.
+fn via(rig: &Rig, proxy: &FaultProxy, lease: u64, cwd: &str, args: &[&str]) -> Command {
+    let mut cmd = rig.command(cwd, args);
+    cmd.env("AWS_ENDPOINT_URL", &proxy.endpoint).env("SNAPFERRY_LEASE_SECONDS", lease.to_string());
+    cmd
+}
+
+/// The requests of the proxy's log that match `method` and a part of the path.
+fn logged<'a>(log: &'a [Value], method: &str, path: &str) -> Vec<&'a Value> {
+    log.iter().filter(|e| e["method"] == method && e["path"].as_str().unwrap_or_default().contains(path)).collect()
+}
+
+/// The requests S3 carried out and whose answer the proxy replaced with a 500.
+fn lost<'a>(log: &'a [Value], method: &str, path: &str) -> Vec<&'a Value> {
+    logged(log, method, path)
+        .into_iter()
+        .filter(|e| e["fault"] == "lose" && e["status"].as_u64().is_some_and(|s| (200..300).contains(&s)))
+        .collect()
+}
+
+/// The runs the state holds, as `status` lists them.
+fn runs_in_state(rig: &Rig) -> Vec<Value> {
+    let status = rig.snapferry("c", &["status"]).expect(0);
+    status.as_array().or_else(|| status["runs"].as_array()).expect("a list of runs").clone()
+}
+
+#[test]
+fn a_run_whose_state_writes_lose_their_answers_succeeds_in_one_run() {
+    let rig = Rig::start(2, 2);
+    let proxy = FaultProxy::start(&rig.moto.endpoint);
+    // Every checkpoint and journal batch S3 carries out is answered 500.
+    proxy.rules(json!([{"fault": "lose", "methods": ["PUT"], "path": "/runs/", "times": null}]));
+    // A lease long enough that each write's bound leaves room for the SDK's back-off.
+    let done = Run::from(via(&rig, &proxy, 40, "a", &["run", rig.plan_arg()]).output().unwrap());
+    let report = done.expect(0);
+    rig.assert_one_of_each(&report);
+    let log = proxy.log();
+    let lost = lost(&log, "PUT", "/runs/");
+    let refused = logged(&log, "PUT", "/runs/").into_iter().filter(|e| e["status"] == 412).count();
+    // The first checkpoint, the batches, the last checkpoint: each one carried out once
+    // with its answer lost, and its retry refused by it.
+    assert!(lost.len() >= 3, "{log:#?}");
+    assert!(refused >= lost.len(), "every lost answer's retry was refused: {log:#?}");
+    eprintln!("lost answers: {} state writes carried out and answered 500, {refused} retries refused", lost.len());
+    let runs = runs_in_state(&rig);
+    assert_eq!(runs.len(), 1, "no second run: {runs:#?}");
+    assert_eq!(runs[0]["run_id"], report["run_id"]);
+    assert_eq!(runs[0]["status"], "succeeded");
+    let calls = rig.moto.calls();
+    // Each step once: nothing was done again by a rerun (the volumes are counted above).
+    assert_eq!(calls["ec2:CreateSnapshot"], rig.volumes.len(), "{calls:#}");
+    assert_eq!(calls["ec2:CopySnapshot"], rig.volumes.len(), "{calls:#}");
+}
+
+#[test]
+fn a_lease_whose_answers_are_lost_is_ours_from_take_to_release() {
+    let rig = Rig::start(1, 4);
+    let proxy = FaultProxy::start(&rig.moto.endpoint);
+    // Taking, renewing and releasing the lease: each answer lost once carried out.
+    proxy.rules(json!([{"fault": "lose", "methods": ["PUT", "DELETE"], "path": "/locks/", "times": null}]));
+    let done = Run::from(via(&rig, &proxy, 8, "a", &["run", rig.plan_arg()]).output().unwrap());
+    assert!(!done.stderr.contains("holds the lock"), "{}", done.show());
+    let report = done.expect(0);
+    rig.assert_one_of_each(&report);
+    let log = proxy.log();
+    let lost_puts = lost(&log, "PUT", "/locks/").len();
+    let lost_deletes = lost(&log, "DELETE", "/locks/").len();
+    // The takes (the preflight's and the run's), the renewal naming the run, renewals
+    // while the copy is pending, and the releases.
+    assert!(lost_puts >= 4, "{log:#?}");
+    assert!(lost_deletes >= 1, "{log:#?}");
+    assert_eq!(runs_in_state(&rig).len(), 1);
+}
+
+#[test]
+fn a_write_held_past_the_lease_stops_its_holder_and_the_next_holders_state_ignores_it() {
+    let rig = Rig::start(1, 8);
+    let proxy = FaultProxy::start(&rig.moto.endpoint);
+    let mut old = via(&rig, &proxy, LEASE_SECONDS, "a", &["run", rig.plan_arg()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    rig.wait_for_copies();
+    // The old holder's next state write starts a partition: everything it sends for
+    // the next 45 s is held, then delivered.
+    const HOLD: u64 = 45;
+    proxy.rules(json!([{"fault": "hold", "methods": ["PUT"], "path": "/runs/", "seconds": HOLD, "times": 1}]));
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let status = loop {
+        if let Some(s) = old.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the partitioned holder did not stop: {:#?}", proxy.log());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(old.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("lost the lease"), "{stderr}");
+    let log = proxy.log();
+    let start = log.iter().find(|e| e["fault"] == "hold").expect("a held write")["received"].as_f64().unwrap();
+    let after: Vec<_> = log.iter().filter(|e| e["received"].as_f64().unwrap() >= start).collect();
+    assert!(after.iter().all(|e| e["service"] == "s3"), "no AWS call after the partition began: {after:#?}");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    eprintln!(
+        "partitioned holder: stopped {:.1} s after its write was held ({} requests held, all S3)",
+        now - start,
+        after.len()
+    );
+
+    // Once the lease ended, a second machine (not partitioned) takes the run over and
+    // finishes it before the held writes land.
+    let lease_end = rig.inventory()["lease"]["expires_ms"].as_f64().unwrap() / 1000.0;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    std::thread::sleep(Duration::from_secs_f64((lease_end - now).max(0.0) + 0.5));
+    let done = rig.snapferry("b", &["run", rig.plan_arg()]);
+    let report = done.expect(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(now < start + HOLD as f64, "the takeover finished before the held writes land");
+
+    // The held writes land: a state object in a slot the last checkpoint freed.
+    let deadline = Instant::now() + Duration::from_secs(HOLD + 30);
+    let log = loop {
+        let log = proxy.log();
+        if log.iter().filter(|e| e["fault"] == "hold").all(|e| e["status"].is_number()) {
+            break log;
+        }
+        assert!(Instant::now() < deadline, "the held writes never landed: {log:#?}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let landed: Vec<_> =
+        logged(&log, "PUT", "/runs/").into_iter().filter(|e| e["fault"] == "hold" && e["status"] == 200).collect();
+    assert_eq!(landed.len(), 1, "one late write carried out: {log:#?}");
+    let path = landed[0]["path"].as_str().unwrap();
+    let key = path.split('?').next().unwrap().trim_start_matches(&format!("/{BUCKET}/")).to_owned();
+    let inv = rig.inventory();
+    assert!(inv["objects"].get(&key).is_some(), "{key} in {inv:#}");
+    // Every reader starts from the newest checkpoint: the run is as the new holder left it.
+    rig.assert_one_of_each(&report);
+    let runs = runs_in_state(&rig);
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    assert_eq!((&runs[0]["run_id"], &runs[0]["status"]), (&report["run_id"], &json!("succeeded")));
+    let one = rig.snapferry("c", &["status", report["run_id"].as_str().unwrap()]).expect(0);
+    assert_eq!(one["status"], "succeeded", "{one:#}");
 }
