@@ -89,7 +89,7 @@ fn key32(plain: &[u8]) -> Result<Zeroizing<[u8; KEY_LEN]>, Failure> {
 fn print(format: Format, doc: serde_json::Value, text: String) {
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default()),
-        Format::Text => eprintln!("{text}"),
+        Format::Text => super::say(&text),
     }
 }
 

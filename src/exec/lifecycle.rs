@@ -181,6 +181,14 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
             v.step = Step::Failed;
             v.finished_ms = Some(now);
             v.failing_since_ms.get_or_insert(now);
+            tracing::error!(
+                volume = %v.source_volume,
+                target = v.target,
+                step = Step::Snapshot.as_str(),
+                error = v.failure.as_ref().map(|f| f.message.as_str()).unwrap_or(""),
+                hint = v.failure.as_ref().and_then(|f| f.hint.as_deref()).unwrap_or(""),
+                "volume failed"
+            );
             journal.volume(i, &record.volumes[i])?;
         }
     }
@@ -221,7 +229,12 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
     }
     journal.meta(&record.meta)?;
     journal.compact(&record).await?;
-    tracing::info!(run = %record.meta.run_id, status = record.meta.status.as_str(), "run ended");
+    // A failed run is an ERROR, so an alert on the log level sees it.
+    if record.meta.status == RunStatus::Failed {
+        tracing::error!(run = %record.meta.run_id, status = record.meta.status.as_str(), "run ended");
+    } else {
+        tracing::info!(run = %record.meta.run_id, status = record.meta.status.as_str(), "run ended");
+    }
     if let Ended::Halted(e) = ended {
         return Err(RunError::Credentials { run_id: record.meta.run_id.clone(), source: e });
     }
