@@ -1,7 +1,7 @@
 //! `--log-format json` as CI and log shippers read it, with the binary on the simulated
 //! AWS: every line on stderr is one JSON object with `timestamp`, `level` and `message`,
-//! for a good run, an invalid plan, a held lock, a failed volume and a usage error; a
-//! failed volume is an ERROR, a warning a WARN.
+//! for a good run, an invalid plan, a held lock, a failed volume, a usage error and an
+//! envelope command; a failed volume is an ERROR, a warning a WARN.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -157,4 +157,24 @@ fn a_usage_error_is_a_json_line_too() {
     assert_eq!(lines.len(), 1, "{lines:#?}");
     assert_eq!(lines[0]["level"], "ERROR");
     assert!(lines[0]["message"].as_str().unwrap().contains("--no-such-option"), "{}", lines[0]);
+}
+
+#[test]
+fn an_envelope_command_says_what_it_did_in_a_json_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("dump.bin");
+    std::fs::write(&input, b"some bytes").unwrap();
+    let enc = dir.path().join("dump.sfe");
+    let (input, enc) = (input.to_str().unwrap(), enc.to_str().unwrap());
+    let encrypt = ["envelope", "encrypt", "--key", "alias/backup", "--region", "us-east-1", "--simulate", input, enc];
+    let o = run(&[&encrypt[..], &["--log-format", "json"]].concat(), dir.path());
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let lines = json_lines(&o);
+    let said = lines.iter().any(|l| l["level"] == "INFO" && l["message"].as_str().unwrap().contains("dump.sfe"));
+    assert!(said, "{lines:#?}");
+    // Without it, the same words are plain text.
+    let o = run(&encrypt, dir.path());
+    assert_eq!(code(&o), 0);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("dump.sfe"));
+    assert!(serde_json::from_slice::<Value>(&o.stderr).is_err(), "{}", String::from_utf8_lossy(&o.stderr));
 }
