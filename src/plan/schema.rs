@@ -132,10 +132,12 @@ fn walk(node: &Spanned<Node>, schema: &Value, defs: &Value, path: &str, src: &So
     branches(schema, defs, &mut alts);
     match &node.value {
         Node::Scalar(kind) => {
-            let allowed: Vec<&str> = alts.iter().flat_map(|s| types(s)).collect();
-            if allowed.is_empty() {
+            // A branch that names no type (a `const`, an `enum`, `true`) could take any
+            // scalar: the typed pass decides.
+            if alts.is_empty() || alts.iter().any(|s| types(s).is_empty()) {
                 return;
             }
+            let allowed: Vec<&str> = alts.iter().flat_map(|s| types(s)).collect();
             let fits = match *kind {
                 "a string" => allowed.contains(&"string"),
                 "a number" => allowed.iter().any(|t| *t == "integer" || *t == "number"),
@@ -187,5 +189,61 @@ fn wanted(types: &[&str]) -> &'static str {
         "true or false"
     } else {
         "a string"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::plan::yaml::read_tree;
+
+    fn issues(schema: &Value, text: &str) -> Vec<String> {
+        let src = SourceText::new(text);
+        let tree = read_tree(&src).unwrap();
+        scalar_types(&tree, schema, &src).iter().map(|i| format!("{}: {}", i.field, i.message)).collect()
+    }
+
+    #[test]
+    fn a_scalar_of_a_type_the_schema_refuses_is_named_with_its_field() {
+        let schema = json!({
+            "type": "object",
+            "properties": {
+                "keep": {"type": ["integer", "null"]},
+                "name": {"type": "string"},
+                "tags": {"type": "object", "additionalProperties": {"type": "string"}},
+                "list": {"type": "array", "items": {"$ref": "#/$defs/Item"}},
+            },
+            "$defs": {"Item": {"type": "object", "properties": {"on": {"type": "boolean"}}}},
+        });
+        assert_eq!(issues(&schema, "keep: 7\nname: x\ntags: {a: b}\nlist: [{on: true}]\n"), Vec::<String>::new());
+        let found = issues(&schema, "keep: '7'\nname: 12\ntags: {a: 1}\nlist: [{on: \"true\"}]\n");
+        assert_eq!(found.len(), 4, "{found:?}");
+        assert!(found[0].starts_with("keep: expected a whole number, found the string '7'"), "{found:?}");
+        assert!(found[1].starts_with("name: expected a string, found a number `12`"), "{found:?}");
+        assert!(found[2].starts_with("tags.a: expected a string"), "{found:?}");
+        assert!(found[3].starts_with("list[0].on: expected true or false"), "{found:?}");
+    }
+
+    #[test]
+    fn a_branch_without_a_type_takes_any_scalar() {
+        // `lock: none` or a mapping: the typed pass decides what the string may be.
+        let schema = json!({
+            "type": "object",
+            "properties": {"lock": {"anyOf": [{"const": "none"}, {"$ref": "#/$defs/Lock"}]}},
+            "$defs": {"Lock": {"type": "object", "properties": {"days": {"type": "integer"}}}},
+        });
+        assert_eq!(issues(&schema, "lock: none\n"), Vec::<String>::new());
+        assert_eq!(issues(&schema, "lock: {days: \"3\"}\n").len(), 1);
+    }
+
+    #[test]
+    fn the_schema_has_an_id_and_no_integer_formats() {
+        let s = generate(json!({"$schema": "x", "properties": {"n": {"type": "integer", "format": "uint32"},
+            "d": {"type": "string", "format": "date-time"}}}));
+        assert_eq!(s["$id"], SCHEMA_ID);
+        assert!(s["properties"]["n"].get("format").is_none());
+        assert_eq!(s["properties"]["d"]["format"], "date-time", "real formats stay");
     }
 }
