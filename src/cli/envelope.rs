@@ -107,7 +107,7 @@ impl DataKey {
 fn print(format: Format, doc: serde_json::Value, text: String) {
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default()),
-        Format::Text => eprintln!("{text}"),
+        Format::Text => super::say(&text),
     }
 }
 

@@ -42,15 +42,23 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
-            let _ = e.print();
+            // A usage error under `--log-format json` is a log line like any other; help
+            // and version go to stdout as they are.
+            if e.use_stderr() && json_logs_requested(std::env::args_os().skip(1)) {
+                init_tracing(LogFormat::Json, 0);
+                let text = e.render().to_string();
+                tracing::error!(exit_code = code, "{}", text.trim_end());
+            } else {
+                let _ = e.print();
+            }
             return ExitCode::from(code);
         }
     };
-    init_tracing(&cli);
+    init_tracing(cli.log_format, cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            report_error(exit::FAILED, &format!("cannot start the async runtime: {e}"));
             return ExitCode::from(exit::FAILED);
         }
     };
@@ -61,7 +69,7 @@ pub fn main() -> ExitCode {
             if format == Format::Json {
                 println!("{}", serde_json::to_string_pretty(&f.document()).unwrap_or_default());
             }
-            eprintln!("error: {}", f.message);
+            report_error(f.code, &f.message);
             f.code
         }
     };
@@ -76,9 +84,48 @@ pub fn colour_allowed(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsSt
     stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
-fn init_tracing(cli: &Cli) {
+/// Whether stderr carries JSON lines only (`--log-format json`): set once, before the
+/// command runs, and read by everything that would otherwise write text to stderr.
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether every line on stderr must be a JSON object (`--log-format json`).
+pub(crate) fn json_logs() -> bool {
+    JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Whether raw arguments that clap refused still ask for JSON log lines, so even a
+/// usage error is one.
+fn json_logs_requested(args: impl Iterator<Item = std::ffi::OsString>) -> bool {
+    let args: Vec<_> = args.collect();
+    args.iter()
+        .enumerate()
+        .any(|(i, a)| a == "--log-format=json" || (a == "--log-format" && args.get(i + 1).is_some_and(|v| v == "json")))
+}
+
+/// The closing error of a command: `error: ...` for people, an ERROR line with the exit
+/// code under `--log-format json`.
+fn report_error(code: u8, message: &str) {
+    if json_logs() {
+        tracing::error!(exit_code = code, "{message}");
+    } else {
+        eprintln!("error: {message}");
+    }
+}
+
+/// Text meant for people on stderr (a command's result in text format): as it is, or
+/// as an INFO line under `--log-format json`.
+pub(crate) fn say(text: &str) {
+    if json_logs() {
+        tracing::info!("{}", text.trim_end());
+    } else {
+        eprintln!("{text}");
+    }
+}
+
+fn init_tracing(format: LogFormat, verbose: u8) {
     use tracing_subscriber::EnvFilter;
-    let level = match cli.verbose {
+    JSON_LOGS.store(format == LogFormat::Json, std::sync::atomic::Ordering::Relaxed);
+    let level = match verbose {
         0 => "snapferry=info,warn",
         1 => "snapferry=debug,info",
         _ => "snapferry=trace,debug",
@@ -90,8 +137,21 @@ fn init_tracing(cli: &Cli) {
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_ansi(ansi);
-    let _ = match cli.log_format {
+    let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.compact().try_init(),
     };
+    if format == LogFormat::Json {
+        // A panic's message would be a plain line among the JSON ones.
+        std::panic::set_hook(Box::new(|info| {
+            let at = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+            let what = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(location = %at, "snapferry crashed: {what}; please report it");
+        }));
+    }
 }

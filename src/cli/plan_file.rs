@@ -41,7 +41,7 @@ pub fn read_plan(path: &Path) -> Result<Plan, LoadError> {
 
 /// Loads a plan or fails with exit 2 naming every problem once, each with
 /// file:line:column: as a graphical report on stderr for people, as the JSON document
-/// (and plain lines on stderr) for CI.
+/// (and plain lines on stderr) for CI, as one JSON log line each with `--log-format json`.
 pub fn load_plan(path: &Path, format: Format) -> Result<Plan, Failure> {
     read_plan(path).map_err(|e| match e {
         LoadError::Invalid(invalid) => {
@@ -54,6 +54,20 @@ pub fn load_plan(path: &Path, format: Format) -> Result<Plan, Failure> {
                 })).collect::<Vec<_>>(),
             });
             let message = match format {
+                // One ERROR line per problem, each with its place and field.
+                _ if super::json_logs() => {
+                    for i in &invalid.issues {
+                        tracing::error!(
+                            file = %invalid.file,
+                            line = i.line,
+                            column = i.column,
+                            field = %i.field,
+                            "{}",
+                            i.message
+                        );
+                    }
+                    format!("{} is not a valid plan: {} problem(s), logged above", path.display(), invalid.issues.len())
+                }
                 Format::Text => {
                     let n = invalid.issues.len();
                     eprintln!("{:?}", invalid.into_report());

@@ -457,10 +457,10 @@ pub fn write_metrics(path: &Path, plan: &Plan, m: &Metrics) -> std::io::Result<(
 }
 
 /// A progress bar on stderr when it is a terminal and the output is for people; plain
-/// log lines otherwise (CI, pipes, `--format json`).
+/// log lines otherwise (CI, pipes, `--format json`, `--log-format json`).
 pub fn progress_bar(format: Format) -> Option<std::sync::Arc<dyn crate::exec::Progress>> {
     use std::io::IsTerminal;
-    if format != Format::Text || !std::io::stderr().is_terminal() {
+    if format != Format::Text || !std::io::stderr().is_terminal() || super::json_logs() {
         return None;
     }
     let bar = indicatif::ProgressBar::new(0);

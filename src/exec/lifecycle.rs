@@ -176,6 +176,15 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
                 Some("restore the volume, or remove it from the plan; the other volumes go on".into()),
                 now,
             );
+            let v = &record.volumes[i];
+            tracing::error!(
+                volume = %v.source_volume,
+                target = v.target,
+                step = Step::Snapshot.as_str(),
+                error = v.failure.as_ref().map(|f| f.message.as_str()).unwrap_or(""),
+                hint = v.failure.as_ref().and_then(|f| f.hint.as_deref()).unwrap_or(""),
+                "volume failed"
+            );
             journal.volume(i, &record.volumes[i])?;
         }
     }
@@ -227,7 +236,12 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
     }
     journal.meta(&record.meta)?;
     journal.compact(&record).await?;
-    tracing::info!(run = %record.meta.run_id, status = record.meta.status.as_str(), "run ended");
+    // A failed run is an ERROR, so an alert on the log level sees it.
+    if record.meta.status == RunStatus::Failed {
+        tracing::error!(run = %record.meta.run_id, status = record.meta.status.as_str(), "run ended");
+    } else {
+        tracing::info!(run = %record.meta.run_id, status = record.meta.status.as_str(), "run ended");
+    }
     if let Ended::Halted(e) = ended {
         return Err(RunError::Credentials { run_id: record.meta.run_id.clone(), source: e });
     }

@@ -6,6 +6,8 @@
 //! - `validate`: raw -> [`Plan`], collecting every problem.
 //! - `yaml`: parser settings and budget, positions, and parser errors as issues.
 //! - `error`: [`InvalidPlan`] and its plain and graphical forms.
+//! - `schema`: the JSON Schema for tools, and the check that scalars have the types it
+//!   declares, so the schema and snapferry accept the same plans.
 //! - `duration`: `6h`, `1h30m` and friends.
 //! - `model`: the validated plan.
 //!
@@ -16,6 +18,7 @@ pub mod duration;
 mod error;
 pub mod model;
 mod raw;
+mod schema;
 mod validate;
 mod yaml;
 
@@ -42,10 +45,23 @@ pub fn parse(file: &str, text: &str) -> Result<Plan, InvalidPlan> {
     let raw: Spanned<raw::RawPlan> =
         serde_saphyr::from_str_with_options(text, yaml::options(DuplicateKeyPolicy::Error))
             .map_err(|e| invalid(vec![yaml::issue_from_error(&src, Some(&tree), &e)]))?;
-    validate::validate(&raw, &src).map_err(invalid)
+    // A scalar of the wrong YAML type that serde converted (`keep: "7"`) is refused as
+    // the schema refuses it; a problem the checks below also see is named once.
+    let typed = schema::scalar_types(&tree, &json_schema(), &src);
+    let mut issues = match validate::validate(&raw, &src) {
+        Ok(plan) if typed.is_empty() => return Ok(plan),
+        Ok(_) => Vec::new(),
+        Err(issues) => issues,
+    };
+    for t in typed {
+        if !issues.iter().any(|i| (i.line, i.column) == (t.line, t.column)) {
+            issues.push(t);
+        }
+    }
+    Err(invalid(issues))
 }
 
 /// The JSON Schema of a plan file, as printed by `snapferry schema`.
 pub fn json_schema() -> serde_json::Value {
-    schemars::schema_for!(raw::RawPlan).to_value()
+    schema::generate(schemars::schema_for!(raw::RawPlan).to_value())
 }

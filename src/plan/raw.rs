@@ -20,6 +20,7 @@ use serde_saphyr::Spanned;
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(title = "snapferry plan")]
+#[schemars(extend("oneOf" = [{"required": ["target"]}, {"required": ["targets"]}]))]
 pub struct RawPlan {
     /// Format version of the plan file; only 1 exists.
     #[schemars(with = "u64", extend("const" = 1))]
@@ -31,8 +32,9 @@ pub struct RawPlan {
     /// Where the volumes are: region, account, and the key the shared snapshot is under.
     #[schemars(with = "RawSource")]
     pub source: Option<Spanned<RawSource>>,
-    /// Where the copies go: region, account, role, key and availability zone.
-    #[schemars(with = "RawTarget")]
+    /// Where the copies go: region, account, role, key and availability zone. Exactly
+    /// one of `target` and `targets`.
+    #[schemars(with = "Option<RawTarget>")]
     pub target: Option<Spanned<RawTarget>>,
     /// Instead of `target`: several targets, each copy of every volume made in each;
     /// at most one per account and region.

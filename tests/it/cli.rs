@@ -41,7 +41,13 @@ pub(crate) fn code(o: &Output) -> i32 {
 #[test]
 fn validate_accepts_the_examples_and_refuses_a_bad_plan_with_exit_2() {
     let dir = tempfile::tempdir().unwrap();
-    for p in ["plans/example.yaml", "plans/same-account.yaml", "plans/fleet.yaml", "plans/fan-out.yaml"] {
+    for p in [
+        "plans/example.yaml",
+        "plans/same-account.yaml",
+        "plans/fleet.yaml",
+        "plans/fan-out.yaml",
+        "plans/recurring.yaml",
+    ] {
         let o = run(&["validate", root(p).to_str().unwrap()], dir.path());
         assert_eq!(code(&o), 0, "{p}: {}", String::from_utf8_lossy(&o.stderr));
     }

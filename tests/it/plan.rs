@@ -381,7 +381,21 @@ fn json_schema_describes_the_plan_file() {
     assert_eq!(schema["title"], "snapferry plan");
     assert_eq!(schema["additionalProperties"], false);
     let required: Vec<&str> = schema["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-    assert_eq!(required, ["version", "name", "source", "target", "volumes"]);
+    assert_eq!(required, ["version", "name", "source", "volumes"]);
+    // Exactly one of `target` and `targets`, each branch declaring what it requires
+    // (Ajv's strictRequired), and an `$id` for catalogues and editors.
+    assert_eq!(
+        schema["oneOf"],
+        serde_json::json!([
+            {"required": ["target"], "properties": {"target": true}},
+            {"required": ["targets"], "properties": {"targets": true}},
+        ])
+    );
+    assert_eq!(schema["$id"], "urn:snapferry:plan:v1");
+    // No `format: uint32` and the like: no such format exists, and strict validators
+    // refuse unknown ones.
+    let text = schema.to_string();
+    assert!(!text.contains("\"format\":\"uint") && !text.contains("\"format\":\"int"), "{text}");
     let defs = schema["$defs"].as_object().unwrap();
     for name in ["Source", "Target", "Volume", "Selector", "Options", "Timeouts"] {
         assert_eq!(defs[name]["additionalProperties"], false, "{name}");
