@@ -292,9 +292,9 @@ impl JsonSchema for TagMap {
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
             "type": "object",
-            "description": "EC2 tags: keys of 1 to 128 characters, values of up to 256.",
+            "description": "EC2 tags: keys of 1 to 128 characters, values of up to 256. A number or true/false is taken as its text (`CostCenter: 1234`).",
             "propertyNames": {"minLength": 1, "maxLength": 128},
-            "additionalProperties": {"type": "string", "maxLength": 256},
+            "additionalProperties": {"anyOf": [{"type": "string", "maxLength": 256}, {"type": "number"}, {"type": "boolean"}]},
         })
     }
 }

@@ -403,3 +403,18 @@ fn json_schema_describes_the_plan_file() {
     assert_eq!(defs["AccountId"]["type"], "string");
     assert_eq!(defs["Volume"]["properties"]["iops"]["maximum"], 256_000);
 }
+
+/// Tag values written as numbers or true/false (`CostCenter: 1234`) are taken as their
+/// text, by snapferry and by the schema alike; a quoted number where a number is due
+/// is refused.
+#[test]
+fn tag_values_may_be_numbers_or_booleans() {
+    let text = edited(
+        "  - id: vol-0123456789abcdef0\n",
+        "  - id: vol-0123456789abcdef0\n    tags: {CostCenter: 1234, Backup: true}\n",
+    );
+    let p = plan::parse("tags.yaml", &text).unwrap_or_else(|e| panic!("{e}"));
+    let tags = &p.volumes[0].target.tags;
+    assert_eq!(tags.get("CostCenter").map(String::as_str), Some("1234"));
+    assert_eq!(tags.get("Backup").map(String::as_str), Some("true"));
+}
