@@ -135,6 +135,9 @@ pub struct TargetMeta {
     pub role_arn: Option<String>,
     #[serde(default)]
     pub external_id: Option<String>,
+    /// The lock mode of its copies (`governance`, `compliance`), when they are locked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock: Option<String>,
 }
 
 impl RunMeta {
@@ -150,6 +153,7 @@ impl RunMeta {
             cross_account: self.cross_account,
             role_arn: self.target_role_arn.clone(),
             external_id: self.target_external_id.clone(),
+            lock: None,
         }]
     }
 

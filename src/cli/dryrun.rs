@@ -569,6 +569,7 @@ fn volume_steps(plan: &Plan, cross: bool, reencrypt: Option<bool>) -> Vec<&'stat
         cross_account: cross,
         create_volume: plan.options.create_volume,
         cleanup: plan.options.cleanup,
+        lock: plan.locks(),
     };
     let mut s = vec![];
     for step in engine::planned_steps(route) {

@@ -22,6 +22,7 @@ mod act;
 pub mod adopt;
 pub mod cleanup;
 mod lifecycle;
+mod locks;
 pub mod preflight;
 pub mod recurring;
 mod report;

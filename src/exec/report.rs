@@ -28,6 +28,32 @@ pub struct VolumeReport {
     /// With several targets: one entry per target, in the plan's order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub copies: Vec<CopyReport>,
+    /// The (first) copy's lock; `null` without one.
+    pub lock: Option<LockReport>,
+}
+
+/// A copy's EBS snapshot lock as AWS last reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LockReport {
+    /// `governance` or `compliance`.
+    pub mode: &'static str,
+    /// `governance`, `compliance-cooloff`, `compliance` or `expired`.
+    pub state: &'static str,
+    /// When the lock expires (RFC 3339, UTC); `null` while the copy is pending (the
+    /// lock's duration starts at completion).
+    pub expires: Option<String>,
+}
+
+impl LockReport {
+    pub fn of(v: &VolumeRun) -> Option<Self> {
+        v.lock.as_ref().map(|l| LockReport {
+            mode: l.mode.as_str(),
+            state: l.state.as_str(),
+            expires: l.expires_ms.and_then(|ms| {
+                jiff::Timestamp::from_millisecond(ms).ok().map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+            }),
+        })
+    }
 }
 
 /// One target's copy of a volume.
@@ -42,6 +68,8 @@ pub struct CopyReport {
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    /// The copy's lock; `null` without one.
+    pub lock: Option<LockReport>,
 }
 
 /// The kind of copy a volume's next copy into the target is expected to be (EBS User
@@ -184,6 +212,7 @@ fn volume_reports(r: &RunRecord) -> Vec<VolumeReport> {
                             status: (*st).to_owned(),
                             error: v.failure.as_ref().map(|f| f.message.clone()),
                             hint: v.failure.as_ref().and_then(|f| f.hint.clone()),
+                            lock: LockReport::of(v),
                         }
                     })
                     .collect()
@@ -210,6 +239,7 @@ fn volume_reports(r: &RunRecord) -> Vec<VolumeReport> {
                 hint: failed.and_then(|v| v.failure.as_ref()).and_then(|f| f.hint.clone()),
                 next_copy: None,
                 copies,
+                lock: LockReport::of(first),
             }
         })
         .collect()

@@ -13,11 +13,12 @@ use snapferry::cli::DryRun;
 use snapferry::cloud::sim::{SimCloud, seed_from_plan};
 use snapferry::cloud::{
     Cloud, CloudResult, CopySnapshotReq, CreateSnapshotReq, CreateVolumeReq, DataKey, DecryptReq, EncryptionContext,
-    Identity, KeyInfo, Loc, Probe, Side, Snapshot, Tags, Volume, WrappedKey,
+    Identity, KeyInfo, Loc, LockedSnapshot, Probe, Side, Snapshot, Tags, Volume, WrappedKey,
 };
 use snapferry::engine::{self, Action, Ctx, Outcome, Route, Step, TimeoutsMs, VolumeRun, Which};
 use snapferry::exec::{Env, RunConfig, preflight, run};
 use snapferry::ids::{AccountId, KeyArn, KeyRef, RoleArn, SnapshotId, VolumeId};
+use snapferry::lock::{CopyLock, LockMode, LockSpec, LockState};
 use snapferry::plan::{Plan, parse};
 use snapferry::policy::{IamRequest, identity_allows};
 use tokio::sync::watch;
@@ -34,6 +35,11 @@ fn walk(route: Route) -> Vec<Step> {
         cleanup: route.cleanup,
         keep_source: false,
         timeouts_ms: TimeoutsMs { snapshot: 1, copy: 1, volume: 1 },
+        locks: vec![route.lock.then_some(LockSpec {
+            mode: LockMode::Governance,
+            duration_days: 2,
+            cool_off_hours: None,
+        })],
     };
     let first_key = if route.reencrypt { None } else { Some(source_key.to_string()) };
     let mut v = VolumeRun::new(VolumeId::parse("vol-00000000000000001").unwrap());
@@ -47,6 +53,9 @@ fn walk(route: Route) -> Vec<Step> {
         let outcome = match &action {
             Action::CreateSnapshot | Action::Reencrypt { .. } | Action::Copy { .. } => Outcome::SnapshotCreated(snap),
             Action::Share { .. } => Outcome::Shared,
+            Action::Lock { .. } => {
+                Outcome::Locked(CopyLock { mode: LockMode::Governance, state: LockState::Governance, expires_ms: None })
+            }
             Action::CreateVolume { .. } => Outcome::VolumeCreated(VolumeId::parse(&format!("vol-{n:017x}")).unwrap()),
             Action::Cleanup { .. } => Outcome::CleanedUp,
             Action::PollSnapshot { which: Which::Source, .. } => {
@@ -67,12 +76,13 @@ fn walk(route: Route) -> Vec<Step> {
 
 #[test]
 fn planned_steps_are_the_steps_the_engine_takes() {
-    for bits in 0..16u8 {
+    for bits in 0..32u8 {
         let route = Route {
             reencrypt: bits & 1 != 0,
             cross_account: bits & 2 != 0,
             create_volume: bits & 4 != 0,
             cleanup: bits & 8 != 0,
+            lock: bits & 16 != 0,
         };
         assert_eq!(engine::planned_steps(route), walk(route), "{route:?}");
     }
@@ -224,6 +234,20 @@ impl Cloud for Recorder {
             self.note(loc.side, "ec2:DeleteSnapshot", &Self::snapshot_arn(loc, id.as_str()), &Self::plan_tag(&s.tags));
         }
         self.inner.delete_snapshot(loc, id).await
+    }
+    async fn lock_snapshot(&self, loc: &Loc, id: &SnapshotId, spec: &LockSpec) -> CloudResult<LockedSnapshot> {
+        let days = spec.duration_days.to_string();
+        self.note(
+            loc.side,
+            "ec2:LockSnapshot",
+            &Self::snapshot_arn(loc, id.as_str()),
+            &[("ec2:SnapshotLockDuration", days.as_str())],
+        );
+        self.inner.lock_snapshot(loc, id, spec).await
+    }
+    async fn describe_locked_snapshots(&self, loc: &Loc, ids: &[SnapshotId]) -> CloudResult<Vec<LockedSnapshot>> {
+        self.note(loc.side, "ec2:DescribeLockedSnapshots", "*", &[]);
+        self.inner.describe_locked_snapshots(loc, ids).await
     }
     async fn share_snapshot(&self, loc: &Loc, id: &SnapshotId, with: &[AccountId]) -> CloudResult<()> {
         let tags = self.snapshot(loc, id).await.map(|s| s.tags).unwrap_or_default();

@@ -270,6 +270,31 @@ impl Cloud for SimCloud {
         .await
     }
 
+    async fn lock_snapshot(
+        &self,
+        loc: &Loc,
+        id: &SnapshotId,
+        spec: &crate::lock::LockSpec,
+    ) -> CloudResult<crate::cloud::LockedSnapshot> {
+        self.call("ec2:LockSnapshot", |w| {
+            let acct = self.account(w, loc.side)?;
+            w.lock_snapshot(&acct, &loc.region, id, spec)
+        })
+        .await
+    }
+
+    async fn describe_locked_snapshots(
+        &self,
+        loc: &Loc,
+        ids: &[SnapshotId],
+    ) -> CloudResult<Vec<crate::cloud::LockedSnapshot>> {
+        self.call("ec2:DescribeLockedSnapshots", |w| {
+            let acct = self.account(w, loc.side)?;
+            Ok(w.locked_snapshots(&acct, &loc.region, ids))
+        })
+        .await
+    }
+
     async fn share_snapshot(&self, loc: &Loc, id: &SnapshotId, with: &[AccountId]) -> CloudResult<()> {
         self.call("ec2:ModifySnapshotAttribute", |w| {
             let acct = self.account(w, loc.side)?;
