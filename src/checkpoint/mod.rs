@@ -167,7 +167,8 @@ impl RunMeta {
             self.target_external_id = first.external_id.clone();
         }
         self.cross_account = targets.iter().any(|t| t.cross_account);
-        self.target_list = if targets.len() > 1 { targets } else { vec![] };
+        // One target is kept in the flat fields alone, unless it has what they lack.
+        self.target_list = if targets.len() > 1 || targets.iter().any(|t| t.lock.is_some()) { targets } else { vec![] };
     }
 
     /// Every key-policy statement the run added or found.

@@ -1,6 +1,6 @@
 //! The integration tests, one binary so the crate links once: the plan parser, policy
 //! editing, envelope encryption (the AWS Encryption SDK message format, and its CLI),
-//! the engine against the simulated AWS, crash safety, the dry-run against a run's
+//! the engine against the simulated AWS, crash safety, immutable (locked) copies, the dry-run against a run's
 //! calls, the binary's edges, the binary end to end against moto's server (with the state in moto's S3
 //! too), and the
 //! architecture invariants (`tidy`).
@@ -13,6 +13,7 @@ mod envelope;
 mod esdk_format;
 mod esdk_interop;
 mod fanout;
+mod lock;
 mod moto_e2e;
 mod plan;
 mod policy;

@@ -28,7 +28,7 @@ use tokio::sync::watch;
 use zeroize::Zeroizing;
 
 pub use seed::seed_from_plan;
-pub use world::{Faults, World};
+pub use world::{Faults, SNAPSHOT_LOCKED, SimLock, SimSnapshot, World};
 
 use crate::clock::Clock;
 use crate::cloud::{
