@@ -365,12 +365,20 @@ async fn replay(plan: &Plan, key_failure: bool) -> (DryRun, Vec<Call>) {
     let (_tx, rx) = watch::channel(false);
     let first = run(cfg.clone(), env.clone(), rx.clone()).await.unwrap();
     assert_eq!(first.status, RunStatus::Succeeded, "{first:#?}");
+    // Locked copies outlive retention until their locks expire: let them.
+    let wait_out_locks = || {
+        if plan.locks() {
+            sim.with_world(|w| w.now_ms += 2 * 86_400_000);
+        }
+    };
+    wait_out_locks();
     if key_failure {
         let snapferry::plan::Pick::Id(failing) = plan.volumes[1].pick.clone() else { unreachable!() };
         sim.with_world(|w| w.faults.key_inaccessible_for = Some(failing));
         let second = run(cfg.clone(), env.clone(), rx.clone()).await.unwrap();
         assert_eq!(second.status, RunStatus::Failed, "{second:#?}");
         sim.with_world(|w| w.faults.key_inaccessible_for = None);
+        wait_out_locks();
     }
     let third = run(cfg, env, rx).await.unwrap();
     assert_eq!(third.status, RunStatus::Succeeded, "{third:#?}");
@@ -443,6 +451,58 @@ async fn printed_policies_allow_every_call_of_a_cross_account_run() {
         context: [("aws:ResourceTag/snapferry:plan".to_owned(), "another-plan".to_owned())].into(),
     };
     assert!(!identity_allows(&printed.iam.target_role, &foreign));
+}
+
+/// A locked plan: the lock calls (LockSnapshot under the target role, bounded by the
+/// plan's duration; DescribeLockedSnapshots; the target key's policy read in
+/// preflight) are all allowed by what the dry-run prints, a copy in error (whose lock
+/// AWS cancelled) is deleted, and a longer lock than the plan's is refused. The dry-run
+/// also prints the key statement, the DR account's SCP and, for compliance, in words
+/// that nobody can delete the copies before they expire.
+#[tokio::test]
+async fn printed_policies_allow_every_lock_call_of_a_locked_run() {
+    let text = CROSS
+        .replace("  keep: 1\n", "  keep: 1\n  every: 24h\n  lock: {mode: compliance, duration: 1d, cool_off: 1h}\n");
+    let plan = parse("plan.yaml", &text).unwrap();
+    let (printed, calls) = replay(&plan, true).await;
+    let target = actions_on(&calls, Side::TARGET);
+    for action in ["ec2:LockSnapshot", "ec2:DescribeLockedSnapshots", "kms:GetKeyPolicy", "ec2:DeleteSnapshot"] {
+        assert!(target.contains_key(action), "{action} on the target side: {target:?}");
+    }
+    assert!(!actions_on(&calls, Side::Source).contains_key("ec2:LockSnapshot"), "locks are made with the target role");
+    let refused = refused(&printed, &calls, true);
+    assert!(refused.is_empty(), "calls the printed policies do not allow:\n{}", refused.join("\n"));
+    let longer = IamRequest {
+        action: "ec2:LockSnapshot".into(),
+        resource: "arn:aws:ec2:eu-west-1::snapshot/snap-0123456789abcdef0".into(),
+        context: [("ec2:SnapshotLockDuration".to_owned(), "36500".to_owned())].into(),
+    };
+    assert!(!identity_allows(&printed.iam.target_role, &longer), "a lock longer than the plan's is refused");
+
+    let json = serde_json::to_value(&printed).unwrap();
+    let lock = &json["locks"][0];
+    assert_eq!((lock["mode"].as_str(), lock["duration_days"].as_u64()), (Some("compliance"), Some(1)));
+    let deny = &lock["key_policy_statement"];
+    assert_eq!(deny["Effect"], "Deny");
+    assert!(snapferry::policy::denies_key_removal(&serde_json::json!({"Statement": [deny]}).to_string()));
+    let scp = json["dr_account_scp"]["Statement"][0]["Action"].to_string();
+    assert!(scp.contains("ec2:UnlockSnapshot") && scp.contains("kms:ScheduleKeyDeletion"), "{scp}");
+    let text = printed.text();
+    assert!(
+        text.contains("copies are protected for 1d of the 1d they are kept") || text.contains("all of the 1d"),
+        "{text}"
+    );
+    assert!(text.contains("nobody can delete these copies before their locks expire"), "{text}");
+    let week = CROSS.replace("  keep: 1\n", "  keep: 7\n  every: 24h\n  lock: {mode: governance, duration: 2d}\n");
+    let offline = DryRun::new(&parse("plan.yaml", &week).unwrap(), None, &[], None, true).text();
+    assert!(offline.contains("copies are protected for 2d of the 7d they are kept"), "{offline}");
+    assert!(!offline.contains("nobody can delete"), "governance is not compliance: {offline}");
+    // The seeded target key has only the default policy: preflight warns, naming it.
+    assert!(
+        printed.warnings.iter().any(|w| w.contains("target key arn:aws:kms:eu-west-1:222222222222")),
+        "{:?}",
+        printed.warnings
+    );
 }
 
 #[tokio::test]
