@@ -37,6 +37,10 @@ fn copy_locks(rig: &Rig) -> Vec<(String, Option<LockedSnapshot>, i64)> {
     })
 }
 
+fn rig_total(rig: &Rig) -> u64 {
+    rig.sim.with_world(|w| w.total_calls)
+}
+
 fn refused_deletes(rig: &Rig) -> u64 {
     rig.sim.with_world(|w| w.refused_deletes)
 }
@@ -78,6 +82,20 @@ async fn every_copy_is_locked_while_pending_and_the_report_shows_its_lock() {
     let r = plain.run().await.unwrap();
     assert_eq!(calls(&plain, "ec2:LockSnapshot") + calls(&plain, "ec2:DescribeLockedSnapshots"), 0);
     assert!(serde_json::to_value(&r).unwrap()["volumes"][0]["lock"].is_null());
+
+    // The cost of `lock`: one LockSnapshot per copy, plus per locked target and
+    // invocation one DescribeLockedSnapshots (the report's lock states) and one
+    // GetKeyPolicy of its key (preflight).
+    let total = |r: &Rig| rig_total(r);
+    let (with, without) = (total(&rig), total(&plain));
+    eprintln!(
+        "calls for 3 copies: {without} without lock ({:.2} per copy), {with} with ({:.2} per copy)",
+        without as f64 / 3.0,
+        with as f64 / 3.0
+    );
+    assert_eq!(with - without, 3 + 1 + 1);
+    assert_eq!(calls(&rig, "ec2:DescribeLockedSnapshots"), 1);
+    assert_eq!(calls(&rig, "kms:GetKeyPolicy") - calls(&plain, "kms:GetKeyPolicy"), 1);
 }
 
 /// `keep: 1`, `every: 24h` and a 2-day lock over six rounds: each round leaves the
