@@ -13,6 +13,7 @@
 //!   adapter and the simulated AWS.
 //! - [`checkpoint`]: the state of runs, versioned, atomic, locked: a local dir or S3.
 //! - [`clock`]: wall or virtual time for the runner.
+//! - [`lock`]: EBS snapshot lock: the modes, settings and states every layer shares. Pure.
 //! - [`envelope`]: envelope encryption of files with KMS data keys.
 //! - [`private_fs`]: owner-only files and directories, replaced atomically, symlinks
 //!   never followed.
@@ -26,6 +27,7 @@ pub mod engine;
 pub mod envelope;
 pub mod exec;
 pub mod ids;
+pub mod lock;
 pub mod plan;
 pub mod policy;
 pub mod private_fs;

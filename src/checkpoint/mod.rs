@@ -136,6 +136,9 @@ pub struct TargetMeta {
     pub role_arn: Option<String>,
     #[serde(default)]
     pub external_id: Option<String>,
+    /// The lock mode of its copies (`governance`, `compliance`), when they are locked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock: Option<String>,
 }
 
 impl RunMeta {
@@ -151,6 +154,7 @@ impl RunMeta {
             cross_account: self.cross_account,
             role_arn: self.target_role_arn.clone(),
             external_id: self.target_external_id.clone(),
+            lock: None,
         }]
     }
 
@@ -164,7 +168,8 @@ impl RunMeta {
             self.target_external_id = first.external_id.clone();
         }
         self.cross_account = targets.iter().any(|t| t.cross_account);
-        self.target_list = if targets.len() > 1 { targets } else { vec![] };
+        // One target is kept in the flat fields alone, unless it has what they lack.
+        self.target_list = if targets.len() > 1 || targets.iter().any(|t| t.lock.is_some()) { targets } else { vec![] };
     }
 
     /// Every key-policy statement the run added or found.

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::cloud::{Loc, Side};
 use crate::engine::{self, Route, Step};
@@ -127,6 +127,100 @@ pub struct DryRun {
     /// What the plan's schedule options imply (recurring, time-based copies, kept sources).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub schedule: Vec<String>,
+    /// Per locked target: the lock, what it means, and the key statement that keeps
+    /// the copies readable.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub locks: Vec<LockAdvice>,
+    /// With any lock: a service control policy for each DR account.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dr_account_scp: Option<Value>,
+    /// What preflight found that does not stop the run but weakens it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// One locked target in the dry-run.
+#[derive(Debug, Clone, Serialize)]
+pub struct LockAdvice {
+    pub account: String,
+    pub region: String,
+    pub kms_key: String,
+    pub mode: &'static str,
+    pub duration_days: u32,
+    pub cool_off_hours: Option<u32>,
+    /// What the lock means for these copies, in words.
+    pub notes: Vec<String>,
+    /// The statement to add to the target key's policy (snapferry never changes it).
+    pub key_policy_statement: Value,
+}
+
+/// `2d`, `36h`: a span in the largest whole unit.
+fn span(ms: i64) -> String {
+    const HOUR: i64 = 3_600_000;
+    if ms % (24 * HOUR) == 0 { format!("{}d", ms / (24 * HOUR)) } else { format!("{}h", ms / HOUR) }
+}
+
+/// What each target's lock means, with the key statement and the SCP.
+fn lock_advice(plan: &Plan, targets: &[(AccountId, String, bool)]) -> (Vec<LockAdvice>, Option<Value>) {
+    let partition = plan.source.region.partition();
+    let mut out = vec![];
+    for (t, (account, key, _)) in plan.targets.iter().zip(targets) {
+        let Some(lock) = t.lock else { continue };
+        let mut notes = vec![];
+        let d = lock.duration_ms();
+        if let (Some(every), Some(keep)) = (plan.options.every, plan.options.keep) {
+            let w = every.as_millis() as i64 * i64::from(keep);
+            if d < w {
+                notes.push(format!("copies are protected for {} of the {} they are kept", span(d), span(w)));
+            } else if d > w {
+                let step = every.as_millis() as i64;
+                let extra = (d - w + step - 1) / step;
+                notes.push(format!(
+                    "copies are locked for {}, longer than the {} they are kept: retention keeps each one until its lock expires, about {extra} more copies per volume stored for {} more",
+                    span(d),
+                    span(w),
+                    span(d - w)
+                ));
+            } else {
+                notes.push(format!("copies are protected for all of the {} they are kept", span(w)));
+            }
+        } else {
+            notes.push(format!("each copy is locked for {} from its completion", span(d)));
+        }
+        match lock.mode {
+            crate::lock::LockMode::Compliance => notes.push(format!(
+                "compliance mode: once the {}h cool-off after each lock has passed, nobody can delete these copies before their locks expire, {} after each completes: not an administrator, not the account's root user; the only way to remove one early is to close the account",
+                lock.cool_off_hours.unwrap_or(0),
+                span(d)
+            )),
+            crate::lock::LockMode::Governance => notes.push(
+                "governance mode: anyone allowed ec2:UnlockSnapshot in the target account can unlock or shorten a lock; the service control policy below denies it to all but the break-glass role".to_owned(),
+            ),
+        }
+        notes.push(format!(
+            "a locked copy is only as safe as its key: AWS lets the key of a locked snapshot be scheduled for deletion; add the statement below to the policy of {} (snapferry never changes it), and keep kms:PutKeyPolicy on it to the break-glass role, or the statement can be taken out again",
+            placeholder(key)
+        ));
+        let break_glass = policy::break_glass_placeholder(partition, &placeholder(account.as_str()));
+        out.push(LockAdvice {
+            account: placeholder(account.as_str()),
+            region: t.region.to_string(),
+            kms_key: placeholder(key),
+            mode: lock.mode.as_str(),
+            duration_days: lock.duration_days,
+            cool_off_hours: lock.cool_off_hours,
+            notes,
+            key_policy_statement: policy::key_deny_statement(&break_glass),
+        });
+    }
+    let scp = out.first().map(|a| policy::dr_account_scp(&policy::break_glass_placeholder(partition, &a.account)));
+    // The SCP names the break-glass role by its path in each DR account.
+    let scp = scp.map(|mut v| {
+        v["Statement"][0]["Condition"]["ArnNotLike"]["aws:PrincipalArn"] =
+            json!(format!("arn:{partition}:iam::*:role/<break-glass role>"));
+        v
+    });
+    (out, scp)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -410,6 +504,7 @@ impl DryRun {
                     cross_account: *cross,
                     create_volume: plan.options.create_volume,
                     keep: plan.options.keep.is_some(),
+                    lock: t.lock,
                 })
             })
             .collect();
@@ -433,6 +528,7 @@ impl DryRun {
             vec![]
         };
         let first = docs.into_iter().next().expect("a plan has at least one target");
+        let (locks, dr_account_scp) = lock_advice(plan, &targets);
         DryRun {
             plan: plan.name.to_string(),
             dry_run: true,
@@ -458,6 +554,9 @@ impl DryRun {
                 .collect(),
             copy_kinds: resolved.map(|r| copy_kinds(r, &source_key)).unwrap_or_default(),
             schedule: schedule_notes(plan),
+            locks,
+            dr_account_scp,
+            warnings: resolved.map(|r| r.warnings.clone()).unwrap_or_default(),
         }
     }
     /// The report for people.
@@ -544,10 +643,35 @@ impl DryRun {
                 let _ = writeln!(s, "  {} ({} GiB): {}: {}", c.source_volume, c.size_gib, c.expected, c.why);
             }
         }
+        if !self.locks.is_empty() {
+            let _ = writeln!(s, "\n== immutable copies");
+            for l in &self.locks {
+                let cool = l.cool_off_hours.map(|h| format!(", cool-off {h}h")).unwrap_or_default();
+                let _ = writeln!(
+                    s,
+                    "  copies in {} ({}): {} lock for {} days{cool}",
+                    l.account, l.region, l.mode, l.duration_days
+                );
+                for n in &l.notes {
+                    let _ = writeln!(s, "    - {n}");
+                }
+                let _ =
+                    writeln!(s, "    statement for the policy of {}:\n{}", l.kms_key, pretty(&l.key_policy_statement));
+            }
+            if let Some(scp) = &self.dr_account_scp {
+                let _ = writeln!(s, "  service control policy for the DR account(s):\n{}", pretty(scp));
+            }
+        }
         if !self.schedule.is_empty() {
             let _ = writeln!(s, "\n== schedule");
             for n in &self.schedule {
                 let _ = writeln!(s, "  {n}");
+            }
+        }
+        if !self.warnings.is_empty() {
+            let _ = writeln!(s, "\n== warnings");
+            for w in &self.warnings {
+                let _ = writeln!(s, "  - {w}");
             }
         }
         if !self.problems.is_empty() {
@@ -569,6 +693,7 @@ fn volume_steps(plan: &Plan, cross: bool, reencrypt: Option<bool>) -> Vec<&'stat
         cross_account: cross,
         create_volume: plan.options.create_volume,
         cleanup: plan.options.cleanup,
+        lock: plan.locks(),
     };
     let mut s = vec![];
     for step in engine::planned_steps(route) {

@@ -111,6 +111,10 @@ fn retention_summary(p: &crate::exec::retention::Pruned) -> String {
     if !p.in_use.is_empty() {
         let _ = write!(s, "; left {} attached volume(s) alone: {}", p.in_use.len(), p.in_use.join(", "));
     }
+    for l in &p.locked {
+        let until = l.until.as_deref().unwrap_or("its completion plus the lock duration");
+        let _ = write!(s, "; kept {}, locked until {until}", l.snapshot);
+    }
     s
 }
 
@@ -145,6 +149,8 @@ struct NewestRun {
     created_ms: i64,
     every_ms: Option<i64>,
     failing: Vec<Value>,
+    /// Copies of locked targets that have no lock.
+    unlocked: Vec<Value>,
 }
 
 impl Runs {
@@ -172,7 +178,19 @@ impl Runs {
                 }
                 failing.push(e);
             }
-            let newest = NewestRun { created_ms: r.meta.created_ms, every_ms: r.meta.every_ms, failing };
+            let targets = r.meta.targets();
+            let mut unlocked = vec![];
+            for v in r.volumes.iter().filter(|v| v.copy_unlocked()) {
+                let Some(mode) = targets.get(usize::from(v.target)).and_then(|t| t.lock.clone()) else { continue };
+                let mut e = json!({"plan": r.meta.plan, "source_volume": v.source_volume.to_string(),
+                                "target_snapshot": v.target_snapshot.as_ref().map(|s| s.to_string()),
+                                "lock": mode, "step": v.failure.as_ref().map(|f| f.step).unwrap_or(v.step).as_str()});
+                if let Some(t) = target_label(r, v.target) {
+                    e["target"] = json!(t);
+                }
+                unlocked.push(e);
+            }
+            let newest = NewestRun { created_ms: r.meta.created_ms, every_ms: r.meta.every_ms, failing, unlocked };
             self.newest_run.insert(r.meta.plan.clone(), newest);
         }
     }
@@ -199,6 +217,11 @@ impl Runs {
         )
     }
 
+    /// Per plan, the copies of its latest run that should be locked and are not.
+    pub fn unlocked(&self) -> Value {
+        Value::Array(self.newest_run.values().flat_map(|n| n.unlocked.iter().cloned()).collect())
+    }
+
     /// Per plan, the volumes failing in its latest run, and since when.
     pub fn failing(&self) -> Value {
         Value::Array(self.newest_run.values().flat_map(|n| n.failing.iter().cloned()).collect())
@@ -217,6 +240,7 @@ fn target_label(r: &RunRecord, t: u8) -> Option<String> {
 pub fn runs_json(runs: &Runs) -> Value {
     json!({"last_success": runs.last_success(crate::clock::Clock::now_ms(&crate::clock::WallClock)),
            "failing": runs.failing(),
+           "unlocked_copies": runs.unlocked(),
            "runs": runs.rows.iter().map(|(m, counts)| json!({
         "run_id": m.run_id,
         "plan": m.plan,
@@ -264,6 +288,20 @@ pub fn runs_text(runs: &Runs) -> String {
                 age % 3600 / 60,
                 e["run_id"].as_str().unwrap_or(""),
                 if e["stale"] == json!(true) { "  STALE: older than the plan's every" } else { "" }
+            );
+        }
+    }
+    if let Some(list) = runs.unlocked().as_array().filter(|l| !l.is_empty()) {
+        let _ = writeln!(s, "\ncopies that should be locked and are not:");
+        for e in list {
+            let _ = writeln!(
+                s,
+                "  {:<24} {:<24} {} ({} lock, at step {})",
+                e["plan"].as_str().unwrap_or(""),
+                e["source_volume"].as_str().unwrap_or(""),
+                e["target_snapshot"].as_str().unwrap_or("-"),
+                e["lock"].as_str().unwrap_or(""),
+                e["step"].as_str().unwrap_or("")
             );
         }
     }
@@ -361,6 +399,9 @@ pub struct Metrics {
     /// The failing series of the plan's newest run, and since when; with that run's
     /// creation time.
     failing: Option<(i64, std::collections::BTreeMap<String, i64>)>,
+    /// The copies of the plan's newest run that should be locked and are not; with
+    /// that run's creation time.
+    unlocked: Option<(i64, usize)>,
 }
 
 impl Metrics {
@@ -397,6 +438,13 @@ impl Metrics {
                 .filter_map(|v| v.failing_since_ms.map(|since| (series(plan, v), since)))
                 .collect();
             self.failing = Some((r.meta.created_ms, failing));
+            let unlocked = r
+                .volumes
+                .iter()
+                .filter(|v| plan.targets.get(usize::from(v.target)).is_some_and(|t| t.lock.is_some()))
+                .filter(|v| v.copy_unlocked())
+                .count();
+            self.unlocked = Some((r.meta.created_ms, unlocked));
         }
     }
 }
@@ -423,6 +471,15 @@ pub fn write_metrics(path: &Path, plan: &Plan, m: &Metrics) -> std::io::Result<(
     let _ = writeln!(s, "# TYPE snapferry_last_success gauge");
     for (v, (_, _, ok)) in latest {
         let _ = writeln!(s, "snapferry_last_success{{plan=\"{p}\",{v}}} {}", u8::from(*ok));
+    }
+    if plan.locks() {
+        let n = m.unlocked.map(|(_, n)| n).unwrap_or(0);
+        let _ = writeln!(
+            s,
+            "# HELP snapferry_unlocked_copies Copies of the newest run on locked targets that have no lock."
+        );
+        let _ = writeln!(s, "# TYPE snapferry_unlocked_copies gauge");
+        let _ = writeln!(s, "snapferry_unlocked_copies{{plan=\"{p}\"}} {n}");
     }
     if let Some(every) = plan.options.every {
         // Recurring plans: how old each volume's newest good copy is (from when it

@@ -252,6 +252,15 @@ pub struct CreateVolumeReq {
     pub client_token: String,
 }
 
+/// One snapshot's lock, as LockSnapshot or DescribeLockedSnapshots report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockedSnapshot {
+    pub id: SnapshotId,
+    pub state: crate::lock::LockState,
+    /// `LockExpiresOn` (ms since the Unix epoch); absent while the snapshot is pending.
+    pub expires_ms: Option<i64>,
+}
+
 /// A data key from GenerateDataKey: the plaintext (zeroized on drop) and the same key
 /// encrypted under the KMS key.
 pub struct DataKey {
@@ -328,6 +337,16 @@ pub trait Cloud: Send + Sync {
     /// DescribeSnapshots owned by the caller with all these tags, every page.
     async fn find_snapshots(&self, loc: &Loc, tags: &Tags) -> CloudResult<Vec<Snapshot>>;
     async fn delete_snapshot(&self, loc: &Loc, id: &SnapshotId) -> CloudResult<()>;
+    /// LockSnapshot with the spec's mode, `LockDuration` and (compliance) `CoolOffPeriod`.
+    /// Locking a snapshot already locked that way again changes nothing.
+    async fn lock_snapshot(
+        &self,
+        loc: &Loc,
+        id: &SnapshotId,
+        spec: &crate::lock::LockSpec,
+    ) -> CloudResult<LockedSnapshot>;
+    /// DescribeLockedSnapshots of these ids, every page; ids without a lock are left out.
+    async fn describe_locked_snapshots(&self, loc: &Loc, ids: &[SnapshotId]) -> CloudResult<Vec<LockedSnapshot>>;
     /// ModifySnapshotAttribute createVolumePermission add for these accounts, in one call.
     async fn share_snapshot(&self, loc: &Loc, id: &SnapshotId, with: &[AccountId]) -> CloudResult<()>;
     /// ModifySnapshotAttribute createVolumePermission remove for these accounts, in one call.

@@ -11,13 +11,14 @@
 //! The steps of one volume:
 //!
 //! ```text
-//! Snapshot -> WaitSnapshot -> [Reencrypt -> WaitReencrypt] -> [Share] -> Copy -> WaitCopy
-//!   -> [CreateVolume -> WaitVolume] -> [Cleanup] -> Done        (any step -> Failed)
+//! Snapshot -> WaitSnapshot -> [Reencrypt -> WaitReencrypt] -> [Share] -> Copy -> [Lock]
+//!   -> WaitCopy -> [CreateVolume -> WaitVolume] -> [Cleanup] -> Done   (any step -> Failed)
 //! ```
 //!
 //! Reencrypt runs when the snapshot is not under the source key; Share when the copy
-//! crosses accounts; CreateVolume unless `create_volume: false`; Cleanup with
-//! `cleanup: true`.
+//! crosses accounts; Lock when the copy's target is locked (`lock`), right after
+//! CopySnapshot returned, while the copy is pending; CreateVolume unless
+//! `create_volume: false`; Cleanup with `cleanup: true`.
 //!
 //! A plan with several targets has one `VolumeRun` per (volume, target). One of a
 //! volume's runs, the lead, takes the source side (snapshot, re-encryption, one share
@@ -30,6 +31,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{KeyArn, SnapshotId, VolumeId};
+use crate::lock::{CopyLock, LockSpec};
 
 /// How many times a lookup after an unknown outcome may miss before the call is
 /// issued again. A just-created snapshot can be invisible for a moment (eventual
@@ -46,6 +48,8 @@ pub enum Step {
     WaitReencrypt,
     Share,
     Copy,
+    /// LockSnapshot of the copy just made (it may be pending).
+    Lock,
     WaitCopy,
     CreateVolume,
     WaitVolume,
@@ -78,6 +82,7 @@ impl Step {
             Step::WaitReencrypt => "wait-reencrypt",
             Step::Share => "share",
             Step::Copy => "copy",
+            Step::Lock => "lock",
             Step::WaitCopy => "wait-copy",
             Step::CreateVolume => "create-volume",
             Step::WaitVolume => "wait-volume",
@@ -171,6 +176,9 @@ pub struct VolumeRun {
     /// (held for a follower's copy); freshness and status count from this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivered_ms: Option<i64>,
+    /// The copy's lock, as AWS last reported it; `None` until it is locked.
+    #[serde(default)]
+    pub lock: Option<CopyLock>,
 }
 
 impl VolumeRun {
@@ -198,6 +206,7 @@ impl VolumeRun {
             follower: false,
             gone_source: None,
             delivered_ms: None,
+            lock: None,
         }
     }
 
@@ -233,6 +242,22 @@ impl VolumeRun {
     /// left: it holds the intermediates for followers' copies still to be made.
     pub fn held_for_followers(&self) -> bool {
         !self.follower && !self.fresh && self.step == Step::Cleanup
+    }
+
+    /// True when this run's copy exists and has no lock on record: on a locked
+    /// target, a copy that should be locked and is not (its lock failed, was never
+    /// asked for, or was taken off).
+    pub fn copy_unlocked(&self) -> bool {
+        let at = match (&self.step, &self.failure) {
+            (Step::Failed, Some(f)) => f.step,
+            (step, _) => *step,
+        };
+        self.target_snapshot.is_some()
+            && self.lock.is_none()
+            && matches!(
+                at,
+                Step::Lock | Step::WaitCopy | Step::CreateVolume | Step::WaitVolume | Step::Cleanup | Step::Done
+            )
     }
 
     /// True while a follower still waits for the lead's shared snapshot.
@@ -282,7 +307,10 @@ impl VolumeRun {
                 Step::Reencrypt
             }
             Step::WaitCopy if replace => {
+                // AWS cancels the lock of a copy that fails; the replacement is locked
+                // once it exists.
                 self.target_snapshot = None;
+                self.lock = None;
                 Step::Copy
             }
             Step::WaitVolume if replace => {
@@ -326,6 +354,15 @@ pub struct Ctx {
     /// `options.keep_source > 0`: cleanup keeps the shared snapshot.
     pub keep_source: bool,
     pub timeouts_ms: TimeoutsMs,
+    /// Per target (the plan's order): the lock of its copies, if any.
+    pub locks: Vec<Option<LockSpec>>,
+}
+
+impl Ctx {
+    /// The lock target `t`'s copies get.
+    pub fn lock_of(&self, t: u8) -> Option<&LockSpec> {
+        self.locks.get(usize::from(t)).and_then(Option::as_ref)
+    }
 }
 
 /// Per-wait timeouts in milliseconds.
@@ -363,6 +400,14 @@ pub enum Action {
     /// CopySnapshot into the target account and region under the target key.
     Copy {
         from: SnapshotId,
+    },
+    /// LockSnapshot of the copy, in the target's lock mode and duration.
+    Lock {
+        snapshot: SnapshotId,
+    },
+    /// DescribeLockedSnapshots of the copy: did an in-flight LockSnapshot take effect?
+    LookUpLock {
+        snapshot: SnapshotId,
     },
     /// CreateVolume from the copy, with an idempotency token.
     CreateVolume {
@@ -403,6 +448,7 @@ impl Action {
                 | Action::Reencrypt { .. }
                 | Action::Share { .. }
                 | Action::Copy { .. }
+                | Action::Lock { .. }
                 | Action::CreateVolume { .. }
                 | Action::Cleanup { .. }
         )
@@ -431,6 +477,10 @@ pub enum Outcome {
     /// A poll did not see the resource (it may not be visible yet).
     Missing,
     Shared,
+    /// The copy is locked (LockSnapshot answered, or a lookup found the lock).
+    Locked(CopyLock),
+    /// A lookup found no lock in the mode asked for.
+    NotLocked,
     VolumePending,
     VolumeAvailable,
     VolumeError,
@@ -515,6 +565,11 @@ pub fn next_action(v: &VolumeRun, run_id: &str) -> Action {
             Some(s) => Action::Copy { from: s.clone() },
             None => Action::Nothing,
         },
+        Step::Lock => match &v.target_snapshot {
+            Some(s) if v.in_flight => Action::LookUpLock { snapshot: s.clone() },
+            Some(s) => Action::Lock { snapshot: s.clone() },
+            None => Action::Nothing,
+        },
         Step::WaitCopy => poll(v.target_snapshot.as_ref(), Which::Target),
         Step::CreateVolume if v.in_flight => Action::LookUpVolume,
         Step::CreateVolume => match &v.target_snapshot {
@@ -557,7 +612,7 @@ fn poll(id: Option<&SnapshotId>, which: Which) -> Action {
 /// before it issues the call.
 pub fn begin(v: &VolumeRun, now_ms: i64) -> VolumeRun {
     let mut n = v.clone();
-    if matches!(n.step, Step::Snapshot | Step::Reencrypt | Step::Copy | Step::CreateVolume) {
+    if matches!(n.step, Step::Snapshot | Step::Reencrypt | Step::Copy | Step::Lock | Step::CreateVolume) {
         n.in_flight = true;
         n.lookups_missed = 0;
     }
@@ -667,7 +722,29 @@ pub fn apply(v: &VolumeRun, outcome: &Outcome, ctx: &Ctx, now_ms: i64) -> Result
         }
         (Step::Copy, Outcome::SnapshotCreated(id)) => {
             n.target_snapshot = Some(id.clone());
-            Ok(start_wait(n, Step::WaitCopy))
+            // The copy's timeout runs from here, through its lock.
+            let next = if ctx.lock_of(v.target).is_some() { Step::Lock } else { Step::WaitCopy };
+            Ok(start_wait(n, next))
+        }
+        (Step::Lock, Outcome::Locked(lock)) => {
+            n.lock = Some(lock.clone());
+            n.in_flight = false;
+            n.lookups_missed = 0;
+            n.step = Step::WaitCopy;
+            Ok(n)
+        }
+        (Step::Lock, Outcome::NotLocked) if ctx.lock_of(v.target).is_none() => {
+            // The plan no longer locks this target: the copy goes on unlocked.
+            n.in_flight = false;
+            n.step = Step::WaitCopy;
+            Ok(n)
+        }
+        (Step::Lock, Outcome::NotLocked) if v.in_flight => {
+            // Locking again is harmless (the same lock changes nothing): no need to
+            // wait out an eventually consistent listing.
+            n.in_flight = false;
+            n.lookups_missed = 0;
+            Ok(n)
         }
         (Step::CreateVolume, Outcome::VolumeCreated(id)) => {
             n.target_volume = Some(id.clone());
@@ -837,6 +914,40 @@ pub fn found_at(v: &VolumeRun, step: Step, now_ms: i64) -> VolumeRun {
     n
 }
 
+/// A copy that waits unlocked on a locked target (adopted from tags, carried by a
+/// recurring plan, or resumed after the plan gained a lock) goes back to its lock
+/// step, as an unknown outcome: the lock is looked up (DescribeLockedSnapshots)
+/// before it is asked for, so a lock that took effect is never asked for twice.
+pub fn relock(v: &VolumeRun, ctx: &Ctx) -> Option<VolumeRun> {
+    if v.step != Step::WaitCopy || v.lock.is_some() || ctx.lock_of(v.target).is_none() || v.target_snapshot.is_none() {
+        return None;
+    }
+    let mut n = v.clone();
+    n.step = Step::Lock;
+    n.in_flight = true;
+    n.lookups_missed = 0;
+    Some(n)
+}
+
+/// What AWS now says of a copy's lock (`None`: no lock, e.g. it was unlocked), for a
+/// copy that has one on record. The mode stays the one it was locked in when AWS
+/// reports the lock expired.
+pub fn observe_lock(v: &VolumeRun, seen: Option<crate::lock::LockState>, expires_ms: Option<i64>) -> VolumeRun {
+    let mut n = v.clone();
+    n.lock = match (seen, &v.lock) {
+        (None, _) => None,
+        (Some(state), old) => {
+            let mode = state.mode().or(old.as_ref().map(|l| l.mode));
+            mode.map(|mode| CopyLock {
+                mode,
+                state,
+                expires_ms: expires_ms.or(old.as_ref().and_then(|l| l.expires_ms)),
+            })
+        }
+    };
+    n
+}
+
 /// What a follower does about its lead, the run of the same volume that takes the
 /// source side.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -958,6 +1069,8 @@ pub struct Route {
     pub cross_account: bool,
     pub create_volume: bool,
     pub cleanup: bool,
+    /// The copy's target is locked.
+    pub lock: bool,
 }
 
 /// The steps that act (waits left out) on a volume's way from `Snapshot` to `Done`,
@@ -971,6 +1084,9 @@ pub fn planned_steps(route: Route) -> Vec<Step> {
         steps.push(Step::Share);
     }
     steps.push(Step::Copy);
+    if route.lock {
+        steps.push(Step::Lock);
+    }
     if route.create_volume {
         steps.push(Step::CreateVolume);
     }

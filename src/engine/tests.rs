@@ -3,6 +3,7 @@
 //! in-flight call is looked up before it is issued again.
 
 use super::*;
+use crate::lock::{CopyLock, LockSpec};
 
 fn snap(n: u8) -> SnapshotId {
     SnapshotId::parse(&format!("snap-{:017x}", n)).unwrap()
@@ -22,6 +23,7 @@ fn ctx(cross: bool, create_volume: bool, cleanup: bool) -> Ctx {
         cleanup,
         keep_source: false,
         timeouts_ms: TimeoutsMs { snapshot: 1000, copy: 2000, volume: 500 },
+        locks: vec![],
     }
 }
 
@@ -470,4 +472,89 @@ fn a_gone_source_is_made_again_by_the_lead_and_awaited_by_a_follower() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+fn locked_ctx() -> Ctx {
+    let mut c = ctx(true, false, false);
+    c.locks = vec![Some(LockSpec { mode: crate::lock::LockMode::Governance, duration_days: 2, cool_off_hours: None })];
+    c
+}
+
+fn governance() -> CopyLock {
+    CopyLock { mode: crate::lock::LockMode::Governance, state: crate::lock::LockState::Governance, expires_ms: None }
+}
+
+/// A locked target: the copy goes Copy -> Lock -> WaitCopy, the lock is an intent like
+/// any call that changes AWS, and its timeout runs from the copy's creation.
+#[test]
+fn a_locked_target_locks_the_copy_right_after_copysnapshot() {
+    let c = locked_ctx();
+    let mut v = VolumeRun::new(vol(1));
+    v.step = Step::Copy;
+    v.source_snapshot = Some(snap(1));
+    let v = apply(&begin(&v, 0), &Outcome::SnapshotCreated(snap(2)), &c, 5).unwrap();
+    assert_eq!((v.step, v.in_flight, v.wait_started_ms), (Step::Lock, false, Some(5)));
+    assert_eq!(next_action(&v, "r"), Action::Lock { snapshot: snap(2) });
+    assert!(Action::Lock { snapshot: snap(2) }.is_mutating());
+    let sent = begin(&v, 6);
+    assert!(sent.in_flight, "the intent is durable before LockSnapshot");
+    // An unknown outcome is looked up, not asked again; a miss re-issues at once.
+    assert_eq!(next_action(&sent, "r"), Action::LookUpLock { snapshot: snap(2) });
+    let missed = apply(&sent, &Outcome::NotLocked, &c, 7).unwrap();
+    assert_eq!((missed.step, missed.in_flight), (Step::Lock, false));
+    let found = apply(&sent, &Outcome::Locked(governance()), &c, 7).unwrap();
+    assert_eq!((found.step, found.in_flight, found.wait_started_ms), (Step::WaitCopy, false, Some(5)));
+    assert_eq!(found.lock, Some(governance()));
+    // Without a lock the copy is waited on at once.
+    let mut w = VolumeRun::new(vol(1));
+    w.step = Step::Copy;
+    w.source_snapshot = Some(snap(1));
+    let w = apply(&begin(&w, 0), &Outcome::SnapshotCreated(snap(2)), &ctx(true, false, false), 5).unwrap();
+    assert_eq!(w.step, Step::WaitCopy);
+}
+
+/// A lock that fails fails at Lock and is revived there with the copy kept; a copy
+/// that ends in error forgets its (cancelled) lock and is replaced, then locked anew.
+#[test]
+fn failed_locks_and_failed_copies_are_revived_without_a_second_copy() {
+    let c = locked_ctx();
+    let mut v = VolumeRun::new(vol(1));
+    v.step = Step::Lock;
+    v.target_snapshot = Some(snap(2));
+    let failed = apply(&v, &Outcome::Fatal { message: "denied".into(), hint: None }, &c, 1).unwrap();
+    assert_eq!((failed.step, failed.failure.as_ref().map(|f| f.step)), (Step::Failed, Some(Step::Lock)));
+    assert!(failed.copy_unlocked());
+    let mut revived = failed.clone();
+    revived.revive();
+    assert_eq!((revived.step, revived.target_snapshot.clone()), (Step::Lock, Some(snap(2))));
+
+    let mut w = v.clone();
+    w.step = Step::WaitCopy;
+    w.lock = Some(governance());
+    let errored =
+        apply(&w, &Outcome::SnapshotError { message: "Given key ID is not accessible".into() }, &c, 2).unwrap();
+    let mut again = errored.clone();
+    again.revive();
+    assert_eq!((again.step, again.target_snapshot.clone(), again.lock.clone()), (Step::Copy, None, None));
+}
+
+/// A copy waiting unlocked on a locked target (adopted, carried, or a plan that gained
+/// a lock) goes back to Lock as an unknown outcome; a locked one, or one on an
+/// unlocked target, is left alone.
+#[test]
+fn relock_sends_an_unlocked_waiting_copy_back_to_its_lock() {
+    let c = locked_ctx();
+    let mut v = VolumeRun::new(vol(1));
+    v.step = Step::WaitCopy;
+    v.target_snapshot = Some(snap(2));
+    let r = relock(&v, &c).expect("relocked");
+    assert_eq!((r.step, r.in_flight), (Step::Lock, true));
+    assert_eq!(next_action(&r, "x"), Action::LookUpLock { snapshot: snap(2) });
+    assert!(relock(&v, &ctx(true, false, false)).is_none());
+    v.lock = Some(governance());
+    assert!(relock(&v, &c).is_none());
+    let seen = observe_lock(&v, None, None);
+    assert!(seen.lock.is_none(), "a lock taken off is no lock");
+    let expired = observe_lock(&v, Some(crate::lock::LockState::Expired), Some(9));
+    assert_eq!(expired.lock.map(|l| (l.mode, l.expires_ms)), Some((crate::lock::LockMode::Governance, Some(9))));
 }

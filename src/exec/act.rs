@@ -10,6 +10,8 @@ use crate::cloud::{
 };
 use crate::engine::{Action, Outcome, VolumeRun, Which};
 use crate::ids::{AccountId, AvailabilityZone, KeyArn, Region, SnapshotId};
+use crate::lock::CopyLock;
+use crate::lock::LockSpec;
 use crate::plan::TargetVolume;
 
 /// What the actions of one target's copies need to know.
@@ -20,6 +22,8 @@ pub struct TargetCtx {
     pub account: AccountId,
     pub key: KeyArn,
     pub availability_zone: AvailabilityZone,
+    /// The lock of its copies, if any.
+    pub lock: Option<LockSpec>,
 }
 
 /// What every action of a run needs to know.
@@ -248,6 +252,21 @@ pub async fn perform(
                     Ok(Outcome::SnapshotCreated(keep.id))
                 }
             }
+        }
+        Action::Lock { snapshot } => {
+            // A plan that no longer locks this target lets the copy go on unlocked.
+            let Some(spec) = ctx.target(v.target).lock else { return Ok(Outcome::NotLocked) };
+            let l = cloud.lock_snapshot(&ctx.dst(v.target), snapshot, &spec).await?;
+            let mode = l.state.mode().unwrap_or(spec.mode);
+            Ok(Outcome::Locked(CopyLock { mode, state: l.state, expires_ms: l.expires_ms }))
+        }
+        Action::LookUpLock { snapshot } => {
+            let found = cloud.describe_locked_snapshots(&ctx.dst(v.target), std::slice::from_ref(snapshot)).await?;
+            Ok(found
+                .into_iter()
+                .find(|l| &l.id == snapshot)
+                .and_then(|l| l.state.mode().map(|mode| CopyLock { mode, state: l.state, expires_ms: l.expires_ms }))
+                .map_or(Outcome::NotLocked, Outcome::Locked))
         }
         Action::LookUpVolume => {
             let mut found = cloud.find_volumes(&ctx.dst(v.target), &ctx.identity_tags(v, "volume")).await?;

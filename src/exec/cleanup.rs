@@ -182,7 +182,7 @@ pub async fn cleanup(
         // may still read from the shared snapshot.
         let copy_may_run = units.iter().any(|i| {
             let u = &record.volumes[*i];
-            matches!(u.step, Step::WaitCopy) || (u.step == Step::Copy && u.in_flight) || failed_at_copy(u)
+            matches!(u.step, Step::Lock | Step::WaitCopy) || (u.step == Step::Copy && u.in_flight) || failed_at_copy(u)
         });
         if !listed && copy_may_run {
             copy_blocks = true;
@@ -324,7 +324,9 @@ async fn carriers_of(store: &Store, run_id: &str) -> Result<std::collections::Ha
 
 fn failed_at_copy(v: &crate::engine::VolumeRun) -> bool {
     v.step == Step::Failed
-        && v.failure.as_ref().is_some_and(|f| f.step == Step::WaitCopy || (f.step == Step::Copy && v.in_flight))
+        && v.failure
+            .as_ref()
+            .is_some_and(|f| matches!(f.step, Step::Lock | Step::WaitCopy) || (f.step == Step::Copy && v.in_flight))
 }
 
 /// The key and statement this run's plan grants, if it is a cross-account run.
@@ -381,6 +383,7 @@ async fn from_tags(
                 cross_account: cross,
                 role_arn: t.role_arn.as_ref().filter(|_| cross).map(|r| r.to_string()),
                 external_id: t.external_id.clone().filter(|_| cross),
+                lock: t.lock.map(|l| l.mode.to_string()),
             }
         })
         .collect();

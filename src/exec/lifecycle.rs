@@ -144,6 +144,7 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
                 account: r.account.clone(),
                 key: r.key.arn.clone(),
                 availability_zone: t.availability_zone.clone(),
+                lock: t.lock,
             })
             .collect(),
         extra_tags: plan.options.tags.clone(),
@@ -222,6 +223,14 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
         p.finish();
     }
     let (mut record, mut journal, ended) = ended?;
+    // The locks as they are now, for the report, `status` and the metrics.
+    let locks: Vec<_> = plan.targets.iter().map(|t| t.lock).collect();
+    if plan.locks()
+        && let Err(e) =
+            super::locks::refresh(cloud.as_ref(), clock.as_ref(), &target_locs(plan), &locks, &mut record).await
+    {
+        tracing::warn!(error = %e, "could not read the locks of the copies; the report shows them as last recorded");
+    }
 
     let now = clock.now_ms();
     let all_done = record.volumes.iter().all(|v| v.step == Step::Done);
@@ -259,20 +268,32 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
     // copy finished (a failing volume keeps all its copies), never after a round that
     // made nothing.
     let made_something = record.volumes.iter().any(|v| !v.fresh);
-    if let (true, Ended::Finished) = (made_something, &ended) {
+    // With locks, every finished invocation prunes: a copy kept for its lock goes on
+    // the first one after the lock expired, even when that round made nothing.
+    if let (true, Ended::Finished) = (made_something || plan.locks(), &ended) {
         if let Some(keep) = plan.options.keep {
             // Per target: its copies and volumes, in its account and region.
             for (t, dst) in dsts.iter().enumerate() {
                 let of_target: Vec<VolumeRun> =
                     record.volumes.iter().filter(|v| usize::from(v.target) == t).cloned().collect();
-                match super::retention::prune(cloud.as_ref(), clock.as_ref(), dst, plan.name.as_str(), keep, &of_target)
-                    .await
+                let locked = plan.targets.get(t).is_some_and(|x| x.lock.is_some());
+                match super::retention::prune(
+                    cloud.as_ref(),
+                    clock.as_ref(),
+                    dst,
+                    plan.name.as_str(),
+                    keep,
+                    locked,
+                    &of_target,
+                )
+                .await
                 {
                     Ok(p) => {
                         let r = report.retention.get_or_insert_with(Default::default);
                         r.snapshots.extend(p.snapshots);
                         r.volumes.extend(p.volumes);
                         r.in_use.extend(p.in_use);
+                        r.locked.extend(p.locked);
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, region = %dst.region, "retention failed; the copies of this run are complete, older ones were not pruned");
@@ -285,7 +306,7 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
                 }
             }
         }
-        if plan.options.cleanup && plan.options.keep_source > 0 {
+        if made_something && plan.options.cleanup && plan.options.keep_source > 0 {
             let kept = plan.options.keep_source;
             match super::retention::prune_source(
                 cloud.as_ref(),
@@ -591,6 +612,7 @@ fn target_metas(plan: &Plan, resolved: &Resolved) -> Vec<TargetMeta> {
             cross_account: r.cross_account,
             role_arn: t.role_arn.as_ref().filter(|_| r.cross_account).map(|r| r.to_string()),
             external_id: t.external_id.clone().filter(|_| r.cross_account),
+            lock: t.lock.map(|l| l.mode.to_string()),
         })
         .collect()
 }

@@ -23,6 +23,7 @@ pub mod adopt;
 pub mod cleanup;
 mod key_policy;
 mod lifecycle;
+mod locks;
 pub mod preflight;
 pub mod recurring;
 mod report;

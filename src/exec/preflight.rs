@@ -60,6 +60,9 @@ pub struct Resolved {
     /// Listed volumes that no longer exist, in a recurring plan (where they fail alone
     /// instead of refusing the plan).
     pub missing: Vec<VolumeId>,
+    /// What does not stop the run but weakens it: a locked target's key whose policy
+    /// lets it be deleted or disabled.
+    pub warnings: Vec<String>,
 }
 
 impl Resolved {
@@ -235,6 +238,17 @@ pub async fn preflight(
         }
     }
 
+    let mut warnings = vec![];
+    if errors.is_empty() {
+        for (i, (t, r)) in plan.targets.iter().zip(&targets).enumerate() {
+            let (Some(_), Some(r)) = (t.lock, r) else { continue };
+            if let Some(w) = check_locked_key(cloud, clock, &Loc::new(Side::Target(i as u8), &t.region), &r.key).await {
+                tracing::warn!(key = %r.key.arn, "{w}");
+                warnings.push(w);
+            }
+        }
+    }
+
     let targets: Option<Vec<ResolvedTarget>> = targets.into_iter().collect();
     match (source_key, targets) {
         (Some(source_key), Some(targets)) if errors.is_empty() => {
@@ -251,9 +265,28 @@ pub async fn preflight(
                     v
                 },
                 missing: missing_ids,
+                warnings,
             })
         }
         _ => Err(errors),
+    }
+}
+
+/// A locked target's key: a warning naming it when its policy does not deny
+/// `kms:ScheduleKeyDeletion` and `kms:DisableKey` to all but a break-glass principal
+/// (AWS lets the key of a locked snapshot be deleted), or cannot be read.
+async fn check_locked_key(cloud: &dyn Cloud, clock: &dyn Clock, loc: &Loc, key: &KeyInfo) -> Option<String> {
+    match retrying(clock, || cloud.get_key_policy(loc, &key.arn)).await {
+        Ok(p) if crate::policy::denies_key_removal(&p) => None,
+        Ok(_) => Some(format!(
+            "target key {} of locked copies: its key policy does not deny kms:ScheduleKeyDeletion and kms:DisableKey to all but a break-glass principal, so whoever may delete the key can make every locked copy unreadable; add the statement snapferry run PLAN --dry-run prints to its policy",
+            key.arn
+        )),
+        Err(e) => Some(format!(
+            "target key {} of locked copies: its key policy could not be read ({}), so whether it protects the key from deletion is unknown; check it denies kms:ScheduleKeyDeletion and kms:DisableKey to all but a break-glass principal",
+            key.arn,
+            describe_error(&e)
+        )),
     }
 }
 

@@ -28,6 +28,32 @@ pub struct VolumeReport {
     /// With several targets: one entry per target, in the plan's order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub copies: Vec<CopyReport>,
+    /// The (first) copy's lock; `null` without one.
+    pub lock: Option<LockReport>,
+}
+
+/// A copy's EBS snapshot lock as AWS last reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LockReport {
+    /// `governance` or `compliance`.
+    pub mode: &'static str,
+    /// `governance`, `compliance-cooloff`, `compliance` or `expired`.
+    pub state: &'static str,
+    /// When the lock expires (RFC 3339, UTC); `null` while the copy is pending (the
+    /// lock's duration starts at completion).
+    pub expires: Option<String>,
+}
+
+impl LockReport {
+    pub fn of(v: &VolumeRun) -> Option<Self> {
+        v.lock.as_ref().map(|l| LockReport {
+            mode: l.mode.as_str(),
+            state: l.state.as_str(),
+            expires: l.expires_ms.and_then(|ms| {
+                jiff::Timestamp::from_millisecond(ms).ok().map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+            }),
+        })
+    }
 }
 
 /// One target's copy of a volume.
@@ -42,6 +68,8 @@ pub struct CopyReport {
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    /// The copy's lock; `null` without one.
+    pub lock: Option<LockReport>,
 }
 
 /// The kind of copy a volume's next copy into the target is expected to be (EBS User
@@ -140,6 +168,9 @@ fn unit_status(v: &VolumeRun, sibling_failed: bool) -> &'static str {
 fn volume_reports(r: &RunRecord) -> Vec<VolumeReport> {
     let targets = r.meta.targets();
     let fan_out = targets.len() > 1 || r.volumes.iter().any(|v| v.target > 0);
+    // A locked single target lists its copy too, so each copy's `lock` is in `copies`
+    // whatever the number of targets.
+    let with_copies = fan_out || targets.iter().any(|t| t.lock.is_some());
     // Grouped in one pass, in the run's order.
     let mut order: Vec<&crate::ids::VolumeId> = vec![];
     let mut groups: std::collections::HashMap<&crate::ids::VolumeId, Vec<&VolumeRun>> = Default::default();
@@ -170,7 +201,7 @@ fn volume_reports(r: &RunRecord) -> Vec<VolumeReport> {
             let lead = units.iter().find(|v| !v.follower && !v.fresh).or(units.first()).copied().expect("one unit");
             let first = units[0];
             let failed = units.iter().find(|v| v.step == Step::Failed).copied();
-            let copies = if fan_out {
+            let copies = if with_copies {
                 units
                     .iter()
                     .zip(&statuses)
@@ -184,6 +215,7 @@ fn volume_reports(r: &RunRecord) -> Vec<VolumeReport> {
                             status: (*st).to_owned(),
                             error: v.failure.as_ref().map(|f| f.message.clone()),
                             hint: v.failure.as_ref().and_then(|f| f.hint.clone()),
+                            lock: LockReport::of(v),
                         }
                     })
                     .collect()
@@ -210,6 +242,7 @@ fn volume_reports(r: &RunRecord) -> Vec<VolumeReport> {
                 hint: failed.and_then(|v| v.failure.as_ref()).and_then(|f| f.hint.clone()),
                 next_copy: None,
                 copies,
+                lock: LockReport::of(first),
             }
         })
         .collect()

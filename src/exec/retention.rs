@@ -8,6 +8,11 @@
 //! successor completed (the next copy is incremental only while it exists). Volumes in
 //! use are left with a warning.
 //!
+//! With `lock`, a copy past the limit whose lock still holds is kept (reported with
+//! the time it is locked until) and deleted by the first invocation after its lock
+//! expired: the locks of the copies past the limit are read (DescribeLockedSnapshots)
+//! before any is deleted, so no DeleteSnapshot is sent that AWS must refuse.
+//!
 //! `options.keep_source: N` does the same on the source side: per source volume, the
 //! newest N snapshots the cleanup step kept, older ones deleted.
 
@@ -18,6 +23,7 @@ use serde::Serialize;
 use crate::clock::Clock;
 use crate::cloud::{Cloud, CloudError, ErrorKind, Loc, Tags, VolumeState};
 use crate::engine::{Step, VolumeRun};
+use crate::ids::SnapshotId;
 
 use super::act::{TAG_PLAN, TAG_SOURCE_VOLUME, TAG_STEP, delete_snapshot_quietly};
 use super::retry::retrying;
@@ -32,6 +38,23 @@ pub struct Pruned {
     /// Source-side snapshots past `keep_source`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub source_snapshots: Vec<String>,
+    /// Copies past the limit kept because their lock still holds.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub locked: Vec<KeptLocked>,
+}
+
+/// A copy retention would delete but its lock forbids: kept until `until`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct KeptLocked {
+    pub snapshot: String,
+    /// The lock's expiry (RFC 3339, UTC); `null` while the copy is pending.
+    pub until: Option<String>,
+    #[serde(skip)]
+    pub until_ms: Option<i64>,
+}
+
+fn rfc3339(ms: i64) -> Option<String> {
+    jiff::Timestamp::from_millisecond(ms).ok().map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
 }
 
 fn by_source<T>(items: Vec<T>, tags: impl Fn(&T) -> &Tags) -> BTreeMap<String, Vec<T>> {
@@ -44,13 +67,15 @@ fn by_source<T>(items: Vec<T>, tags: impl Fn(&T) -> &Tags) -> BTreeMap<String, V
     m
 }
 
-/// Applies `keep` for `plan` in the target account and region.
+/// Applies `keep` for `plan` in the target account and region. `locked`: the target's
+/// copies are locked, so their locks are read before any is deleted.
 pub async fn prune(
     cloud: &dyn Cloud,
     clock: &dyn Clock,
     dst: &Loc,
     plan: &str,
     keep: u32,
+    locked: bool,
     this_run: &[VolumeRun],
 ) -> Result<Pruned, CloudError> {
     let keep = keep.max(1) as usize;
@@ -66,19 +91,40 @@ pub async fn prune(
         |step: &str| Tags::from([(TAG_PLAN.to_owned(), plan.to_owned()), (TAG_STEP.to_owned(), step.to_owned())]);
     let copy_tags = tags("copy");
     let snaps = retrying(clock, || cloud.find_snapshots(dst, &copy_tags)).await?;
+    let mut doomed = vec![];
     for (source, mut list) in by_source(snaps, |s| &s.tags) {
         if unfinished.contains(&source) {
             continue;
         }
         // Newest first; the ones past `keep` go.
         list.sort_by_key(|s| std::cmp::Reverse((s.start_time_ms.unwrap_or(0), s.id.clone())));
-        for s in list.into_iter().skip(keep) {
-            if protected_snaps.contains(&s.id.to_string()) {
-                continue;
-            }
-            retrying(clock, || delete_snapshot_quietly(cloud, dst, &s.id)).await?;
-            out.snapshots.push(s.id.to_string());
+        doomed.extend(list.into_iter().skip(keep).filter(|s| !protected_snaps.contains(&s.id.to_string())));
+    }
+    let ids: Vec<SnapshotId> = doomed.iter().map(|s| s.id.clone()).collect();
+    let locks = if locked { super::locks::read(cloud, clock, dst, &ids).await? } else { Default::default() };
+    let now = clock.now_ms();
+    for s in doomed {
+        let lock = locks.get(s.id.as_str()).filter(|l| l.state.protects() && l.expires_ms.is_none_or(|e| now < e));
+        if let Some(l) = lock {
+            out.locked.push(KeptLocked {
+                snapshot: s.id.to_string(),
+                until: l.expires_ms.and_then(rfc3339),
+                until_ms: l.expires_ms,
+            });
+            continue;
         }
+        match retrying(clock, || delete_snapshot_quietly(cloud, dst, &s.id)).await {
+            Ok(()) => out.snapshots.push(s.id.to_string()),
+            // Locked since it was read: kept, as a lock asks.
+            Err(e) if locked && e.kind == ErrorKind::InvalidState => {
+                tracing::warn!(snapshot = %s.id, error = %e, "retention: copy is locked; kept");
+                out.locked.push(KeptLocked { snapshot: s.id.to_string(), until: None, until_ms: None });
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if !out.locked.is_empty() {
+        tracing::info!(copies = out.locked.len(), "retention kept locked copies past keep until their locks expire");
     }
 
     let volume_tags = tags("volume");

@@ -195,6 +195,7 @@ impl Runner {
                     copy: plan.options.timeouts.copy.as_millis() as i64,
                     volume: plan.options.timeouts.volume.as_millis() as i64,
                 },
+                locks: plan.targets.iter().map(|t| t.lock).collect(),
             },
             actx,
             sched: vec![VolumeSched::default(); n],
@@ -223,6 +224,10 @@ impl Runner {
             journal,
         };
         for i in 0..n {
+            // A copy waiting unlocked on a locked target is locked first.
+            if let Some(relocked) = engine::relock(&r.record.volumes[i], &r.ctx) {
+                r.record.volumes[i] = relocked;
+            }
             let v = r.record.volumes[i].clone();
             r.count(i, &v, true);
         }
@@ -267,7 +272,7 @@ impl Runner {
         match v.step {
             Step::Done => bump(&mut t.done),
             Step::Failed => bump(&mut t.failed),
-            Step::Copy | Step::WaitCopy => bump(&mut t.copying),
+            Step::Copy | Step::Lock | Step::WaitCopy => bump(&mut t.copying),
             _ => {}
         }
     }
@@ -310,7 +315,7 @@ impl Runner {
             Step::Reencrypt | Step::WaitReencrypt => {
                 Some((self.source_account.clone(), self.actx.source_region.to_string()))
             }
-            Step::Copy | Step::WaitCopy => {
+            Step::Copy | Step::Lock | Step::WaitCopy => {
                 let t = self.actx.target(v.target);
                 Some((t.account.to_string(), t.region.to_string()))
             }
@@ -320,7 +325,7 @@ impl Runner {
 
     /// The slot `v` holds: a copy issued or under way.
     fn occupied_slot(&self, v: &VolumeRun) -> Option<Slot> {
-        let holds = matches!(v.step, Step::WaitReencrypt | Step::WaitCopy)
+        let holds = matches!(v.step, Step::WaitReencrypt | Step::Lock | Step::WaitCopy)
             || (matches!(v.step, Step::Reencrypt | Step::Copy) && v.in_flight);
         if holds { self.copy_slot(v) } else { None }
     }
@@ -829,6 +834,11 @@ fn explain(v: &VolumeRun, action: &Action, e: &CloudError, actx: &ActCtx) -> (St
             format!("CreateVolume from {snapshot} in {}", actx.target(v.target).availability_zone)
         }
         Action::Cleanup { delete, .. } => format!("deleting intermediate snapshots {delete:?}"),
+        Action::Lock { snapshot } | Action::LookUpLock { snapshot } => {
+            let t = actx.target(v.target);
+            let how = t.lock.map(|l| format!(" ({}, {} days)", l.mode, l.duration_days)).unwrap_or_default();
+            format!("LockSnapshot of copy {snapshot}{how} in account {} in {}", t.account, t.region)
+        }
         other => format!("{other:?}"),
     };
     let hint = match e.kind {

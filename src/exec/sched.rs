@@ -87,8 +87,9 @@ impl VolumeSched {
         }
         // A snapshot just shared can be invisible to the target account for a few
         // seconds (the share propagates).
-        let share_lag =
-            matches!(action, Action::Copy { .. }) && e.kind == ErrorKind::NotFound && self.retries < SHARE_LAG_RETRIES;
+        let share_lag = matches!(action, Action::Copy { .. } | Action::Lock { .. } | Action::LookUpLock { .. })
+            && e.kind == ErrorKind::NotFound
+            && self.retries < SHARE_LAG_RETRIES;
         if (e.is_retryable() || share_lag) && self.retries < MAX_RETRIES {
             self.retries += 1;
             let delay_ms = volume_backoff_ms(self.retries, jitter);
@@ -150,6 +151,7 @@ mod tests {
             cleanup: true,
             keep_source: false,
             timeouts_ms: TimeoutsMs { snapshot: 1_000, copy: 100_000, volume: 500 },
+            locks: vec![],
         }
     }
 

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::ids::{AccountId, AvailabilityZone, KeyRef, PlanName, Region, RoleArn, VolumeId};
+use crate::lock::LockSpec;
 
 /// A checked plan.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,6 +43,9 @@ pub struct Target {
     pub kms_key: KeyRef,
     /// Always inside `region`.
     pub availability_zone: AvailabilityZone,
+    /// The lock of this target's copies: its own `lock`, else `options.lock`; `None`
+    /// for `lock: none` or no lock anywhere.
+    pub lock: Option<LockSpec>,
 }
 
 /// One entry of `volumes:`: which source volumes it picks, and how their target
@@ -92,6 +96,8 @@ pub struct Options {
     pub copy_within: Option<CopyWithin>,
     /// Source-side snapshots kept per volume even with `cleanup: true`.
     pub keep_source: u32,
+    /// `options.lock`: the lock of every target that does not name its own.
+    pub lock: Option<LockSpec>,
 }
 
 /// A time-based copy's completion duration, in minutes: 15 to 2,880 in steps of 15
@@ -158,11 +164,17 @@ impl Default for Options {
             every: None,
             copy_within: None,
             keep_source: 0,
+            lock: None,
         }
     }
 }
 
 impl Plan {
+    /// True when any target's copies are locked.
+    pub fn locks(&self) -> bool {
+        self.targets.iter().any(|t| t.lock.is_some())
+    }
+
     /// True when any copy crosses accounts, given the source account the caller
     /// identity resolved: the snapshot is shared, the key policy gets a grant and the
     /// target side works through the role.

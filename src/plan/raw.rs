@@ -96,6 +96,10 @@ pub struct RawTarget {
     /// Availability zone in target.region for the new volumes, like eu-west-1a.
     #[schemars(with = "String")]
     pub availability_zone: Option<Spanned<String>>,
+    /// The lock of this target's copies, instead of options.lock: a mapping like
+    /// options.lock, or `none` for no lock at all.
+    #[schemars(with = "Option<RawLockSetting>")]
+    pub lock: Option<Spanned<RawLockSetting>>,
 }
 
 /// One entry of `volumes`: exactly one of `id` or `selector`, and optional overrides for
@@ -177,6 +181,74 @@ pub struct RawOptions {
     /// default 0.
     #[schemars(with = "Option<u32>", range(min = 0))]
     pub keep_source: Option<Spanned<i64>>,
+    /// Immutable copies: every target copy is locked (EBS snapshot lock) right after
+    /// CopySnapshot returns; a target's own `lock` replaces this.
+    #[schemars(with = "Option<RawLock>")]
+    pub lock: Option<Spanned<RawLock>>,
+}
+
+/// EBS snapshot lock of the target copies.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Lock")]
+pub struct RawLock {
+    /// `governance` (principals with ec2:UnlockSnapshot may unlock) or `compliance`
+    /// (after cool_off nobody, root included, can unlock or delete the copy before its
+    /// lock expires).
+    #[schemars(with = "String", extend("enum" = ["governance", "compliance"]))]
+    pub mode: Option<Spanned<String>>,
+    /// How long each copy is locked, from its completion, in days: 1d to 36500d.
+    #[schemars(with = "String", regex(pattern = r"^[0-9]+d$"))]
+    pub duration: Option<Spanned<String>>,
+    /// Compliance only, and required there: 1h to 72h during which the lock can still
+    /// be undone.
+    #[schemars(with = "Option<String>", regex(pattern = r"^[0-9]+h$"))]
+    pub cool_off: Option<Spanned<String>>,
+}
+
+/// A target's `lock`: a mapping like options.lock, or the string `none`.
+#[derive(Debug)]
+pub enum RawLockSetting {
+    Lock(Box<RawLock>),
+    /// A string: `none`, or anything else (refused by validation).
+    Word(String),
+}
+
+impl<'de> Deserialize<'de> for RawLockSetting {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct LockVisitor;
+
+        impl<'de> Visitor<'de> for LockVisitor {
+            type Value = RawLockSetting;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a mapping with mode and duration, or `none`")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<RawLockSetting, E> {
+                Ok(RawLockSetting::Word(v.to_owned()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawLockSetting, A::Error> {
+                RawLock::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(|l| RawLockSetting::Lock(Box::new(l)))
+            }
+        }
+
+        deserializer.deserialize_any(LockVisitor)
+    }
+}
+
+impl JsonSchema for RawLockSetting {
+    fn schema_name() -> Cow<'static, str> {
+        "TargetLock".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let lock = generator.subschema_for::<RawLock>();
+        json_schema!({
+            "description": "The lock of this target's copies, or `none` for no lock.",
+            "oneOf": [lock, {"const": "none"}],
+        })
+    }
 }
 
 /// Wait limits, each a duration like 6h, 30m, 90s, 1h30m or 2d.

@@ -25,9 +25,13 @@ use serde_saphyr::{Location, Spanned};
 use super::duration;
 use super::error::PlanIssue;
 use super::model::{CopyWithin, Options, Pick, Plan, Source, Target, TargetVolume, Timeouts, VolumeSpec};
-use super::raw::{AccountText, RawOptions, RawPlan, RawSelector, RawSource, RawTarget, RawTimeouts, RawVolume, TagMap};
+use super::raw::{
+    AccountText, RawLock, RawLockSetting, RawOptions, RawPlan, RawSelector, RawSource, RawTarget, RawTimeouts,
+    RawVolume, TagMap,
+};
 use super::yaml::SourceText;
 use crate::ids::{AccountId, AvailabilityZone, IdError, KeyRef, PlanName, Region, RoleArn, VolumeId};
+use crate::lock::{self, LockMode, LockSpec};
 
 /// The only plan format version this build reads.
 pub const PLAN_VERSION: i64 = 1;
@@ -169,11 +173,12 @@ impl Checker<'_> {
                 Some(s) => self.source(s),
                 None => (None, None),
             };
-        let targets = self.targets(p, top, source_account);
         let options = match &p.options {
             Some(o) => self.options(&o.value),
             None => Some(Options::default()),
         };
+        let default_lock = options.as_ref().and_then(|o| o.lock);
+        let targets = self.targets(p, top, source_account, default_lock);
         let volumes = self
             .required(&p.volumes, top, "", "volumes", "a list of at least one volume")
             .and_then(|v| self.volumes(v, options.as_ref()));
@@ -290,9 +295,10 @@ impl Checker<'_> {
         p: &RawPlan,
         top: &Location,
         source_account: Option<Option<AccountId>>,
+        default_lock: Option<LockSpec>,
     ) -> Option<Vec<Target>> {
         match (&p.target, &p.targets) {
-            (Some(t), None) => self.target(t, source_account, "target").map(|t| vec![t]),
+            (Some(t), None) => self.target(t, source_account, "target", default_lock).map(|t| vec![t]),
             (None, None) => {
                 self.report(
                     top,
@@ -320,7 +326,7 @@ impl Checker<'_> {
                 let mut seen: Vec<(Option<AccountId>, Region, usize)> = vec![];
                 for (i, raw) in list.value.iter().enumerate() {
                     let field = format!("targets[{i}]");
-                    let Some(t) = self.target(raw, source_account.clone(), &field) else {
+                    let Some(t) = self.target(raw, source_account.clone(), &field, default_lock) else {
                         out = None;
                         continue;
                     };
@@ -361,6 +367,7 @@ impl Checker<'_> {
         raw: &Spanned<RawTarget>,
         source_account: Option<Option<AccountId>>,
         pfx: &str,
+        default_lock: Option<LockSpec>,
     ) -> Option<Target> {
         let at = &raw.referenced;
         let t = &raw.value;
@@ -383,6 +390,18 @@ impl Checker<'_> {
                 "an availability zone in target.region, like eu-west-1a",
             )
             .and_then(|z| self.zone(z, region.as_ref(), pfx));
+        let lock = match &t.lock {
+            None => Some(default_lock),
+            Some(l) => match &l.value {
+                RawLockSetting::Word(w) if w == "none" => Some(None),
+                RawLockSetting::Word(w) => {
+                    let message = format!("expected a mapping with mode and duration, or `none`, found `{w}`");
+                    self.report(&l.referenced, &f("lock"), message);
+                    None
+                }
+                RawLockSetting::Lock(raw) => self.lock(raw, &l.referenced, &f("lock")).map(Some),
+            },
+        };
 
         if let (Some(role_arn), Some(region)) = (&t.role_arn, &region)
             && let Some(role) = role.valid()
@@ -443,7 +462,74 @@ impl Checker<'_> {
             external_id: external_id?,
             kms_key: kms_key?,
             availability_zone: zone?,
+            lock: lock?,
         })
+    }
+
+    /// A lock mapping: mode governance|compliance, duration in days, cool_off in hours
+    /// (compliance only, and required there).
+    fn lock(&mut self, raw: &RawLock, at: &Location, field: &str) -> Option<LockSpec> {
+        let f = |name: &str| format!("{field}.{name}");
+        let mode = self.required(&raw.mode, at, field, "mode", "governance or compliance").and_then(|m| {
+            match m.value.as_str() {
+                "governance" => Some(LockMode::Governance),
+                "compliance" => Some(LockMode::Compliance),
+                other => {
+                    let message = format!("expected governance or compliance, found `{other}`");
+                    self.report(&m.referenced, &f("mode"), message);
+                    None
+                }
+            }
+        });
+        let duration = self
+            .required(&raw.duration, at, field, "duration", "a number of days from 1d to 36500d, like 30d")
+            .and_then(|d| {
+                let days = d.value.strip_suffix('d').and_then(|n| n.parse::<u32>().ok());
+                match days.filter(|n| lock::DURATION_DAYS.contains(n)) {
+                    Some(n) => Some(n),
+                    None => {
+                        let message = format!(
+                            "expected a number of days from 1d to 36500d (LockSnapshot LockDuration), found `{}`",
+                            d.value
+                        );
+                        self.report(&d.referenced, &f("duration"), message);
+                        None
+                    }
+                }
+            });
+        let cool_off = match (&raw.cool_off, mode) {
+            (Some(c), Some(LockMode::Governance)) => {
+                let message = format!(
+                    "expected no cool_off with mode governance, found `{}`: a cool-off period is for \
+                     compliance mode only; remove it",
+                    c.value
+                );
+                self.report(&c.referenced, &f("cool_off"), message);
+                None
+            }
+            (None, Some(LockMode::Compliance)) => {
+                let message = "missing required key `cool_off`: compliance mode needs a cool-off period \
+                               from 1h to 72h, like 24h, during which a mistaken lock can still be undone";
+                self.report(at, &f("cool_off"), message);
+                None
+            }
+            (Some(c), _) => {
+                let hours = c.value.strip_suffix('h').and_then(|n| n.parse::<u32>().ok());
+                match hours.filter(|n| lock::COOL_OFF_HOURS.contains(n)) {
+                    Some(n) => Some(Some(n)),
+                    None => {
+                        let message = format!(
+                            "expected a number of hours from 1h to 72h (LockSnapshot CoolOffPeriod), found `{}`",
+                            c.value
+                        );
+                        self.report(&c.referenced, &f("cool_off"), message);
+                        None
+                    }
+                }
+            }
+            (None, _) => Some(None),
+        };
+        Some(LockSpec { mode: mode?, duration_days: duration?, cool_off_hours: cool_off? })
     }
 
     fn external_id(&mut self, t: &RawTarget, role: &Checked<RoleArn>, pfx: &str) -> Option<Option<String>> {
@@ -797,7 +883,12 @@ impl Checker<'_> {
             },
             None => Some(0),
         };
+        let lock = match &o.lock {
+            Some(l) => self.lock(&l.value, &l.referenced, "options.lock").map(Some),
+            None => Some(None),
+        };
         Some(Options {
+            lock: lock?,
             tags: tags?,
             max_concurrent_copies: max_concurrent_copies?,
             cleanup: o.cleanup.as_ref().map_or(defaults.cleanup, |v| v.value),

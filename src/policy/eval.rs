@@ -288,6 +288,18 @@ fn identity_condition(cond: Option<&Value>, context: &std::collections::BTreeMap
                     Tri::from_bool(expected.iter().any(|e| glob_match(e.as_bytes(), a.as_bytes())))
                 }
                 ("Bool", Some(a)) => Tri::from_bool(expected.iter().any(|e| e.eq_ignore_ascii_case(a))),
+                ("NumericLessThanEquals" | "NumericEquals", None) => Tri::No,
+                ("NumericLessThanEquals", Some(a)) => {
+                    match (a.parse::<f64>(), expected.first().map(|e| e.parse::<f64>())) {
+                        (Ok(a), Some(Ok(e))) => Tri::from_bool(a <= e),
+                        _ => Tri::No,
+                    }
+                }
+                ("NumericEquals", Some(a)) => Tri::from_bool(
+                    expected
+                        .iter()
+                        .any(|e| e.parse::<f64>().ok().zip(a.parse::<f64>().ok()).is_some_and(|(e, a)| e == a)),
+                ),
                 _ => Tri::Unknown,
             };
             result = result.and(holds);

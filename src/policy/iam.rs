@@ -60,6 +60,8 @@ pub struct IamContext {
     /// Deletes are allowed either way (failed and duplicate copies are deleted), so the
     /// documents do not depend on it; it stays for what the dry-run says about a plan.
     pub keep: bool,
+    /// The lock of the target's copies, if any.
+    pub lock: Option<crate::lock::LockSpec>,
 }
 
 /// The three documents the dry-run prints.
@@ -189,11 +191,15 @@ pub fn target_role_policy(ctx: &IamContext) -> Value {
         vec![ctx.source_key.clone(), ctx.target_key.clone()]
     };
 
+    let mut describe = vec!["ec2:DescribeSnapshots", "ec2:DescribeVolumes"];
+    if ctx.lock.is_some() {
+        describe.push("ec2:DescribeLockedSnapshots");
+    }
     let mut stmts = vec![
         json!({
             "Sid": "SnapferryDescribe",
             "Effect": "Allow",
-            "Action": ["ec2:DescribeSnapshots", "ec2:DescribeVolumes"],
+            "Action": describe,
             "Resource": "*",
         }),
         json!({
@@ -217,6 +223,25 @@ pub fn target_role_policy(ctx: &IamContext) -> Value {
         }));
         tagged.push(&volumes);
         create_actions.push("CreateVolume");
+    }
+    if let Some(lock) = &ctx.lock {
+        stmts.push(json!({
+            "Sid": "SnapferryLockCopies",
+            "Effect": "Allow",
+            // Bounded to the plan's duration: these credentials cannot lock copies
+            // (or anything else) for longer, which in compliance mode would be storage
+            // nobody could ever delete.
+            "Action": "ec2:LockSnapshot",
+            "Resource": target_snapshots,
+            "Condition": {"NumericLessThanEquals": {"ec2:SnapshotLockDuration": lock.duration_days.to_string()}},
+        }));
+        // Preflight reads the target key's policy to check it protects the key.
+        stmts.push(json!({
+            "Sid": "SnapferryReadTargetKeyPolicy",
+            "Effect": "Allow",
+            "Action": "kms:GetKeyPolicy",
+            "Resource": ctx.target_key,
+        }));
     }
     stmts.push(tag_on_create("SnapferryTagOnCreate", &tagged, &create_actions));
     // Deletes happen on every run, not only with retention: a copy or volume that ended

@@ -12,11 +12,13 @@
 //! - `eval`: wildcard action matching, principal and condition checks, `allows`
 //! - `diff`: a line diff of two pretty-printed documents
 //! - `iam`: the caller policy, the target role policy and its trust policy
+//! - `lock`: the key statement and SCP that keep a locked copy's key, and the check
 
 mod diff;
 mod eval;
 mod iam;
 mod key_policy;
+mod lock;
 
 pub use diff::diff;
 pub use eval::{IamRequest, action_matches, allows, identity_allows};
@@ -27,6 +29,7 @@ pub use iam::{
 pub use key_policy::{
     GRANT_ACTIONS, Grant, GrantChange, MAX_KEY_POLICY_BYTES, ensure_grant, grant_statement, revoke_grant,
 };
+pub use lock::{KEY_REMOVAL_ACTIONS, break_glass_placeholder, denies_key_removal, dr_account_scp, key_deny_statement};
 
 /// Why a key policy could not be read or edited.
 #[derive(Debug, thiserror::Error)]

@@ -156,13 +156,14 @@ struct Fixture {
 type Section = fn(Arc<Fixture>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Every section, by name. Each makes its own resources, tagged with its name.
-const SECTIONS: [(&str, Section); 9] = [
+const SECTIONS: [(&str, Section); 10] = [
     ("identities", |f| Box::pin(identities(f))),
     ("keys", |f| Box::pin(keys(f))),
     ("key_policy", |f| Box::pin(key_policy(f))),
     ("volumes", |f| Box::pin(volumes(f))),
     ("snapshots_and_sharing", |f| Box::pin(snapshots_and_sharing(f))),
     ("copy_then_volume", |f| Box::pin(copy_then_volume(f))),
+    ("snapshot_lock", |f| Box::pin(snapshot_lock(f))),
     ("envelope_calls", |f| Box::pin(envelope_calls(f))),
     ("configuration", |f| Box::pin(configuration(f))),
     ("unreachable_endpoint", |f| Box::pin(unreachable_endpoint(f))),
@@ -338,6 +339,30 @@ async fn copy_then_volume(f: Arc<Fixture>) {
     assert!(f.cloud.describe_volumes(&f.src_dr, std::slice::from_ref(&new_vol)).await.unwrap().is_empty());
     f.cloud.delete_snapshot(&f.src_dr, &copy).await.unwrap();
     f.cloud.delete_snapshot(&f.src, &snap.id).await.unwrap();
+}
+
+/// LockSnapshot in both modes, DescribeLockedSnapshots of a locked and a missing id,
+/// and DeleteSnapshot of a locked snapshot refused as InvalidState.
+async fn snapshot_lock(f: Arc<Fixture>) {
+    use snapferry::lock::{LockMode, LockSpec, LockState};
+    let (snap, _) = snapshot(&f, "lock").await;
+    let spec = LockSpec { mode: LockMode::Governance, duration_days: 1, cool_off_hours: None };
+    let l = f.cloud.lock_snapshot(&f.src, &snap.id, &spec).await.unwrap();
+    assert_eq!((l.id.clone(), l.state), (snap.id.clone(), LockState::Governance));
+    let completed_ms = l.expires_ms.expect("a completed snapshot's lock has an expiry") - 86_400_000;
+    assert!(completed_ms > 1_600_000_000_000, "{l:?}");
+    let absent = SnapshotId::parse("snap-0123456789abcdef0").unwrap();
+    let found = f.cloud.describe_locked_snapshots(&f.src, &[snap.id.clone(), absent]).await.unwrap();
+    assert_eq!(found, vec![l.clone()]);
+    let refused = f.cloud.delete_snapshot(&f.src, &snap.id).await.unwrap_err();
+    assert_eq!((refused.kind, refused.code.as_deref()), (ErrorKind::InvalidState, Some("SnapshotLocked")), "{refused}");
+
+    let (other, _) = snapshot(&f, "lock-compliance").await;
+    let spec = LockSpec { mode: LockMode::Compliance, duration_days: 2, cool_off_hours: Some(24) };
+    let c = f.cloud.lock_snapshot(&f.src, &other.id, &spec).await.unwrap();
+    assert_eq!(c.state, LockState::ComplianceCooloff);
+    // Another account, in another region, sees no lock of it.
+    assert!(f.cloud.describe_locked_snapshots(&f.dst, std::slice::from_ref(&other.id)).await.unwrap().is_empty());
 }
 
 /// The KMS calls of envelope encryption.

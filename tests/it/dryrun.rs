@@ -13,11 +13,12 @@ use snapferry::cli::DryRun;
 use snapferry::cloud::sim::{SimCloud, seed_from_plan};
 use snapferry::cloud::{
     Cloud, CloudResult, CopySnapshotReq, CreateSnapshotReq, CreateVolumeReq, DataKey, DecryptReq, EncryptionContext,
-    Identity, KeyInfo, Loc, Probe, Side, Snapshot, Tags, Volume, WrappedKey,
+    Identity, KeyInfo, Loc, LockedSnapshot, Probe, Side, Snapshot, Tags, Volume, WrappedKey,
 };
 use snapferry::engine::{self, Action, Ctx, Outcome, Route, Step, TimeoutsMs, VolumeRun, Which};
 use snapferry::exec::{Env, RunConfig, preflight, run};
 use snapferry::ids::{AccountId, KeyArn, KeyRef, RoleArn, SnapshotId, VolumeId};
+use snapferry::lock::{CopyLock, LockMode, LockSpec, LockState};
 use snapferry::plan::{Plan, parse};
 use snapferry::policy::{IamRequest, identity_allows};
 use tokio::sync::watch;
@@ -34,6 +35,11 @@ fn walk(route: Route) -> Vec<Step> {
         cleanup: route.cleanup,
         keep_source: false,
         timeouts_ms: TimeoutsMs { snapshot: 1, copy: 1, volume: 1 },
+        locks: vec![route.lock.then_some(LockSpec {
+            mode: LockMode::Governance,
+            duration_days: 2,
+            cool_off_hours: None,
+        })],
     };
     let first_key = if route.reencrypt { None } else { Some(source_key.to_string()) };
     let mut v = VolumeRun::new(VolumeId::parse("vol-00000000000000001").unwrap());
@@ -47,6 +53,9 @@ fn walk(route: Route) -> Vec<Step> {
         let outcome = match &action {
             Action::CreateSnapshot | Action::Reencrypt { .. } | Action::Copy { .. } => Outcome::SnapshotCreated(snap),
             Action::Share { .. } => Outcome::Shared,
+            Action::Lock { .. } => {
+                Outcome::Locked(CopyLock { mode: LockMode::Governance, state: LockState::Governance, expires_ms: None })
+            }
             Action::CreateVolume { .. } => Outcome::VolumeCreated(VolumeId::parse(&format!("vol-{n:017x}")).unwrap()),
             Action::Cleanup { .. } => Outcome::CleanedUp,
             Action::PollSnapshot { which: Which::Source, .. } => {
@@ -67,12 +76,13 @@ fn walk(route: Route) -> Vec<Step> {
 
 #[test]
 fn planned_steps_are_the_steps_the_engine_takes() {
-    for bits in 0..16u8 {
+    for bits in 0..32u8 {
         let route = Route {
             reencrypt: bits & 1 != 0,
             cross_account: bits & 2 != 0,
             create_volume: bits & 4 != 0,
             cleanup: bits & 8 != 0,
+            lock: bits & 16 != 0,
         };
         assert_eq!(engine::planned_steps(route), walk(route), "{route:?}");
     }
@@ -225,6 +235,20 @@ impl Cloud for Recorder {
         }
         self.inner.delete_snapshot(loc, id).await
     }
+    async fn lock_snapshot(&self, loc: &Loc, id: &SnapshotId, spec: &LockSpec) -> CloudResult<LockedSnapshot> {
+        let days = spec.duration_days.to_string();
+        self.note(
+            loc.side,
+            "ec2:LockSnapshot",
+            &Self::snapshot_arn(loc, id.as_str()),
+            &[("ec2:SnapshotLockDuration", days.as_str())],
+        );
+        self.inner.lock_snapshot(loc, id, spec).await
+    }
+    async fn describe_locked_snapshots(&self, loc: &Loc, ids: &[SnapshotId]) -> CloudResult<Vec<LockedSnapshot>> {
+        self.note(loc.side, "ec2:DescribeLockedSnapshots", "*", &[]);
+        self.inner.describe_locked_snapshots(loc, ids).await
+    }
     async fn share_snapshot(&self, loc: &Loc, id: &SnapshotId, with: &[AccountId]) -> CloudResult<()> {
         let tags = self.snapshot(loc, id).await.map(|s| s.tags).unwrap_or_default();
         self.note(
@@ -341,12 +365,20 @@ async fn replay(plan: &Plan, key_failure: bool) -> (DryRun, Vec<Call>) {
     let (_tx, rx) = watch::channel(false);
     let first = run(cfg.clone(), env.clone(), rx.clone()).await.unwrap();
     assert_eq!(first.status, RunStatus::Succeeded, "{first:#?}");
+    // Locked copies outlive retention until their locks expire: let them.
+    let wait_out_locks = || {
+        if plan.locks() {
+            sim.with_world(|w| w.now_ms += 2 * 86_400_000);
+        }
+    };
+    wait_out_locks();
     if key_failure {
         let snapferry::plan::Pick::Id(failing) = plan.volumes[1].pick.clone() else { unreachable!() };
         sim.with_world(|w| w.faults.key_inaccessible_for = Some(failing));
         let second = run(cfg.clone(), env.clone(), rx.clone()).await.unwrap();
         assert_eq!(second.status, RunStatus::Failed, "{second:#?}");
         sim.with_world(|w| w.faults.key_inaccessible_for = None);
+        wait_out_locks();
     }
     let third = run(cfg, env, rx).await.unwrap();
     assert_eq!(third.status, RunStatus::Succeeded, "{third:#?}");
@@ -419,6 +451,58 @@ async fn printed_policies_allow_every_call_of_a_cross_account_run() {
         context: [("aws:ResourceTag/snapferry:plan".to_owned(), "another-plan".to_owned())].into(),
     };
     assert!(!identity_allows(&printed.iam.target_role, &foreign));
+}
+
+/// A locked plan: the lock calls (LockSnapshot under the target role, bounded by the
+/// plan's duration; DescribeLockedSnapshots; the target key's policy read in
+/// preflight) are all allowed by what the dry-run prints, a copy in error (whose lock
+/// AWS cancelled) is deleted, and a longer lock than the plan's is refused. The dry-run
+/// also prints the key statement, the DR account's SCP and, for compliance, in words
+/// that nobody can delete the copies before they expire.
+#[tokio::test]
+async fn printed_policies_allow_every_lock_call_of_a_locked_run() {
+    let text = CROSS
+        .replace("  keep: 1\n", "  keep: 1\n  every: 24h\n  lock: {mode: compliance, duration: 1d, cool_off: 1h}\n");
+    let plan = parse("plan.yaml", &text).unwrap();
+    let (printed, calls) = replay(&plan, true).await;
+    let target = actions_on(&calls, Side::TARGET);
+    for action in ["ec2:LockSnapshot", "ec2:DescribeLockedSnapshots", "kms:GetKeyPolicy", "ec2:DeleteSnapshot"] {
+        assert!(target.contains_key(action), "{action} on the target side: {target:?}");
+    }
+    assert!(!actions_on(&calls, Side::Source).contains_key("ec2:LockSnapshot"), "locks are made with the target role");
+    let refused = refused(&printed, &calls, true);
+    assert!(refused.is_empty(), "calls the printed policies do not allow:\n{}", refused.join("\n"));
+    let longer = IamRequest {
+        action: "ec2:LockSnapshot".into(),
+        resource: "arn:aws:ec2:eu-west-1::snapshot/snap-0123456789abcdef0".into(),
+        context: [("ec2:SnapshotLockDuration".to_owned(), "36500".to_owned())].into(),
+    };
+    assert!(!identity_allows(&printed.iam.target_role, &longer), "a lock longer than the plan's is refused");
+
+    let json = serde_json::to_value(&printed).unwrap();
+    let lock = &json["locks"][0];
+    assert_eq!((lock["mode"].as_str(), lock["duration_days"].as_u64()), (Some("compliance"), Some(1)));
+    let deny = &lock["key_policy_statement"];
+    assert_eq!(deny["Effect"], "Deny");
+    assert!(snapferry::policy::denies_key_removal(&serde_json::json!({"Statement": [deny]}).to_string()));
+    let scp = json["dr_account_scp"]["Statement"][0]["Action"].to_string();
+    assert!(scp.contains("ec2:UnlockSnapshot") && scp.contains("kms:ScheduleKeyDeletion"), "{scp}");
+    let text = printed.text();
+    assert!(
+        text.contains("copies are protected for 1d of the 1d they are kept") || text.contains("all of the 1d"),
+        "{text}"
+    );
+    assert!(text.contains("nobody can delete these copies before their locks expire"), "{text}");
+    let week = CROSS.replace("  keep: 1\n", "  keep: 7\n  every: 24h\n  lock: {mode: governance, duration: 2d}\n");
+    let offline = DryRun::new(&parse("plan.yaml", &week).unwrap(), None, &[], None, true).text();
+    assert!(offline.contains("copies are protected for 2d of the 7d they are kept"), "{offline}");
+    assert!(!offline.contains("nobody can delete"), "governance is not compliance: {offline}");
+    // The seeded target key has only the default policy: preflight warns, naming it.
+    assert!(
+        printed.warnings.iter().any(|w| w.contains("target key arn:aws:kms:eu-west-1:222222222222")),
+        "{:?}",
+        printed.warnings
+    );
 }
 
 #[tokio::test]

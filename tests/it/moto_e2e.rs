@@ -1126,3 +1126,91 @@ fn fan_out_to_two_accounts_in_two_regions_copies_each_volume_to_both_under_each_
         .collect();
     assert!(left.is_empty(), "intermediates left: {left:#?}");
 }
+
+/// The locks of the target copies as the target account sees them, and what
+/// DeleteSnapshot of the first answers.
+const LOCKS: &str = r#"
+from botocore.exceptions import ClientError
+ec2 = target("ec2")
+locks = ec2.describe_locked_snapshots(SnapshotIds=ARGS["copies"])["Snapshots"]
+try:
+    ec2.delete_snapshot(SnapshotId=ARGS["copies"][0])
+    refused = None
+except ClientError as e:
+    refused = e.response["Error"]["Code"]
+mine = client("ec2", "eu-west-1").describe_locked_snapshots(SnapshotIds=ARGS["copies"])["Snapshots"]
+out({"locks": {l["SnapshotId"]: l["LockState"] for l in locks}, "refused": refused, "seen_by_source": len(mine)})
+"#;
+
+/// `lock` across accounts: every copy is locked (while pending) with the target role,
+/// never the source credentials; the report gives each copy's lock; a governance
+/// lock refuses DeleteSnapshot; and the IAM policy the dry-run prints for the target
+/// role allows every lock call the run made, bounded to the plan's duration.
+#[test]
+fn cross_account_copies_are_locked_under_the_target_role() {
+    let rig = Rig::start(&["--copy-pending-seconds", "1.5"]);
+    let seed = rig.seed(&THREE, Some(Target::Cross));
+    let plan = rig.plan("e2e-lock", &seed.volumes, Target::Cross, None);
+    with_options(&plan, "  lock: {mode: governance, duration: 2d}\n");
+
+    let dry = rig.snapferry(&["run", arg(&plan), "--dry-run"]);
+    dry.expect(0);
+    let d = dry.json();
+    let role_policy = d["iam"]["target_role"].clone();
+    assert_eq!(d["locks"][0]["mode"], "governance", "{d:#}");
+    assert!(d["dr_account_scp"]["Statement"][0]["Action"].to_string().contains("ec2:UnlockSnapshot"), "{d:#}");
+    let warned = d["warnings"].to_string();
+    assert!(warned.contains("does not deny kms:ScheduleKeyDeletion"), "the target key has the default policy: {d:#}");
+
+    rig.moto.reset_calls();
+    let run = rig.snapferry(&["run", arg(&plan)]);
+    run.expect(0);
+    let report = run.json();
+    let inv = rig.inventory(&seed);
+    assert_copied(&inv, &report, &seed, "e2e-lock", Target::Cross);
+    for v in report["volumes"].as_array().unwrap() {
+        assert_eq!(v["lock"]["mode"], "governance", "{v:#}");
+        assert_eq!(v["lock"]["state"], "governance", "{v:#}");
+        assert!(v["lock"]["expires"].as_str().is_some_and(|e| e.ends_with('Z')), "{v:#}");
+    }
+    let by_account = rig.moto.calls_view("by-account");
+    assert_eq!(count(&by_account[TARGET_ACCOUNT], "ec2:LockSnapshot"), 3, "{by_account:#}");
+    assert_eq!(count(&by_account[SOURCE_ACCOUNT], "ec2:LockSnapshot"), 0, "{by_account:#}");
+    let describes = count(&by_account[TARGET_ACCOUNT], "ec2:DescribeLockedSnapshots");
+    assert!(describes >= 1, "{by_account:#}");
+
+    let copies: Vec<String> = report["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["target_snapshot"].as_str().unwrap().to_owned())
+        .collect();
+    let seen = rig.py(LOCKS, json!({"copies": copies}));
+    for c in &copies {
+        assert_eq!(seen["locks"][c], "governance", "{seen:#}");
+    }
+    assert_eq!(seen["refused"], "SnapshotLocked", "{seen:#}");
+    assert_eq!(seen["seen_by_source"], 0, "the locks are the target account's");
+
+    // Every lock call the run made is allowed by the printed policy; a longer one is not.
+    let allows = |action: &str, resource: &str, days: Option<&str>| {
+        let context = days.map(|d| [("ec2:SnapshotLockDuration".to_owned(), d.to_owned())].into()).unwrap_or_default();
+        snapferry::policy::identity_allows(
+            &role_policy,
+            &snapferry::policy::IamRequest { action: action.into(), resource: resource.into(), context },
+        )
+    };
+    for c in &copies {
+        assert!(
+            allows("ec2:LockSnapshot", &format!("arn:aws:ec2:eu-west-1::snapshot/{c}"), Some("2")),
+            "{role_policy:#}"
+        );
+    }
+    assert!(allows("ec2:DescribeLockedSnapshots", "*", None), "{role_policy:#}");
+    assert!(!allows("ec2:LockSnapshot", &format!("arn:aws:ec2:eu-west-1::snapshot/{}", copies[0]), Some("30")));
+
+    // `status` finds no copy that should be locked and is not.
+    let status = rig.snapferry(&["status"]);
+    status.expect(0);
+    assert_eq!(status.json()["unlocked_copies"], json!([]), "{}", status.show());
+}

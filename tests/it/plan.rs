@@ -418,3 +418,34 @@ fn tag_values_may_be_numbers_or_booleans() {
     assert_eq!(tags.get("CostCenter").map(String::as_str), Some("1234"));
     assert_eq!(tags.get("Backup").map(String::as_str), Some("true"));
 }
+
+/// `options.lock` applies to every target that does not name its own; a target's
+/// `lock:` replaces it, and `lock: none` leaves that target unlocked.
+#[test]
+fn lock_comes_from_options_unless_a_target_names_its_own() {
+    use snapferry::lock::{LockMode, LockSpec};
+    let text = r#"version: 1
+name: fixture
+source: {region: us-east-1, account: "111111111111", kms_key: alias/src-share}
+targets:
+  - {region: eu-west-1, account: "222222222222", role_arn: "arn:aws:iam::222222222222:role/dr", kms_key: alias/dst, availability_zone: eu-west-1a}
+  - {region: us-west-2, account: "333333333333", role_arn: "arn:aws:iam::333333333333:role/vault", kms_key: alias/dst, availability_zone: us-west-2a, lock: {mode: compliance, duration: 36500d, cool_off: 72h}}
+  - {region: us-east-2, account: "444444444444", role_arn: "arn:aws:iam::444444444444:role/warm", kms_key: alias/dst, availability_zone: us-east-2a, lock: none}
+volumes:
+  - id: vol-0123456789abcdef0
+options:
+  lock: {mode: governance, duration: 1d}
+"#;
+    let plan = plan::parse("plan.yaml", text).unwrap_or_else(|e| panic!("{e}"));
+    let locks: Vec<Option<LockSpec>> = plan.targets.iter().map(|t| t.lock).collect();
+    assert_eq!(
+        locks,
+        vec![
+            Some(LockSpec { mode: LockMode::Governance, duration_days: 1, cool_off_hours: None }),
+            Some(LockSpec { mode: LockMode::Compliance, duration_days: 36_500, cool_off_hours: Some(72) }),
+            None,
+        ]
+    );
+    assert!(plan.locks());
+    assert!(!plan::parse("plan.yaml", BASE).unwrap().locks(), "no lock unless asked for");
+}

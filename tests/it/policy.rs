@@ -379,6 +379,7 @@ fn context(cross_account: bool) -> IamContext {
         cross_account,
         create_volume: true,
         keep: true,
+        lock: None,
     }
 }
 

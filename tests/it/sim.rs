@@ -11,7 +11,7 @@ use snapferry::exec::{Env, RunConfig, RunError, RunReport, run};
 use snapferry::plan::{Plan, parse};
 use tokio::sync::watch;
 
-const CROSS: &str = r#"
+pub(super) const CROSS: &str = r#"
 version: 1
 name: crash-test
 source:
@@ -32,7 +32,7 @@ options:
   tags: {Owner: sre}
 "#;
 
-fn plan(text: &str) -> Plan {
+pub(super) fn plan(text: &str) -> Plan {
     parse("test.yaml", text).unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -44,27 +44,27 @@ fn plan_file(path: &str) -> Plan {
 /// Where a rig keeps its state: a local dir, or the S3 layout (lease, conditional
 /// writes) over objects in memory with S3's conditional semantics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
+pub(super) enum Backend {
     Local,
     Remote,
 }
 
-struct Rig {
-    plan: Plan,
-    sim: SimCloud,
+pub(super) struct Rig {
+    pub(super) plan: Plan,
+    pub(super) sim: SimCloud,
     dir: tempfile::TempDir,
-    store: Store,
+    pub(super) store: Store,
     objects: Arc<MemoryObjects>,
 }
 
 impl Rig {
-    fn new(plan: Plan) -> Self {
+    pub(super) fn new(plan: Plan) -> Self {
         Self::with(plan, |_| {})
     }
 
     /// On the local state dir, or with `SNAPFERRY_TEST_STATE=s3` on the S3 layout
     /// (scripts/test runs this module both ways).
-    fn with(plan: Plan, tweak: impl FnOnce(&mut World)) -> Self {
+    pub(super) fn with(plan: Plan, tweak: impl FnOnce(&mut World)) -> Self {
         let backend = match std::env::var("SNAPFERRY_TEST_STATE").as_deref() {
             Ok("s3") => Backend::Remote,
             _ => Backend::Local,
@@ -72,7 +72,7 @@ impl Rig {
         Self::on(backend, plan, tweak)
     }
 
-    fn on(backend: Backend, plan: Plan, tweak: impl FnOnce(&mut World)) -> Self {
+    pub(super) fn on(backend: Backend, plan: Plan, tweak: impl FnOnce(&mut World)) -> Self {
         let (mut world, sides) = seed_from_plan(&plan, 1_800_000_000_000);
         tweak(&mut world);
         let dir = tempfile::tempdir().unwrap();
@@ -84,11 +84,11 @@ impl Rig {
         Rig { plan, sim: SimCloud::new(world, sides), dir, store, objects }
     }
 
-    fn env(&self, sim: &SimCloud) -> Env {
+    pub(super) fn env(&self, sim: &SimCloud) -> Env {
         Env { cloud: Arc::new(sim.clone()), clock: Arc::new(sim.clone()), store: self.store.clone() }
     }
 
-    fn cfg(&self) -> RunConfig {
+    pub(super) fn cfg(&self) -> RunConfig {
         RunConfig {
             plan: self.plan.clone(),
             plan_file: "test.yaml".into(),
@@ -99,21 +99,21 @@ impl Rig {
         }
     }
 
-    async fn run(&self) -> Result<RunReport, RunError> {
+    pub(super) async fn run(&self) -> Result<RunReport, RunError> {
         let (_tx, rx) = watch::channel(false);
         run(self.cfg(), self.env(&self.sim), rx).await
     }
 
     /// Loses the whole state, as a fresh CI runner or a deleted state dir (or bucket
     /// prefix) would.
-    fn lose_state(&self) {
+    pub(super) fn lose_state(&self) {
         std::fs::remove_dir_all(self.dir.path()).unwrap();
         std::fs::create_dir_all(self.dir.path()).unwrap();
         self.objects.clear();
     }
 
     /// Snapshots and volumes in the world that this plan's runs made, by step tag.
-    fn made(&self, step: &str) -> usize {
+    pub(super) fn made(&self, step: &str) -> usize {
         self.sim.with_world(|w| {
             let snaps =
                 w.snapshots.values().filter(|s| s.tags.get("snapferry:step").map(String::as_str) == Some(step)).count();
@@ -124,7 +124,7 @@ impl Rig {
     }
 }
 
-fn assert_all_succeeded(r: &RunReport) {
+pub(super) fn assert_all_succeeded(r: &RunReport) {
     assert_eq!(r.status, RunStatus::Succeeded, "{r:#?}");
     for v in &r.volumes {
         // A recurring plan resumed after a crash reports what the crashed invocation
@@ -295,7 +295,7 @@ async fn copies_stay_under_the_per_region_limit() {
 }
 
 /// Mutating calls the world has seen, by action.
-fn mutating(rig: &Rig) -> Vec<(String, u64)> {
+pub(super) fn mutating(rig: &Rig) -> Vec<(String, u64)> {
     rig.sim.with_world(|w| {
         w.calls
             .iter()
@@ -308,7 +308,7 @@ fn mutating(rig: &Rig) -> Vec<(String, u64)> {
     })
 }
 
-fn calls(rig: &Rig, action: &str) -> u64 {
+pub(super) fn calls(rig: &Rig, action: &str) -> u64 {
     rig.sim.with_world(|w| w.calls.get(action).copied().unwrap_or(0))
 }
 
@@ -530,7 +530,7 @@ async fn cleanup_from_tags_when_the_state_is_gone() {
 
 /// Runs the plan, halting (as a crash would) right after the k-th call took effect
 /// and before its outcome was recorded; then resumes to the end.
-async fn crash_after(backend: Backend, text: &str, k: u64) -> (Rig, RunReport) {
+pub(super) async fn crash_after(backend: Backend, text: &str, k: u64) -> (Rig, RunReport) {
     let rig = Rig::on(backend, plan(text), |w| w.faults.halt_after_calls = Some(k));
     let (_tx, rx) = watch::channel(false);
     let first = run(rig.cfg(), rig.env(&rig.sim), rx);
@@ -548,7 +548,7 @@ async fn crash_after(backend: Backend, text: &str, k: u64) -> (Rig, RunReport) {
     (rig, r)
 }
 
-async fn calls_of_a_clean_run(text: &str) -> u64 {
+pub(super) async fn calls_of_a_clean_run(text: &str) -> u64 {
     let rig = Rig::new(plan(text));
     assert_all_succeeded(&rig.run().await.unwrap());
     rig.sim.with_world(|w| w.total_calls)
@@ -580,7 +580,7 @@ async fn crash_at_every_call_on(backend: Backend, text: &str, volumes: usize, cr
 
 /// As `crash_after`, but the state dir is lost with the crash (an ephemeral CI
 /// runner): the rerun adopts the run from its tags.
-async fn crash_and_lose_state_after(text: &str, k: u64) -> Option<(Rig, RunReport, String)> {
+pub(super) async fn crash_and_lose_state_after(text: &str, k: u64) -> Option<(Rig, RunReport, String)> {
     let rig = Rig::with(plan(text), |w| w.faults.halt_after_calls = Some(k));
     let (_tx, rx) = watch::channel(false);
     tokio::select! {

@@ -62,7 +62,8 @@ pub(crate) fn kind_for_code(code: &str, message: &str) -> ErrorKind {
         | "IncorrectState"
         | "IncorrectInstanceState"
         | "VolumeInUse"
-        | "PendingVerification" => ErrorKind::InvalidState,
+        | "PendingVerification"
+        | "SnapshotLocked" => ErrorKind::InvalidState,
         c if c.ends_with(".InUse") || c.ends_with(".InvalidState") => ErrorKind::InvalidState,
 
         // The server failed or timed out on its side: whether the call took effect is

@@ -256,6 +256,23 @@ impl Cloud for AwsCloud {
         ec2::delete_snapshot(&self.at(loc).await.ec2, id).await
     }
 
+    async fn lock_snapshot(
+        &self,
+        loc: &Loc,
+        id: &SnapshotId,
+        spec: &crate::lock::LockSpec,
+    ) -> CloudResult<crate::cloud::LockedSnapshot> {
+        ec2::lock_snapshot(&self.at(loc).await.ec2, id, spec).await
+    }
+
+    async fn describe_locked_snapshots(
+        &self,
+        loc: &Loc,
+        ids: &[SnapshotId],
+    ) -> CloudResult<Vec<crate::cloud::LockedSnapshot>> {
+        ec2::describe_locked_snapshots(&self.at(loc).await.ec2, ids).await
+    }
+
     async fn share_snapshot(&self, loc: &Loc, id: &SnapshotId, with: &[AccountId]) -> CloudResult<()> {
         ec2::set_shared(&self.at(loc).await.ec2, id, with, true).await
     }

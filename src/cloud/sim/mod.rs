@@ -28,7 +28,7 @@ use tokio::sync::watch;
 use zeroize::Zeroizing;
 
 pub use seed::seed_from_plan;
-pub use world::{Faults, World};
+pub use world::{Faults, SNAPSHOT_LOCKED, SimLock, SimSnapshot, World};
 
 use crate::clock::Clock;
 use crate::cloud::{
@@ -266,6 +266,31 @@ impl Cloud for SimCloud {
         self.call("ec2:DeleteSnapshot", |w| {
             let acct = self.account(w, loc.side)?;
             w.delete_snapshot(&acct, &loc.region, id)
+        })
+        .await
+    }
+
+    async fn lock_snapshot(
+        &self,
+        loc: &Loc,
+        id: &SnapshotId,
+        spec: &crate::lock::LockSpec,
+    ) -> CloudResult<crate::cloud::LockedSnapshot> {
+        self.call("ec2:LockSnapshot", |w| {
+            let acct = self.account(w, loc.side)?;
+            w.lock_snapshot(&acct, &loc.region, id, spec)
+        })
+        .await
+    }
+
+    async fn describe_locked_snapshots(
+        &self,
+        loc: &Loc,
+        ids: &[SnapshotId],
+    ) -> CloudResult<Vec<crate::cloud::LockedSnapshot>> {
+        self.call("ec2:DescribeLockedSnapshots", |w| {
+            let acct = self.account(w, loc.side)?;
+            Ok(w.locked_snapshots(&acct, &loc.region, ids))
         })
         .await
     }

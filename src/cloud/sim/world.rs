@@ -8,9 +8,13 @@ use zeroize::Zeroizing;
 
 use crate::cloud::{
     CloudError, CloudResult, CopySnapshotReq, CreateSnapshotReq, CreateVolumeReq, ErrorKind, KeyInfo, KeyManager,
-    Snapshot, SnapshotState, Tags, Volume, VolumeState,
+    LockedSnapshot, Snapshot, SnapshotState, Tags, Volume, VolumeState,
 };
 use crate::ids::{AccountId, KeyArn, KeyRef, Region, RoleArn, SnapshotId, VolumeId};
+use crate::lock::{LockMode, LockSpec, LockState};
+
+/// The error code DeleteSnapshot answers for a locked snapshot.
+pub const SNAPSHOT_LOCKED: &str = "SnapshotLocked";
 
 /// EBS quota "Concurrent snapshot copies per destination Region" (default 20).
 pub const MAX_CONCURRENT_COPIES: usize = 20;
@@ -60,6 +64,9 @@ pub struct Faults {
     /// added (KMS has no conditional PutKeyPolicy): they are gone. Happens once.
     #[serde(default)]
     pub key_policy_reverted_on_copy: bool,
+    /// LockSnapshot is refused with this AWS error code (a quota), as a limit would.
+    #[serde(default)]
+    pub lock_refused_with: Option<String>,
 }
 
 /// How long things take, as functions of size (milliseconds).
@@ -125,6 +132,19 @@ pub struct SimSnapshot {
     pub is_copy: bool,
     /// The source volume a snapshot descends from (to apply per-volume faults).
     pub origin_volume: Option<String>,
+    /// Its EBS snapshot lock, if any.
+    #[serde(default)]
+    pub lock: Option<SimLock>,
+}
+
+/// A snapshot lock as EBS keeps it: the duration starts when the snapshot completes
+/// (or when it is locked, if later); a compliance lock's cool-off when it is locked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SimLock {
+    pub mode: LockMode,
+    pub duration_days: u32,
+    pub cool_off_hours: Option<u32>,
+    pub created_ms: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -175,6 +195,9 @@ pub struct World {
     /// The most copies ever in flight at once, per `account/region` destination.
     #[serde(default)]
     pub peak_copies: BTreeMap<String, usize>,
+    /// DeleteSnapshot calls refused because the snapshot was locked.
+    #[serde(default)]
+    pub refused_deletes: u64,
     next_id: u64,
     rng: u64,
     /// Lookups kept beside the maps so that a call costs the same in a world of ten
@@ -231,6 +254,7 @@ impl World {
             total_calls: 0,
             halted: false,
             peak_copies: BTreeMap::new(),
+            refused_deletes: 0,
             next_id: 1,
             rng: 0x9e37_79b9_7f4a_7c15,
             index: None,
@@ -620,6 +644,7 @@ impl World {
             shared_at_ms: 0,
             is_copy: false,
             origin_volume: Some(v.id.to_string()),
+            lock: None,
         };
         let view = self.snapshot_view(&s);
         self.snapshots.insert(id.to_string(), s);
@@ -733,6 +758,7 @@ impl World {
             shared_at_ms: 0,
             is_copy: true,
             origin_volume: src.origin_volume.clone(),
+            lock: None,
         };
         self.snapshots.insert(id.to_string(), s);
         self.index()
@@ -746,7 +772,107 @@ impl World {
         Ok(id)
     }
 
+    /// What a snapshot's lock looks like now: `None` without one, or when the snapshot
+    /// failed (AWS cancels the lock of a copy that fails).
+    pub fn lock_view(&self, s: &SimSnapshot) -> Option<LockedSnapshot> {
+        let l = s.lock.as_ref()?;
+        let completed = self.now_ms >= s.ready_ms;
+        if completed && s.fails_with.is_some() {
+            return None;
+        }
+        const HOUR_MS: i64 = 3_600_000;
+        const DAY_MS: i64 = 86_400_000;
+        let start = completed.then(|| s.ready_ms.max(l.created_ms));
+        let expires_ms = start.map(|t| t + i64::from(l.duration_days) * DAY_MS);
+        let state = if expires_ms.is_some_and(|e| self.now_ms >= e) {
+            LockState::Expired
+        } else {
+            match (l.mode, l.cool_off_hours) {
+                (LockMode::Governance, _) => LockState::Governance,
+                (LockMode::Compliance, Some(h)) if self.now_ms < l.created_ms + i64::from(h) * HOUR_MS => {
+                    LockState::ComplianceCooloff
+                }
+                (LockMode::Compliance, _) => LockState::Compliance,
+            }
+        };
+        Some(LockedSnapshot { id: s.id.clone(), state, expires_ms })
+    }
+
+    pub fn lock_snapshot(
+        &mut self,
+        account: &AccountId,
+        region: &Region,
+        id: &SnapshotId,
+        spec: &LockSpec,
+    ) -> CloudResult<LockedSnapshot> {
+        if let Some(code) = &self.faults.lock_refused_with {
+            return Err(err(ErrorKind::LimitExceeded, code, "You have reached the limit of locked snapshots (fault)"));
+        }
+        let s = match self.snapshots.get(id.as_str()) {
+            Some(s) if &s.owner == account && &s.region == region && self.visible(s) => s,
+            _ => return Err(Self::snapshot_missing(id.as_str())),
+        };
+        if self.now_ms >= s.ready_ms && s.fails_with.is_some() {
+            return Err(err(
+                ErrorKind::InvalidState,
+                "IncorrectState",
+                format!("Snapshot '{id}' is in state error and cannot be locked."),
+            ));
+        }
+        let current = self.lock_view(s);
+        let now = self.now_ms;
+        let lock = SimLock {
+            mode: spec.mode,
+            duration_days: spec.duration_days,
+            cool_off_hours: spec.cool_off_hours,
+            created_ms: now,
+        };
+        let same = s.lock.as_ref().is_some_and(|l| {
+            l.mode == spec.mode && l.duration_days == spec.duration_days && l.cool_off_hours == spec.cool_off_hours
+        });
+        let new = match (current.as_ref().map(|c| c.state), s.lock.as_ref()) {
+            // The same lock again: nothing changes (its cool-off keeps its start).
+            (Some(state), Some(_)) if same && state.protects() => None,
+            // Past its cool-off a compliance lock can only be extended.
+            (Some(LockState::Compliance), Some(old)) => {
+                if spec.mode != LockMode::Compliance || spec.duration_days < old.duration_days {
+                    return Err(err(
+                        ErrorKind::InvalidState,
+                        "InvalidParameterValue",
+                        format!("Snapshot '{id}' is locked in compliance mode: its lock can only be extended."),
+                    ));
+                }
+                Some(SimLock { cool_off_hours: None, created_ms: old.created_ms, ..lock })
+            }
+            _ => Some(lock),
+        };
+        let s = self.snapshots.get_mut(id.as_str()).expect("looked up above");
+        if let Some(new) = new {
+            s.lock = Some(new);
+        }
+        let s = s.clone();
+        Ok(self.lock_view(&s).expect("just locked"))
+    }
+
+    pub fn locked_snapshots(&self, account: &AccountId, region: &Region, ids: &[SnapshotId]) -> Vec<LockedSnapshot> {
+        ids.iter()
+            .filter_map(|id| self.snapshots.get(id.as_str()))
+            .filter(|s| &s.owner == account && &s.region == region)
+            .filter_map(|s| self.lock_view(s))
+            .collect()
+    }
+
     pub fn delete_snapshot(&mut self, account: &AccountId, region: &Region, id: &SnapshotId) -> CloudResult<()> {
+        let locked =
+            self.snapshots.get(id.as_str()).and_then(|s| self.lock_view(s)).is_some_and(|l| l.state.protects());
+        if locked {
+            self.refused_deletes += 1;
+            return Err(err(
+                ErrorKind::InvalidState,
+                SNAPSHOT_LOCKED,
+                format!("The snapshot '{id}' is locked and cannot be deleted until its lock expires."),
+            ));
+        }
         match self.snapshots.get(id.as_str()) {
             Some(s) if &s.owner == account && &s.region == region => {
                 self.snapshots.remove(id.as_str());

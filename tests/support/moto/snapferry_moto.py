@@ -79,6 +79,10 @@ DEFAULT_CONFIG = {
     # Copies still pending per account and destination region above which
     # CopySnapshot fails with ResourceLimitExceeded (0: no limit).
     "max_concurrent_copies": 0,
+    # Seconds a day of a snapshot lock's LockDuration (and an hour of its
+    # CoolOffPeriod, divided by 24) lasts: 86400 as in AWS; tests shorten it to see
+    # locks expire.
+    "lock_day_seconds": 86400.0,
 }
 
 _state_lock = threading.Lock()
@@ -674,6 +678,144 @@ def patch_key_policy_deny_by_principal() -> None:
     KmsResponse._validate_key_policy = _validate_key_policy
 
 
+def _lock_view(snapshot):
+    """A snapshot's lock as DescribeLockedSnapshots shows it now, or None.
+
+    AWS: the duration starts when the snapshot completes (or when it is locked, if
+    later); a compliance lock's cool-off starts when it is locked; a copy that fails
+    loses its lock.
+    """
+    lock = getattr(snapshot, "_sf_lock", None)
+    if lock is None:
+        return None
+    ready_at = getattr(snapshot, "_sf_ready_at", 0.0)
+    now = time.time()
+    if now >= ready_at and getattr(snapshot, "_sf_error", None):
+        return None
+    day = float(CONFIG["lock_day_seconds"])
+    start = max(ready_at, lock["created"]) if now >= ready_at else None
+    expires = start + lock["duration"] * day if start is not None else None
+    cool_off_ends = lock["created"] + (lock["cool_off"] or 0) * day / 24.0
+    if expires is not None and now >= expires:
+        state = "expired"
+    elif lock["mode"] == "governance":
+        state = "governance"
+    elif lock["cool_off"] and now < cool_off_ends:
+        state = "compliance-cooloff"
+    else:
+        state = "compliance"
+    from datetime import datetime, timezone
+
+    def at(t):
+        return datetime.fromtimestamp(t, tz=timezone.utc) if t is not None else None
+
+    view = {
+        "OwnerId": snapshot.owner_id,
+        "SnapshotId": snapshot.id,
+        "LockState": state,
+        "LockDuration": lock["duration"],
+        "LockCreatedOn": at(lock["created"]),
+    }
+    if lock["cool_off"]:
+        view["CoolOffPeriod"] = lock["cool_off"]
+        view["CoolOffPeriodExpiresOn"] = at(cool_off_ends)
+    if start is not None:
+        view["LockDurationStartTime"] = at(start)
+        view["LockExpiresOn"] = at(expires)
+    return view
+
+
+def patch_snapshot_lock() -> None:
+    """LockSnapshot, UnlockSnapshot, DescribeLockedSnapshots; a locked snapshot
+    cannot be deleted.
+
+    AWS: LockSnapshot(SnapshotId, LockMode governance|compliance, LockDuration days,
+    CoolOffPeriod hours for compliance) on a snapshot the caller owns, pending or
+    completed; locking it the same way again changes nothing; a compliance lock past
+    its cool-off can only be extended. UnlockSnapshot works on governance locks and on
+    compliance locks in their cool-off. DeleteSnapshot of a locked snapshot fails.
+    moto 5.2: none of the three calls; deletes anything.
+    """
+
+    def own_snapshot(response, snapshot_id):
+        snapshot = response.ec2_backend.snapshots.get(snapshot_id)
+        if snapshot is None:
+            raise _snapshot_not_found(snapshot_id)
+        return snapshot
+
+    def lock_snapshot(self):
+        snapshot_id = self._get_param("SnapshotId")
+        self.error_on_dryrun()
+        snapshot = own_snapshot(self, snapshot_id)
+        mode = self._get_param("LockMode")
+        duration = self._get_int_param("LockDuration")
+        cool_off = self._get_int_param("CoolOffPeriod")
+        if mode not in ("governance", "compliance"):
+            raise EC2ClientError("InvalidParameterValue", f"Invalid lock mode: {mode}")
+        if duration is None or not 1 <= duration <= 36500:
+            raise EC2ClientError("InvalidParameterValue", "LockDuration must be 1 to 36500 days")
+        if cool_off is not None and (mode != "compliance" or not 1 <= cool_off <= 72):
+            raise EC2ClientError("InvalidParameterValue", "CoolOffPeriod is 1 to 72 hours, compliance only")
+        if snapshot.status == "error":
+            raise EC2ClientError("IncorrectState", f"Snapshot '{snapshot_id}' is in state error.")
+        current = _lock_view(snapshot)
+        old = getattr(snapshot, "_sf_lock", None)
+        new = {"mode": mode, "duration": duration, "cool_off": cool_off, "created": time.time()}
+        same = old is not None and (old["mode"], old["duration"], old["cool_off"]) == (mode, duration, cool_off)
+        if current is not None and current["LockState"] != "expired" and same:
+            pass  # the same lock again: nothing changes
+        elif current is not None and current["LockState"] == "compliance":
+            if mode != "compliance" or duration < old["duration"]:
+                raise EC2ClientError(
+                    "InvalidParameterValue",
+                    f"Snapshot '{snapshot_id}' is locked in compliance mode: its lock can only be extended.",
+                )
+            snapshot._sf_lock = dict(old, duration=duration)
+        else:
+            snapshot._sf_lock = new
+        view = _lock_view(snapshot)
+        view.pop("OwnerId", None)
+        return ActionResult(view)
+
+    def unlock_snapshot(self):
+        snapshot_id = self._get_param("SnapshotId")
+        self.error_on_dryrun()
+        snapshot = own_snapshot(self, snapshot_id)
+        view = _lock_view(snapshot)
+        if view is not None and view["LockState"] == "compliance":
+            raise EC2ClientError(
+                "InvalidParameterValue",
+                f"Snapshot '{snapshot_id}' is locked in compliance mode past its cool-off and cannot be unlocked.",
+            )
+        snapshot._sf_lock = None
+        return ActionResult({"SnapshotId": snapshot_id})
+
+    def describe_locked_snapshots(self):
+        snapshot_ids = self._get_param("SnapshotIds", [])
+        self.error_on_dryrun()
+        snapshots = self.ec2_backend.snapshots
+        chosen = [snapshots[i] for i in snapshot_ids if i in snapshots] if snapshot_ids else list(snapshots.values())
+        views = [v for v in (_lock_view(s) for s in chosen) if v is not None]
+        return ActionResult({"Snapshots": views})
+
+    original_delete = EBSBackend.delete_snapshot
+
+    def delete_snapshot(self, snapshot_id):
+        snapshot = self.snapshots.get(snapshot_id)
+        view = _lock_view(snapshot) if snapshot is not None else None
+        if view is not None and view["LockState"] != "expired":
+            raise EC2ClientError(
+                "SnapshotLocked",
+                f"The snapshot '{snapshot_id}' is locked and cannot be deleted until its lock expires.",
+            )
+        return original_delete(self, snapshot_id)
+
+    ElasticBlockStore.lock_snapshot = lock_snapshot
+    ElasticBlockStore.unlock_snapshot = unlock_snapshot
+    ElasticBlockStore.describe_locked_snapshots = describe_locked_snapshots
+    EBSBackend.delete_snapshot = delete_snapshot
+
+
 def apply_patches() -> None:
     if moto.__version__ != EXPECTED_MOTO:
         sys.stderr.write(
@@ -689,6 +831,7 @@ def apply_patches() -> None:
     patch_aws_managed_keys()
     patch_cross_account_describe_key()
     patch_key_policy_deny_by_principal()
+    patch_snapshot_lock()
 
 
 # ---------------------------------------------------------------------------
@@ -828,6 +971,8 @@ def parse_args(argv):
     parser.add_argument("--throttle-actions", default=None,
                         help="comma-separated EC2 actions to throttle (default: all)")
     parser.add_argument("--max-concurrent-copies", type=int, default=0)
+    parser.add_argument("--lock-day-seconds", type=float, default=86400.0,
+                        help="seconds a day of a snapshot lock lasts (default: a day)")
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
     return parser.parse_args(argv)
 
@@ -843,6 +988,7 @@ def main(argv=None) -> None:
             "throttle_seed": args.throttle_seed,
             "throttle_actions": args.throttle_actions.split(",") if args.throttle_actions else None,
             "max_concurrent_copies": args.max_concurrent_copies,
+            "lock_day_seconds": args.lock_day_seconds,
         })
     except ValueError as err:
         sys.exit(f"snapferry_moto: {err}")

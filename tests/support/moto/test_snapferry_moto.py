@@ -83,6 +83,7 @@ class SnapferryMotoTest(unittest.TestCase):
         self.configure(
             snapshot_pending_seconds=0, copy_pending_seconds=0, volume_pending_seconds=0,
             throttle_rate=0, throttle_actions=None, max_concurrent_copies=0,
+            lock_day_seconds=86400,
         )
         self.control("POST", "reset-calls")
 
@@ -259,6 +260,75 @@ class SnapferryMotoTest(unittest.TestCase):
         self.assertNotIn("ec2:CopySnapshot", by_account[SOURCE_ACCOUNT])
 
     # -- what must fail ---------------------------------------------------
+
+    def copy_in_target(self, **config):
+        """A copy in the target account, pending for `copy_pending_seconds`."""
+        self.configure(**config)
+        ec2, _, _, snap = self.source_setup()
+        self.share(ec2, snap["SnapshotId"])
+        target = self.target_credentials()
+        tkey = self.target_key(target)
+        tec2 = self.client("ec2", TARGET_REGION, target)
+        copy = tec2.copy_snapshot(SourceRegion=SOURCE_REGION, SourceSnapshotId=snap["SnapshotId"],
+                                  Encrypted=True, KmsKeyId=tkey["Arn"])
+        return tec2, copy["SnapshotId"]
+
+    def test_governance_lock_while_pending_starts_at_completion_and_refuses_delete(self):
+        tec2, copy = self.copy_in_target(copy_pending_seconds=1)
+        lock = tec2.lock_snapshot(SnapshotId=copy, LockMode="governance", LockDuration=2)
+        self.assertEqual(lock["LockState"], "governance")
+        self.assertNotIn("LockExpiresOn", lock)  # pending: the duration has not started
+        self.wait_snapshot(tec2, copy)
+        [info] = tec2.describe_locked_snapshots(SnapshotIds=[copy])["Snapshots"]
+        self.assertEqual((info["LockState"], info["LockDuration"]), ("governance", 2))
+        self.assertEqual((info["LockExpiresOn"] - info["LockDurationStartTime"]).days, 2)
+        with self.assertRaises(ClientError) as refused:
+            tec2.delete_snapshot(SnapshotId=copy)
+        self.assertEqual(refused.exception.response["Error"]["Code"], "SnapshotLocked")
+        # The same lock again changes nothing.
+        again = tec2.lock_snapshot(SnapshotId=copy, LockMode="governance", LockDuration=2)
+        self.assertEqual(again["LockExpiresOn"], info["LockExpiresOn"])
+        # Governance can be unlocked, then the copy deleted.
+        tec2.unlock_snapshot(SnapshotId=copy)
+        self.assertEqual(tec2.describe_locked_snapshots(SnapshotIds=[copy])["Snapshots"], [])
+        tec2.delete_snapshot(SnapshotId=copy)
+
+    def test_compliance_lock_cool_off_expiry_and_other_accounts(self):
+        # A day of 2.4 s: an hour of cool-off is 0.1 s.
+        tec2, copy = self.copy_in_target(lock_day_seconds=2.4)
+        lock = tec2.lock_snapshot(SnapshotId=copy, LockMode="compliance", LockDuration=1, CoolOffPeriod=1)
+        self.assertEqual(lock["LockState"], "compliance-cooloff")
+        # The source account cannot lock, or see the lock of, the target's copy.
+        source = self.client("ec2", TARGET_REGION)
+        with self.assertRaises(ClientError) as other:
+            source.lock_snapshot(SnapshotId=copy, LockMode="governance", LockDuration=1)
+        self.assertEqual(other.exception.response["Error"]["Code"], "InvalidSnapshot.NotFound")
+        self.assertEqual(source.describe_locked_snapshots(SnapshotIds=[copy])["Snapshots"], [])
+        time.sleep(0.2)
+        [info] = tec2.describe_locked_snapshots(SnapshotIds=[copy])["Snapshots"]
+        self.assertEqual(info["LockState"], "compliance")
+        for call in (lambda: tec2.unlock_snapshot(SnapshotId=copy),
+                     lambda: tec2.lock_snapshot(SnapshotId=copy, LockMode="governance", LockDuration=1),
+                     lambda: tec2.delete_snapshot(SnapshotId=copy)):
+            with self.assertRaises(ClientError):
+                call()
+        time.sleep(2.5)
+        [info] = tec2.describe_locked_snapshots(SnapshotIds=[copy])["Snapshots"]
+        self.assertEqual(info["LockState"], "expired")
+        tec2.delete_snapshot(SnapshotId=copy)
+
+    def test_a_copy_that_fails_loses_its_lock(self):
+        self.configure(copy_pending_seconds=0.5)
+        ec2, _, _, snap = self.source_setup(grant=False)
+        self.share(ec2, snap["SnapshotId"])
+        target = self.target_credentials()
+        tec2 = self.client("ec2", TARGET_REGION, target)
+        copy = tec2.copy_snapshot(SourceRegion=SOURCE_REGION, SourceSnapshotId=snap["SnapshotId"],
+                                  Encrypted=True, KmsKeyId=self.target_key(target)["Arn"])["SnapshotId"]
+        tec2.lock_snapshot(SnapshotId=copy, LockMode="governance", LockDuration=1)
+        self.assertEqual(self.wait_snapshot(tec2, copy)["State"], "error")
+        self.assertEqual(tec2.describe_locked_snapshots(SnapshotIds=[copy])["Snapshots"], [])
+        tec2.delete_snapshot(SnapshotId=copy)
 
     def test_copy_without_key_grant_ends_in_error(self):
         self.configure(copy_pending_seconds=0.5)
