@@ -120,6 +120,11 @@ pub struct RunMeta {
     /// Set by `snapferry cleanup`.
     #[serde(default)]
     pub cleaned_up: bool,
+    /// The earlier runs whose chains this run carries on (the `VolumeRun::chain` of
+    /// its volumes), so that removing old runs keeps them; `None` in checkpoints
+    /// written before it was recorded (the run's volumes then say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carries: Option<Vec<String>>,
 }
 
 /// One target of a run: where its copies went and how it was reached.
@@ -178,6 +183,26 @@ pub struct RunRecord {
     #[serde(flatten)]
     pub meta: RunMeta,
     pub volumes: Vec<VolumeRun>,
+}
+
+impl RunRecord {
+    /// The other runs whose chains this run's volumes carry on, each once, sorted.
+    pub fn carried_runs(&self) -> Vec<String> {
+        let own = self.meta.run_id.as_str();
+        let set: std::collections::BTreeSet<&str> =
+            self.volumes.iter().filter_map(|v| v.chain.as_deref()).filter(|c| *c != own).collect();
+        set.into_iter().map(str::to_owned).collect()
+    }
+}
+
+/// What the state keeps per plan besides its runs: how many runs `options.history`
+/// removed from it so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanIndex {
+    pub format_version: u32,
+    pub plan: String,
+    /// Runs of the plan removed from the state, over its whole life.
+    pub removed: u64,
 }
 
 /// One journal line: borrowed when written, owned when read back.
@@ -264,6 +289,13 @@ pub trait StateStore: Send + Sync + fmt::Debug {
     /// Opens a run for appending: creates it if it is new, else folds its journal into
     /// a fresh checkpoint of `record`.
     async fn create_or_reopen(&self, record: &RunRecord) -> Result<Journal, StoreError>;
+    /// Removes a run from the state, every file or object of it. A removal cut short
+    /// leaves a run that no longer loads (it is passed over), never an older state of it.
+    async fn remove(&self, run_id: &str) -> Result<(), StoreError>;
+    /// Every plan's index, by plan name.
+    async fn plan_indexes(&self) -> Result<Vec<PlanIndex>, StoreError>;
+    /// Adds `runs` to the count of runs removed from `plan`; returns the new count.
+    async fn count_removed(&self, plan: &str, runs: u64) -> Result<u64, StoreError>;
     /// Waits (bounded) for background work of the store to end, such as the release
     /// of a lock just dropped. Call before the process exits.
     async fn close(&self) {}
@@ -344,6 +376,21 @@ impl Store {
 
     pub async fn close(&self) {
         self.0.close().await
+    }
+
+    /// Removes a run from the state.
+    pub async fn remove(&self, run_id: &str) -> Result<(), StoreError> {
+        self.0.remove(run_id).await
+    }
+
+    /// Per plan, how many runs were removed from the state.
+    pub async fn removed_counts(&self) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+        Ok(self.0.plan_indexes().await?.into_iter().map(|i| (i.plan, i.removed)).collect())
+    }
+
+    /// Adds `runs` to the count of runs removed from `plan`.
+    pub async fn count_removed(&self, plan: &str, runs: u64) -> Result<u64, StoreError> {
+        self.0.count_removed(plan, runs).await
     }
 
     pub fn stats(&self) -> Option<crate::cloud::object::ObjectStats> {
@@ -481,6 +528,11 @@ pub(crate) fn meta_of(checkpoint: &[u8], journal: &[u8], path: &Path) -> Result<
     Ok(meta)
 }
 
+/// Parses a plan's index, refusing a newer format. `path` names it in errors.
+pub(crate) fn parse_index(bytes: &[u8], path: &Path) -> Result<PlanIndex, StoreError> {
+    parse_versioned(bytes, path)
+}
+
 /// Parses a checkpoint, refusing a newer format. `path` names it in errors.
 pub(crate) fn parse_checkpoint(bytes: &[u8], path: &Path) -> Result<RunRecord, StoreError> {
     parse_versioned(bytes, path)
@@ -565,6 +617,7 @@ mod tests {
                 grant: None,
                 simulated: true,
                 cleaned_up: false,
+                carries: None,
             },
             volumes: (0..n).map(|i| VolumeRun::new(VolumeId::parse(&format!("vol-{i:017x}")).unwrap())).collect(),
         }

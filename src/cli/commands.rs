@@ -172,6 +172,7 @@ async fn status(run_id: Option<&str>, common: &Common) -> Result<u8, Failure> {
         None => {
             // One run at a time: a recurring plan leaves a run per round.
             let mut runs = render::Runs::default();
+            runs.removed = store.removed_counts().await.map_err(|e| Failure::from(&e))?;
             for meta in store.list_meta().await.map_err(|e| Failure::from(&e))? {
                 if let Some(r) = store.load_listed(&meta.run_id).await.map_err(|e| Failure::from(&e))? {
                     runs.add(&observed(&store, r).await);
@@ -199,10 +200,23 @@ async fn cleanup(run_id: &str, plan_path: Option<&Path>, common: &Common) -> Res
         Ok(r) => Some(r),
         Err(StoreError::NoSuchRun(_)) if plan.is_some() => None,
         Err(StoreError::NoSuchRun(_)) => {
+            // A run of a plan whose history removed runs: most likely one of those.
+            let removed_from = store
+                .removed_counts()
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .find(|(p, n)| *n > 0 && run_id.strip_prefix(p.as_str()).is_some_and(|rest| rest.starts_with('-')));
+            let why = match removed_from {
+                Some((p, _)) => format!(
+                    " (plan {p} keeps only its newest finished runs there, options.history, and removed older ones)"
+                ),
+                None => String::new(),
+            };
             return Err(Failure::new(
                 exit::USAGE,
                 format!(
-                    "no run {run_id} in {}; to clean it up from its tags in AWS, name its plan: snapferry cleanup --plan PLAN {run_id}",
+                    "no run {run_id} in {}{why}; to clean it up from its tags in AWS, name its plan: snapferry cleanup --plan PLAN {run_id}",
                     store.location()
                 ),
             ));

@@ -21,6 +21,7 @@
 mod act;
 pub mod adopt;
 pub mod cleanup;
+mod history;
 mod lifecycle;
 pub mod preflight;
 pub mod recurring;

@@ -92,7 +92,13 @@ pub struct Options {
     pub copy_within: Option<CopyWithin>,
     /// Source-side snapshots kept per volume even with `cleanup: true`.
     pub keep_source: u32,
+    /// Finished runs of the plan kept in the state (besides unfinished ones and those
+    /// whose chains a later run carries).
+    pub history: u32,
 }
+
+/// `options.history` when the plan leaves it out: a month of daily rounds.
+pub const DEFAULT_HISTORY: u32 = 30;
 
 /// A time-based copy's completion duration, in minutes: 15 to 2,880 in steps of 15
 /// (EBS User Guide, "Time-based copies").
@@ -158,6 +164,7 @@ impl Default for Options {
             every: None,
             copy_within: None,
             keep_source: 0,
+            history: DEFAULT_HISTORY,
         }
     }
 }

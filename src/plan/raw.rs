@@ -175,6 +175,11 @@ pub struct RawOptions {
     /// default 0.
     #[schemars(with = "Option<u32>", range(min = 0))]
     pub keep_source: Option<Spanned<i64>>,
+    /// Finished runs of this plan kept in the state; older ones are removed at the end
+    /// of an invocation (unfinished runs, and runs whose chains a later run carries,
+    /// always stay); default 30.
+    #[schemars(with = "Option<u32>", range(min = 1))]
+    pub history: Option<Spanned<i64>>,
 }
 
 /// Wait limits, each a duration like 6h, 30m, 90s, 1h30m or 2d.

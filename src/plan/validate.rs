@@ -797,6 +797,21 @@ impl Checker<'_> {
             },
             None => Some(0),
         };
+        let history = match &o.history {
+            Some(v) => match u32::try_from(v.value) {
+                Ok(n) if n >= 1 => Some(n),
+                _ => {
+                    let message = format!(
+                        "expected a whole number from 1 to {}, found {}: the finished runs of the plan kept in the state",
+                        u32::MAX,
+                        v.value
+                    );
+                    self.report(&v.referenced, "options.history", message);
+                    None
+                }
+            },
+            None => Some(defaults.history),
+        };
         Some(Options {
             tags: tags?,
             max_concurrent_copies: max_concurrent_copies?,
@@ -807,6 +822,7 @@ impl Checker<'_> {
             every: every?,
             copy_within: copy_within?,
             keep_source: keep_source?,
+            history: history?,
         })
     }
 
