@@ -798,6 +798,66 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_removed_run_is_gone_and_the_plan_counts_it() {
+        for (store, _dir, objects) in stores() {
+            let mut a = record("a", 2);
+            a.meta.created_ms = 5;
+            let b = record("b", 1);
+            let mut j = store.create_or_reopen(&a).await.unwrap();
+            a.volumes[0].in_flight = true;
+            j.volume(0, &a.volumes[0]).unwrap();
+            j.sync().await.unwrap();
+            store.create_or_reopen(&b).await.unwrap();
+            store.remove("a").await.unwrap();
+            assert!(matches!(store.load("a").await, Err(StoreError::NoSuchRun(_))), "{}", store.location());
+            assert_eq!(store.list_meta().await.unwrap().iter().map(|m| m.run_id.as_str()).collect::<Vec<_>>(), ["b"]);
+            // Removing what is gone already is no error.
+            store.remove("a").await.unwrap();
+            assert!(store.removed_counts().await.unwrap().is_empty());
+            assert_eq!(store.count_removed("p", 1).await.unwrap(), 1);
+            assert_eq!(store.count_removed("p", 2).await.unwrap(), 3);
+            assert_eq!(store.removed_counts().await.unwrap(), [("p".to_owned(), 3)].into());
+            if store.location().starts_with("memory") {
+                assert!(!objects.keys().iter().any(|k| k.starts_with("runs/a/")), "{:?}", objects.keys());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_removal_cut_short_leaves_no_run_never_an_older_one() {
+        let objects = Arc::new(MemoryObjects::new());
+        let store = Store::remote(objects.clone(), LeaseOptions::default());
+        let mut r = record("r", 1);
+        let mut j = store.create_or_reopen(&r).await.unwrap();
+        r.meta.status = RunStatus::Succeeded;
+        j.meta(&r.meta).unwrap();
+        j.sync().await.unwrap();
+        // Removed oldest first: cut short after the checkpoint went.
+        objects.delete("runs/r/000000000001.json", None).await.unwrap();
+        assert!(matches!(store.load("r").await, Err(StoreError::NoSuchRun(_))));
+        assert!(store.list_meta().await.unwrap().is_empty());
+        store.remove("r").await.unwrap();
+        assert!(objects.keys().is_empty(), "{:?}", objects.keys());
+    }
+
+    #[tokio::test]
+    async fn many_journal_batches_are_read_back_in_order() {
+        let objects = Arc::new(MemoryObjects::new());
+        let store = Store::remote(objects.clone(), LeaseOptions::default());
+        let mut r = record("r", 2);
+        let mut j = store.create_or_reopen(&r).await.unwrap();
+        for n in 0..100u8 {
+            r.volumes[usize::from(n % 2)].progress = Some(n);
+            j.volume(usize::from(n % 2), &r.volumes[usize::from(n % 2)]).unwrap();
+            j.sync().await.unwrap();
+        }
+        assert_eq!(objects.keys().len(), 101);
+        let before = objects.stats();
+        assert_eq!(Store::remote(objects.clone(), LeaseOptions::default()).load("r").await.unwrap(), r);
+        assert_eq!(objects.stats().gets - before.gets, 101);
+    }
+
+    #[tokio::test]
     async fn a_lease_names_its_holder_and_is_released_on_drop() {
         let objects = Arc::new(MemoryObjects::new());
         let one = Store::remote(objects.clone(), LeaseOptions::default());

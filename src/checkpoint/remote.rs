@@ -17,10 +17,10 @@
 //! holder's state: taking a run over starts by writing a checkpoint at the next
 //! number. Objects older than the newest checkpoint are deleted after it is written.
 //!
-//! The journal is folded into a new checkpoint once it holds twice the checkpoint's
-//! bytes, or more objects than the checkpoint has kilobytes: each rewrite is paid for by
-//! as many bytes (or, for small syncs, records) of journal, so what one run writes stays
-//! linear in its size. A load reads the objects after the newest checkpoint
+//! The journal is folded into a new checkpoint once it holds four times the
+//! checkpoint's bytes, or more objects than the checkpoint has kilobytes (at least
+//! 512): each rewrite is paid for by as many bytes (or, for small syncs, records) of
+//! journal, so what one run writes stays linear in its size. A load reads the objects after the newest checkpoint
 //! [`READS_IN_FLIGHT`] at a time. A run is removed oldest object first: a removal cut
 //! short leaves journal batches without a checkpoint, which is no run (a checkpoint
 //! is always written before the batches after it, and only older objects are deleted).
@@ -67,9 +67,9 @@ const COMPACT_OBJECTS: usize = 512;
 /// [`COMPACT_OBJECTS`] syncs (which grows with the square of the fleet).
 const COMPACT_BYTES_PER_OBJECT: usize = 1024;
 /// ... or once the journal holds this many times the checkpoint's bytes (the checkpoint
-/// counted as at least [`COMPACT_MIN_BYTES`]): the rewrites then add at most half to
-/// what the journal itself writes.
-const COMPACT_RATIO: usize = 2;
+/// counted as at least [`COMPACT_MIN_BYTES`]): the rewrites then add at most a quarter
+/// to what the journal itself writes.
+const COMPACT_RATIO: usize = 4;
 const COMPACT_MIN_BYTES: usize = 256 * 1024;
 /// Deletes of old objects under way at once.
 const DELETES_IN_FLIGHT: usize = 16;
@@ -736,6 +736,30 @@ mod tests {
         assert_eq!(parse_key(&a), Some(9));
         assert_eq!(parse_key(&b), Some(10));
         assert_eq!(parse_key("runs/r/notes.json"), None);
+    }
+
+    /// What one run writes stays linear in its size: a large checkpoint is rewritten
+    /// once per as many syncs as it has kilobytes, not once per 512 syncs.
+    #[test]
+    fn a_large_checkpoint_is_rewritten_after_proportionally_many_small_syncs() {
+        let journal = |written: usize, since_bytes: usize, snapshot_bytes: usize| RemoteJournal {
+            objects: Arc::new(crate::checkpoint::memory::MemoryObjects::new()),
+            location: "memory://state".into(),
+            run_id: "r".into(),
+            lease: None,
+            next: 1,
+            written: vec![String::new(); written],
+            since_bytes,
+            snapshot_bytes,
+        };
+        // A small run: 512 batches, or four times its checkpoint (at least 256 kB).
+        assert!(!journal(512, 1000, 10_000).wants_compaction());
+        assert!(journal(513, 1000, 10_000).wants_compaction());
+        assert!(journal(2, 1 << 20, 10_000).wants_compaction());
+        // A fleet's 5 MB checkpoint: 5,000 small batches.
+        assert!(!journal(4_000, 4 << 20, 5 << 20).wants_compaction());
+        assert!(journal(5_200, 4 << 20, 5 << 20).wants_compaction());
+        assert!(journal(10, 20 << 20, 5 << 20).wants_compaction());
     }
 
     #[test]
