@@ -105,7 +105,7 @@ async fn a_run_whose_chain_is_carried_stays_and_a_removed_run_is_cleaned_up_from
     rig.sim.with_world(|w| w.now_ms += DAY);
     let last = rig.run().await.unwrap();
     assert_all_succeeded(&last);
-    assert_eq!(rig.run_ids().await, [last.run_id.clone()]);
+    assert_eq!(rig.run_ids().await, [last.run_id]);
     assert_eq!(rig.removed().await, 5);
 
     // Round 2's source snapshots (cleanup: false) are left in AWS: cleanup finds them
