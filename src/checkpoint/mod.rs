@@ -841,6 +841,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_listing_reads_again_only_the_runs_written_since() {
+        let objects = Arc::new(MemoryObjects::new());
+        let store = Store::remote(objects.clone(), LeaseOptions::default());
+        let (mut a, b) = (record("a", 3), record("b", 3));
+        let mut ja = store.create_or_reopen(&a).await.unwrap();
+        store.create_or_reopen(&b).await.unwrap();
+        let reader = Store::remote(objects.clone(), LeaseOptions::default());
+        assert_eq!(reader.list_meta().await.unwrap().len(), 2);
+        let gets = objects.stats().gets;
+        assert_eq!(reader.list_meta().await.unwrap().len(), 2);
+        assert_eq!(objects.stats().gets, gets, "nothing written since: nothing read");
+        a.meta.status = RunStatus::Failed;
+        ja.meta(&a.meta).unwrap();
+        ja.sync().await.unwrap();
+        let metas = reader.list_meta().await.unwrap();
+        assert_eq!(metas.iter().find(|m| m.run_id == "a").unwrap().status, RunStatus::Failed);
+        assert_eq!(objects.stats().gets, gets + 2, "run a's checkpoint and its new batch");
+        // The writer's own compaction leaves it nothing to read.
+        ja.compact(&a).await.unwrap();
+        let gets = objects.stats().gets;
+        store.list_meta().await.unwrap();
+        store.list_meta().await.unwrap();
+        assert!(objects.stats().gets <= gets + 1, "run b at most, once");
+    }
+
+    #[tokio::test]
     async fn many_journal_batches_are_read_back_in_order() {
         let objects = Arc::new(MemoryObjects::new());
         let store = Store::remote(objects.clone(), LeaseOptions::default());

@@ -325,7 +325,13 @@ pub struct RemoteStore {
     tasks: Mutex<HashMap<String, Renewal>>,
     /// Per run: the highest sequence number and every key seen at its last load.
     loaded: Mutex<HashMap<String, (u64, Vec<String>)>>,
+    /// Per run: its meta as of its newest object's sequence number, so a listing reads
+    /// again only the runs written since.
+    metas: MetaCache,
 }
+
+/// Per run: its meta as of the sequence number of its newest object.
+type MetaCache = Arc<Mutex<HashMap<String, (u64, RunMeta)>>>;
 
 impl RemoteStore {
     pub fn new(objects: Arc<dyn ObjectStore>, opts: LeaseOptions) -> Self {
@@ -335,6 +341,7 @@ impl RemoteStore {
             held: Mutex::new(HashMap::new()),
             tasks: Mutex::new(HashMap::new()),
             loaded: Mutex::new(HashMap::new()),
+            metas: MetaCache::default(),
         }
     }
 
@@ -400,6 +407,7 @@ impl RemoteStore {
             replay(&mut record, batch);
         }
         self.loaded.lock().unwrap_or_else(|p| p.into_inner()).insert(run_id.to_owned(), (last, keys));
+        self.metas.lock().unwrap_or_else(|p| p.into_inner()).insert(run_id.to_owned(), (last, record.meta.clone()));
         Ok(Some(record))
     }
 
@@ -531,12 +539,26 @@ impl StateStore for RemoteStore {
         Ok(runs)
     }
 
-    /// Each run is read whole (its newest checkpoint and the batches after it) and
-    /// kept only as its meta: one run in memory at a time.
+    /// One listing of every run's objects; a run this process read (or wrote) since
+    /// its newest object was written is not read again; any other is read whole (its
+    /// newest checkpoint and the batches after it) and kept only as its meta: one run
+    /// in memory at a time.
     async fn list_meta(&self) -> Result<Vec<RunMeta>, StoreError> {
+        let keys = self.objects.list("runs/").await.map_err(|e| self.err(e))?;
+        let mut newest: BTreeMap<&str, u64> = BTreeMap::new();
+        for k in &keys {
+            if let (Some(id), Some(seq)) = (k.strip_prefix("runs/").and_then(|r| r.split('/').next()), parse_key(k)) {
+                let e = newest.entry(id).or_insert(seq);
+                *e = (*e).max(seq);
+            }
+        }
         let mut metas = vec![];
-        for id in self.run_ids().await? {
-            metas.extend(self.load_listed(&id).await?.map(|r| r.meta));
+        for (id, seq) in newest {
+            let cached = self.metas.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned();
+            match cached {
+                Some((at, meta)) if at == seq => metas.push(meta),
+                _ => metas.extend(self.load_listed(id).await?.map(|r| r.meta)),
+            }
         }
         metas.sort_by(|a, b| (a.created_ms, &a.run_id).cmp(&(b.created_ms, &b.run_id)));
         Ok(metas)
@@ -586,6 +608,7 @@ impl StateStore for RemoteStore {
             written: vec![key],
             since_bytes: 0,
             snapshot_bytes,
+            metas: self.metas.clone(),
         }))
     }
 
@@ -601,6 +624,7 @@ impl StateStore for RemoteStore {
         // Anything else under the run's prefix, once the run is gone.
         self.prune(keys.into_iter().filter(|k| parse_key(k).is_none()).collect()).await;
         self.loaded.lock().unwrap_or_else(|p| p.into_inner()).remove(run_id);
+        self.metas.lock().unwrap_or_else(|p| p.into_inner()).remove(run_id);
         Ok(())
     }
 
@@ -667,6 +691,8 @@ struct RemoteJournal {
     written: Vec<String>,
     since_bytes: usize,
     snapshot_bytes: usize,
+    /// The store's metas: a run just compacted need not be read again to be listed.
+    metas: MetaCache,
 }
 
 impl RemoteJournal {
@@ -703,6 +729,10 @@ impl JournalSink for RemoteJournal {
             .map_err(|e| StoreError::Corrupt { path: PathBuf::from(&self.location), message: e.to_string() })?;
         let len = bytes.len();
         let key = self.create(bytes).await?;
+        if let Some(seq) = parse_key(&key) {
+            let mut metas = self.metas.lock().unwrap_or_else(|p| p.into_inner());
+            metas.insert(self.run_id.clone(), (seq, record.meta.clone()));
+        }
         let old = std::mem::replace(&mut self.written, vec![key]);
         self.since_bytes = 0;
         self.snapshot_bytes = len;
@@ -751,6 +781,7 @@ mod tests {
             written: vec![String::new(); written],
             since_bytes,
             snapshot_bytes,
+            metas: MetaCache::default(),
         };
         // A small run: 512 batches, or four times its checkpoint (at least 256 kB).
         assert!(!journal(512, 1000, 10_000).wants_compaction());
