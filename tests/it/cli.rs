@@ -496,6 +496,12 @@ fn status_counts_the_runs_history_removed_and_cleanup_of_one_works_from_tags() {
     let text = String::from_utf8(run(&["status"], dir.path()).stdout).unwrap();
     assert!(text.contains("prod-db-dr") && text.contains("2 older finished runs removed"), "{text}");
 
+    let o = run(&["status", &ids[0]], dir.path());
+    assert_eq!(code(&o), 2);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("options.history"), "{o:?}");
+    let o = run(&["status", &ids[0]], dir.path());
+    assert_eq!(code(&o), 2);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("options.history"), "{o:?}");
     let o = run(&["cleanup", &ids[0], "--simulate"], dir.path());
     assert_eq!(code(&o), 2);
     let err = String::from_utf8_lossy(&o.stderr);
