@@ -13,7 +13,9 @@
 //! Layout: `local` (a directory, flock) and `remote` (an object store: a lease object
 //! for the lock, numbered checkpoint and journal objects, every write conditional).
 //! `memory` is an in-memory object store with S3's conditional semantics, for tests and
-//! for counting what a run writes.
+//! for counting what a run writes. Beside the runs, each plan has an index
+//! ([`PlanIndex`]: how many runs `options.history` removed); a run is removed whole
+//! with [`StateStore::remove`].
 //!
 //! Architecture Invariant: nothing here ever holds a credential; records are plan
 //! data, resource ids and AWS messages only.
