@@ -11,13 +11,16 @@ use std::collections::{BTreeSet, HashMap};
 use crate::checkpoint::{RunMeta, RunStatus, Store, StoreError};
 
 /// A run the plan may still need from the state: it did not end, or (without
-/// `every`) it failed and the next invocation resumes it whole.
-fn unfinished(m: &RunMeta) -> bool {
+/// `every`) it failed and the next invocation resumes it whole. A recurring plan
+/// carries on only its newest run: an older one that did not end was superseded by a
+/// round that carries its unfinished chains on, which keeps it (`carries`) as long as
+/// they are.
+fn unfinished(m: &RunMeta, newest: bool) -> bool {
     if m.cleaned_up {
         return false;
     }
     match m.status {
-        RunStatus::Running | RunStatus::Interrupted | RunStatus::Stopped => true,
+        RunStatus::Running | RunStatus::Interrupted | RunStatus::Stopped => m.every_ms.is_none() || newest,
         RunStatus::Failed => m.every_ms.is_none(),
         RunStatus::Succeeded => false,
     }
@@ -30,8 +33,8 @@ fn removable(runs: &[RunMeta], carries: &HashMap<String, Vec<String>>, history: 
     let mut kept: BTreeSet<&str> = BTreeSet::new();
     kept.insert(current);
     let mut finished = 0u32;
-    for m in runs.iter().rev() {
-        if unfinished(m) {
+    for (i, m) in runs.iter().rev().enumerate() {
+        if unfinished(m, i == 0) {
             kept.insert(&m.run_id);
         } else if finished < history {
             finished += 1;
@@ -136,7 +139,7 @@ mod tests {
         let runs = vec![
             meta("r0", Succeeded, true),
             meta("r1", Failed, true),
-            meta("r2", Interrupted, true),
+            meta("r2", Interrupted, false),
             meta("r3", Succeeded, true),
             meta("r4", Succeeded, true),
             meta("r5", Succeeded, true),
@@ -148,6 +151,19 @@ mod tests {
         assert_eq!(removable(&runs, &carries, 2, "r6"), ["r0", "r4"]);
         // The current run stays even when older than the history.
         assert_eq!(removable(&runs, &HashMap::new(), 1, "r0"), ["r1", "r3", "r4", "r5"]);
+    }
+
+    #[test]
+    fn an_interrupted_round_superseded_by_a_later_one_stays_only_while_carried() {
+        use RunStatus::*;
+        let runs = vec![meta("r0", Interrupted, true), meta("r1", Succeeded, true), meta("r2", Interrupted, true)];
+        // r1 carries r0's unfinished chains on; r2, the newest, did not end.
+        let carries: HashMap<String, Vec<String>> = [("r1".to_owned(), vec!["r0".to_owned()])].into();
+        assert!(removable(&runs, &carries, 1, "r2").is_empty());
+        assert_eq!(removable(&runs, &HashMap::new(), 1, "r2"), ["r0"]);
+        // Without every, a run that did not end is resumed whole: it stays.
+        let once = vec![meta("a", Interrupted, false), meta("b", Succeeded, false)];
+        assert!(removable(&once, &HashMap::new(), 1, "b").is_empty());
     }
 
     #[test]
