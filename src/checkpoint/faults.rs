@@ -147,6 +147,7 @@ fn record(n: usize) -> RunRecord {
             grant: None,
             simulated: true,
             cleaned_up: false,
+            carries: None,
         },
         volumes: (0..n).map(|i| VolumeRun::new(VolumeId::parse(&format!("vol-{i:017x}")).unwrap())).collect(),
     }

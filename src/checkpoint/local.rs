@@ -4,10 +4,13 @@
 //! runs/<run-id>/checkpoint.json   the whole run, replaced atomically (temp, fsync, rename)
 //! runs/<run-id>/journal.jsonl     records written since that file was, fdatasynced
 //! locks/<plan>.lock               held (flock) by the one process running that plan
+//! plans/<plan>.json               the plan's index: runs removed by `options.history`
 //! ```
 //!
 //! Only its owner can read it: directories are created 0700 and files 0600, and no
 //! file is opened through a symlink ([`crate::private_fs`]).
+//! A run is removed by renaming its directory to a dot name first (one atomic step,
+//! names starting with a dot are no runs), then deleting that.
 //!
 //! Writing a batch of lines and syncing it is cheap however many volumes a run has.
 //! The journal grows in zero-filled steps ahead of its records, so a sync flushes the
@@ -25,12 +28,18 @@ use async_trait::async_trait;
 use crate::private_fs;
 
 use super::{
-    Journal, JournalSink, PlanLock, RunMeta, RunRecord, StateStore, StoreError, io, meta_of, parse_checkpoint, replay,
-    sync_dir, write_atomic,
+    FORMAT_VERSION, Journal, JournalSink, PlanIndex, PlanLock, RunMeta, RunRecord, StateStore, StoreError, io, meta_of,
+    parse_checkpoint, replay, sync_dir, write_atomic,
 };
 
 /// The state dir.
 #[derive(Debug, Clone)]
+/// Times a plan's lock is asked for again before it counts as held, and the pause
+/// between: a lock just released can stay held for the moment a forked child takes
+/// to exec.
+const LOCK_TRIES: u32 = 10;
+const LOCK_RETRY_MS: u64 = 50;
+
 pub struct LocalStore {
     root: PathBuf,
 }
@@ -58,7 +67,9 @@ impl LocalStore {
         };
         let mut names = vec![];
         for e in entries {
-            if let Some(name) = e.map_err(io(&dir))?.file_name().to_str() {
+            if let Some(name) = e.map_err(io(&dir))?.file_name().to_str()
+                && !name.starts_with('.')
+            {
                 names.push(name.to_owned());
             }
         }
@@ -100,11 +111,21 @@ impl StateStore for LocalStore {
         private_fs::create_dir_all(&dir).map_err(io(&dir))?;
         let path = dir.join(format!("{plan}.lock"));
         let file = private_fs::open_in_place(&path, false).map_err(io(&path))?;
-        match file.try_lock() {
-            // The kernel drops the lock with the file, or with the process.
-            Ok(()) => Ok(PlanLock::new(file)),
-            Err(fs::TryLockError::WouldBlock) => Err(StoreError::Locked { plan: plan.to_owned(), path }),
-            Err(fs::TryLockError::Error(e)) => Err(io(&path)(e)),
+        let mut tries = 0;
+        loop {
+            match file.try_lock() {
+                // The kernel drops the lock with the file, or with the process.
+                Ok(()) => return Ok(PlanLock::new(file)),
+                // A lock released a moment ago can still be held by a child that a
+                // fork in another thread gave a copy of the descriptor, until it execs:
+                // ask again a few times before saying another process holds it.
+                Err(fs::TryLockError::WouldBlock) if tries < LOCK_TRIES => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(LOCK_RETRY_MS)).await;
+                }
+                Err(fs::TryLockError::WouldBlock) => return Err(StoreError::Locked { plan: plan.to_owned(), path }),
+                Err(fs::TryLockError::Error(e)) => return Err(io(&path)(e)),
+            }
         }
     }
 
@@ -155,6 +176,56 @@ impl StateStore for LocalStore {
         } else {
             self.create(record)
         }
+    }
+
+    async fn remove(&self, run_id: &str) -> Result<(), StoreError> {
+        let dir = self.run_dir(run_id);
+        let runs = self.root.join("runs");
+        let gone = runs.join(format!(".removed-{run_id}"));
+        // What an earlier removal cut short left.
+        let _ = fs::remove_dir_all(&gone);
+        match fs::rename(&dir, &gone) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(&dir)(e)),
+        }
+        sync_dir(&runs)?;
+        fs::remove_dir_all(&gone).map_err(io(&gone))
+    }
+
+    async fn plan_indexes(&self) -> Result<Vec<PlanIndex>, StoreError> {
+        let dir = self.root.join("plans");
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(io(&dir)(e)),
+        };
+        let mut out = vec![];
+        for e in entries {
+            let path = e.map_err(io(&dir))?.path();
+            if path.extension().is_some_and(|x| x == "json") {
+                let bytes = fs::read(&path).map_err(io(&path))?;
+                out.push(super::parse_index(&bytes, &path)?);
+            }
+        }
+        out.sort_by(|a, b| a.plan.cmp(&b.plan));
+        Ok(out)
+    }
+
+    async fn count_removed(&self, plan: &str, runs: u64) -> Result<u64, StoreError> {
+        let dir = self.root.join("plans");
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let path = dir.join(format!("{plan}.json"));
+        let mut index = match fs::read(&path) {
+            Ok(bytes) => super::parse_index(&bytes, &path)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                PlanIndex { format_version: FORMAT_VERSION, plan: plan.to_owned(), removed: 0 }
+            }
+            Err(e) => return Err(io(&path)(e)),
+        };
+        index.removed += runs;
+        write_atomic(&path, &index)?;
+        Ok(index.removed)
     }
 }
 

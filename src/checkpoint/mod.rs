@@ -13,7 +13,9 @@
 //! Layout: `local` (a directory, flock) and `remote` (an object store: a lease object
 //! for the lock, numbered checkpoint and journal objects, every write conditional).
 //! `memory` is an in-memory object store with S3's conditional semantics, for tests and
-//! for counting what a run writes.
+//! for counting what a run writes. Beside the runs, each plan has an index
+//! ([`PlanIndex`]: how many runs `options.history` removed); a run is removed whole
+//! with [`StateStore::remove`].
 //!
 //! Architecture Invariant: nothing here ever holds a credential; records are plan
 //! data, resource ids and AWS messages only.
@@ -121,6 +123,11 @@ pub struct RunMeta {
     /// Set by `snapferry cleanup`.
     #[serde(default)]
     pub cleaned_up: bool,
+    /// The earlier runs whose chains this run carries on (the `VolumeRun::chain` of
+    /// its volumes), so that removing old runs keeps them; `None` in checkpoints
+    /// written before it was recorded (the run's volumes then say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carries: Option<Vec<String>>,
 }
 
 /// One target of a run: where its copies went and how it was reached.
@@ -184,6 +191,26 @@ pub struct RunRecord {
     #[serde(flatten)]
     pub meta: RunMeta,
     pub volumes: Vec<VolumeRun>,
+}
+
+impl RunRecord {
+    /// The other runs whose chains this run's volumes carry on, each once, sorted.
+    pub fn carried_runs(&self) -> Vec<String> {
+        let own = self.meta.run_id.as_str();
+        let set: std::collections::BTreeSet<&str> =
+            self.volumes.iter().filter_map(|v| v.chain.as_deref()).filter(|c| *c != own).collect();
+        set.into_iter().map(str::to_owned).collect()
+    }
+}
+
+/// What the state keeps per plan besides its runs: how many runs `options.history`
+/// removed from it so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanIndex {
+    pub format_version: u32,
+    pub plan: String,
+    /// Runs of the plan removed from the state, over its whole life.
+    pub removed: u64,
 }
 
 /// One journal line: borrowed when written, owned when read back.
@@ -270,6 +297,13 @@ pub trait StateStore: Send + Sync + fmt::Debug {
     /// Opens a run for appending: creates it if it is new, else folds its journal into
     /// a fresh checkpoint of `record`.
     async fn create_or_reopen(&self, record: &RunRecord) -> Result<Journal, StoreError>;
+    /// Removes a run from the state, every file or object of it. A removal cut short
+    /// leaves a run that no longer loads (it is passed over), never an older state of it.
+    async fn remove(&self, run_id: &str) -> Result<(), StoreError>;
+    /// Every plan's index, by plan name.
+    async fn plan_indexes(&self) -> Result<Vec<PlanIndex>, StoreError>;
+    /// Adds `runs` to the count of runs removed from `plan`; returns the new count.
+    async fn count_removed(&self, plan: &str, runs: u64) -> Result<u64, StoreError>;
     /// Waits (bounded) for background work of the store to end, such as the release
     /// of a lock just dropped. Call before the process exits.
     async fn close(&self) {}
@@ -350,6 +384,21 @@ impl Store {
 
     pub async fn close(&self) {
         self.0.close().await
+    }
+
+    /// Removes a run from the state.
+    pub async fn remove(&self, run_id: &str) -> Result<(), StoreError> {
+        self.0.remove(run_id).await
+    }
+
+    /// Per plan, how many runs were removed from the state.
+    pub async fn removed_counts(&self) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+        Ok(self.0.plan_indexes().await?.into_iter().map(|i| (i.plan, i.removed)).collect())
+    }
+
+    /// Adds `runs` to the count of runs removed from `plan`.
+    pub async fn count_removed(&self, plan: &str, runs: u64) -> Result<u64, StoreError> {
+        self.0.count_removed(plan, runs).await
     }
 
     pub fn stats(&self) -> Option<crate::cloud::object::ObjectStats> {
@@ -487,6 +536,11 @@ pub(crate) fn meta_of(checkpoint: &[u8], journal: &[u8], path: &Path) -> Result<
     Ok(meta)
 }
 
+/// Parses a plan's index, refusing a newer format. `path` names it in errors.
+pub(crate) fn parse_index(bytes: &[u8], path: &Path) -> Result<PlanIndex, StoreError> {
+    parse_versioned(bytes, path)
+}
+
 /// Parses a checkpoint, refusing a newer format. `path` names it in errors.
 pub(crate) fn parse_checkpoint(bytes: &[u8], path: &Path) -> Result<RunRecord, StoreError> {
     parse_versioned(bytes, path)
@@ -570,6 +624,7 @@ mod tests {
                 grant: None,
                 simulated: true,
                 cleaned_up: false,
+                carries: None,
             },
             volumes: (0..n).map(|i| VolumeRun::new(VolumeId::parse(&format!("vol-{i:017x}")).unwrap())).collect(),
         }
@@ -747,6 +802,92 @@ mod tests {
             assert_eq!(metas.iter().map(|m| m.run_id.as_str()).collect::<Vec<_>>(), ["old", "new", "other"]);
             assert_eq!(store.latest_of_plan("p").await.unwrap(), Some(new.clone()), "{}", store.location());
         }
+    }
+
+    #[tokio::test]
+    async fn a_removed_run_is_gone_and_the_plan_counts_it() {
+        for (store, _dir, objects) in stores() {
+            let mut a = record("a", 2);
+            a.meta.created_ms = 5;
+            let b = record("b", 1);
+            let mut j = store.create_or_reopen(&a).await.unwrap();
+            a.volumes[0].in_flight = true;
+            j.volume(0, &a.volumes[0]).unwrap();
+            j.sync().await.unwrap();
+            store.create_or_reopen(&b).await.unwrap();
+            store.remove("a").await.unwrap();
+            assert!(matches!(store.load("a").await, Err(StoreError::NoSuchRun(_))), "{}", store.location());
+            assert_eq!(store.list_meta().await.unwrap().iter().map(|m| m.run_id.as_str()).collect::<Vec<_>>(), ["b"]);
+            // Removing what is gone already is no error.
+            store.remove("a").await.unwrap();
+            assert!(store.removed_counts().await.unwrap().is_empty());
+            assert_eq!(store.count_removed("p", 1).await.unwrap(), 1);
+            assert_eq!(store.count_removed("p", 2).await.unwrap(), 3);
+            assert_eq!(store.removed_counts().await.unwrap(), [("p".to_owned(), 3)].into());
+            if store.location().starts_with("memory") {
+                assert!(!objects.keys().iter().any(|k| k.starts_with("runs/a/")), "{:?}", objects.keys());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_removal_cut_short_leaves_no_run_never_an_older_one() {
+        let objects = Arc::new(MemoryObjects::new());
+        let store = Store::remote(objects.clone(), LeaseOptions::default());
+        let mut r = record("r", 1);
+        let mut j = store.create_or_reopen(&r).await.unwrap();
+        r.meta.status = RunStatus::Succeeded;
+        j.meta(&r.meta).unwrap();
+        j.sync().await.unwrap();
+        // Removed oldest first: cut short after the checkpoint went.
+        objects.delete("runs/r/000000000001.json", None).await.unwrap();
+        assert!(matches!(store.load("r").await, Err(StoreError::NoSuchRun(_))));
+        assert!(store.list_meta().await.unwrap().is_empty());
+        store.remove("r").await.unwrap();
+        assert!(objects.keys().is_empty(), "{:?}", objects.keys());
+    }
+
+    #[tokio::test]
+    async fn a_listing_reads_again_only_the_runs_written_since() {
+        let objects = Arc::new(MemoryObjects::new());
+        let store = Store::remote(objects.clone(), LeaseOptions::default());
+        let (mut a, b) = (record("a", 3), record("b", 3));
+        let mut ja = store.create_or_reopen(&a).await.unwrap();
+        store.create_or_reopen(&b).await.unwrap();
+        let reader = Store::remote(objects.clone(), LeaseOptions::default());
+        assert_eq!(reader.list_meta().await.unwrap().len(), 2);
+        let gets = objects.stats().gets;
+        assert_eq!(reader.list_meta().await.unwrap().len(), 2);
+        assert_eq!(objects.stats().gets, gets, "nothing written since: nothing read");
+        a.meta.status = RunStatus::Failed;
+        ja.meta(&a.meta).unwrap();
+        ja.sync().await.unwrap();
+        let metas = reader.list_meta().await.unwrap();
+        assert_eq!(metas.iter().find(|m| m.run_id == "a").unwrap().status, RunStatus::Failed);
+        assert_eq!(objects.stats().gets, gets + 2, "run a's checkpoint and its new batch");
+        // The writer's own compaction leaves it nothing to read.
+        ja.compact(&a).await.unwrap();
+        let gets = objects.stats().gets;
+        store.list_meta().await.unwrap();
+        store.list_meta().await.unwrap();
+        assert!(objects.stats().gets <= gets + 1, "run b at most, once");
+    }
+
+    #[tokio::test]
+    async fn many_journal_batches_are_read_back_in_order() {
+        let objects = Arc::new(MemoryObjects::new());
+        let store = Store::remote(objects.clone(), LeaseOptions::default());
+        let mut r = record("r", 2);
+        let mut j = store.create_or_reopen(&r).await.unwrap();
+        for n in 0..100u8 {
+            r.volumes[usize::from(n % 2)].progress = Some(n);
+            j.volume(usize::from(n % 2), &r.volumes[usize::from(n % 2)]).unwrap();
+            j.sync().await.unwrap();
+        }
+        assert_eq!(objects.keys().len(), 101);
+        let before = objects.stats();
+        assert_eq!(Store::remote(objects.clone(), LeaseOptions::default()).load("r").await.unwrap(), r);
+        assert_eq!(objects.stats().gets - before.gets, 101);
     }
 
     #[tokio::test]

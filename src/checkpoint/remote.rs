@@ -5,6 +5,7 @@
 //! locks/<plan>.json         the lease: holder (host, pid), run id, expiry
 //! runs/<run-id>/<seq>.json  a checkpoint (the whole run, one JSON document with its
 //!                           format_version) or a journal batch (the JSON lines of one sync)
+//! plans/<plan>.json         the plan's index: runs removed by `options.history`
 //! ```
 //!
 //! `<seq>` is a zero-padded sequence number shared by checkpoints and journal batches,
@@ -15,6 +16,14 @@
 //! suspended or cut off) fails at its next write instead of overwriting the newer
 //! holder's state: taking a run over starts by writing a checkpoint at the next
 //! number. Objects older than the newest checkpoint are deleted after it is written.
+//!
+//! The journal is folded into a new checkpoint once it holds four times the
+//! checkpoint's bytes, or more objects than the checkpoint has kilobytes (at least
+//! 512): each rewrite is paid for by as many bytes (or, for small syncs, records) of
+//! journal, so what one run writes stays linear in its size. A load reads the objects after the newest checkpoint
+//! [`READS_IN_FLIGHT`] at a time. A run is removed oldest object first: a removal cut
+//! short leaves journal batches without a checkpoint, which is no run (a checkpoint
+//! is always written before the batches after it, and only older objects are deleted).
 //!
 //! The lock is a lease object created with `If-None-Match: *`, renewed with
 //! `If-Match` (the entity tag of the holder's last write) every quarter of its
@@ -50,7 +59,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::{Journal, JournalSink, PlanLock, RunMeta, RunRecord, StateStore, StoreError, parse_checkpoint, replay};
+use super::{
+    FORMAT_VERSION, Journal, JournalSink, PlanIndex, PlanLock, RunMeta, RunRecord, StateStore, StoreError,
+    parse_checkpoint, parse_index, replay,
+};
 use crate::cloud::object::{Condition, ObjectStats, ObjectStore, refused};
 use crate::cloud::{CloudError, ErrorKind};
 
@@ -63,8 +75,12 @@ const MIN_LEASE_SECONDS: u64 = 4;
 const LOCK_ATTEMPTS: u32 = 3;
 /// Loads again when a compaction deleted an object between our listing and our read.
 const LOAD_ATTEMPTS: u32 = 3;
-/// Fold the journal into a checkpoint past this many objects: a resume reads each one.
+/// Fold the journal into a checkpoint past this many objects at least ...
 const COMPACT_OBJECTS: usize = 512;
+/// ... or past one object per this many bytes of the checkpoint, so that a fleet's
+/// large checkpoint is rewritten once per as many syncs as it has records, not once per
+/// [`COMPACT_OBJECTS`] syncs (which grows with the square of the fleet).
+const COMPACT_BYTES_PER_OBJECT: usize = 1024;
 /// ... or once the journal holds this many times the checkpoint's bytes (the checkpoint
 /// counted as at least [`COMPACT_MIN_BYTES`]): the rewrites then add at most a quarter
 /// to what the journal itself writes.
@@ -72,6 +88,8 @@ const COMPACT_RATIO: usize = 4;
 const COMPACT_MIN_BYTES: usize = 256 * 1024;
 /// Deletes of old objects under way at once.
 const DELETES_IN_FLIGHT: usize = 16;
+/// GETs under way at once when a run is read.
+const READS_IN_FLIGHT: usize = 16;
 /// How long `close` waits for a lease to be released.
 const RELEASE_WAIT: Duration = Duration::from_secs(15);
 /// Attempts at one state or lease write whose attempts fail or time out, while the
@@ -483,9 +501,17 @@ fn parse_key(key: &str) -> Option<u64> {
 }
 
 /// A checkpoint is one JSON document with a `format_version`; a journal batch is
-/// JSON lines of records, which have none.
+/// JSON lines of records, which have none. Read without building the document.
 fn is_checkpoint(bytes: &[u8]) -> bool {
-    serde_json::from_slice::<serde_json::Value>(bytes).is_ok_and(|v| v.get("format_version").is_some())
+    #[derive(Deserialize)]
+    struct Versioned {
+        #[allow(dead_code)]
+        format_version: serde::de::IgnoredAny,
+    }
+    if bytes.starts_with(b"{\"meta\"") || bytes.starts_with(b"{\"volume\"") {
+        return false;
+    }
+    serde_json::from_slice::<Versioned>(bytes).is_ok()
 }
 
 fn remote(location: &str, e: CloudError) -> StoreError {
@@ -508,7 +534,13 @@ pub struct RemoteStore {
     tasks: Mutex<HashMap<String, Renewal>>,
     /// Per run: the highest sequence number and every key seen at its last load.
     loaded: Mutex<HashMap<String, (u64, Vec<String>)>>,
+    /// Per run: its meta as of its newest object's sequence number, so a listing reads
+    /// again only the runs written since.
+    metas: MetaCache,
 }
+
+/// Per run: its meta as of the sequence number of its newest object.
+type MetaCache = Arc<Mutex<HashMap<String, (u64, RunMeta)>>>;
 
 impl RemoteStore {
     pub fn new(objects: Arc<dyn ObjectStore>, opts: LeaseOptions) -> Self {
@@ -518,6 +550,7 @@ impl RemoteStore {
             held: Mutex::new(HashMap::new()),
             tasks: Mutex::new(HashMap::new()),
             loaded: Mutex::new(HashMap::new()),
+            metas: MetaCache::default(),
         }
     }
 
@@ -579,26 +612,32 @@ impl RemoteStore {
             return Err(StoreError::NoSuchRun(run_id.to_owned()));
         };
         // Newest first, down to the newest checkpoint; older objects are left-overs.
+        // Several GETs at once: a resume may have hundreds of batches to read.
+        let newest_first: Vec<String> = objects.values().rev().map(|k| (*k).clone()).collect();
+        let mut reads = futures::stream::iter(newest_first)
+            .map(|key| {
+                let store = self.objects.clone();
+                async move { (store.get(&key).await, key) }
+            })
+            .buffered(READS_IN_FLIGHT);
         let mut batches = vec![];
         let mut base = None;
-        for (_, key) in objects.iter().rev() {
-            let Some(obj) = self.objects.get(key).await.map_err(|e| self.err(e))? else { return Ok(None) };
+        while let Some((got, key)) = reads.next().await {
+            let Some(obj) = got.map_err(|e| self.err(e))? else { return Ok(None) };
             if is_checkpoint(&obj.bytes) {
-                base = Some(parse_checkpoint(&obj.bytes, &self.path(key))?);
+                base = Some(parse_checkpoint(&obj.bytes, &self.path(&key))?);
                 break;
             }
             batches.push(obj.bytes);
         }
-        let Some(mut record) = base else {
-            return Err(StoreError::Corrupt {
-                path: self.path(&format!("runs/{run_id}/")),
-                message: "no checkpoint object among the run's objects".to_owned(),
-            });
-        };
+        drop(reads);
+        // Batches without a checkpoint: what a removal cut short left.
+        let Some(mut record) = base else { return Err(StoreError::NoSuchRun(run_id.to_owned())) };
         for batch in batches.iter().rev() {
             replay(&mut record, batch);
         }
         self.loaded.lock().unwrap_or_else(|p| p.into_inner()).insert(run_id.to_owned(), (last, keys));
+        self.metas.lock().unwrap_or_else(|p| p.into_inner()).insert(run_id.to_owned(), (last, record.meta.clone()));
         Ok(Some(record))
     }
 
@@ -726,12 +765,26 @@ impl StateStore for RemoteStore {
         Ok(runs)
     }
 
-    /// Each run is read whole (its newest checkpoint and the batches after it) and
-    /// kept only as its meta: one run in memory at a time.
+    /// One listing of every run's objects; a run this process read (or wrote) since
+    /// its newest object was written is not read again; any other is read whole (its
+    /// newest checkpoint and the batches after it) and kept only as its meta: one run
+    /// in memory at a time.
     async fn list_meta(&self) -> Result<Vec<RunMeta>, StoreError> {
+        let keys = self.objects.list("runs/").await.map_err(|e| self.err(e))?;
+        let mut newest: BTreeMap<&str, u64> = BTreeMap::new();
+        for k in &keys {
+            if let (Some(id), Some(seq)) = (k.strip_prefix("runs/").and_then(|r| r.split('/').next()), parse_key(k)) {
+                let e = newest.entry(id).or_insert(seq);
+                *e = (*e).max(seq);
+            }
+        }
         let mut metas = vec![];
-        for id in self.run_ids().await? {
-            metas.extend(self.load_listed(&id).await?.map(|r| r.meta));
+        for (id, seq) in newest {
+            let cached = self.metas.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned();
+            match cached {
+                Some((at, meta)) if at == seq => metas.push(meta),
+                _ => metas.extend(self.load_listed(id).await?.map(|r| r.meta)),
+            }
         }
         metas.sort_by(|a, b| (a.created_ms, &a.run_id).cmp(&(b.created_ms, &b.run_id)));
         Ok(metas)
@@ -775,7 +828,59 @@ impl StateStore for RemoteStore {
             written: vec![key],
             since_bytes: 0,
             snapshot_bytes,
+            metas: self.metas.clone(),
         }))
+    }
+
+    /// Oldest object first, one at a time: what a removal cut short leaves is no run,
+    /// never an older state of it.
+    async fn remove(&self, run_id: &str) -> Result<(), StoreError> {
+        let keys = self.objects.list(&format!("runs/{run_id}/")).await.map_err(|e| self.err(e))?;
+        let mut ordered: Vec<(u64, &String)> = keys.iter().filter_map(|k| parse_key(k).map(|s| (s, k))).collect();
+        ordered.sort();
+        for (_, key) in ordered {
+            self.objects.delete(key, None).await.map_err(|e| self.err(e))?;
+        }
+        // Anything else under the run's prefix, once the run is gone.
+        self.prune(keys.into_iter().filter(|k| parse_key(k).is_none()).collect()).await;
+        self.loaded.lock().unwrap_or_else(|p| p.into_inner()).remove(run_id);
+        self.metas.lock().unwrap_or_else(|p| p.into_inner()).remove(run_id);
+        Ok(())
+    }
+
+    async fn plan_indexes(&self) -> Result<Vec<PlanIndex>, StoreError> {
+        let keys = self.objects.list("plans/").await.map_err(|e| self.err(e))?;
+        let mut out = vec![];
+        for key in keys.iter().filter(|k| k.ends_with(".json")) {
+            if let Some(obj) = self.objects.get(key).await.map_err(|e| self.err(e))? {
+                out.push(parse_index(&obj.bytes, &self.path(key))?);
+            }
+        }
+        out.sort_by(|a, b| a.plan.cmp(&b.plan));
+        Ok(out)
+    }
+
+    /// Read, add, write back on the version read: the plan's lease holder is its only
+    /// writer, and a refused write is read again.
+    async fn count_removed(&self, plan: &str, runs: u64) -> Result<u64, StoreError> {
+        let key = format!("plans/{plan}.json");
+        for _ in 0..LOCK_ATTEMPTS {
+            let (mut index, condition) = match self.objects.get(&key).await.map_err(|e| self.err(e))? {
+                Some(obj) => (parse_index(&obj.bytes, &self.path(&key))?, Condition::Matches(obj.etag)),
+                None => {
+                    (PlanIndex { format_version: FORMAT_VERSION, plan: plan.to_owned(), removed: 0 }, Condition::Absent)
+                }
+            };
+            index.removed += runs;
+            let bytes = serde_json::to_vec_pretty(&index)
+                .map_err(|e| StoreError::Corrupt { path: self.path(&key), message: e.to_string() })?;
+            match self.objects.put(&key, bytes, condition).await {
+                Ok(_) => return Ok(index.removed),
+                Err(e) if refused(&e) => continue,
+                Err(e) => return Err(self.err(e)),
+            }
+        }
+        Err(StoreError::Fenced { run_id: format!("index of plan {plan}"), location: self.location() })
     }
 
     async fn close(&self) {
@@ -807,6 +912,8 @@ struct RemoteJournal {
     written: Vec<String>,
     since_bytes: usize,
     snapshot_bytes: usize,
+    /// The store's metas: a run just compacted need not be read again to be listed.
+    metas: MetaCache,
 }
 
 impl RemoteJournal {
@@ -834,6 +941,10 @@ impl JournalSink for RemoteJournal {
             .map_err(|e| StoreError::Corrupt { path: PathBuf::from(&self.location), message: e.to_string() })?;
         let len = bytes.len();
         let key = self.create(&bytes, true).await?;
+        if let Some(seq) = parse_key(&key) {
+            let mut metas = self.metas.lock().unwrap_or_else(|p| p.into_inner());
+            metas.insert(self.run_id.clone(), (seq, record.meta.clone()));
+        }
         let old = std::mem::replace(&mut self.written, vec![key]);
         self.since_bytes = 0;
         self.snapshot_bytes = len;
@@ -850,8 +961,8 @@ impl JournalSink for RemoteJournal {
     }
 
     fn wants_compaction(&self) -> bool {
-        self.written.len() > COMPACT_OBJECTS
-            || self.since_bytes >= COMPACT_RATIO * self.snapshot_bytes.max(COMPACT_MIN_BYTES)
+        let objects = COMPACT_OBJECTS.max(self.snapshot_bytes / COMPACT_BYTES_PER_OBJECT);
+        self.written.len() > objects || self.since_bytes >= COMPACT_RATIO * self.snapshot_bytes.max(COMPACT_MIN_BYTES)
     }
 }
 
@@ -867,6 +978,32 @@ mod tests {
         assert_eq!(parse_key(&a), Some(9));
         assert_eq!(parse_key(&b), Some(10));
         assert_eq!(parse_key("runs/r/notes.json"), None);
+    }
+
+    /// What one run writes stays linear in its size: a large checkpoint is rewritten
+    /// once per as many syncs as it has kilobytes, not once per 512 syncs.
+    #[test]
+    fn a_large_checkpoint_is_rewritten_after_proportionally_many_small_syncs() {
+        let journal = |written: usize, since_bytes: usize, snapshot_bytes: usize| RemoteJournal {
+            objects: Arc::new(crate::checkpoint::memory::MemoryObjects::new()),
+            location: "memory://state".into(),
+            run_id: "r".into(),
+            lease: None,
+            opts: LeaseOptions::default(),
+            next: 1,
+            written: vec![String::new(); written],
+            since_bytes,
+            snapshot_bytes,
+            metas: MetaCache::default(),
+        };
+        // A small run: 512 batches, or four times its checkpoint (at least 256 kB).
+        assert!(!journal(512, 1000, 10_000).wants_compaction());
+        assert!(journal(513, 1000, 10_000).wants_compaction());
+        assert!(journal(2, 1 << 20, 10_000).wants_compaction());
+        // A fleet's 5 MB checkpoint: 5,000 small batches.
+        assert!(!journal(4_000, 4 << 20, 5 << 20).wants_compaction());
+        assert!(journal(5_200, 4 << 20, 5 << 20).wants_compaction());
+        assert!(journal(10, 20 << 20, 5 << 20).wants_compaction());
     }
 
     #[test]

@@ -155,23 +155,45 @@ async fn observed(store: &Store, mut r: RunRecord) -> RunRecord {
     r
 }
 
+/// For a run the state does not have: when its id is of a plan whose history removed
+/// runs, it is most likely one of those, and the message says so.
+async fn removed_hint(store: &Store, run_id: &str) -> String {
+    let removed_from = store
+        .removed_counts()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .find(|(p, n)| *n > 0 && run_id.strip_prefix(p.as_str()).is_some_and(|rest| rest.starts_with('-')));
+    match removed_from {
+        Some((p, _)) => {
+            format!(" (plan {p} keeps only its newest finished runs there, options.history, and removed older ones)")
+        }
+        None => String::new(),
+    }
+}
+
 async fn status(run_id: Option<&str>, common: &Common) -> Result<u8, Failure> {
     let store = state::open(common, StateReach::default()).await?.store;
     match run_id {
         Some(id) => {
-            let r = store.load(id).await.map_err(|e| match e {
-                StoreError::NoSuchRun(_) => Failure::new(
-                    exit::USAGE,
-                    format!("no run {id} in {}; `snapferry status` lists the runs", store.location()),
-                ),
-                e => Failure::from(&e),
-            })?;
+            let r = match store.load(id).await {
+                Ok(r) => r,
+                Err(StoreError::NoSuchRun(_)) => {
+                    let why = removed_hint(&store, id).await;
+                    return Err(Failure::new(
+                        exit::USAGE,
+                        format!("no run {id} in {}{why}; `snapferry status` lists the runs", store.location()),
+                    ));
+                }
+                Err(e) => return Err(Failure::from(&e)),
+            };
             let r = observed(&store, r).await;
             emit(common.format, &render::run_status_json(&r), |_| render::run_status_text(&r));
         }
         None => {
             // One run at a time: a recurring plan leaves a run per round.
             let mut runs = render::Runs::default();
+            runs.removed = store.removed_counts().await.map_err(|e| Failure::from(&e))?;
             for meta in store.list_meta().await.map_err(|e| Failure::from(&e))? {
                 if let Some(r) = store.load_listed(&meta.run_id).await.map_err(|e| Failure::from(&e))? {
                     runs.add(&observed(&store, r).await);
@@ -199,10 +221,11 @@ async fn cleanup(run_id: &str, plan_path: Option<&Path>, common: &Common) -> Res
         Ok(r) => Some(r),
         Err(StoreError::NoSuchRun(_)) if plan.is_some() => None,
         Err(StoreError::NoSuchRun(_)) => {
+            let why = removed_hint(&store, run_id).await;
             return Err(Failure::new(
                 exit::USAGE,
                 format!(
-                    "no run {run_id} in {}; to clean it up from its tags in AWS, name its plan: snapferry cleanup --plan PLAN {run_id}",
+                    "no run {run_id} in {}{why}; to clean it up from its tags in AWS, name its plan: snapferry cleanup --plan PLAN {run_id}",
                     store.location()
                 ),
             ));

@@ -142,6 +142,8 @@ pub struct Runs {
     /// Per plan, what its newest run says: when it was created, its `every`, and its
     /// failing volumes.
     newest_run: std::collections::BTreeMap<String, NewestRun>,
+    /// Per plan, the runs `options.history` removed from the state.
+    pub removed: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Debug)]
@@ -241,6 +243,7 @@ pub fn runs_json(runs: &Runs) -> Value {
     json!({"last_success": runs.last_success(crate::clock::Clock::now_ms(&crate::clock::WallClock)),
            "failing": runs.failing(),
            "unlocked_copies": runs.unlocked(),
+           "removed_runs": runs.removed,
            "runs": runs.rows.iter().map(|(m, counts)| json!({
         "run_id": m.run_id,
         "plan": m.plan,
@@ -316,6 +319,13 @@ pub fn runs_text(runs: &Runs) -> String {
                 e["since"].as_str().unwrap_or(""),
                 e["error"].as_str().unwrap_or("")
             );
+        }
+    }
+    let removed: Vec<_> = runs.removed.iter().filter(|(_, n)| **n > 0).collect();
+    if !removed.is_empty() {
+        let _ = writeln!(s, "\nruns removed from the state (options.history):");
+        for (plan, n) in removed {
+            let _ = writeln!(s, "  {plan:<24} {n} older finished runs removed");
         }
     }
     s

@@ -412,6 +412,7 @@ async fn from_tags(
             grant: None,
             simulated: false,
             cleaned_up: false,
+            carries: None,
         },
         volumes: found.volumes,
     };

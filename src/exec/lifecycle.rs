@@ -49,6 +49,7 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
         && !recurring
     {
         tracing::info!(run = %p.meta.run_id, "run already succeeded; nothing to do");
+        prune_history(&env, plan, &p.meta.run_id).await;
         return Ok(RunReport::from_record(p));
     }
 
@@ -110,6 +111,7 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
     record.meta.source_key_arn = Some(resolved.source_key.arn.to_string());
     record.meta.set_targets(target_metas(plan, &resolved));
     record.meta.every_ms = plan.options.every.map(|d| d.as_millis() as i64);
+    record.meta.carries = Some(record.carried_runs());
     // Volumes the plan picks now and the run does not have yet join it, one volume run
     // per target: the first leads, the others follow.
     let targets = plan.targets.len() as u8;
@@ -243,6 +245,7 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
     if matches!(ended, Ended::Finished) {
         record.meta.finished_ms = Some(now);
     }
+    record.meta.carries = Some(record.carried_runs());
     journal.meta(&record.meta)?;
     journal.compact(&record).await?;
     // A failed run is an ERROR, so an alert on the log level sees it.
@@ -330,6 +333,7 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
             }
         }
     }
+    prune_history(&env, plan, &record.meta.run_id).await;
     Ok(report)
 }
 
@@ -396,6 +400,14 @@ async fn retry_after_lost_grant(
     let ended = r.drive(shutdown).await?;
     let (record, journal) = r.into_parts();
     Ok((record, journal, ended))
+}
+
+/// Removes the plan's finished runs beyond `options.history` from the state. The run's
+/// result stands whatever happens here: what is left is removed next time.
+async fn prune_history(env: &Env, plan: &Plan, current: &str) {
+    if let Err(e) = super::history::prune(&env.store, plan.name.as_str(), plan.options.history, current).await {
+        tracing::warn!(error = %e, plan = %plan.name, "could not remove the plan's oldest runs from the state; the next invocation tries again");
+    }
 }
 
 /// What a recurring plan carries on.
@@ -515,6 +527,7 @@ fn new_record(cfg: &RunConfig, run_id: String, created_ms: i64, volumes: Vec<Vol
             grant: None,
             simulated: cfg.simulated,
             cleaned_up: false,
+            carries: None,
         },
         volumes,
     }

@@ -21,6 +21,7 @@
 mod act;
 pub mod adopt;
 pub mod cleanup;
+mod history;
 mod key_policy;
 mod lifecycle;
 mod locks;

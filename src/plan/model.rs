@@ -98,7 +98,13 @@ pub struct Options {
     pub keep_source: u32,
     /// `options.lock`: the lock of every target that does not name its own.
     pub lock: Option<LockSpec>,
+    /// Finished runs of the plan kept in the state (besides unfinished ones and those
+    /// whose chains a later run carries).
+    pub history: u32,
 }
+
+/// `options.history` when the plan leaves it out: a month of daily rounds.
+pub const DEFAULT_HISTORY: u32 = 30;
 
 /// A time-based copy's completion duration, in minutes: 15 to 2,880 in steps of 15
 /// (EBS User Guide, "Time-based copies").
@@ -165,6 +171,7 @@ impl Default for Options {
             copy_within: None,
             keep_source: 0,
             lock: None,
+            history: DEFAULT_HISTORY,
         }
     }
 }

@@ -181,6 +181,11 @@ pub struct RawOptions {
     /// default 0.
     #[schemars(with = "Option<u32>", range(min = 0))]
     pub keep_source: Option<Spanned<i64>>,
+    /// Finished runs of this plan kept in the state; older ones are removed at the end
+    /// of an invocation (unfinished runs, and runs whose chains a later run carries,
+    /// always stay); default 30.
+    #[schemars(with = "Option<u32>", range(min = 1))]
+    pub history: Option<Spanned<i64>>,
     /// Immutable copies: every target copy is locked (EBS snapshot lock) right after
     /// CopySnapshot returns; a target's own `lock` replaces this.
     #[schemars(with = "Option<RawLock>")]

@@ -887,6 +887,21 @@ impl Checker<'_> {
             Some(l) => self.lock(&l.value, &l.referenced, "options.lock").map(Some),
             None => Some(None),
         };
+        let history = match &o.history {
+            Some(v) => match u32::try_from(v.value) {
+                Ok(n) if n >= 1 => Some(n),
+                _ => {
+                    let message = format!(
+                        "expected a whole number from 1 to {}, found {}: the finished runs of the plan kept in the state",
+                        u32::MAX,
+                        v.value
+                    );
+                    self.report(&v.referenced, "options.history", message);
+                    None
+                }
+            },
+            None => Some(defaults.history),
+        };
         Some(Options {
             lock: lock?,
             tags: tags?,
@@ -898,6 +913,7 @@ impl Checker<'_> {
             every: every?,
             copy_within: copy_within?,
             keep_source: keep_source?,
+            history: history?,
         })
     }
 

@@ -477,3 +477,42 @@ fn a_fan_out_plan_is_rehearsed_reported_per_target_and_dry_run_per_target() {
         assert!(caller.contains(role), "the caller may assume {role}: {caller}");
     }
 }
+
+/// `history: 1`: each round removes the one before it from the state; `status` says how
+/// many were removed, and `cleanup` of a removed run says to name its plan, then finds
+/// the run's snapshots by their tags.
+#[test]
+fn status_counts_the_runs_history_removed_and_cleanup_of_one_works_from_tags() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(root("plans/example.yaml")).unwrap().replace("cleanup: true", "cleanup: false");
+    let plan = dir.path().join("recurring.yaml");
+    std::fs::write(&plan, text.replace("options:\n", "options:\n  every: 1m\n  history: 1\n")).unwrap();
+    let mut ids = vec![];
+    for _ in 0..3 {
+        let o = run(&["run", plan.to_str().unwrap(), "--simulate", "--format", "json"], dir.path());
+        assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+        ids.push(json(&o)["run_id"].as_str().unwrap().to_owned());
+    }
+    let o = run(&["status", "--format", "json"], dir.path());
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let st = json(&o);
+    assert_eq!(st["removed_runs"]["prod-db-dr"], 2, "{st:#}");
+    let runs: Vec<&str> = st["runs"].as_array().unwrap().iter().map(|r| r["run_id"].as_str().unwrap()).collect();
+    assert_eq!(runs, [ids[2].as_str()]);
+    let text = String::from_utf8(run(&["status"], dir.path()).stdout).unwrap();
+    assert!(text.contains("prod-db-dr") && text.contains("2 older finished runs removed"), "{text}");
+
+    let o = run(&["status", &ids[0]], dir.path());
+    assert_eq!(code(&o), 2);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("options.history"), "{o:?}");
+    let o = run(&["status", &ids[0]], dir.path());
+    assert_eq!(code(&o), 2);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("options.history"), "{o:?}");
+    let o = run(&["cleanup", &ids[0], "--simulate"], dir.path());
+    assert_eq!(code(&o), 2);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("options.history") && err.contains("cleanup --plan PLAN"), "{err}");
+    let o = run(&["cleanup", &ids[0], "--plan", plan.to_str().unwrap(), "--simulate", "--format", "json"], dir.path());
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!json(&o)["deleted_snapshots"].as_array().unwrap().is_empty(), "{}", String::from_utf8_lossy(&o.stdout));
+}

@@ -904,3 +904,6 @@ async fn the_report_says_which_next_copies_are_full() {
     }
     assert!(kinds.contains(&"full") && kinds.contains(&"incremental"), "{kinds:?}");
 }
+
+#[path = "sim_history.rs"]
+mod history;
