@@ -32,14 +32,14 @@ use super::{
     parse_checkpoint, replay, sync_dir, write_atomic,
 };
 
-/// The state dir.
-#[derive(Debug, Clone)]
 /// Times a plan's lock is asked for again before it counts as held, and the pause
 /// between: a lock just released can stay held for the moment a forked child takes
 /// to exec.
 const LOCK_TRIES: u32 = 10;
 const LOCK_RETRY_MS: u64 = 50;
 
+/// The state dir.
+#[derive(Debug, Clone)]
 pub struct LocalStore {
     root: PathBuf,
 }
