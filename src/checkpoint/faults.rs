@@ -9,10 +9,9 @@ use async_trait::async_trait;
 
 use super::memory::MemoryObjects;
 use super::remote::{LeaseOptions, RemoteStore};
-use super::{RunMeta, RunRecord, RunStatus, Store, StoreError, VolumeRun};
+use super::{RunRecord, RunStatus, Store, StoreError};
 use crate::cloud::CloudResult;
 use crate::cloud::object::{Condition, Object, ObjectStats, ObjectStore, precondition_failed};
-use crate::ids::VolumeId;
 
 #[derive(Debug, Clone, Copy)]
 enum Fault {
@@ -122,35 +121,7 @@ impl ObjectStore for Faulty {
 }
 
 fn record(n: usize) -> RunRecord {
-    RunRecord {
-        meta: RunMeta {
-            format_version: super::FORMAT_VERSION,
-            run_id: "run".into(),
-            plan: "p".into(),
-            plan_file: "p.yaml".into(),
-            status: RunStatus::Running,
-            created_ms: 1,
-            updated_ms: 1,
-            finished_ms: None,
-            source_account: None,
-            target_account: None,
-            source_region: "us-east-1".into(),
-            target_region: "eu-west-1".into(),
-            cross_account: true,
-            source_key_arn: None,
-            target_key_arn: None,
-            target_role_arn: None,
-            target_external_id: None,
-            every_ms: None,
-            target_list: vec![],
-            more_grants: vec![],
-            grant: None,
-            simulated: true,
-            cleaned_up: false,
-            carries: None,
-        },
-        volumes: (0..n).map(|i| VolumeRun::new(VolumeId::parse(&format!("vol-{i:017x}")).unwrap())).collect(),
-    }
+    super::tests::record("run", n)
 }
 
 fn lease(ms: u64) -> LeaseOptions {

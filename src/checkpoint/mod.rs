@@ -598,7 +598,8 @@ mod tests {
     use crate::cloud::object::ObjectStore;
     use crate::ids::VolumeId;
 
-    fn record(run_id: &str, n: usize) -> RunRecord {
+    /// A run of `n` volumes just begun, for the store tests here and in `faults`.
+    pub(super) fn record(run_id: &str, n: usize) -> RunRecord {
         RunRecord {
             meta: RunMeta {
                 format_version: FORMAT_VERSION,
