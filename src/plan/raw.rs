@@ -207,7 +207,7 @@ pub struct RawLock {
 /// A target's `lock`: a mapping like options.lock, or the string `none`.
 #[derive(Debug)]
 pub enum RawLockSetting {
-    Lock(RawLock),
+    Lock(Box<RawLock>),
     /// A string: `none`, or anything else (refused by validation).
     Word(String),
 }
@@ -226,7 +226,7 @@ impl<'de> Deserialize<'de> for RawLockSetting {
                 Ok(RawLockSetting::Word(v.to_owned()))
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawLockSetting, A::Error> {
-                RawLock::deserialize(de::value::MapAccessDeserializer::new(map)).map(RawLockSetting::Lock)
+                RawLock::deserialize(de::value::MapAccessDeserializer::new(map)).map(|l| RawLockSetting::Lock(Box::new(l)))
             }
         }
 
