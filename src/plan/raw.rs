@@ -226,7 +226,8 @@ impl<'de> Deserialize<'de> for RawLockSetting {
                 Ok(RawLockSetting::Word(v.to_owned()))
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawLockSetting, A::Error> {
-                RawLock::deserialize(de::value::MapAccessDeserializer::new(map)).map(|l| RawLockSetting::Lock(Box::new(l)))
+                RawLock::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(|l| RawLockSetting::Lock(Box::new(l)))
             }
         }
 
