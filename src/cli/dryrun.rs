@@ -189,7 +189,7 @@ fn lock_advice(plan: &Plan, targets: &[(AccountId, String, bool)]) -> (Vec<LockA
         }
         match lock.mode {
             crate::lock::LockMode::Compliance => notes.push(format!(
-                "compliance mode: once the {}h cool-off after each lock has passed, nobody can delete these copies before their locks expire, {} after each completes: not an administrator, not the account's root user, not AWS; the only way to remove one early is to close the account",
+                "compliance mode: once the {}h cool-off after each lock has passed, nobody can delete these copies before their locks expire, {} after each completes: not an administrator, not the account's root user; the only way to remove one early is to close the account",
                 lock.cool_off_hours.unwrap_or(0),
                 span(d)
             )),
@@ -198,7 +198,7 @@ fn lock_advice(plan: &Plan, targets: &[(AccountId, String, bool)]) -> (Vec<LockA
             ),
         }
         notes.push(format!(
-            "a locked copy is only as safe as its key: AWS lets the key of a locked snapshot be scheduled for deletion; add the statement below to the policy of {} (snapferry never changes it)",
+            "a locked copy is only as safe as its key: AWS lets the key of a locked snapshot be scheduled for deletion; add the statement below to the policy of {} (snapferry never changes it), and keep kms:PutKeyPolicy on it to the break-glass role, or the statement can be taken out again",
             placeholder(key)
         ));
         let break_glass = policy::break_glass_placeholder(partition, &placeholder(account.as_str()));

@@ -34,7 +34,7 @@ pub use args::{Cli, Command, Format, LogFormat};
 pub use dryrun::DryRun;
 pub use failure::Failure;
 pub use plan_file::{LoadError, read_plan};
-pub use render::Runs;
+pub use render::{Metrics, Runs, write_metrics};
 
 /// Parses the command line, runs the command and returns its exit code.
 pub fn main() -> ExitCode {

@@ -168,6 +168,9 @@ fn unit_status(v: &VolumeRun, sibling_failed: bool) -> &'static str {
 fn volume_reports(r: &RunRecord) -> Vec<VolumeReport> {
     let targets = r.meta.targets();
     let fan_out = targets.len() > 1 || r.volumes.iter().any(|v| v.target > 0);
+    // A locked single target lists its copy too, so each copy's `lock` is in `copies`
+    // whatever the number of targets.
+    let with_copies = fan_out || targets.iter().any(|t| t.lock.is_some());
     // Grouped in one pass, in the run's order.
     let mut order: Vec<&crate::ids::VolumeId> = vec![];
     let mut groups: std::collections::HashMap<&crate::ids::VolumeId, Vec<&VolumeRun>> = Default::default();
@@ -198,7 +201,7 @@ fn volume_reports(r: &RunRecord) -> Vec<VolumeReport> {
             let lead = units.iter().find(|v| !v.follower && !v.fresh).or(units.first()).copied().expect("one unit");
             let first = units[0];
             let failed = units.iter().find(|v| v.step == Step::Failed).copied();
-            let copies = if fan_out {
+            let copies = if with_copies {
                 units
                     .iter()
                     .zip(&statuses)

@@ -76,6 +76,8 @@ async fn every_copy_is_locked_while_pending_and_the_report_shows_its_lock() {
     }
     let json = serde_json::to_value(&r).unwrap();
     assert_eq!(json["volumes"][0]["lock"]["mode"], "governance");
+    // A locked single target lists its copy in `copies` too, with the same lock.
+    assert_eq!(json["volumes"][0]["copies"][0]["lock"], json["volumes"][0]["lock"], "{json:#}");
 
     // Without `lock`, the report says `null` and no lock call is made.
     let plain = Rig::new(plan(CROSS));
@@ -276,6 +278,13 @@ async fn a_failed_lock_fails_the_volume_and_the_rerun_locks_the_existing_copy() 
     let mut runs = snapferry::cli::Runs::default();
     runs.add(&record);
     assert_eq!(runs.unlocked().as_array().map(Vec::len), Some(3), "{}", runs.unlocked());
+    let mut metrics = snapferry::cli::Metrics::default();
+    metrics.add(&rig.plan, &record);
+    let prom = tempfile::tempdir().unwrap();
+    let file = prom.path().join("snapferry.prom");
+    snapferry::cli::write_metrics(&file, &rig.plan, &metrics).unwrap();
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("snapferry_unlocked_copies{plan=\"crash-test\"} 3"), "{text}");
 
     rig.sim.with_world(|w| w.faults.denied.clear());
     let r = rig.run().await.unwrap();

@@ -227,9 +227,16 @@ pub(crate) async fn describe_locked_snapshots(client: &Client, ids: &[SnapshotId
                 .send()
                 .await;
             let page = match page {
-                // An id that does not exist: none of the batch can be locked by us.
                 Err(e) => match from_sdk(ACTION, e) {
+                    // An id that does not exist (deleted outside snapferry) has no lock.
                     e if e.kind == ErrorKind::NotFound && batch.len() == 1 => break,
+                    // Which one is not said reliably: ask for each on its own.
+                    e if e.kind == ErrorKind::NotFound => {
+                        for id in batch {
+                            out.extend(Box::pin(describe_locked_snapshots(client, std::slice::from_ref(id))).await?);
+                        }
+                        break;
+                    }
                     e => return Err(e),
                 },
                 Ok(p) => p,
