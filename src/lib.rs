@@ -15,6 +15,7 @@
 //! - [`clock`]: wall or virtual time for the runner.
 //! - [`lock`]: EBS snapshot lock: the modes, settings and states every layer shares. Pure.
 //! - [`envelope`]: envelope encryption of files with KMS data keys.
+//! - [`verify`]: the block-by-block comparison of a copy with its source. Pure.
 //! - [`cli`]: commands, rendering, exit codes.
 
 pub mod checkpoint;
@@ -28,3 +29,4 @@ pub mod ids;
 pub mod lock;
 pub mod plan;
 pub mod policy;
+pub mod verify;

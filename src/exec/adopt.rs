@@ -104,7 +104,12 @@ pub async fn survey(cloud: &dyn Cloud, clock: &dyn Clock, plan: &str, src: &Loc,
     let mut targets = Vec::with_capacity(dsts.len());
     for dst in dsts {
         targets.push(Held {
-            snapshots: retrying(clock, || cloud.find_snapshots(dst, &tags)).await?,
+            snapshots: {
+                // A copy that failed verification is never adopted: it is made again.
+                let mut found = retrying(clock, || cloud.find_snapshots(dst, &tags)).await?;
+                found.retain(|s| !crate::verify::failed_tag(&s.tags));
+                found
+            },
             volumes: retrying(clock, || cloud.find_volumes(dst, &tags)).await?,
         });
     }

@@ -151,6 +151,8 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
             .collect(),
         extra_tags: plan.options.tags.clone(),
         copy_within_minutes: plan.options.copy_within.map(|c| c.minutes()),
+        verify: plan.options.verify,
+        pacer: (!clock.is_virtual()).then(|| std::sync::Arc::new(crate::exec::verify::Pacer::default())),
     };
 
     // Failed volumes go back where they stood. Only what AWS reported in `error` is

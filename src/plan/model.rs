@@ -98,6 +98,8 @@ pub struct Options {
     pub keep_source: u32,
     /// `options.lock`: the lock of every target that does not name its own.
     pub lock: Option<LockSpec>,
+    /// `options.verify`: how each copy is compared with its source; `None` for `none`.
+    pub verify: Option<crate::verify::Level>,
 }
 
 /// A time-based copy's completion duration, in minutes: 15 to 2,880 in steps of 15
@@ -165,6 +167,7 @@ impl Default for Options {
             copy_within: None,
             keep_source: 0,
             lock: None,
+            verify: None,
         }
     }
 }

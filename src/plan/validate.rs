@@ -887,7 +887,20 @@ impl Checker<'_> {
             Some(l) => self.lock(&l.value, &l.referenced, "options.lock").map(Some),
             None => Some(None),
         };
+        let verify = match &o.verify {
+            Some(v) if v.value == "none" => Some(None),
+            Some(v) => match crate::verify::Level::parse(&v.value) {
+                Some(level) => Some(Some(level)),
+                None => {
+                    let message = format!("expected none, map, sample or full, found `{}`", v.value);
+                    self.report(&v.referenced, "options.verify", message);
+                    None
+                }
+            },
+            None => Some(None),
+        };
         Some(Options {
+            verify: verify?,
             lock: lock?,
             tags: tags?,
             max_concurrent_copies: max_concurrent_copies?,
