@@ -293,7 +293,8 @@ pub async fn verify_run(
     let mut out = vec![];
     for v in &run.volumes {
         let (Some(source), Some(copy)) = (v.shared_snapshot(), v.target_snapshot.as_ref()) else { continue };
-        if !(v.step == crate::engine::Step::Done || v.copy_complete()) {
+        let failed_verify = v.failure.as_ref().is_some_and(|f| f.step == crate::engine::Step::Verify);
+        if !(v.step == crate::engine::Step::Done || v.copy_complete() || failed_verify) {
             continue;
         }
         let t = targets.get(usize::from(v.target));
