@@ -382,7 +382,11 @@ async fn recur(
     let (volumes, run_id) = match &previous {
         Some(r) => (r.volumes.clone(), Some(r.meta.run_id.clone())),
         None => {
-            let shape = Shape { create_volume: plan.options.create_volume, cleanup: plan.options.cleanup };
+            let shape = Shape {
+                create_volume: plan.options.create_volume,
+                cleanup: plan.options.cleanup,
+                verify: plan.options.verify.is_some(),
+            };
             let survey = adopt::survey(env.cloud.as_ref(), env.clock.as_ref(), plan.name.as_str(), src, dsts)
                 .await
                 .map_err(|e| RunError::Cloud {
@@ -449,7 +453,11 @@ async fn adopt_from_tags(
     let plan = &cfg.plan;
     let clock = env.clock.as_ref();
     let cloud = env.cloud.as_ref();
-    let shape = Shape { create_volume: plan.options.create_volume, cleanup: plan.options.cleanup };
+    let shape = Shape {
+        create_volume: plan.options.create_volume,
+        cleanup: plan.options.cleanup,
+        verify: plan.options.verify.is_some(),
+    };
     let listing_err = |e: CloudError| RunError::Cloud {
         what: format!("listing the resources tagged snapferry:plan={} to carry on a run the state has lost", plan.name),
         source: e,

@@ -13,7 +13,10 @@ use snapferry::exec::verify::{Pair, verify_copy};
 use snapferry::ids::{Region, SnapshotId};
 use snapferry::verify::{Level, sample_ranks};
 
-use super::sim::{Backend, CROSS, Rig, assert_all_succeeded, calls, calls_of_a_clean_run, crash_after, plan};
+use super::sim::{
+    Backend, CROSS, Rig, assert_all_succeeded, calls, calls_of_a_clean_run, crash_after, crash_and_lose_state_after,
+    plan,
+};
 
 const V1: &str = "vol-00000000000000001";
 
@@ -209,6 +212,26 @@ async fn a_crash_at_every_call_of_a_verified_plan_still_ends_verified_without_du
         let tags = verify_tags(&rig);
         assert!(tags.iter().all(|t| t.2.as_deref() == Some("matched:map")), "after a crash at call {k}: {tags:?}");
         assert!(r.volumes.iter().all(|v| v.verify.is_some()));
+    }
+}
+
+/// With the state lost as well (adoption from tags), a completed copy that was not yet
+/// verified is verified before the run ends, never skipped: every copy ends tagged.
+#[tokio::test]
+async fn a_crash_with_the_state_lost_still_verifies_every_copy() {
+    let text = verified(&CROSS.replace("options:\n", "options:\n  create_volume: false\n"), "map");
+    let total = calls_of_a_clean_run(&text).await;
+    // The last calls end the run in AWS: a plan without `every` then starts anew.
+    for k in 1..total - 1 {
+        let Some((rig, r, _)) = crash_and_lose_state_after(&text, k).await else {
+            panic!("the run ended before call {k} of {total}")
+        };
+        assert_all_succeeded(&r);
+        let tags = verify_tags(&rig);
+        assert!(
+            tags.iter().all(|t| t.2.as_deref() == Some("matched:map")),
+            "after a crash at call {k} and a lost state: {tags:?}"
+        );
     }
 }
 
