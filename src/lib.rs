@@ -17,6 +17,7 @@
 //! - [`envelope`]: envelope encryption of files with KMS data keys.
 //! - [`private_fs`]: owner-only files and directories, replaced atomically, symlinks
 //!   never followed.
+//! - [`verify`]: the block-by-block comparison of a copy with its source. Pure.
 //! - [`cli`]: commands, rendering, exit codes.
 
 pub mod checkpoint;
@@ -31,3 +32,4 @@ pub mod lock;
 pub mod plan;
 pub mod policy;
 pub mod private_fs;
+pub mod verify;

@@ -28,6 +28,7 @@ impl Cli {
             Command::Validate { format, .. } => *format,
             Command::Run(r) => r.common.format,
             Command::Status { common, .. } | Command::Cleanup { common, .. } => common.format,
+            Command::Verify(v) => v.common.format,
             Command::Schema => Format::Json,
             Command::Envelope(e) => match &e.action {
                 EnvelopeAction::Encrypt { common, .. }
@@ -155,10 +156,48 @@ pub enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Compare each copy of a run with its source snapshot, block by block.
+    Verify(VerifyArgs),
     /// Print the plan's JSON Schema.
     Schema,
     /// Envelope-encrypt files with KMS data keys, in the AWS Encryption SDK message format.
     Envelope(EnvelopeArgs),
+}
+
+/// `snapferry verify RUN_ID`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    pub run_id: String,
+    /// map: the written blocks; sample: plus N blocks' checksums; full: every block.
+    #[arg(long, value_enum, default_value_t = VerifyLevel::Sample)]
+    pub level: VerifyLevel,
+    /// Blocks read per side at --level sample.
+    #[arg(long, value_name = "N", default_value_t = crate::verify::DEFAULT_SAMPLE,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub sample: u32,
+    /// Write the evidence of every copy (ids, regions, accounts, level, seed, blocks
+    /// compared, first mismatch, duration, requests, content digests) to FILE as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub evidence: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum VerifyLevel {
+    Map,
+    Sample,
+    Full,
+}
+
+impl VerifyLevel {
+    pub fn level(self) -> crate::verify::Level {
+        match self {
+            VerifyLevel::Map => crate::verify::Level::Map,
+            VerifyLevel::Sample => crate::verify::Level::Sample,
+            VerifyLevel::Full => crate::verify::Level::Full,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -11,7 +11,7 @@ use crate::exec::{self, Env, RunConfig};
 use crate::ids::RunId;
 use crate::plan;
 
-use super::args::{Command, Common, Format, RunArgs};
+use super::args::{Command, Common, Format, RunArgs, VerifyArgs};
 use super::cloud::{Reach, connect, session_name};
 use super::plan_file::load_plan;
 use super::render::{self, emit};
@@ -29,6 +29,7 @@ pub async fn dispatch(cli: super::Cli) -> Result<u8, Failure> {
         Command::Run(args) => run(&args).await,
         Command::Status { run_id, common } => status(run_id.as_deref(), &common).await,
         Command::Cleanup { run_id, plan, common } => cleanup(&run_id, plan.as_deref(), &common).await,
+        Command::Verify(args) => verify(&args).await,
         Command::Envelope(e) => super::envelope::envelope(e).await,
     }
 }
@@ -277,4 +278,81 @@ async fn cleanup(run_id: &str, plan_path: Option<&Path>, common: &Common) -> Res
     let summary = result.map_err(|e| Failure::from(&e))?;
     emit(common.format, &summary, render::cleanup_text);
     Ok(if summary.errors.is_empty() { exit::OK } else { exit::FAILED })
+}
+
+/// `verify RUN_ID`: every completed copy of a finished run whose source snapshot still
+/// exists, compared block by block; each copy tagged with the result.
+async fn verify(args: &VerifyArgs) -> Result<u8, Failure> {
+    let common = &args.common;
+    let store = state::open(common, StateReach::default()).await?.store;
+    let record = store.load(&args.run_id).await.map_err(|e| match e {
+        StoreError::NoSuchRun(_) => Failure::new(
+            exit::USAGE,
+            format!("no run {} in {}; `snapferry status` lists the runs", args.run_id, store.location()),
+        ),
+        e => Failure::from(&e),
+    })?;
+    if record.meta.status == RunStatus::Running {
+        let lock = store.lock_plan(&record.meta.plan).await.map_err(|e| Failure::from(&e))?;
+        drop(lock);
+    }
+    let source_region = crate::ids::Region::parse(&record.meta.source_region)
+        .map_err(|e| Failure::new(exit::FAILED, format!("checkpoint of {}: source region: {e}", args.run_id)))?;
+    let targets: Vec<TargetAccess> = record
+        .meta
+        .targets()
+        .iter()
+        .map(|t| TargetAccess {
+            role: t.role_arn.as_deref().and_then(|a| crate::ids::RoleArn::parse(a).ok()),
+            external_id: t.external_id.clone(),
+        })
+        .collect();
+    let connected = connect(Reach {
+        common,
+        plan_name: &record.meta.plan,
+        source_region,
+        source_profile: None,
+        targets,
+        session_name: session_name(&args.run_id),
+        seed: None,
+    })
+    .await?;
+    let mut seed = [0u8; 8];
+    let _ = aws_lc_rs::rand::fill(&mut seed);
+    let level = args.level.level();
+    let copies = exec::verify::verify_run(
+        connected.cloud.as_ref(),
+        &record,
+        level,
+        args.sample,
+        u64::from_be_bytes(seed),
+        !connected.clock.is_virtual(),
+    )
+    .await;
+    state::close(&store).await;
+    connected.save()?;
+    if copies.is_empty() {
+        return Err(Failure::new(
+            exit::USAGE,
+            format!(
+                "run {} has no completed copy to verify; `snapferry status {}` shows its volumes",
+                args.run_id, args.run_id
+            ),
+        ));
+    }
+    let doc = render::VerifyDoc { run_id: args.run_id.clone(), plan: record.meta.plan.clone(), level, copies };
+    if let Some(path) = &args.evidence {
+        let text = serde_json::to_vec_pretty(&doc).unwrap_or_default();
+        std::fs::write(path, text).map_err(|e| {
+            Failure::new(
+                exit::FAILED,
+                format!(
+                    "cannot write the evidence file {}: {e}; check the directory exists and is writable",
+                    path.display()
+                ),
+            )
+        })?;
+    }
+    emit(common.format, &doc, render::verify_text);
+    Ok(exit::of_verify(doc.copies.iter().all(|c| c.matched())))
 }

@@ -356,6 +356,48 @@ fn schedule_notes(plan: &Plan) -> Vec<String> {
     notes
 }
 
+/// What `options.verify` costs: the EBS direct API statements each side needs (in the
+/// IAM documents) and the requests expected per copy and side.
+fn verify_notes(plan: &Plan, resolved: Option<&Resolved>) -> Vec<String> {
+    use crate::exec::verify::{GETS_PER_SECOND, LISTS_PER_SECOND, PAGE};
+    let Some(level) = plan.options.verify else { return vec![] };
+    let per_copy = |blocks: u64| {
+        let lists = blocks.div_ceil(u64::from(PAGE)).max(1);
+        match level {
+            crate::verify::Level::Map => {
+                format!("{lists} ListSnapshotBlocks (and one GetSnapshotBlock per block listed on one side only)")
+            }
+            crate::verify::Level::Sample => format!(
+                "{} ListSnapshotBlocks and at most {} GetSnapshotBlock",
+                2 * lists,
+                blocks.min(u64::from(crate::verify::DEFAULT_SAMPLE))
+            ),
+            crate::verify::Level::Full => format!("{lists} ListSnapshotBlocks and up to {blocks} GetSnapshotBlock"),
+        }
+    };
+    let mut notes = vec![format!(
+        "verify {level}: each copy is compared with its source snapshot through the EBS direct APIs, the source \
+         snapshot with the source credentials and the copy with its target's (ebs:ListSnapshotBlocks and \
+         ebs:GetSnapshotBlock on each side's snapshots, ec2:CreateTags for the snapferry:verify tag on the copy); \
+         requests are paced below {GETS_PER_SECOND} GetSnapshotBlock and {LISTS_PER_SECOND} ListSnapshotBlocks per \
+         second per account; AWS bills $0.003 per 1,000 blocks read and $0.0006 per 1,000 list requests; per TiB \
+         written, each side: {}",
+        per_copy(1024 * 2048)
+    )];
+    if let Some(r) = resolved {
+        for sv in &r.volumes {
+            let blocks = u64::try_from(sv.volume.size_gib.max(0)).unwrap_or(0) * 2048;
+            notes.push(format!(
+                "verify {level} of {} ({} GiB): per copy and side, at most {}",
+                sv.volume.id,
+                sv.volume.size_gib,
+                per_copy(blocks)
+            ));
+        }
+    }
+    notes
+}
+
 impl DryRun {
     pub fn new(
         plan: &Plan,
@@ -505,6 +547,7 @@ impl DryRun {
                     create_volume: plan.options.create_volume,
                     keep: plan.options.keep.is_some(),
                     lock: t.lock,
+                    verify: plan.options.verify.is_some(),
                 })
             })
             .collect();
@@ -553,7 +596,7 @@ impl DryRun {
                 .map(|p| Problem { resource: p.resource.clone(), message: p.message.clone() })
                 .collect(),
             copy_kinds: resolved.map(|r| copy_kinds(r, &source_key)).unwrap_or_default(),
-            schedule: schedule_notes(plan),
+            schedule: schedule_notes(plan).into_iter().chain(verify_notes(plan, resolved)).collect(),
             locks,
             dr_account_scp,
             warnings: resolved.map(|r| r.warnings.clone()).unwrap_or_default(),
@@ -694,6 +737,7 @@ fn volume_steps(plan: &Plan, cross: bool, reencrypt: Option<bool>) -> Vec<&'stat
         create_volume: plan.options.create_volume,
         cleanup: plan.options.cleanup,
         lock: plan.locks(),
+        verify: plan.options.verify.is_some(),
     };
     let mut s = vec![];
     for step in engine::planned_steps(route) {

@@ -37,6 +37,12 @@ pub fn of_status(status: RunStatus) -> u8 {
     }
 }
 
+/// The exit code of `verify`: 0 when every copy matched, 1 when any differs or could
+/// not be verified.
+pub fn of_verify(all_matched: bool) -> u8 {
+    if all_matched { OK } else { FAILED }
+}
+
 /// The exit code of a run that could not be carried out at all.
 pub fn of_run_error(e: &RunError) -> u8 {
     match e {

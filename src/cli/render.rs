@@ -559,3 +559,37 @@ impl crate::exec::Progress for Bar {
         self.0.finish_and_clear();
     }
 }
+
+/// What `verify RUN_ID` prints (with `--format json`) and writes to `--evidence`.
+#[derive(Debug, serde::Serialize)]
+pub struct VerifyDoc {
+    pub run_id: String,
+    pub plan: String,
+    pub level: crate::verify::Level,
+    pub copies: Vec<crate::exec::verify::Evidence>,
+}
+
+/// One line per copy: matched, differs (with the first differing block) or could not
+/// be verified (with why).
+pub fn verify_text(doc: &VerifyDoc) -> String {
+    let mut s = String::new();
+    for c in &doc.copies {
+        let what = match (&c.verify, &c.error) {
+            (Some(r), _) if r.matched() => format!("matched at {} ({} blocks compared)", r.level, r.blocks_compared),
+            (Some(r), _) => format!(
+                "DIFFERS at {}: {}",
+                r.level,
+                r.first_mismatch.as_ref().map(|m| m.to_string()).unwrap_or_default()
+            ),
+            (None, Some(e)) => format!("not verified: {e}"),
+            (None, None) => "not verified".to_owned(),
+        };
+        s.push_str(&format!(
+            "{} {} -> {} ({}): {what}\n",
+            c.source_volume, c.source.snapshot, c.copy.snapshot, c.copy.region
+        ));
+    }
+    let matched = doc.copies.iter().filter(|c| c.matched()).count();
+    s.push_str(&format!("{matched} of {} copies of run {} matched\n", doc.copies.len(), doc.run_id));
+    s
+}

@@ -269,6 +269,24 @@ pub struct DataKey {
     pub key_arn: KeyArn,
 }
 
+/// One page of ListSnapshotBlocks: the written blocks (index and block token) in
+/// index order, the token of the next page, and the volume's size.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BlockPage {
+    pub blocks: Vec<(u64, String)>,
+    pub next_token: Option<String>,
+    pub volume_size_gib: i64,
+    pub block_size: u32,
+}
+
+/// What GetSnapshotBlock says of one block: `x-amz-Checksum` (Base64 SHA-256 of its
+/// plaintext) and `x-amz-Data-Length`. The data itself is dropped as it arrives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockChecksum {
+    pub checksum: String,
+    pub data_length: u32,
+}
+
 /// A KMS encryption context: pairs a data key is bound to. KMS needs the same pairs to
 /// decrypt it (KMS developer guide, "Encryption context").
 pub type EncryptionContext = std::collections::BTreeMap<String, String>;
@@ -372,4 +390,25 @@ pub trait Cloud: Send + Sync {
     async fn decrypt(&self, loc: &Loc, req: &DecryptReq<'_>) -> CloudResult<(Zeroizing<Vec<u8>>, KeyArn)>;
     /// KMS GenerateRandom.
     async fn generate_random(&self, loc: &Loc, bytes: u32) -> CloudResult<Vec<u8>>;
+
+    /// EC2 CreateTags on a snapshot (adds or overwrites these tags).
+    async fn tag_snapshot(&self, loc: &Loc, id: &SnapshotId, tags: &Tags) -> CloudResult<()>;
+    /// EBS ListSnapshotBlocks: one page of a completed snapshot's written blocks, from
+    /// `start` (a block index) or `next_token`, at most `max_results` (100 to 10,000).
+    async fn list_snapshot_blocks(
+        &self,
+        loc: &Loc,
+        id: &SnapshotId,
+        start: Option<u64>,
+        next_token: Option<&str>,
+        max_results: u32,
+    ) -> CloudResult<BlockPage>;
+    /// EBS GetSnapshotBlock: one block's checksum and data length.
+    async fn get_snapshot_block(
+        &self,
+        loc: &Loc,
+        id: &SnapshotId,
+        index: u64,
+        token: &str,
+    ) -> CloudResult<BlockChecksum>;
 }

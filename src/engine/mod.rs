@@ -12,8 +12,15 @@
 //!
 //! ```text
 //! Snapshot -> WaitSnapshot -> [Reencrypt -> WaitReencrypt] -> [Share] -> Copy -> [Lock]
-//!   -> WaitCopy -> [CreateVolume -> WaitVolume] -> [Cleanup] -> Done   (any step -> Failed)
+//!   -> WaitCopy -> [Verify] -> [CreateVolume -> WaitVolume] -> [Cleanup] -> Done
+//!   (any step -> Failed)
 //! ```
+//!
+//! Verify runs with `options.verify`: the completed copy is compared with the shared
+//! snapshot, block by block. A copy that differs fails its volume
+//! ([`FailureKind::Differs`]): it is kept (tagged) but forgotten, so the next
+//! invocation copies again; one that could not be verified fails as a call does and
+//! is verified again.
 //!
 //! Reencrypt runs when the snapshot is not under the source key; Share when the copy
 //! crosses accounts; Lock when the copy's target is locked (`lock`), right after
@@ -51,6 +58,8 @@ pub enum Step {
     /// LockSnapshot of the copy just made (it may be pending).
     Lock,
     WaitCopy,
+    /// The completed copy is compared with its source snapshot (`options.verify`).
+    Verify,
     CreateVolume,
     WaitVolume,
     Cleanup,
@@ -84,6 +93,7 @@ impl Step {
             Step::Copy => "copy",
             Step::Lock => "lock",
             Step::WaitCopy => "wait-copy",
+            Step::Verify => "verify",
             Step::CreateVolume => "create-volume",
             Step::WaitVolume => "wait-volume",
             Step::Cleanup => "cleanup",
@@ -109,6 +119,9 @@ pub enum FailureKind {
     ResourceError,
     /// The resource is gone (deleted outside snapferry): it is made again.
     Gone,
+    /// The copy differs from its source: it is kept (tagged `snapferry:verify=failed`)
+    /// and forgotten, and the copy is made again.
+    Differs,
 }
 
 /// Why a volume failed: the step, what AWS said, and what to do about it.
@@ -179,6 +192,9 @@ pub struct VolumeRun {
     /// The copy's lock, as AWS last reported it; `None` until it is locked.
     #[serde(default)]
     pub lock: Option<CopyLock>,
+    /// What the verification of the copy found (`options.verify`).
+    #[serde(default)]
+    pub verify: Option<crate::verify::Record>,
 }
 
 impl VolumeRun {
@@ -207,6 +223,7 @@ impl VolumeRun {
             gone_source: None,
             delivered_ms: None,
             lock: None,
+            verify: None,
         }
     }
 
@@ -256,7 +273,13 @@ impl VolumeRun {
             && self.lock.is_none()
             && matches!(
                 at,
-                Step::Lock | Step::WaitCopy | Step::CreateVolume | Step::WaitVolume | Step::Cleanup | Step::Done
+                Step::Lock
+                    | Step::WaitCopy
+                    | Step::Verify
+                    | Step::CreateVolume
+                    | Step::WaitVolume
+                    | Step::Cleanup
+                    | Step::Done
             )
     }
 
@@ -296,7 +319,7 @@ impl VolumeRun {
             return;
         }
         let (at, kind) = self.failure.as_ref().map(|f| (f.step, f.kind)).unwrap_or((Step::Snapshot, FailureKind::Call));
-        let replace = matches!(kind, FailureKind::ResourceError | FailureKind::Gone);
+        let replace = matches!(kind, FailureKind::ResourceError | FailureKind::Gone | FailureKind::Differs);
         self.step = match at {
             Step::WaitSnapshot if replace => {
                 self.source_snapshot = None;
@@ -311,6 +334,13 @@ impl VolumeRun {
                 // once it exists.
                 self.target_snapshot = None;
                 self.lock = None;
+                Step::Copy
+            }
+            Step::Verify if kind == FailureKind::Differs => {
+                // The differing copy stays in AWS, tagged; this run no longer counts it.
+                self.target_snapshot = None;
+                self.lock = None;
+                self.verify = None;
                 Step::Copy
             }
             Step::WaitVolume if replace => {
@@ -356,6 +386,8 @@ pub struct Ctx {
     pub timeouts_ms: TimeoutsMs,
     /// Per target (the plan's order): the lock of its copies, if any.
     pub locks: Vec<Option<LockSpec>>,
+    /// `options.verify`: each completed copy is compared with its source at this level.
+    pub verify: Option<crate::verify::Level>,
 }
 
 impl Ctx {
@@ -414,6 +446,12 @@ pub enum Action {
         snapshot: SnapshotId,
         client_token: String,
     },
+    /// Compare the completed copy with the snapshot it was made from (`options.verify`),
+    /// then tag it with the result.
+    Verify {
+        source: SnapshotId,
+        copy: SnapshotId,
+    },
     /// A follower waits for the lead's shared snapshot (see [`join`]).
     AwaitSource,
     /// Look up, by tags, what an in-flight call of this step may have created.
@@ -449,6 +487,7 @@ impl Action {
                 | Action::Share { .. }
                 | Action::Copy { .. }
                 | Action::Lock { .. }
+                | Action::Verify { .. }
                 | Action::CreateVolume { .. }
                 | Action::Cleanup { .. }
         )
@@ -499,6 +538,8 @@ pub enum Outcome {
     },
     /// The wait for this step exceeded its timeout.
     TimedOut,
+    /// The verification ran: the copy matched, or differs (the record says where).
+    Verified(Box<crate::verify::Record>),
 }
 
 /// An outcome that does not belong to the volume's current step.
@@ -571,6 +612,10 @@ pub fn next_action(v: &VolumeRun, run_id: &str) -> Action {
             None => Action::Nothing,
         },
         Step::WaitCopy => poll(v.target_snapshot.as_ref(), Which::Target),
+        Step::Verify => match (v.shared_snapshot(), &v.target_snapshot) {
+            (Some(s), Some(c)) => Action::Verify { source: s.clone(), copy: c.clone() },
+            _ => Action::Nothing,
+        },
         Step::CreateVolume if v.in_flight => Action::LookUpVolume,
         Step::CreateVolume => match &v.target_snapshot {
             Some(s) => Action::CreateVolume {
@@ -784,6 +829,14 @@ pub fn apply(v: &VolumeRun, outcome: &Outcome, ctx: &Ctx, now_ms: i64) -> Result
         (Step::WaitCopy, Outcome::SnapshotCompleted { .. }) => {
             n.progress = Some(100);
             n.wait_started_ms = None;
+            n.step = if ctx.verify.is_some() { Step::Verify } else { after_copy(v, ctx) };
+            if n.step == Step::Done {
+                n.finished_ms = Some(now_ms);
+            }
+            Ok(n)
+        }
+        (Step::Verify, Outcome::Verified(record)) if record.matched() => {
+            n.verify = Some(record.as_ref().clone());
             n.step = after_copy(v, ctx);
             if n.step != Step::CreateVolume {
                 n.delivered_ms = Some(now_ms);
@@ -802,6 +855,26 @@ pub fn apply(v: &VolumeRun, outcome: &Outcome, ctx: &Ctx, now_ms: i64) -> Result
             };
             let id = which.map(|s| s.as_str()).unwrap_or("?");
             Ok(fail(n, FailureKind::ResourceError, format!("snapshot {id} went to state error: {message}"), hint))
+        }
+
+        (Step::Verify, Outcome::Verified(record)) => {
+            let copy = v.target_snapshot.as_ref().map(|s| s.as_str()).unwrap_or("?");
+            let at = record.first_mismatch.as_ref().map(|m| m.to_string()).unwrap_or_else(|| "unknown".to_owned());
+            n.verify = Some(record.as_ref().clone());
+            let message = format!(
+                "copy {copy} differs from its source snapshot {} at {at} (verify: {})",
+                record.source_snapshot, record.level
+            );
+            Ok(fail(
+                n,
+                FailureKind::Differs,
+                message,
+                Some(
+                    "the copy is kept, tagged snapferry:verify=failed, for investigation; run the same command again \
+                     to copy the volume again"
+                        .to_owned(),
+                ),
+            ))
         }
 
         (Step::Share, Outcome::Shared) => {
@@ -1071,6 +1144,8 @@ pub struct Route {
     pub cleanup: bool,
     /// The copy's target is locked.
     pub lock: bool,
+    /// The copy is verified (`options.verify`).
+    pub verify: bool,
 }
 
 /// The steps that act (waits left out) on a volume's way from `Snapshot` to `Done`,
@@ -1086,6 +1161,9 @@ pub fn planned_steps(route: Route) -> Vec<Step> {
     steps.push(Step::Copy);
     if route.lock {
         steps.push(Step::Lock);
+    }
+    if route.verify {
+        steps.push(Step::Verify);
     }
     if route.create_volume {
         steps.push(Step::CreateVolume);

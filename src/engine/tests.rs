@@ -24,6 +24,7 @@ fn ctx(cross: bool, create_volume: bool, cleanup: bool) -> Ctx {
         keep_source: false,
         timeouts_ms: TimeoutsMs { snapshot: 1000, copy: 2000, volume: 500 },
         locks: vec![],
+        verify: None,
     }
 }
 

@@ -41,6 +41,10 @@ pub struct ActCtx {
     pub extra_tags: Tags,
     /// `options.copy_within`, for the copy into the target account.
     pub copy_within_minutes: Option<u32>,
+    /// `options.verify`, and the pacing of the EBS direct API requests of every copy
+    /// verified at once (`None`: unpaced, on the simulated AWS's virtual time).
+    pub verify: Option<crate::verify::Level>,
+    pub pacer: Option<std::sync::Arc<crate::exec::verify::Pacer>>,
 }
 
 pub const TAG_PLAN: &str = "snapferry:plan";
@@ -241,7 +245,9 @@ pub async fn perform(
         }
         Action::LookUpSnapshot { which } => {
             let loc = ctx.loc(*which, v.target);
-            let found = cloud.find_snapshots(&loc, &ctx.identity_tags(v, which_step(*which))).await?;
+            let mut found = cloud.find_snapshots(&loc, &ctx.identity_tags(v, which_step(*which))).await?;
+            // A copy that failed verification stays, but is never this run's copy.
+            found.retain(|s| !crate::verify::failed_tag(&s.tags));
             match pick_snapshot(found) {
                 None => Ok(Outcome::NotFound),
                 Some((keep, extra)) => {
@@ -289,6 +295,24 @@ pub async fn perform(
                 }
             }
             Ok(Outcome::CleanedUp)
+        }
+        Action::Verify { source, copy } => {
+            let level = ctx.verify.unwrap_or(crate::verify::Level::Map);
+            let seed = crate::verify::seed_for(&[v.chain_run(&ctx.run_id), v.source_volume.as_str(), copy.as_str()]);
+            let (src, dst) = (ctx.src(), ctx.dst(v.target));
+            let pair = crate::exec::verify::Pair { source: (&src, source), copy: (&dst, copy) };
+            let record = crate::exec::verify::verify_copy(
+                cloud,
+                ctx.pacer.as_deref(),
+                pair,
+                level,
+                crate::verify::DEFAULT_SAMPLE,
+                seed,
+            )
+            .await?;
+            let tag = BTreeMap::from([(crate::verify::TAG_VERIFY.to_owned(), record.tag())]);
+            cloud.tag_snapshot(&dst, copy, &tag).await?;
+            Ok(Outcome::Verified(Box::new(record)))
         }
         Action::PollSnapshot { .. } | Action::PollVolume { .. } | Action::AwaitSource | Action::Nothing => {
             Err(CloudError::new(ErrorKind::Other, "NotAnAction", format!("{action:?} is not performed one at a time")))

@@ -104,7 +104,12 @@ pub async fn survey(cloud: &dyn Cloud, clock: &dyn Clock, plan: &str, src: &Loc,
     let mut targets = Vec::with_capacity(dsts.len());
     for dst in dsts {
         targets.push(Held {
-            snapshots: retrying(clock, || cloud.find_snapshots(dst, &tags)).await?,
+            snapshots: {
+                // A copy that failed verification is never adopted: it is made again.
+                let mut found = retrying(clock, || cloud.find_snapshots(dst, &tags)).await?;
+                found.retain(|s| !crate::verify::failed_tag(&s.tags));
+                found
+            },
             volumes: retrying(clock, || cloud.find_volumes(dst, &tags)).await?,
         });
     }
@@ -116,6 +121,8 @@ pub async fn survey(cloud: &dyn Cloud, clock: &dyn Clock, plan: &str, src: &Loc,
 pub struct Shape {
     pub create_volume: bool,
     pub cleanup: bool,
+    /// `options.verify`: a completed copy not tagged as matched is verified first.
+    pub verify: bool,
 }
 
 /// A run found in AWS.
@@ -329,7 +336,11 @@ fn rebuild(
             }
         }
         (_, Some(c)) => {
-            if c.state == SnapshotState::Completed && !shape.create_volume {
+            let matched = c.tags.get(crate::verify::TAG_VERIFY).is_some_and(|t| t.starts_with("matched"));
+            if c.state == SnapshotState::Completed && !shape.create_volume && shape.verify && !matched {
+                v.step = Step::Verify;
+                v
+            } else if c.state == SnapshotState::Completed && !shape.create_volume {
                 finish(v)
             } else {
                 // Polled first: completed moves on to the volume, pending waits.
@@ -395,7 +406,7 @@ mod tests {
 
     const V1: &str = "vol-00000000000000001";
     const V2: &str = "vol-00000000000000002";
-    const FULL: Shape = Shape { create_volume: true, cleanup: true };
+    const FULL: Shape = Shape { create_volume: true, cleanup: true, verify: false };
 
     #[test]
     fn nothing_tagged_is_no_run() {
@@ -451,9 +462,9 @@ mod tests {
         assert_eq!(found.volumes[0].step, Step::Done);
         assert_eq!(found.volumes[1].step, Step::Cleanup);
         assert!(found.unfinished);
-        let no_cleanup = infer(&s, Shape { create_volume: true, cleanup: false }, 99).unwrap();
+        let no_cleanup = infer(&s, Shape { create_volume: true, cleanup: false, verify: false }, 99).unwrap();
         assert!(!no_cleanup.unfinished);
-        let found = infer(&s, Shape { create_volume: false, cleanup: true }, 99).unwrap();
+        let found = infer(&s, Shape { create_volume: false, cleanup: true, verify: false }, 99).unwrap();
         assert_eq!(found.volumes[0].step, Step::Done, "a completed copy ends a chain without volumes");
     }
 

@@ -356,7 +356,11 @@ async fn from_tags(
     let survey = adopt::survey(cloud, clock, plan.name.as_str(), &src, &dsts)
         .await
         .map_err(|e| RunError::Cloud { what: format!("listing the resources of run {run_id}"), source: e })?;
-    let shape = Shape { create_volume: plan.options.create_volume, cleanup: plan.options.cleanup };
+    let shape = Shape {
+        create_volume: plan.options.create_volume,
+        cleanup: plan.options.cleanup,
+        verify: plan.options.verify.is_some(),
+    };
     let found = adopt::rebuild_run(&survey, run_id, shape, clock.now_ms());
     if found.volumes.is_empty() {
         return Err(RunError::Usage(format!(

@@ -151,6 +151,8 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
             .collect(),
         extra_tags: plan.options.tags.clone(),
         copy_within_minutes: plan.options.copy_within.map(|c| c.minutes()),
+        verify: plan.options.verify,
+        pacer: (!clock.is_virtual()).then(|| std::sync::Arc::new(crate::exec::verify::Pacer::default())),
     };
 
     // Failed volumes go back where they stood. Only what AWS reported in `error` is
@@ -477,7 +479,11 @@ async fn recur(
     let (volumes, run_id) = match &previous {
         Some(r) => (r.volumes.clone(), Some(r.meta.run_id.clone())),
         None => {
-            let shape = Shape { create_volume: plan.options.create_volume, cleanup: plan.options.cleanup };
+            let shape = Shape {
+                create_volume: plan.options.create_volume,
+                cleanup: plan.options.cleanup,
+                verify: plan.options.verify.is_some(),
+            };
             let survey = adopt::survey(env.cloud.as_ref(), env.clock.as_ref(), plan.name.as_str(), src, dsts)
                 .await
                 .map_err(|e| RunError::Cloud {
@@ -545,7 +551,11 @@ async fn adopt_from_tags(
     let plan = &cfg.plan;
     let clock = env.clock.as_ref();
     let cloud = env.cloud.as_ref();
-    let shape = Shape { create_volume: plan.options.create_volume, cleanup: plan.options.cleanup };
+    let shape = Shape {
+        create_volume: plan.options.create_volume,
+        cleanup: plan.options.cleanup,
+        verify: plan.options.verify.is_some(),
+    };
     let listing_err = |e: CloudError| RunError::Cloud {
         what: format!("listing the resources tagged snapferry:plan={} to carry on a run the state has lost", plan.name),
         source: e,

@@ -32,6 +32,7 @@ pub mod retention;
 mod retry;
 mod runner;
 pub mod sched;
+pub mod verify;
 
 use std::sync::Arc;
 

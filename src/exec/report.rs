@@ -30,6 +30,9 @@ pub struct VolumeReport {
     pub copies: Vec<CopyReport>,
     /// The (first) copy's lock; `null` without one.
     pub lock: Option<LockReport>,
+    /// What the verification of the (first) copy found (`options.verify`); `null`
+    /// when it was not verified.
+    pub verify: Option<crate::verify::Record>,
 }
 
 /// A copy's EBS snapshot lock as AWS last reported it.
@@ -70,6 +73,8 @@ pub struct CopyReport {
     pub hint: Option<String>,
     /// The copy's lock; `null` without one.
     pub lock: Option<LockReport>,
+    /// What the verification of the copy found; `null` when it was not verified.
+    pub verify: Option<crate::verify::Record>,
 }
 
 /// The kind of copy a volume's next copy into the target is expected to be (EBS User
@@ -216,6 +221,7 @@ fn volume_reports(r: &RunRecord) -> Vec<VolumeReport> {
                             error: v.failure.as_ref().map(|f| f.message.clone()),
                             hint: v.failure.as_ref().and_then(|f| f.hint.clone()),
                             lock: LockReport::of(v),
+                            verify: v.verify.clone(),
                         }
                     })
                     .collect()
@@ -243,6 +249,7 @@ fn volume_reports(r: &RunRecord) -> Vec<VolumeReport> {
                 next_copy: None,
                 copies,
                 lock: LockReport::of(first),
+                verify: first.verify.clone(),
             }
         })
         .collect()

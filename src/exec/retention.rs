@@ -90,7 +90,9 @@ pub async fn prune(
     let tags =
         |step: &str| Tags::from([(TAG_PLAN.to_owned(), plan.to_owned()), (TAG_STEP.to_owned(), step.to_owned())]);
     let copy_tags = tags("copy");
-    let snaps = retrying(clock, || cloud.find_snapshots(dst, &copy_tags)).await?;
+    let mut snaps = retrying(clock, || cloud.find_snapshots(dst, &copy_tags)).await?;
+    // A copy that failed verification is kept for investigation and never counted.
+    snaps.retain(|s| !crate::verify::failed_tag(&s.tags));
     let mut doomed = vec![];
     for (source, mut list) in by_source(snaps, |s| &s.tags) {
         if unfinished.contains(&source) {

@@ -196,6 +196,7 @@ impl Runner {
                     volume: plan.options.timeouts.volume.as_millis() as i64,
                 },
                 locks: plan.targets.iter().map(|t| t.lock).collect(),
+                verify: plan.options.verify,
             },
             actx,
             sched: vec![VolumeSched::default(); n],
@@ -838,6 +839,13 @@ fn explain(v: &VolumeRun, action: &Action, e: &CloudError, actx: &ActCtx) -> (St
             let t = actx.target(v.target);
             let how = t.lock.map(|l| format!(" ({}, {} days)", l.mode, l.duration_days)).unwrap_or_default();
             format!("LockSnapshot of copy {snapshot}{how} in account {} in {}", t.account, t.region)
+        }
+        Action::Verify { source, copy } => {
+            let t = actx.target(v.target);
+            format!(
+                "could not verify copy {copy} (account {}, {}) against {source}: the EBS direct API call",
+                t.account, t.region
+            )
         }
         other => format!("{other:?}"),
     };

@@ -152,6 +152,7 @@ mod tests {
             keep_source: false,
             timeouts_ms: TimeoutsMs { snapshot: 1_000, copy: 100_000, volume: 500 },
             locks: vec![],
+            verify: None,
         }
     }
 

@@ -101,6 +101,8 @@ pub struct Options {
     /// Finished runs of the plan kept in the state (besides unfinished ones and those
     /// whose chains a later run carries).
     pub history: u32,
+    /// `options.verify`: how each copy is compared with its source; `None` for `none`.
+    pub verify: Option<crate::verify::Level>,
 }
 
 /// `options.history` when the plan leaves it out: a month of daily rounds.
@@ -172,6 +174,7 @@ impl Default for Options {
             keep_source: 0,
             lock: None,
             history: DEFAULT_HISTORY,
+            verify: None,
         }
     }
 }

@@ -190,6 +190,11 @@ pub struct RawOptions {
     /// CopySnapshot returns; a target's own `lock` replaces this.
     #[schemars(with = "Option<RawLock>")]
     pub lock: Option<Spanned<RawLock>>,
+    /// Verified copies: compare each copy with its source snapshot through the EBS
+    /// direct APIs before the source side is cleaned up: `none` (default), `map` (the
+    /// written blocks), `sample` (plus 256 blocks' checksums) or `full` (every block).
+    #[schemars(with = "Option<String>", extend("enum" = ["none", "map", "sample", "full"]))]
+    pub verify: Option<Spanned<String>>,
 }
 
 /// EBS snapshot lock of the target copies.

@@ -902,7 +902,20 @@ impl Checker<'_> {
             },
             None => Some(defaults.history),
         };
+        let verify = match &o.verify {
+            Some(v) if v.value == "none" => Some(None),
+            Some(v) => match crate::verify::Level::parse(&v.value) {
+                Some(level) => Some(Some(level)),
+                None => {
+                    let message = format!("expected none, map, sample or full, found `{}`", v.value);
+                    self.report(&v.referenced, "options.verify", message);
+                    None
+                }
+            },
+            None => Some(None),
+        };
         Some(Options {
+            verify: verify?,
             lock: lock?,
             tags: tags?,
             max_concurrent_copies: max_concurrent_copies?,

@@ -62,6 +62,9 @@ pub struct IamContext {
     pub keep: bool,
     /// The lock of the target's copies, if any.
     pub lock: Option<crate::lock::LockSpec>,
+    /// Whether copies are verified (`options.verify`): each side reads its snapshot's
+    /// blocks through the EBS direct APIs.
+    pub verify: bool,
 }
 
 /// The three documents the dry-run prints.
@@ -131,6 +134,9 @@ pub fn source_caller_policy(ctx: &IamContext) -> Value {
             "Resource": snapshots,
             "Condition": plan_tag_condition(&ctx.plan),
         }));
+    }
+    if ctx.verify {
+        stmts.push(ebs_read("SnapferryVerifyReadSourceBlocks", &snapshots));
     }
     stmts.push(json!({
         "Sid": "SnapferryDeleteIntermediateSnapshots",
@@ -244,6 +250,17 @@ pub fn target_role_policy(ctx: &IamContext) -> Value {
         }));
     }
     stmts.push(tag_on_create("SnapferryTagOnCreate", &tagged, &create_actions));
+    if ctx.verify {
+        stmts.push(ebs_read("SnapferryVerifyReadCopyBlocks", &target_snapshots));
+        // The result goes on the copy as the snapferry:verify tag.
+        stmts.push(json!({
+            "Sid": "SnapferryTagVerifiedCopies",
+            "Effect": "Allow",
+            "Action": "ec2:CreateTags",
+            "Resource": target_snapshots,
+            "Condition": plan_tag_condition(&ctx.plan),
+        }));
+    }
     // Deletes happen on every run, not only with retention: a copy or volume that ended
     // in `error` is deleted before it is made again, a duplicate copy found after an
     // unknown outcome is deleted, and `keep` prunes older copies. Only what this plan
@@ -346,6 +363,16 @@ fn document(statements: Vec<Value>) -> Value {
 
 /// CreateTags only as part of creating (the `TagSpecifications` of the call), never on
 /// existing resources: tags are what cleanup and retention trust.
+/// The EBS direct API reads of a verification (the block checksums, not the data).
+fn ebs_read(sid: &str, snapshots: &str) -> Value {
+    json!({
+        "Sid": sid,
+        "Effect": "Allow",
+        "Action": ["ebs:ListSnapshotBlocks", "ebs:GetSnapshotBlock"],
+        "Resource": snapshots,
+    })
+}
+
 fn tag_on_create(sid: &str, resources: &[&str], create_actions: &[&str]) -> Value {
     json!({
         "Sid": sid,

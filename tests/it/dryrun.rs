@@ -40,6 +40,7 @@ fn walk(route: Route) -> Vec<Step> {
             duration_days: 2,
             cool_off_hours: None,
         })],
+        verify: route.verify.then_some(snapferry::verify::Level::Map),
     };
     let first_key = if route.reencrypt { None } else { Some(source_key.to_string()) };
     let mut v = VolumeRun::new(VolumeId::parse("vol-00000000000000001").unwrap());
@@ -58,6 +59,21 @@ fn walk(route: Route) -> Vec<Step> {
             }
             Action::CreateVolume { .. } => Outcome::VolumeCreated(VolumeId::parse(&format!("vol-{n:017x}")).unwrap()),
             Action::Cleanup { .. } => Outcome::CleanedUp,
+            Action::Verify { source, copy } => Outcome::Verified(Box::new(snapferry::verify::Record {
+                level: snapferry::verify::Level::Map,
+                result: "matched".to_owned(),
+                source_snapshot: source.to_string(),
+                copy_snapshot: copy.to_string(),
+                sample_seed: None,
+                sample_size: None,
+                blocks_compared: 1,
+                first_mismatch: None,
+                duration_ms: 0,
+                source_requests: 1,
+                copy_requests: 1,
+                source_digest: None,
+                copy_digest: None,
+            })),
             Action::PollSnapshot { which: Which::Source, .. } => {
                 Outcome::SnapshotCompleted { kms_key: first_key.clone() }
             }
@@ -76,13 +92,14 @@ fn walk(route: Route) -> Vec<Step> {
 
 #[test]
 fn planned_steps_are_the_steps_the_engine_takes() {
-    for bits in 0..32u8 {
+    for bits in 0..64u8 {
         let route = Route {
             reencrypt: bits & 1 != 0,
             cross_account: bits & 2 != 0,
             create_volume: bits & 4 != 0,
             cleanup: bits & 8 != 0,
             lock: bits & 16 != 0,
+            verify: bits & 32 != 0,
         };
         assert_eq!(engine::planned_steps(route), walk(route), "{route:?}");
     }
@@ -303,6 +320,32 @@ impl Cloud for Recorder {
         self.note(loc.side, "kms:GenerateRandom", "*", &[]);
         self.inner.generate_random(loc, bytes).await
     }
+    async fn tag_snapshot(&self, loc: &Loc, id: &SnapshotId, tags: &Tags) -> CloudResult<()> {
+        let own = self.snapshot(loc, id).await.map(|s| s.tags).unwrap_or_default();
+        self.note(loc.side, "ec2:CreateTags", &Self::snapshot_arn(loc, id.as_str()), &Self::plan_tag(&own));
+        self.inner.tag_snapshot(loc, id, tags).await
+    }
+    async fn list_snapshot_blocks(
+        &self,
+        loc: &Loc,
+        id: &SnapshotId,
+        start: Option<u64>,
+        next_token: Option<&str>,
+        max_results: u32,
+    ) -> CloudResult<snapferry::cloud::BlockPage> {
+        self.note(loc.side, "ebs:ListSnapshotBlocks", &Self::snapshot_arn(loc, id.as_str()), &[]);
+        self.inner.list_snapshot_blocks(loc, id, start, next_token, max_results).await
+    }
+    async fn get_snapshot_block(
+        &self,
+        loc: &Loc,
+        id: &SnapshotId,
+        index: u64,
+        token: &str,
+    ) -> CloudResult<snapferry::cloud::BlockChecksum> {
+        self.note(loc.side, "ebs:GetSnapshotBlock", &Self::snapshot_arn(loc, id.as_str()), &[]);
+        self.inner.get_snapshot_block(loc, id, index, token).await
+    }
 }
 
 const CROSS: &str = r#"
@@ -503,6 +546,28 @@ async fn printed_policies_allow_every_lock_call_of_a_locked_run() {
         "{:?}",
         printed.warnings
     );
+}
+
+/// A verified plan: each side's EBS direct API reads (the source snapshot with the
+/// source credentials, the copy with the target role) and the tag on the copy are
+/// allowed by what the dry-run prints, which also says the requests per copy.
+#[tokio::test]
+async fn printed_policies_allow_every_verify_call_of_a_verified_run() {
+    let text = CROSS.replace("  keep: 1\n", "  keep: 1\n  verify: full\n");
+    let plan = parse("plan.yaml", &text).unwrap();
+    let (printed, calls) = replay(&plan, true).await;
+    for side in [Side::Source, Side::TARGET] {
+        let acts = actions_on(&calls, side);
+        for action in ["ebs:ListSnapshotBlocks", "ebs:GetSnapshotBlock"] {
+            assert!(acts.contains_key(action), "{action} on the {side} side: {acts:?}");
+        }
+    }
+    assert!(actions_on(&calls, Side::TARGET).contains_key("ec2:CreateTags"));
+    let refused = refused(&printed, &calls, true);
+    assert!(refused.is_empty(), "calls the printed policies do not allow:\n{}", refused.join("\n"));
+    let text = printed.text();
+    assert!(text.contains("verify full") && text.contains("GetSnapshotBlock"), "{text}");
+    assert!(printed.schedule.iter().any(|n| n.contains("ListSnapshotBlocks and up to")), "{:?}", printed.schedule);
 }
 
 #[tokio::test]

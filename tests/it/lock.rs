@@ -333,6 +333,7 @@ fn world_with_copy(ready_in_ms: i64, fails: bool) -> (World, AccountId, Region, 
         is_copy: true,
         origin_volume: None,
         lock: None,
+        blocks: None,
     };
     w.snapshots.insert(id.to_string(), s);
     (w, account, region, id)

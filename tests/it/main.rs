@@ -25,3 +25,4 @@ mod s3_state;
 mod sim;
 mod support;
 mod tidy;
+mod verify;

@@ -1214,3 +1214,77 @@ fn cross_account_copies_are_locked_under_the_target_role() {
     status.expect(0);
     assert_eq!(status.json()["unlocked_copies"], json!([]), "{}", status.show());
 }
+
+/// Lists the copies in the target account (eu-west-1) with their tags.
+const TARGET_COPIES: &str = r#"
+snaps = target("ec2").describe_snapshots(OwnerIds=["self"])["Snapshots"]
+out([{"id": s["SnapshotId"], "tags": tags(s)} for s in snaps if tags(s).get("snapferry:step") == "copy"])
+"#;
+
+/// Verified copies against moto, cross-account and cross-region, `verify: full`, with
+/// the server giving one volume's copy a different block: that volume fails naming the
+/// block, its copy is kept and tagged `failed`, the others are tagged `matched:full`;
+/// `snapferry verify RUN_ID --level full --evidence FILE` exits 1 and its evidence
+/// shows the one mismatch and equal digests for the others.
+#[test]
+fn verified_copies_full_one_corrupted_copy_fails_alone() {
+    let rig = Rig::start(&[]);
+    let seed = rig.seed(&THREE, Some(Target::Cross));
+    let bad_volume = seed.volumes[0].clone();
+    rig.moto.configure(json!({"corrupt_copies_of": bad_volume}));
+    let plan = rig.plan("e2e-verify", &seed.volumes, Target::Cross, None);
+    with_options(&plan, "  verify: full\n  keep_source: 1\n");
+    let run = rig.snapferry(&["run", arg(&plan)]);
+    run.expect(1);
+    let report = run.json();
+    let run_id = report["run_id"].as_str().unwrap().to_owned();
+    let mut bad_copy = String::new();
+    for v in report["volumes"].as_array().unwrap() {
+        let rec = &v["verify"];
+        assert_eq!(rec["level"], "full", "{v:#}");
+        if v["source_volume"] == bad_volume.as_str() {
+            assert_eq!(v["status"], "failed");
+            assert_eq!(v["step"], "verify");
+            assert_eq!(rec["result"], "failed");
+            let block = rec["first_mismatch"]["block"].as_u64().unwrap();
+            assert!(v["error"].as_str().unwrap().contains(&format!("block {block}")), "{v:#}");
+            bad_copy = v["target_snapshot"].as_str().unwrap().to_owned();
+        } else {
+            assert_eq!(v["status"], "succeeded", "{v:#}");
+            assert_eq!(rec["result"], "matched");
+            assert_eq!(rec["source_digest"], rec["copy_digest"]);
+            assert_eq!(rec["blocks_compared"], 150);
+        }
+    }
+    let copies = rig.py(TARGET_COPIES, json!({}));
+    let copies = copies.as_array().unwrap();
+    assert_eq!(copies.len(), 3, "the differing copy is kept: {copies:#?}");
+    for c in copies {
+        let want = if c["id"] == bad_copy.as_str() { "failed" } else { "matched:full" };
+        assert_eq!(c["tags"]["snapferry:verify"], want, "{c:#}");
+    }
+    assert!(count(&rig.moto.calls(), "ebs:GetSnapshotBlock") >= 2 * 150 * 2);
+
+    let evidence = rig.path("evidence.json");
+    let v = rig.snapferry(&["verify", &run_id, "--level", "full", "--evidence", arg(&evidence)]);
+    v.expect(1);
+    let ev: Value = serde_json::from_slice(&fs::read(&evidence).unwrap()).unwrap();
+    let entries = ev["copies"].as_array().unwrap();
+    assert_eq!(entries.len(), 3, "{ev:#}");
+    for e in entries {
+        assert_eq!(e["source"]["account"], SOURCE_ACCOUNT);
+        assert_eq!(e["source"]["region"], "us-east-1");
+        assert_eq!(e["copy"]["account"], TARGET_ACCOUNT);
+        assert_eq!(e["copy"]["region"], "eu-west-1");
+        let r = &e["verify"];
+        if e["copy"]["snapshot"] == bad_copy.as_str() {
+            assert_eq!(r["result"], "failed");
+            assert!(r["first_mismatch"]["block"].is_u64());
+        } else {
+            assert_eq!(r["result"], "matched", "{e:#}");
+            // One list page and 150 blocks per side.
+            assert_eq!((r["source_requests"].as_u64(), r["copy_requests"].as_u64()), (Some(151), Some(151)), "{e:#}");
+            assert_eq!(r["source_digest"], r["copy_digest"]);
+        }
+    }
+}

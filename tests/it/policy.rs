@@ -364,6 +364,7 @@ fn diff_shows_the_added_statement() {
 
 fn context(cross_account: bool) -> IamContext {
     IamContext {
+        verify: false,
         partition: "aws",
         plan: PlanName::parse("prod-db-dr").unwrap(),
         source_account: source(),

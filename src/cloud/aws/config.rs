@@ -120,8 +120,13 @@ pub(crate) fn check_session_name(name: &str) -> Result<(), CloudError> {
 
 /// Endpoint variables the SDK reads per service, beside the global one it folds into
 /// its loaded configuration: all must pass [`check_endpoint`].
-pub(crate) const SERVICE_ENDPOINT_VARS: [&str; 4] =
-    ["AWS_ENDPOINT_URL_EC2", "AWS_ENDPOINT_URL_KMS", "AWS_ENDPOINT_URL_STS", "AWS_ENDPOINT_URL_S3"];
+pub(crate) const SERVICE_ENDPOINT_VARS: [&str; 5] = [
+    "AWS_ENDPOINT_URL_EC2",
+    "AWS_ENDPOINT_URL_EBS",
+    "AWS_ENDPOINT_URL_KMS",
+    "AWS_ENDPOINT_URL_STS",
+    "AWS_ENDPOINT_URL_S3",
+];
 
 /// [`check_endpoint`] as a [`CloudError`] of kind `Invalid`, naming where the URL
 /// came from.

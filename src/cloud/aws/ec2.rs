@@ -190,6 +190,18 @@ fn lock_state(action: &str, state: Option<&aws_sdk_ec2::types::LockState>) -> Cl
     LockState::parse(s).ok_or_else(|| bad_answer(action, &format!("lock state {s:?}")))
 }
 
+/// CreateTags on one snapshot.
+pub(crate) async fn tag_snapshot(client: &Client, id: &SnapshotId, tags: &crate::cloud::Tags) -> CloudResult<()> {
+    client
+        .create_tags()
+        .resources(id.as_str())
+        .set_tags(Some(convert::to_sdk_tags(tags)))
+        .send()
+        .await
+        .map_err(|e| from_sdk("ec2:CreateTags", e))?;
+    Ok(())
+}
+
 pub(crate) async fn lock_snapshot(client: &Client, id: &SnapshotId, spec: &LockSpec) -> CloudResult<LockedSnapshot> {
     const ACTION: &str = "ec2:LockSnapshot";
     let mode = match spec.mode {

@@ -32,7 +32,7 @@ pub(crate) fn kind_for_code(code: &str, message: &str) -> ErrorKind {
         | "SlowDown" => ErrorKind::Throttled,
         c if c.starts_with("Throttling") || c.starts_with("RequestThrottled") => ErrorKind::Throttled,
 
-        "NotFoundException" | "NoSuchEntity" => ErrorKind::NotFound,
+        "NotFoundException" | "NoSuchEntity" | "ResourceNotFoundException" => ErrorKind::NotFound,
         c if c.ends_with(".NotFound") => ErrorKind::NotFound,
 
         // The credentials themselves were refused: expired (a session that outlived its

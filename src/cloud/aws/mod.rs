@@ -16,6 +16,7 @@
 
 mod config;
 mod convert;
+mod ebs;
 mod ec2;
 mod error;
 mod kms;
@@ -45,6 +46,7 @@ use crate::ids::{AccountId, KeyArn, KeyRef, Region, RoleArn, SnapshotId, VolumeI
 
 /// The SDK clients for one side and region. Cloning one is cheap (an `Arc` inside).
 struct Clients {
+    ebs: aws_sdk_ebs::Client,
     ec2: aws_sdk_ec2::Client,
     kms: aws_sdk_kms::Client,
     sts: aws_sdk_sts::Client,
@@ -173,6 +175,9 @@ impl AwsCloud {
         let conf = self.sdk_config(side).await;
         let sdk_region = aws_config::Region::new(region.as_str().to_owned());
         let made = Arc::new(Clients {
+            ebs: aws_sdk_ebs::Client::from_conf(
+                aws_sdk_ebs::config::Builder::from(conf).region(sdk_region.clone()).build(),
+            ),
             ec2: aws_sdk_ec2::Client::from_conf(
                 aws_sdk_ec2::config::Builder::from(conf).region(sdk_region.clone()).build(),
             ),
@@ -254,6 +259,31 @@ impl Cloud for AwsCloud {
 
     async fn delete_snapshot(&self, loc: &Loc, id: &SnapshotId) -> CloudResult<()> {
         ec2::delete_snapshot(&self.at(loc).await.ec2, id).await
+    }
+
+    async fn tag_snapshot(&self, loc: &Loc, id: &SnapshotId, tags: &Tags) -> CloudResult<()> {
+        ec2::tag_snapshot(&self.at(loc).await.ec2, id, tags).await
+    }
+
+    async fn list_snapshot_blocks(
+        &self,
+        loc: &Loc,
+        id: &SnapshotId,
+        start: Option<u64>,
+        next_token: Option<&str>,
+        max_results: u32,
+    ) -> CloudResult<crate::cloud::BlockPage> {
+        ebs::list_snapshot_blocks(&self.at(loc).await.ebs, id, start, next_token, max_results).await
+    }
+
+    async fn get_snapshot_block(
+        &self,
+        loc: &Loc,
+        id: &SnapshotId,
+        index: u64,
+        token: &str,
+    ) -> CloudResult<crate::cloud::BlockChecksum> {
+        ebs::get_snapshot_block(&self.at(loc).await.ebs, id, index, token).await
     }
 
     async fn lock_snapshot(

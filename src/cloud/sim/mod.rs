@@ -17,6 +17,7 @@
 //! after creation, a grant that does not reach one volume's copies, and a halt after
 //! N calls that freezes the caller mid-run, as a crash would.
 
+pub mod blocks;
 mod seed;
 pub use seed::DEFAULT_SOURCE_ACCOUNT;
 mod world;
@@ -379,6 +380,43 @@ impl Cloud for SimCloud {
                 crate::cloud::CloudError::new(crate::cloud::ErrorKind::Other, "InternalError", "no randomness")
             })?;
             Ok(out)
+        })
+        .await
+    }
+
+    async fn tag_snapshot(&self, loc: &Loc, id: &SnapshotId, tags: &Tags) -> CloudResult<()> {
+        self.call("ec2:CreateTags", |w| {
+            let acct = self.account(w, loc.side)?;
+            w.tag_snapshot(&acct, &loc.region, id, tags)
+        })
+        .await
+    }
+
+    async fn list_snapshot_blocks(
+        &self,
+        loc: &Loc,
+        id: &SnapshotId,
+        start: Option<u64>,
+        next_token: Option<&str>,
+        max_results: u32,
+    ) -> CloudResult<crate::cloud::BlockPage> {
+        self.call("ebs:ListSnapshotBlocks", |w| {
+            let acct = self.account(w, loc.side)?;
+            w.list_snapshot_blocks(&acct, &loc.region, id, start, next_token, max_results)
+        })
+        .await
+    }
+
+    async fn get_snapshot_block(
+        &self,
+        loc: &Loc,
+        id: &SnapshotId,
+        index: u64,
+        token: &str,
+    ) -> CloudResult<crate::cloud::BlockChecksum> {
+        self.call("ebs:GetSnapshotBlock", |w| {
+            let acct = self.account(w, loc.side)?;
+            w.get_snapshot_block(&acct, &loc.region, id, index, token)
         })
         .await
     }

@@ -6,9 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use super::blocks::BlockMap;
 use crate::cloud::{
-    CloudError, CloudResult, CopySnapshotReq, CreateSnapshotReq, CreateVolumeReq, ErrorKind, KeyInfo, KeyManager,
-    LockedSnapshot, Snapshot, SnapshotState, Tags, Volume, VolumeState,
+    BlockChecksum, BlockPage, CloudError, CloudResult, CopySnapshotReq, CreateSnapshotReq, CreateVolumeReq, ErrorKind,
+    KeyInfo, KeyManager, LockedSnapshot, Snapshot, SnapshotState, Tags, Volume, VolumeState,
 };
 use crate::ids::{AccountId, KeyArn, KeyRef, Region, RoleArn, SnapshotId, VolumeId};
 use crate::lock::{LockMode, LockSpec, LockState};
@@ -67,6 +68,18 @@ pub struct Faults {
     /// LockSnapshot is refused with this AWS error code (a quota), as a limit would.
     #[serde(default)]
     pub lock_refused_with: Option<String>,
+    /// Copies of this volume's snapshots into a target (another account or region)
+    /// get the `.1`-th listed block (0-based) with other content.
+    #[serde(default)]
+    pub corrupt_block_of: Option<(VolumeId, u64)>,
+    /// Copies of this volume's snapshots into a target leave the `.1`-th listed block
+    /// out.
+    #[serde(default)]
+    pub drop_block_of: Option<(VolumeId, u64)>,
+    /// Copies of this volume's snapshots into a target leave its listed blocks of zeros
+    /// out (EBS may list a block of zeros on one side only).
+    #[serde(default)]
+    pub unlist_zeros_of: Option<VolumeId>,
 }
 
 /// How long things take, as functions of size (milliseconds).
@@ -135,6 +148,9 @@ pub struct SimSnapshot {
     /// Its EBS snapshot lock, if any.
     #[serde(default)]
     pub lock: Option<SimLock>,
+    /// Its blocks, as the EBS direct APIs list them.
+    #[serde(default)]
+    pub blocks: Option<BlockMap>,
 }
 
 /// A snapshot lock as EBS keeps it: the duration starts when the snapshot completes
@@ -645,6 +661,7 @@ impl World {
             is_copy: false,
             origin_volume: Some(v.id.to_string()),
             lock: None,
+            blocks: Some(BlockMap::for_volume(v.id.as_str(), v.size_gib)),
         };
         let view = self.snapshot_view(&s);
         self.snapshots.insert(id.to_string(), s);
@@ -759,6 +776,7 @@ impl World {
             is_copy: true,
             origin_volume: src.origin_volume.clone(),
             lock: None,
+            blocks: self.copied_blocks(&src, account, region),
         };
         self.snapshots.insert(id.to_string(), s);
         self.index()
@@ -770,6 +788,121 @@ impl World {
         let peak = self.peak_copies.entry(format!("{account}/{region}")).or_default();
         *peak = (*peak).max(now);
         Ok(id)
+    }
+
+    /// The blocks of a copy of `src` into (account, region): its source's, with the
+    /// block faults applied to copies into a target.
+    fn copied_blocks(&self, src: &SimSnapshot, account: &AccountId, region: &Region) -> Option<BlockMap> {
+        let mut blocks = src.blocks.clone()?;
+        if &src.owner == account && &src.region == region {
+            return Some(blocks);
+        }
+        let of = |v: &VolumeId| src.origin_volume.as_deref() == Some(v.as_str());
+        if let Some((_, rank)) = self.faults.corrupt_block_of.as_ref().filter(|(v, _)| of(v))
+            && let Some(i) = blocks.nth(*rank)
+        {
+            blocks.corrupt(i);
+        }
+        if let Some((_, rank)) = self.faults.drop_block_of.as_ref().filter(|(v, _)| of(v))
+            && let Some(i) = blocks.nth(*rank)
+        {
+            blocks.drop_block(i);
+        }
+        if self.faults.unlist_zeros_of.as_ref().is_some_and(of) {
+            blocks.unlist_zeros();
+        }
+        Some(blocks)
+    }
+
+    /// A completed snapshot the account owns in the region, for the EBS direct APIs.
+    fn readable_snapshot(&self, account: &AccountId, region: &Region, id: &SnapshotId) -> CloudResult<&SimSnapshot> {
+        let s = self
+            .snapshots
+            .get(id.as_str())
+            .filter(|s| &s.owner == account && &s.region == region && self.visible(s))
+            .ok_or_else(|| {
+                err(ErrorKind::NotFound, "ResourceNotFoundException", format!("The snapshot '{id}' does not exist."))
+            })?;
+        if self.now_ms < s.ready_ms || s.fails_with.is_some() {
+            return Err(err(
+                ErrorKind::InvalidState,
+                "ValidationException",
+                format!("The snapshot '{id}' is not in a completed state."),
+            ));
+        }
+        Ok(s)
+    }
+
+    /// ListSnapshotBlocks: the page token is the next block index.
+    pub fn list_snapshot_blocks(
+        &self,
+        account: &AccountId,
+        region: &Region,
+        id: &SnapshotId,
+        start: Option<u64>,
+        next_token: Option<&str>,
+        max_results: u32,
+    ) -> CloudResult<BlockPage> {
+        let s = self.readable_snapshot(account, region, id)?;
+        let from = match next_token {
+            Some(t) => t.strip_prefix("page-").and_then(|n| n.parse::<u64>().ok()).ok_or_else(|| {
+                err(ErrorKind::Invalid, "ValidationException", "INVALID_PAGE_TOKEN: the page token is not valid")
+            })?,
+            None => start.unwrap_or(0),
+        };
+        let max = max_results.clamp(100, 10_000) as usize;
+        let (blocks, more) = match &s.blocks {
+            Some(b) => b.page(from, max),
+            None => (vec![], None),
+        };
+        Ok(BlockPage {
+            blocks: blocks.into_iter().map(|(i, g)| (i, format!("bt-{id}-{i}-{g}"))).collect(),
+            next_token: more.map(|n| format!("page-{n}")),
+            volume_size_gib: i64::from(s.size_gib),
+            block_size: crate::verify::BLOCK_SIZE,
+        })
+    }
+
+    /// GetSnapshotBlock: the checksum of a listed block, given its token.
+    pub fn get_snapshot_block(
+        &self,
+        account: &AccountId,
+        region: &Region,
+        id: &SnapshotId,
+        index: u64,
+        token: &str,
+    ) -> CloudResult<BlockChecksum> {
+        let s = self.readable_snapshot(account, region, id)?;
+        let invalid = || {
+            err(
+                ErrorKind::Invalid,
+                "ValidationException",
+                format!("INVALID_BLOCK_TOKEN: no block {index} with that token"),
+            )
+        };
+        let blocks = s.blocks.as_ref().ok_or_else(invalid)?;
+        let g = blocks.get(index).ok_or_else(invalid)?;
+        if token != format!("bt-{id}-{index}-{g}") {
+            return Err(invalid());
+        }
+        Ok(BlockChecksum { checksum: blocks.checksum(index, g), data_length: crate::verify::BLOCK_SIZE })
+    }
+
+    /// CreateTags on a snapshot the account owns.
+    pub fn tag_snapshot(
+        &mut self,
+        account: &AccountId,
+        region: &Region,
+        id: &SnapshotId,
+        tags: &Tags,
+    ) -> CloudResult<()> {
+        let s = self
+            .snapshots
+            .get_mut(id.as_str())
+            .filter(|s| &s.owner == account && &s.region == region)
+            .ok_or_else(|| Self::snapshot_missing(id.as_str()))?;
+        s.tags.extend(tags.clone());
+        Ok(())
     }
 
     /// What a snapshot's lock looks like now: `None` without one, or when the snapshot

@@ -83,6 +83,9 @@ DEFAULT_CONFIG = {
     # CoolOffPeriod, divided by 24) lasts: 86400 as in AWS; tests shorten it to see
     # locks expire.
     "lock_day_seconds": 86400.0,
+    # Copies into another account or region of this volume's snapshots get their second
+    # written block with other content (null: none), for verified copies.
+    "corrupt_copies_of": None,
 }
 
 _state_lock = threading.Lock()
@@ -134,6 +137,8 @@ def update_config(changes: dict) -> dict:
                 raise ValueError(f"{key} must be an integer >= 0")
         if key == "max_concurrent_copies" and value is None:
             value = 0
+        if key == "corrupt_copies_of" and value is not None and not isinstance(value, str):
+            raise ValueError("corrupt_copies_of must be a volume id or null")
         if key == "throttle_actions" and value is not None:
             if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
                 raise ValueError("throttle_actions must be a list of action names or null")
@@ -526,6 +531,13 @@ def patch_copy_snapshot() -> None:
         )
         snapshot._sf_is_copy = True
         snapshot._sf_error = error
+        # The blocks are the source's (by its volume); a corrupted copy differs in one.
+        snapshot._sf_corrupt = getattr(source, "_sf_corrupt", False) or (
+            CONFIG["corrupt_copies_of"] is not None
+            and source.volume is not None
+            and source.volume.id == CONFIG["corrupt_copies_of"]
+            and (source.owner_id != self.account_id or source_region != self.region_name)
+        )
         _mark_pending(snapshot, "copy_pending_seconds")
         self.snapshots[snapshot.id] = snapshot
         return snapshot
@@ -832,6 +844,122 @@ def apply_patches() -> None:
     patch_cross_account_describe_key()
     patch_key_policy_deny_by_principal()
     patch_snapshot_lock()
+    patch_ebs_direct_reads()
+
+
+# ---------------------------------------------------------------------------
+# EBS direct APIs on EC2 snapshots
+# ---------------------------------------------------------------------------
+
+BLOCK_SIZE = 524288
+# Written blocks per volume: enough to page (a page holds at least 100) and to sample.
+WRITTEN_BLOCKS = 150
+
+
+def _written_blocks(volume_id: str, size_gib: int) -> list:
+    """The written block indexes of a volume: deterministic from its id."""
+    import hashlib
+    total = max(1, size_gib) * 2048
+    out = set()
+    i = 0
+    while len(out) < min(WRITTEN_BLOCKS, total):
+        h = hashlib.sha256(f"{volume_id}/{i}".encode()).digest()
+        out.add(int.from_bytes(h[:8], "big") % total)
+        i += 1
+    return sorted(out)
+
+
+def _block_data(volume_id: str, index: int, generation: int) -> bytes:
+    """512 KiB of data for one block: a digest of (volume, index, generation) repeated."""
+    import hashlib
+    seed = hashlib.sha256(f"{volume_id}/{index}/{generation}".encode()).digest()
+    return seed * (BLOCK_SIZE // len(seed))
+
+
+def _snapshot_blocks(snapshot):
+    """(index -> generation) of an EC2 snapshot's blocks: its volume's, cloned by copies;
+    a corrupted copy has its second block changed."""
+    volume = snapshot.volume
+    if volume is None:
+        return {}
+    blocks = {i: 1 for i in _written_blocks(volume.id, int(volume.size))}
+    if getattr(snapshot, "_sf_corrupt", False) and len(blocks) > 1:
+        blocks[sorted(blocks)[1]] = 2
+    return blocks
+
+
+def _ebs_error(status: int, kind: str, message: str, reason: str):
+    body = json.dumps({"Message": message, "Reason": reason})
+    # moto takes the status from the headers too.
+    return status, {"status": status, "x-amzn-ErrorType": kind, "Content-Type": "application/json"}, body
+
+
+def patch_ebs_direct_reads() -> None:
+    """ListSnapshotBlocks and GetSnapshotBlock for EC2 snapshots (CreateSnapshot,
+    CopySnapshot).
+
+    AWS: a completed snapshot of the caller's own lists its written blocks in index
+    order (BlockIndex an integer, a BlockToken each), paged by MaxResults (100 to 10,000)
+    and NextToken, from StartingBlockIndex; GetSnapshotBlock returns the block's data
+    with `x-amz-Checksum`, the Base64 SHA-256 of that data. A copy holds its source's
+    data under another key. moto: only StartSnapshot snapshots (EC2 ones answer 500),
+    BlockIndex as a string, no paging, the client's checksum echoed.
+    """
+    import base64
+    import hashlib
+    from moto.ebs.responses import EBSResponse
+
+    def _own_completed(self, snapshot_id):
+        snapshot = ec2_backends[self.current_account][self.region].snapshots.get(snapshot_id)
+        if snapshot is None:
+            return None, _ebs_error(404, "ResourceNotFoundException",
+                                    f"The snapshot '{snapshot_id}' does not exist.", "SNAPSHOT_NOT_FOUND")
+        if snapshot.status != "completed":
+            return None, _ebs_error(400, "ValidationException",
+                                    f"The snapshot '{snapshot_id}' is not completed.", "INVALID_SNAPSHOT_STATE")
+        return snapshot, None
+
+    def list_snapshot_blocks(self):
+        snapshot_id = self.path.split("?")[0].split("/")[-2]
+        snapshot, error = _own_completed(self, snapshot_id)
+        if error:
+            return error
+        q = self.querystring
+        first = lambda name: (q.get(name) or [None])[0]
+        limit = max(100, min(10000, int(first("maxResults") or 10000)))
+        start = int(first("pageToken") or first("startingBlockIndex") or 0)
+        indexes = [i for i in sorted(_snapshot_blocks(snapshot)) if i >= start]
+        page, rest = indexes[:limit], indexes[limit:]
+        body = {
+            "Blocks": [{"BlockIndex": i, "BlockToken": f"{snapshot_id}:{i}"} for i in page],
+            "VolumeSize": int(snapshot.volume.size) if snapshot.volume else 0,
+            "BlockSize": BLOCK_SIZE,
+        }
+        if rest:
+            body["NextToken"] = str(rest[0])
+        return 200, {"Content-Type": "application/json"}, json.dumps(body)
+
+    def get_snapshot_block(self):
+        parts = self.path.split("?")[0].split("/")
+        snapshot_id, index = parts[-3], int(parts[-1])
+        snapshot, error = _own_completed(self, snapshot_id)
+        if error:
+            return error
+        token = (self.querystring.get("blockToken") or [""])[0]
+        blocks = _snapshot_blocks(snapshot)
+        if index not in blocks or token != f"{snapshot_id}:{index}":
+            return _ebs_error(400, "ValidationException", "The block token is not valid.", "INVALID_BLOCK_TOKEN")
+        data = _block_data(snapshot.volume.id, index, blocks[index])
+        headers = {
+            "x-amz-Checksum": base64.b64encode(hashlib.sha256(data).digest()).decode(),
+            "x-amz-Checksum-Algorithm": "SHA256",
+            "x-amz-Data-Length": str(len(data)),
+            "Content-Type": "application/octet-stream",
+        }
+        return 200, headers, data
+
+    EBSResponse.list_snapshot_blocks = list_snapshot_blocks
+    EBSResponse.get_snapshot_block = get_snapshot_block
 
 
 # ---------------------------------------------------------------------------
@@ -865,6 +993,13 @@ def _identify(environ) -> tuple[str, str, str]:
     """(service, action, access key) of an AWS request, as far as they can be told."""
     scope = _SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
     access_key, service = (scope.group(1), scope.group(3)) if scope else ("", "unknown")
+    if service == "ebs":
+        # The EBS direct APIs are REST: the action is in the method and path.
+        path = environ.get("PATH_INFO", "")
+        if re.search(r"/snapshots/[^/]+/blocks$", path):
+            return service, "ListSnapshotBlocks", access_key
+        if re.search(r"/snapshots/[^/]+/blocks/[^/]+$", path):
+            return service, "GetSnapshotBlock", access_key
     target = environ.get("HTTP_X_AMZ_TARGET", "")
     if target:
         return service, target.rsplit(".", 1)[-1], access_key

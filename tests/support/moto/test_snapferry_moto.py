@@ -5,6 +5,8 @@ Run from the crate root with
 or `python3 test_snapferry_moto.py` from this folder. Needs moto[server] (and its boto3).
 """
 
+import base64
+import hashlib
 import json
 import os
 import socket
@@ -83,7 +85,7 @@ class SnapferryMotoTest(unittest.TestCase):
         self.configure(
             snapshot_pending_seconds=0, copy_pending_seconds=0, volume_pending_seconds=0,
             throttle_rate=0, throttle_actions=None, max_concurrent_copies=0,
-            lock_day_seconds=86400,
+            lock_day_seconds=86400, corrupt_copies_of=None,
         )
         self.control("POST", "reset-calls")
 
@@ -481,6 +483,52 @@ class SnapferryMotoTest(unittest.TestCase):
         with self.assertRaises(ClientError) as err:
             ec2.copy_snapshot(**args)
         self.assertEqual(err.exception.response["Error"]["Code"], "ResourceLimitExceeded")
+
+    def _blocks(self, ebs, snapshot_id):
+        """Every (index, checksum) of a snapshot, page by page."""
+        out, token = [], None
+        while True:
+            args = {"SnapshotId": snapshot_id, "MaxResults": 100}
+            if token:
+                args["NextToken"] = token
+            page = ebs.list_snapshot_blocks(**args)
+            self.assertEqual(page["BlockSize"], 524288)
+            for b in page["Blocks"]:
+                self.assertIsInstance(b["BlockIndex"], int)
+                got = ebs.get_snapshot_block(SnapshotId=snapshot_id, BlockIndex=b["BlockIndex"],
+                                             BlockToken=b["BlockToken"])
+                data = got["BlockData"].read()
+                self.assertEqual(len(data), got["DataLength"])
+                self.assertEqual(got["Checksum"], base64.b64encode(hashlib.sha256(data).digest()).decode())
+                out.append((b["BlockIndex"], got["Checksum"]))
+            token = page.get("NextToken")
+            if not token:
+                return out
+
+    def test_ebs_direct_reads_of_a_copy_equal_its_source_unless_corrupted(self):
+        ec2, key, volume, snap = self.source_setup()
+        ebs = self.client("ebs", SOURCE_REGION)
+        source = self._blocks(ebs, snap["SnapshotId"])
+        self.assertEqual(len(source), 150)
+        self.assertEqual([i for i, _ in source], sorted(i for i, _ in source))
+        # Another account cannot read the snapshot's blocks.
+        target = self.target_credentials()
+        with self.assertRaises(ClientError) as err:
+            self.client("ebs", SOURCE_REGION, target).list_snapshot_blocks(SnapshotId=snap["SnapshotId"])
+        self.assertEqual(err.exception.response["Error"]["Code"], "ResourceNotFoundException")
+        # A copy into the other region, under a key there.
+        dst_key = self.client("kms", TARGET_REGION).create_key(Description="dst")["KeyMetadata"]
+        args = dict(SourceRegion=SOURCE_REGION, SourceSnapshotId=snap["SnapshotId"],
+                    Encrypted=True, KmsKeyId=dst_key["Arn"])
+        dst = self.client("ec2", TARGET_REGION)
+        good = self.wait_snapshot(dst, dst.copy_snapshot(**args)["SnapshotId"])
+        self.assertEqual(self._blocks(self.client("ebs", TARGET_REGION), good["SnapshotId"]), source)
+        self.configure(corrupt_copies_of=volume["VolumeId"])
+        bad = self.wait_snapshot(dst, dst.copy_snapshot(**args)["SnapshotId"])
+        copied = self._blocks(self.client("ebs", TARGET_REGION), bad["SnapshotId"])
+        self.assertEqual([i for i, _ in copied], [i for i, _ in source])
+        differ = [i for (i, a), (_, b) in zip(source, copied) if a != b]
+        self.assertEqual(differ, [source[1][0]])
 
     def test_control_api_rejects_bad_options(self):
         with self.assertRaises(urllib.error.HTTPError) as err:
