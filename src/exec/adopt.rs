@@ -338,8 +338,7 @@ fn rebuild(
         (_, Some(c)) => {
             let matched = c.tags.get(crate::verify::TAG_VERIFY).is_some_and(|t| t.starts_with("matched"));
             if c.state == SnapshotState::Completed && !shape.create_volume && shape.verify && !matched {
-                v.step = Step::Verify;
-                v
+                crate::engine::found_at(&v, Step::Verify, now_ms)
             } else if c.state == SnapshotState::Completed && !shape.create_volume {
                 finish(v)
             } else {
