@@ -141,7 +141,7 @@ async fn a_lost_answer_to_a_state_write_is_our_success() {
     let _lock = store.lock_plan("p").await.unwrap();
     let mut r = record(2);
     let mut j = store.create_or_reopen(&r).await.unwrap();
-    r.volumes[0].in_flight = true;
+    r.volumes[0] = crate::engine::begin(&r.volumes[0], 1);
     j.volume(0, &r.volumes[0]).unwrap();
     j.sync().await.unwrap();
     r.meta.status = RunStatus::Succeeded;
@@ -192,7 +192,7 @@ async fn a_write_held_past_the_lease_stops_its_writer_and_readers_ignore_it_when
     // A partition: every write of the old holder lands 1.5 s late.
     faulty.add("", Fault::Hold(Duration::from_millis(1500)), usize::MAX);
     let started = Instant::now();
-    r.volumes[0].in_flight = true;
+    r.volumes[0] = crate::engine::begin(&r.volumes[0], 1);
     stale.volume(0, &r.volumes[0]).unwrap();
     let err = stale.sync().await.unwrap_err();
     assert!(matches!(err, StoreError::LeaseLost { .. }), "{err}");
