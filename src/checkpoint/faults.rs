@@ -7,9 +7,11 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
+use super::error::StoreError;
 use super::memory::MemoryObjects;
 use super::remote::{LeaseOptions, RemoteStore};
-use super::{RunRecord, RunStatus, Store, StoreError};
+use super::store::Store;
+use super::{RunRecord, RunStatus};
 use crate::cloud::CloudResult;
 use crate::cloud::object::{Condition, Object, ObjectStats, ObjectStore, precondition_failed};
 

@@ -27,10 +27,11 @@ use async_trait::async_trait;
 
 use crate::private_fs;
 
-use super::{
-    FORMAT_VERSION, Journal, JournalSink, PlanIndex, PlanLock, RunMeta, RunRecord, StateStore, StoreError, io, meta_of,
-    parse_checkpoint, replay, sync_dir, write_atomic,
-};
+use super::backend::{PlanLock, StateStore};
+use super::codec::{parse_checkpoint, parse_index, sync_dir, write_atomic};
+use super::error::{StoreError, io};
+use super::journal::{Journal, JournalSink, meta_of, replay};
+use super::{FORMAT_VERSION, PlanIndex, RunMeta, RunRecord};
 
 /// Times a plan's lock is asked for again before it counts as held, and the pause
 /// between: a lock just released can stay held for the moment a forked child takes
@@ -205,7 +206,7 @@ impl StateStore for LocalStore {
             let path = e.map_err(io(&dir))?.path();
             if path.extension().is_some_and(|x| x == "json") {
                 let bytes = fs::read(&path).map_err(io(&path))?;
-                out.push(super::parse_index(&bytes, &path)?);
+                out.push(parse_index(&bytes, &path)?);
             }
         }
         out.sort_by(|a, b| a.plan.cmp(&b.plan));
@@ -217,7 +218,7 @@ impl StateStore for LocalStore {
         fs::create_dir_all(&dir).map_err(io(&dir))?;
         let path = dir.join(format!("{plan}.json"));
         let mut index = match fs::read(&path) {
-            Ok(bytes) => super::parse_index(&bytes, &path)?,
+            Ok(bytes) => parse_index(&bytes, &path)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 PlanIndex { format_version: FORMAT_VERSION, plan: plan.to_owned(), removed: 0 }
             }

@@ -59,10 +59,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::{
-    FORMAT_VERSION, Journal, JournalSink, PlanIndex, PlanLock, RunMeta, RunRecord, StateStore, StoreError,
-    parse_checkpoint, parse_index, replay,
-};
+use super::backend::{PlanLock, StateStore};
+use super::codec::{parse_checkpoint, parse_index};
+use super::error::StoreError;
+use super::journal::{Journal, JournalSink, replay};
+use super::{FORMAT_VERSION, PlanIndex, RunMeta, RunRecord};
 use crate::cloud::object::{Condition, ObjectStats, ObjectStore, refused};
 use crate::cloud::{CloudError, ErrorKind};
 

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use crate::clock::{Clock, WallClock};
 use crate::cloud::aws::{AwsCloud, AwsConfig, check_endpoint};
 use crate::cloud::sim::{SimCloud, SimSides, World, seed_from_plan};
-use crate::cloud::{Cloud, ErrorKind, TargetAccess};
+use crate::cloud::{Cloud, TargetAccess};
 use crate::ids::{AccountId, Region};
 use crate::plan::Plan;
 
 use super::args::Common;
-use super::{Failure, exit};
+use super::failure::Failure;
 
 /// A cloud and the clock that goes with it.
 pub struct Connected {
@@ -29,10 +29,9 @@ impl Connected {
         if let Some((sim, path)) = &self.sim {
             if let Some(dir) = path.parent() {
                 crate::private_fs::create_dir_all(dir)
-                    .map_err(|e| Failure::new(exit::FAILED, format!("cannot create {}: {e}", dir.display())))?;
+                    .map_err(|e| Failure::File(format!("cannot create {}: {e}", dir.display())))?;
             }
-            sim.with_world(|w| crate::checkpoint::write_atomic(path, w))
-                .map_err(|e| Failure::new(exit::FAILED, e.to_string()))?;
+            sim.with_world(|w| crate::checkpoint::write_atomic(path, w)).map_err(|e| Failure::File(e.to_string()))?;
         }
         Ok(())
     }
@@ -48,7 +47,7 @@ pub fn sim_world_path(state_dir: &Path, plan: &str) -> PathBuf {
 pub fn endpoint(common: &Common) -> Result<Option<String>, Failure> {
     let url = common.endpoint_url.clone().or_else(|| std::env::var("AWS_ENDPOINT_URL").ok()).filter(|u| !u.is_empty());
     if let Some(u) = &url {
-        check_endpoint(u).map_err(|m| Failure::new(exit::USAGE, m))?;
+        check_endpoint(u).map_err(Failure::Usage)?;
     }
     Ok(url)
 }
@@ -103,10 +102,7 @@ pub async fn connect(reach: Reach<'_>) -> Result<Connected, Failure> {
         // Read as a stream: a large world is never held twice, as text and as parsed.
         let world = match std::fs::File::open(&path) {
             Ok(file) => serde_json::from_reader::<_, World>(std::io::BufReader::new(file)).map_err(|e| {
-                Failure::new(
-                    exit::FAILED,
-                    format!("simulated world {} is damaged ({e}); delete it to start afresh", path.display()),
-                )
+                Failure::File(format!("simulated world {} is damaged ({e}); delete it to start afresh", path.display()))
             })?,
             Err(_) => match reach.seed {
                 Some(plan) => seed_from_plan(plan, WallClock.now_ms()).0,
@@ -126,10 +122,9 @@ pub async fn connect(reach: Reach<'_>) -> Result<Connected, Failure> {
     };
     // `connect` sends nothing; what it refuses (a clear-text endpoint from any of the
     // endpoint variables, a bad session name) is a usage error.
-    let aws = AwsCloud::connect(cfg).await.map_err(|e| {
-        let code = if e.kind == ErrorKind::Invalid { exit::USAGE } else { exit::FAILED };
-        Failure::new(code, format!("cannot set up AWS clients: {e}"))
-    })?;
+    let aws = AwsCloud::connect(cfg)
+        .await
+        .map_err(|source| Failure::Setup { what: "cannot set up AWS clients".to_owned(), source })?;
     Ok(Connected { cloud: Arc::new(aws), clock: Arc::new(WallClock), sim: None })
 }
 

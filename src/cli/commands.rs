@@ -1,5 +1,6 @@
-//! One function per command: load what it needs, call the library, render, and map
-//! the result onto the exit-code table.
+//! One function per command: load what it needs, call the library, render, and say
+//! how it ended ([`Done`]) or what stopped it ([`Failure`]); `exit` maps either onto
+//! the exit-code table.
 
 use std::path::Path;
 
@@ -13,17 +14,18 @@ use crate::plan;
 
 use super::args::{Command, Common, Format, RunArgs, VerifyArgs};
 use super::cloud::{Reach, connect, session_name};
+use super::exit::Done;
+use super::failure::Failure;
 use super::plan_file::load_plan;
 use super::render::{self, emit};
 use super::state::{self, StateReach};
-use super::{Failure, exit};
 
-pub async fn dispatch(cli: super::Cli) -> Result<u8, Failure> {
+pub async fn dispatch(cli: super::args::Cli) -> Result<Done, Failure> {
     match cli.command {
         Command::Validate { plan, format } => validate(&plan, format),
         Command::Schema => {
-            println!("{}", serde_json::to_string_pretty(&plan::json_schema()).unwrap_or_default());
-            Ok(exit::OK)
+            emit(Format::Json, &plan::json_schema(), |_| String::new());
+            Ok(Done::Ok)
         }
         Command::Run(args) if args.dry_run => super::dryrun::dry_run(&args).await,
         Command::Run(args) => run(&args).await,
@@ -34,14 +36,14 @@ pub async fn dispatch(cli: super::Cli) -> Result<u8, Failure> {
     }
 }
 
-fn validate(path: &Path, format: Format) -> Result<u8, Failure> {
+fn validate(path: &Path, format: Format) -> Result<Done, Failure> {
     let plan = load_plan(path, format)?;
     let doc = serde_json::json!({"status": "valid", "plan": plan.name.as_str(), "file": path.display().to_string(),
         "volumes": plan.volumes.len()});
     emit(format, &doc, |_| {
         format!("{}: plan {} is valid ({} volume entries)\n", path.display(), plan.name, plan.volumes.len())
     });
-    Ok(exit::OK)
+    Ok(Done::Ok)
 }
 
 /// Turns SIGINT and SIGTERM into a shutdown request for the runner.
@@ -74,11 +76,11 @@ fn shutdown_signal() -> (std::sync::Arc<watch::Sender<bool>>, watch::Receiver<bo
     (sender, rx)
 }
 
-async fn run(args: &RunArgs) -> Result<u8, Failure> {
+async fn run(args: &RunArgs) -> Result<Done, Failure> {
     let format = args.common.format;
     let plan = load_plan(&args.plan, format)?;
     let run_id = match &args.run_id {
-        Some(id) => Some(RunId::parse(id).map_err(|e| Failure::new(exit::USAGE, format!("--run-id {id}: {e}")))?),
+        Some(id) => Some(RunId::parse(id).map_err(|e| Failure::Usage(format!("--run-id {id}: {e}")))?),
         None => None,
     };
     let limit = state::max_duration(args.max_duration.as_deref())?;
@@ -89,7 +91,7 @@ async fn run(args: &RunArgs) -> Result<u8, Failure> {
     .await?;
     let store = opened.store;
     // Fail fast on a held lock, before any call to AWS.
-    drop(store.lock_plan(plan.name.as_str()).await.map_err(|e| Failure::from(&e))?);
+    drop(store.lock_plan(plan.name.as_str()).await?);
     if !args.common.simulate {
         state::warn_credentials(opened.life, limit);
     }
@@ -112,7 +114,7 @@ async fn run(args: &RunArgs) -> Result<u8, Failure> {
     let result = exec::run(cfg, env, shutdown).await;
     state::close(&store).await;
     connected.save()?;
-    let mut report = result.map_err(|e| Failure::from(&e))?;
+    let mut report = result?;
     if stopped_at_limit.load(std::sync::atomic::Ordering::SeqCst) && report.status == RunStatus::Interrupted {
         report.stopped_at_limit();
     }
@@ -128,7 +130,7 @@ async fn run(args: &RunArgs) -> Result<u8, Failure> {
         }
     }
     emit(format, &report, render::report_text);
-    Ok(exit::of_status(report.status))
+    Ok(Done::Run(report.status))
 }
 
 /// The metrics of a plan's runs, read one run at a time.
@@ -173,7 +175,7 @@ async fn removed_hint(store: &Store, run_id: &str) -> String {
     }
 }
 
-async fn status(run_id: Option<&str>, common: &Common) -> Result<u8, Failure> {
+async fn status(run_id: Option<&str>, common: &Common) -> Result<Done, Failure> {
     let store = state::open(common, StateReach::default()).await?.store;
     match run_id {
         Some(id) => {
@@ -181,12 +183,12 @@ async fn status(run_id: Option<&str>, common: &Common) -> Result<u8, Failure> {
                 Ok(r) => r,
                 Err(StoreError::NoSuchRun(_)) => {
                     let why = removed_hint(&store, id).await;
-                    return Err(Failure::new(
-                        exit::USAGE,
-                        format!("no run {id} in {}{why}; `snapferry status` lists the runs", store.location()),
-                    ));
+                    return Err(Failure::NoSuchRun(format!(
+                        "no run {id} in {}{why}; `snapferry status` lists the runs",
+                        store.location()
+                    )));
                 }
-                Err(e) => return Err(Failure::from(&e)),
+                Err(e) => return Err(e.into()),
             };
             let r = observed(&store, r).await;
             emit(common.format, &render::run_status_json(&r), |_| render::run_status_text(&r));
@@ -194,19 +196,19 @@ async fn status(run_id: Option<&str>, common: &Common) -> Result<u8, Failure> {
         None => {
             // One run at a time: a recurring plan leaves a run per round.
             let mut runs = render::Runs::default();
-            runs.removed = store.removed_counts().await.map_err(|e| Failure::from(&e))?;
-            for meta in store.list_meta().await.map_err(|e| Failure::from(&e))? {
-                if let Some(r) = store.load_listed(&meta.run_id).await.map_err(|e| Failure::from(&e))? {
+            runs.removed = store.removed_counts().await?;
+            for meta in store.list_meta().await? {
+                if let Some(r) = store.load_listed(&meta.run_id).await? {
                     runs.add(&observed(&store, r).await);
                 }
             }
             emit(common.format, &render::runs_json(&runs), |_| render::runs_text(&runs));
         }
     }
-    Ok(exit::OK)
+    Ok(Done::Ok)
 }
 
-async fn cleanup(run_id: &str, plan_path: Option<&Path>, common: &Common) -> Result<u8, Failure> {
+async fn cleanup(run_id: &str, plan_path: Option<&Path>, common: &Common) -> Result<Done, Failure> {
     let plan = match plan_path {
         Some(p) => Some(load_plan(p, common.format)?),
         None => None,
@@ -223,26 +225,23 @@ async fn cleanup(run_id: &str, plan_path: Option<&Path>, common: &Common) -> Res
         Err(StoreError::NoSuchRun(_)) if plan.is_some() => None,
         Err(StoreError::NoSuchRun(_)) => {
             let why = removed_hint(&store, run_id).await;
-            return Err(Failure::new(
-                exit::USAGE,
-                format!(
-                    "no run {run_id} in {}{why}; to clean it up from its tags in AWS, name its plan: snapferry cleanup --plan PLAN {run_id}",
-                    store.location()
-                ),
-            ));
+            return Err(Failure::NoSuchRun(format!(
+                "no run {run_id} in {}{why}; to clean it up from its tags in AWS, name its plan: snapferry cleanup --plan PLAN {run_id}",
+                store.location()
+            )));
         }
-        Err(e) => return Err(Failure::from(&e)),
+        Err(e) => return Err(e.into()),
     };
     let plan_name = record.as_ref().map(|r| r.meta.plan.clone()).or_else(|| plan.as_ref().map(|p| p.name.to_string()));
     let plan_name = plan_name.unwrap_or_default();
-    let lock = store.lock_plan(&plan_name).await.map_err(|e| Failure::from(&e))?;
+    let lock = store.lock_plan(&plan_name).await?;
     let region_text = record
         .as_ref()
         .map(|r| r.meta.source_region.clone())
         .or_else(|| plan.as_ref().map(|p| p.source.region.to_string()))
         .unwrap_or_default();
     let source_region = crate::ids::Region::parse(&region_text)
-        .map_err(|e| Failure::new(exit::FAILED, format!("checkpoint of {run_id}: source region: {e}")))?;
+        .map_err(|e| Failure::DamagedState(format!("checkpoint of {run_id}: source region: {e}")))?;
     // The target roles stop copies still pending: the ones the run used, else the plan's.
     let targets: Vec<TargetAccess> = match (&record, &plan) {
         (Some(r), _) => r
@@ -275,29 +274,30 @@ async fn cleanup(run_id: &str, plan_path: Option<&Path>, common: &Common) -> Res
     drop(lock);
     state::close(&store).await;
     connected.save()?;
-    let summary = result.map_err(|e| Failure::from(&e))?;
+    let summary = result?;
     emit(common.format, &summary, render::cleanup_text);
-    Ok(if summary.errors.is_empty() { exit::OK } else { exit::FAILED })
+    Ok(Done::CleanedUp { complete: summary.errors.is_empty() })
 }
 
 /// `verify RUN_ID`: every completed copy of a finished run whose source snapshot still
 /// exists, compared block by block; each copy tagged with the result.
-async fn verify(args: &VerifyArgs) -> Result<u8, Failure> {
+async fn verify(args: &VerifyArgs) -> Result<Done, Failure> {
     let common = &args.common;
     let store = state::open(common, StateReach::default()).await?.store;
     let record = store.load(&args.run_id).await.map_err(|e| match e {
-        StoreError::NoSuchRun(_) => Failure::new(
-            exit::USAGE,
-            format!("no run {} in {}; `snapferry status` lists the runs", args.run_id, store.location()),
-        ),
-        e => Failure::from(&e),
+        StoreError::NoSuchRun(_) => Failure::NoSuchRun(format!(
+            "no run {} in {}; `snapferry status` lists the runs",
+            args.run_id,
+            store.location()
+        )),
+        e => e.into(),
     })?;
     if record.meta.status == RunStatus::Running {
-        let lock = store.lock_plan(&record.meta.plan).await.map_err(|e| Failure::from(&e))?;
+        let lock = store.lock_plan(&record.meta.plan).await?;
         drop(lock);
     }
     let source_region = crate::ids::Region::parse(&record.meta.source_region)
-        .map_err(|e| Failure::new(exit::FAILED, format!("checkpoint of {}: source region: {e}", args.run_id)))?;
+        .map_err(|e| Failure::DamagedState(format!("checkpoint of {}: source region: {e}", args.run_id)))?;
     let targets: Vec<TargetAccess> = record
         .meta
         .targets()
@@ -332,27 +332,21 @@ async fn verify(args: &VerifyArgs) -> Result<u8, Failure> {
     state::close(&store).await;
     connected.save()?;
     if copies.is_empty() {
-        return Err(Failure::new(
-            exit::USAGE,
-            format!(
-                "run {} has no completed copy to verify; `snapferry status {}` shows its volumes",
-                args.run_id, args.run_id
-            ),
-        ));
+        return Err(Failure::NothingToVerify(format!(
+            "run {} has no completed copy to verify; `snapferry status {}` shows its volumes",
+            args.run_id, args.run_id
+        )));
     }
     let doc = render::VerifyDoc { run_id: args.run_id.clone(), plan: record.meta.plan.clone(), level, copies };
     if let Some(path) = &args.evidence {
         let text = serde_json::to_vec_pretty(&doc).unwrap_or_default();
         std::fs::write(path, text).map_err(|e| {
-            Failure::new(
-                exit::FAILED,
-                format!(
-                    "cannot write the evidence file {}: {e}; check the directory exists and is writable",
-                    path.display()
-                ),
-            )
+            Failure::File(format!(
+                "cannot write the evidence file {}: {e}; check the directory exists and is writable",
+                path.display()
+            ))
         })?;
     }
     emit(common.format, &doc, render::verify_text);
-    Ok(exit::of_verify(doc.copies.iter().all(|c| c.matched())))
+    Ok(Done::Verified { all_matched: doc.copies.iter().all(|c| c.matched()) })
 }

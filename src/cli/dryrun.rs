@@ -19,11 +19,12 @@ use crate::ids::AccountId;
 use crate::plan::{Pick, Plan};
 use crate::policy::{self, Grant, IamContext};
 
-use super::args::{Format, RunArgs};
+use super::args::RunArgs;
 use super::cloud::{Reach, connect, session_name};
+use super::exit::Done;
+use super::failure::Failure;
 use super::plan_file::load_plan;
-use super::render::emit;
-use super::{Failure, exit};
+use super::render::{emit, emit_before_failure};
 
 /// Stand-ins for account ids the offline dry-run cannot know, swapped for readable
 /// placeholders in the output.
@@ -49,7 +50,7 @@ fn key_placeholder(key: &str, side: &str) -> String {
     if key.starts_with("arn:") && key.contains(":key/") { key.to_owned() } else { format!("<{side} key ARN of {key}>") }
 }
 
-pub async fn dry_run(args: &RunArgs) -> Result<u8, Failure> {
+pub async fn dry_run(args: &RunArgs) -> Result<Done, Failure> {
     let format = args.common.format;
     let plan = load_plan(&args.plan, format)?;
     let (resolved, problems, current_policy) = if args.offline {
@@ -65,10 +66,10 @@ pub async fn dry_run(args: &RunArgs) -> Result<u8, Failure> {
                     match connected.cloud.get_key_policy(&loc, &r.source_key.arn).await {
                         Ok(p) => Some(p),
                         Err(e) => {
-                            return Err(Failure::new(
-                                exit::FAILED,
-                                format!("cannot read the policy of source key {}: {e}", r.source_key.arn),
-                            ));
+                            return Err(Failure::Aws(format!(
+                                "cannot read the policy of source key {}: {e}",
+                                r.source_key.arn
+                            )));
                         }
                     }
                 } else {
@@ -89,17 +90,11 @@ pub async fn dry_run(args: &RunArgs) -> Result<u8, Failure> {
     }
     if problems.is_empty() {
         emit(format, &report, DryRun::text);
-        return Ok(exit::OK);
+        return Ok(Done::Ok);
     }
     // With problems, the failure path prints the JSON document, so stdout carries one.
-    if format == Format::Text {
-        print!("{}", report.text());
-    }
-    Err(Failure {
-        code: exit::USAGE,
-        message: format!("the run would stop in preflight: {} problem(s) listed above", problems.len()),
-        json: Some(serde_json::to_value(&report).unwrap_or(Value::Null)),
-    })
+    emit_before_failure(format, &report, DryRun::text);
+    Err(Failure::WouldStop { problems: problems.len(), report: serde_json::to_value(&report).unwrap_or(Value::Null) })
 }
 
 /// The dry-run report of the contract: plan, steps, key_policy, iam (+ problems). Text
@@ -398,19 +393,25 @@ fn verify_notes(plan: &Plan, resolved: Option<&Resolved>) -> Vec<String> {
     notes
 }
 
-impl DryRun {
-    pub fn new(
-        plan: &Plan,
-        resolved: Option<&Resolved>,
-        problems: &[PreflightError],
-        current_policy: Option<&str>,
-        offline: bool,
-    ) -> Self {
+/// The accounts and keys of a dry-run: resolved online, from the plan or stand-ins
+/// offline.
+struct Sides {
+    source_account: AccountId,
+    /// Per target: its account, key and whether it crosses accounts.
+    targets: Vec<(AccountId, String, bool)>,
+    /// Whether any target crosses accounts.
+    cross: bool,
+    source_key: String,
+    /// The target accounts the snapshot is shared with, each once.
+    shared_with: Vec<AccountId>,
+}
+
+impl Sides {
+    fn of(plan: &Plan, resolved: Option<&Resolved>) -> Self {
         let source_account = resolved
             .map(|r| r.source_identity.account.clone())
             .or(plan.source.account.clone())
             .unwrap_or_else(|| AccountId::parse(SOURCE_ACCOUNT_STANDIN).expect("valid"));
-        // Per target: its account, key and whether it crosses accounts.
         let targets: Vec<(AccountId, String, bool)> = plan
             .targets
             .iter()
@@ -438,131 +439,165 @@ impl DryRun {
                 shared_with.push(a.clone());
             }
         }
+        Sides { source_account, targets, cross, source_key, shared_with }
+    }
 
-        let mut reencrypt_keys = vec![];
-        let steps: Vec<VolumeSteps> = match resolved {
-            Some(r) => r
-                .volumes
-                .iter()
-                .map(|sv| {
-                    let under_source = sv.volume.kms_key_id.as_deref() == Some(source_key.as_str());
-                    if let Some(k) =
-                        sv.volume.kms_key_id.as_ref().filter(|k| !under_source && !reencrypt_keys.contains(*k))
-                    {
-                        reencrypt_keys.push(k.clone());
-                    }
-                    VolumeSteps::Resolved {
-                        source_volume: sv.volume.id.to_string(),
-                        size_gib: sv.volume.size_gib,
-                        current_key: sv.volume.kms_key_id.clone(),
-                        steps: volume_steps(plan, cross, Some(!under_source)),
-                    }
-                })
-                .collect(),
-            None => plan
-                .volumes
-                .iter()
-                .map(|spec| match &spec.pick {
-                    Pick::Id(id) => {
-                        VolumeSteps::Named { source_volume: id.to_string(), steps: volume_steps(plan, cross, None) }
-                    }
-                    Pick::Selector(tags) => {
-                        VolumeSteps::Selector { selector: tags.clone(), steps: volume_steps(plan, cross, None) }
-                    }
-                })
-                .collect(),
-        };
-
-        let key_policy = if !shared_with.is_empty() {
-            let grants: Vec<Grant> =
-                shared_with.iter().map(|a| Grant::new(plan.name.clone(), a.clone(), &plan.source.region)).collect();
-            let statements: Vec<Value> = grants.iter().map(|g| placeholders(policy::grant_statement(g))).collect();
-            let mut change = KeyPolicyChange {
-                key_arn: placeholder(&source_key),
-                add_statement: statements.first().cloned(),
-                add_statements: if statements.len() > 1 { statements } else { vec![] },
-                already_present: None,
-                diff: None,
-                error: None,
-                needed: true,
-            };
-            if let Some(current) = current_policy {
-                // Every statement merged into one policy, as the run puts it.
-                let mut text = current.to_owned();
-                let mut changed = false;
-                let mut error = None;
-                for g in &grants {
-                    match policy::ensure_grant(&text, g) {
-                        Ok(c) => {
-                            changed |= c.changed;
-                            text = c.new_policy;
-                        }
-                        Err(e) => error = Some(e.to_string()),
-                    }
-                }
-                match error {
-                    None => {
-                        change.already_present = Some(!changed);
-                        change.diff = Some(placeholder(&policy::diff(current, &text)));
-                    }
-                    Some(e) => {
-                        change.already_present = Some(false);
-                        change.error = Some(e);
-                    }
-                }
-            }
-            change
-        } else {
-            KeyPolicyChange {
-                key_arn: placeholder(&source_key),
-                add_statement: None,
-                add_statements: vec![],
-                already_present: Some(false),
-                diff: None,
-                error: None,
-                needed: false,
-            }
-        };
-
-        // The documents per target; the caller's is the union of what each target needs.
-        let docs: Vec<policy::IamDocuments> = plan
-            .targets
-            .iter()
-            .zip(&targets)
-            .map(|(t, (account, key, cross))| {
-                policy::documents(&IamContext {
-                    partition: plan.source.region.partition(),
-                    plan: plan.name.clone(),
-                    source_account: source_account.clone(),
-                    source_region: plan.source.region.clone(),
-                    target_account: account.clone(),
-                    target_region: t.region.clone(),
-                    source_key: source_key.clone(),
-                    target_key: key.clone(),
-                    role_arn: t.role_arn.clone(),
-                    external_id: t.external_id.clone(),
-                    caller_arn: resolved.map(|r| r.source_identity.arn.clone()),
-                    reencrypt_keys: reencrypt_keys.clone(),
-                    cross_account: *cross,
-                    create_volume: plan.options.create_volume,
-                    keep: plan.options.keep.is_some(),
-                    lock: t.lock,
-                    verify: plan.options.verify.is_some(),
-                })
-            })
-            .collect();
-        let source_caller = policy::merge_documents(docs.iter().map(|d| &d.source_caller));
-        let side = |i: usize| TargetSide {
-            account: placeholder(targets[i].0.as_str()),
+    /// Target `i` as the report shows it.
+    fn target(&self, plan: &Plan, i: usize) -> TargetSide {
+        TargetSide {
+            account: placeholder(self.targets[i].0.as_str()),
             region: plan.targets[i].region.to_string(),
-            kms_key: placeholder(&targets[i].1),
+            kms_key: placeholder(&self.targets[i].1),
             role_arn: plan.targets[i].role_arn.as_ref().map(|r| r.to_string()),
+        }
+    }
+}
+
+/// The steps of each volume entry, and the keys (other than the source key) that
+/// resolved volumes are re-encrypted from.
+fn steps_of(plan: &Plan, resolved: Option<&Resolved>, sides: &Sides) -> (Vec<VolumeSteps>, Vec<String>) {
+    let cross = sides.cross;
+    let mut reencrypt_keys = vec![];
+    let steps = match resolved {
+        Some(r) => r
+            .volumes
+            .iter()
+            .map(|sv| {
+                let under_source = sv.volume.kms_key_id.as_deref() == Some(sides.source_key.as_str());
+                if let Some(k) = sv.volume.kms_key_id.as_ref().filter(|k| !under_source && !reencrypt_keys.contains(*k))
+                {
+                    reencrypt_keys.push(k.clone());
+                }
+                VolumeSteps::Resolved {
+                    source_volume: sv.volume.id.to_string(),
+                    size_gib: sv.volume.size_gib,
+                    current_key: sv.volume.kms_key_id.clone(),
+                    steps: volume_steps(plan, cross, Some(!under_source)),
+                }
+            })
+            .collect(),
+        None => plan
+            .volumes
+            .iter()
+            .map(|spec| match &spec.pick {
+                Pick::Id(id) => {
+                    VolumeSteps::Named { source_volume: id.to_string(), steps: volume_steps(plan, cross, None) }
+                }
+                Pick::Selector(tags) => {
+                    VolumeSteps::Selector { selector: tags.clone(), steps: volume_steps(plan, cross, None) }
+                }
+            })
+            .collect(),
+    };
+    (steps, reencrypt_keys)
+}
+
+/// The change to the source key's policy: one statement per target account it is
+/// shared with, merged into the current policy when it could be read.
+fn key_policy_change(plan: &Plan, sides: &Sides, current_policy: Option<&str>) -> KeyPolicyChange {
+    if sides.shared_with.is_empty() {
+        return KeyPolicyChange {
+            key_arn: placeholder(&sides.source_key),
+            add_statement: None,
+            add_statements: vec![],
+            already_present: Some(false),
+            diff: None,
+            error: None,
+            needed: false,
         };
+    }
+    let grants: Vec<Grant> =
+        sides.shared_with.iter().map(|a| Grant::new(plan.name.clone(), a.clone(), &plan.source.region)).collect();
+    let statements: Vec<Value> = grants.iter().map(|g| placeholders(policy::grant_statement(g))).collect();
+    let mut change = KeyPolicyChange {
+        key_arn: placeholder(&sides.source_key),
+        add_statement: statements.first().cloned(),
+        add_statements: if statements.len() > 1 { statements } else { vec![] },
+        already_present: None,
+        diff: None,
+        error: None,
+        needed: true,
+    };
+    if let Some(current) = current_policy {
+        // Every statement merged into one policy, as the run puts it.
+        let mut text = current.to_owned();
+        let mut changed = false;
+        let mut error = None;
+        for g in &grants {
+            match policy::ensure_grant(&text, g) {
+                Ok(c) => {
+                    changed |= c.changed;
+                    text = c.new_policy;
+                }
+                Err(e) => error = Some(e.to_string()),
+            }
+        }
+        match error {
+            None => {
+                change.already_present = Some(!changed);
+                change.diff = Some(placeholder(&policy::diff(current, &text)));
+            }
+            Some(e) => {
+                change.already_present = Some(false);
+                change.error = Some(e);
+            }
+        }
+    }
+    change
+}
+
+/// The IAM documents per target; the caller's is the union of what each target needs.
+fn iam_documents(
+    plan: &Plan,
+    resolved: Option<&Resolved>,
+    sides: &Sides,
+    reencrypt_keys: &[String],
+) -> Vec<policy::IamDocuments> {
+    plan.targets
+        .iter()
+        .zip(&sides.targets)
+        .map(|(t, (account, key, cross))| {
+            policy::documents(&IamContext {
+                partition: plan.source.region.partition(),
+                plan: plan.name.clone(),
+                source_account: sides.source_account.clone(),
+                source_region: plan.source.region.clone(),
+                target_account: account.clone(),
+                target_region: t.region.clone(),
+                source_key: sides.source_key.clone(),
+                target_key: key.clone(),
+                role_arn: t.role_arn.clone(),
+                external_id: t.external_id.clone(),
+                caller_arn: resolved.map(|r| r.source_identity.arn.clone()),
+                reencrypt_keys: reencrypt_keys.to_vec(),
+                cross_account: *cross,
+                create_volume: plan.options.create_volume,
+                keep: plan.options.keep.is_some(),
+                lock: t.lock,
+                verify: plan.options.verify.is_some(),
+            })
+        })
+        .collect()
+}
+
+impl DryRun {
+    pub fn new(
+        plan: &Plan,
+        resolved: Option<&Resolved>,
+        problems: &[PreflightError],
+        current_policy: Option<&str>,
+        offline: bool,
+    ) -> Self {
+        let sides = Sides::of(plan, resolved);
+        let (steps, reencrypt_keys) = steps_of(plan, resolved, &sides);
+        let key_policy = key_policy_change(plan, &sides, current_policy);
+        let docs = iam_documents(plan, resolved, &sides, &reencrypt_keys);
+        let source_caller = policy::merge_documents(docs.iter().map(|d| &d.source_caller));
         let target_reports: Vec<TargetReport> = if plan.fan_out {
             (0..plan.targets.len())
                 .map(|i| TargetReport {
-                    side: side(i),
-                    cross_account: targets[i].2,
+                    side: sides.target(plan, i),
+                    cross_account: sides.targets[i].2,
                     iam_policy: placeholders(docs[i].target_role.clone()),
                     trust_policy: docs[i].target_role_trust.clone().map(placeholders),
                 })
@@ -571,19 +606,19 @@ impl DryRun {
             vec![]
         };
         let first = docs.into_iter().next().expect("a plan has at least one target");
-        let (locks, dr_account_scp) = lock_advice(plan, &targets);
+        let (locks, dr_account_scp) = lock_advice(plan, &sides.targets);
         DryRun {
             plan: plan.name.to_string(),
             dry_run: true,
             offline,
             source: SourceSide {
-                account: placeholder(source_account.as_str()),
+                account: placeholder(sides.source_account.as_str()),
                 region: plan.source.region.to_string(),
-                kms_key: placeholder(&source_key),
+                kms_key: placeholder(&sides.source_key),
             },
-            target: side(0),
+            target: sides.target(plan, 0),
             targets: target_reports,
-            cross_account: cross,
+            cross_account: sides.cross,
             steps,
             key_policy,
             iam: IamPolicies {
@@ -595,16 +630,16 @@ impl DryRun {
                 .iter()
                 .map(|p| Problem { resource: p.resource.clone(), message: p.message.clone() })
                 .collect(),
-            copy_kinds: resolved.map(|r| copy_kinds(r, &source_key)).unwrap_or_default(),
+            copy_kinds: resolved.map(|r| copy_kinds(r, &sides.source_key)).unwrap_or_default(),
             schedule: schedule_notes(plan).into_iter().chain(verify_notes(plan, resolved)).collect(),
             locks,
             dr_account_scp,
             warnings: resolved.map(|r| r.warnings.clone()).unwrap_or_default(),
         }
     }
+
     /// The report for people.
     pub fn text(&self) -> String {
-        let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
         let mut s = String::new();
         let _ = writeln!(
             s,
@@ -612,6 +647,20 @@ impl DryRun {
             self.plan,
             if self.offline { " (offline: placeholders in <angle brackets>)" } else { "" }
         );
+        self.sides_text(&mut s);
+        let _ = writeln!(s, "\n== steps per volume");
+        for v in &self.steps {
+            let _ = writeln!(s, "  {}: {}", v.who(), v.steps().join(" -> "));
+        }
+        self.key_policy_text(&mut s);
+        self.iam_text(&mut s);
+        self.locks_text(&mut s);
+        self.notes_text(&mut s);
+        s
+    }
+
+    /// Where the copies come from and go.
+    fn sides_text(&self, s: &mut String) {
         let (src, dst) = (&self.source, &self.target);
         let _ = writeln!(s, "\nsource: account {} region {} key {}", src.account, src.region, src.kms_key);
         if self.targets.is_empty() {
@@ -621,38 +670,42 @@ impl DryRun {
             let t = &t.side;
             let _ = writeln!(s, "targets[{i}]: account {} region {} key {}", t.account, t.region, t.kms_key);
         }
-        let _ = writeln!(s, "\n== steps per volume");
-        for v in &self.steps {
-            let _ = writeln!(s, "  {}: {}", v.who(), v.steps().join(" -> "));
-        }
+    }
+
+    /// The change to the source key's policy.
+    fn key_policy_text(&self, s: &mut String) {
         let kp = &self.key_policy;
         if !kp.needed {
             let _ = writeln!(s, "\n== key policy: no change (same-account copy, nothing is shared)");
+            return;
+        }
+        let _ = writeln!(s, "\n== key policy of {}", kp.key_arn);
+        let statement = if kp.add_statements.is_empty() {
+            kp.add_statement.as_ref().map(pretty).unwrap_or_default()
         } else {
-            let _ = writeln!(s, "\n== key policy of {}", kp.key_arn);
-            let statement = if kp.add_statements.is_empty() {
-                kp.add_statement.as_ref().map(pretty).unwrap_or_default()
-            } else {
-                kp.add_statements.iter().map(pretty).collect::<Vec<_>>().join("\n")
-            };
-            match kp.already_present {
-                Some(true) => {
-                    let _ = writeln!(s, "an equivalent statement is already present: no change");
+            kp.add_statements.iter().map(pretty).collect::<Vec<_>>().join("\n")
+        };
+        match kp.already_present {
+            Some(true) => {
+                let _ = writeln!(s, "an equivalent statement is already present: no change");
+            }
+            Some(false) => {
+                let _ = writeln!(s, "statement to add:\n{statement}");
+                if let Some(d) = &kp.diff {
+                    let _ = writeln!(s, "\ndiff of the policy:\n{d}");
                 }
-                Some(false) => {
-                    let _ = writeln!(s, "statement to add:\n{statement}");
-                    if let Some(d) = &kp.diff {
-                        let _ = writeln!(s, "\ndiff of the policy:\n{d}");
-                    }
-                    if let Some(e) = &kp.error {
-                        let _ = writeln!(s, "\nthe statement cannot be added: {e}");
-                    }
-                }
-                None => {
-                    let _ = writeln!(s, "statement to add unless an equivalent one is present:\n{statement}");
+                if let Some(e) = &kp.error {
+                    let _ = writeln!(s, "\nthe statement cannot be added: {e}");
                 }
             }
+            None => {
+                let _ = writeln!(s, "statement to add unless an equivalent one is present:\n{statement}");
+            }
         }
+    }
+
+    /// The IAM documents of the caller and of each target's role.
+    fn iam_text(&self, s: &mut String) {
         let _ = writeln!(
             s,
             "\n== IAM policy for the identity running snapferry (source account)\n{}",
@@ -680,31 +733,39 @@ impl DryRun {
                 let _ = writeln!(s, "\n== trust policy of targets[{i}]'s role\n{}", pretty(trust));
             }
         }
+    }
+
+    /// The next copy per volume, and the immutable copies with their statements.
+    fn locks_text(&self, s: &mut String) {
         if !self.copy_kinds.is_empty() {
             let _ = writeln!(s, "\n== next copy per volume");
             for c in &self.copy_kinds {
                 let _ = writeln!(s, "  {} ({} GiB): {}: {}", c.source_volume, c.size_gib, c.expected, c.why);
             }
         }
-        if !self.locks.is_empty() {
-            let _ = writeln!(s, "\n== immutable copies");
-            for l in &self.locks {
-                let cool = l.cool_off_hours.map(|h| format!(", cool-off {h}h")).unwrap_or_default();
-                let _ = writeln!(
-                    s,
-                    "  copies in {} ({}): {} lock for {} days{cool}",
-                    l.account, l.region, l.mode, l.duration_days
-                );
-                for n in &l.notes {
-                    let _ = writeln!(s, "    - {n}");
-                }
-                let _ =
-                    writeln!(s, "    statement for the policy of {}:\n{}", l.kms_key, pretty(&l.key_policy_statement));
-            }
-            if let Some(scp) = &self.dr_account_scp {
-                let _ = writeln!(s, "  service control policy for the DR account(s):\n{}", pretty(scp));
-            }
+        if self.locks.is_empty() {
+            return;
         }
+        let _ = writeln!(s, "\n== immutable copies");
+        for l in &self.locks {
+            let cool = l.cool_off_hours.map(|h| format!(", cool-off {h}h")).unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "  copies in {} ({}): {} lock for {} days{cool}",
+                l.account, l.region, l.mode, l.duration_days
+            );
+            for n in &l.notes {
+                let _ = writeln!(s, "    - {n}");
+            }
+            let _ = writeln!(s, "    statement for the policy of {}:\n{}", l.kms_key, pretty(&l.key_policy_statement));
+        }
+        if let Some(scp) = &self.dr_account_scp {
+            let _ = writeln!(s, "  service control policy for the DR account(s):\n{}", pretty(scp));
+        }
+    }
+
+    /// The schedule, the warnings and the problems the run would stop on.
+    fn notes_text(&self, s: &mut String) {
         if !self.schedule.is_empty() {
             let _ = writeln!(s, "\n== schedule");
             for n in &self.schedule {
@@ -723,8 +784,12 @@ impl DryRun {
                 let _ = writeln!(s, "  - {}: {}", p.resource, p.message);
             }
         }
-        s
     }
+}
+
+/// A JSON document as the text report shows it.
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
 }
 
 /// The steps of one volume, as the engine takes them, plus the run-wide steps around

@@ -7,11 +7,15 @@
 //! - `commands`: one function per command
 //! - `dryrun`: `run --dry-run`, its typed report
 //! - `plan_file`: reading a plan file, and the failure for a plan that cannot be used
-//! - `failure`: [`Failure`], a command's failure with its exit code
-//! - `exit`: the exit-code table and the mapping from typed results onto it
+//! - `failure`: [`Failure`], what stopped a command (a kind and its message)
+//! - `exit`: the exit-code table and the one mapping onto it (of [`exit::Done`] and
+//!   [`Failure`])
+//! - `logs`: log lines on stderr, text or JSON
 //! - `cloud`: connecting to AWS or the simulated AWS
-//! - `render`: text, JSON and Prometheus renderings
-//! - `envelope`: the envelope commands
+//! - `render`: text, JSON and Prometheus renderings, and `emit`, the one place the
+//!   output format is matched
+//! - `envelope`: the envelope commands' arguments (the keyring and the data-key file
+//!   are in `crate::envelope`)
 //! - `state`: opening the state (a directory or `s3://`), `--max-duration`
 
 mod args;
@@ -21,11 +25,11 @@ mod dryrun;
 mod envelope;
 pub mod exit;
 mod failure;
+mod logs;
 mod plan_file;
 mod render;
 mod state;
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -33,6 +37,7 @@ use clap::Parser;
 pub use args::{Cli, Command, Format, LogFormat};
 pub use dryrun::DryRun;
 pub use failure::Failure;
+pub use logs::colour_allowed;
 pub use plan_file::{LoadError, read_plan};
 pub use render::{Metrics, Runs, runs_json, write_metrics};
 
@@ -41,11 +46,11 @@ pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let code = exit::of_parse_error(e.use_stderr());
             // A usage error under `--log-format json` is a log line like any other; help
             // and version go to stdout as they are.
-            if e.use_stderr() && json_logs_requested(std::env::args_os().skip(1)) {
-                init_tracing(LogFormat::Json, 0);
+            if e.use_stderr() && logs::json_logs_requested(std::env::args_os().skip(1)) {
+                logs::init_tracing(LogFormat::Json, 0);
                 let text = e.render().to_string();
                 tracing::error!(exit_code = code, "{}", text.trim_end());
             } else {
@@ -54,104 +59,22 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    init_tracing(cli.log_format, cli.verbose);
+    logs::init_tracing(cli.log_format, cli.verbose);
+    let format = cli.format();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
-            report_error(exit::FAILED, &format!("cannot start the async runtime: {e}"));
-            return ExitCode::from(exit::FAILED);
+            let f = Failure::Internal(format!("cannot start the async runtime: {e}"));
+            logs::report_error(exit::of_failure(&f), &f.message());
+            return ExitCode::from(exit::of_failure(&f));
         }
     };
-    let format = cli.format();
-    let code = match runtime.block_on(commands::dispatch(cli)) {
-        Ok(code) => code,
-        Err(f) => {
-            if format == Format::Json {
-                println!("{}", serde_json::to_string_pretty(&f.document()).unwrap_or_default());
-            }
-            report_error(f.code, &f.message);
-            f.code
-        }
-    };
+    let result = runtime.block_on(commands::dispatch(cli));
+    if let Err(f) = &result {
+        render::failure(format, f);
+        logs::report_error(exit::of_failure(f), &f.message());
+    }
     // Leave calls still waiting on the network behind rather than hang on exit.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-    ExitCode::from(code)
-}
-
-/// Whether log lines on stderr may carry colour: only for a terminal, and never with
-/// `NO_COLOR` set to anything non-empty (no-color.org).
-pub fn colour_allowed(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
-    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
-}
-
-/// Whether stderr carries JSON lines only (`--log-format json`): set once, before the
-/// command runs, and read by everything that would otherwise write text to stderr.
-static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Whether every line on stderr must be a JSON object (`--log-format json`).
-pub(crate) fn json_logs() -> bool {
-    JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-/// Whether raw arguments that clap refused still ask for JSON log lines, so even a
-/// usage error is one.
-fn json_logs_requested(args: impl Iterator<Item = std::ffi::OsString>) -> bool {
-    let args: Vec<_> = args.collect();
-    args.iter()
-        .enumerate()
-        .any(|(i, a)| a == "--log-format=json" || (a == "--log-format" && args.get(i + 1).is_some_and(|v| v == "json")))
-}
-
-/// The closing error of a command: `error: ...` for people, an ERROR line with the exit
-/// code under `--log-format json`.
-fn report_error(code: u8, message: &str) {
-    if json_logs() {
-        tracing::error!(exit_code = code, "{message}");
-    } else {
-        eprintln!("error: {message}");
-    }
-}
-
-/// Text meant for people on stderr (a command's result in text format): as it is, or
-/// as an INFO line under `--log-format json`.
-pub(crate) fn say(text: &str) {
-    if json_logs() {
-        tracing::info!("{}", text.trim_end());
-    } else {
-        eprintln!("{text}");
-    }
-}
-
-fn init_tracing(format: LogFormat, verbose: u8) {
-    use tracing_subscriber::EnvFilter;
-    JSON_LOGS.store(format == LogFormat::Json, std::sync::atomic::Ordering::Relaxed);
-    let level = match verbose {
-        0 => "snapferry=info,warn",
-        1 => "snapferry=debug,info",
-        _ => "snapferry=trace,debug",
-    };
-    let filter = EnvFilter::try_from_env("SNAPFERRY_LOG").unwrap_or_else(|_| EnvFilter::new(level));
-    let ansi = colour_allowed(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR").as_deref());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(ansi);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.compact().try_init(),
-    };
-    if format == LogFormat::Json {
-        // A panic's message would be a plain line among the JSON ones.
-        std::panic::set_hook(Box::new(|info| {
-            let at = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
-            let what = info
-                .payload()
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| info.payload().downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            tracing::error!(location = %at, "snapferry crashed: {what}; please report it");
-        }));
-    }
+    ExitCode::from(exit::of_result(&result))
 }

@@ -9,7 +9,8 @@ use serde_json::json;
 use crate::plan::{self, InvalidPlan, MAX_PLAN_BYTES, Plan};
 
 use super::args::Format;
-use super::{Failure, exit};
+use super::failure::Failure;
+use super::render;
 
 /// Why [`read_plan`] gave no plan.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -39,45 +40,19 @@ pub fn read_plan(path: &Path) -> Result<Plan, LoadError> {
     Ok(plan::parse(&path.display().to_string(), &text)?)
 }
 
-/// Loads a plan or fails with exit 2 naming every problem once, each with
-/// file:line:column: as a graphical report on stderr for people, as the JSON document
-/// (and plain lines on stderr) for CI, as one JSON log line each with `--log-format json`.
+/// Loads a plan, or fails naming every problem once, each with file:line:column (shown
+/// by `render::invalid_plan`) and, for CI, the JSON document of them.
 pub fn load_plan(path: &Path, format: Format) -> Result<Plan, Failure> {
     read_plan(path).map_err(|e| match e {
         LoadError::Invalid(invalid) => {
-            let json = json!({
-                "status": "invalid",
-                "exit_code": exit::USAGE,
-                "file": invalid.file,
-                "errors": invalid.issues.iter().map(|i| json!({
-                    "line": i.line, "column": i.column, "field": i.field, "message": i.message,
-                })).collect::<Vec<_>>(),
-            });
-            let message = match format {
-                // One ERROR line per problem, each with its place and field.
-                _ if super::json_logs() => {
-                    for i in &invalid.issues {
-                        tracing::error!(
-                            file = %invalid.file,
-                            line = i.line,
-                            column = i.column,
-                            field = %i.field,
-                            "{}",
-                            i.message
-                        );
-                    }
-                    format!("{} is not a valid plan: {} problem(s), logged above", path.display(), invalid.issues.len())
-                }
-                Format::Text => {
-                    let n = invalid.issues.len();
-                    eprintln!("{:?}", invalid.into_report());
-                    // The report above names every problem; the closing line only counts them.
-                    format!("{} is not a valid plan: {n} problem(s), listed above", path.display())
-                }
-                Format::Json => format!("{} is not a valid plan:\n{invalid}", path.display()),
-            };
-            Failure { code: exit::USAGE, message, json: Some(json) }
+            let file = invalid.file.clone();
+            let errors = invalid
+                .issues
+                .iter()
+                .map(|i| json!({"line": i.line, "column": i.column, "field": i.field, "message": i.message}))
+                .collect();
+            Failure::InvalidPlan { message: render::invalid_plan(format, path, invalid), file, errors }
         }
-        other => Failure::new(exit::USAGE, other.to_string()),
+        other => Failure::UnreadablePlan(other.to_string()),
     })
 }

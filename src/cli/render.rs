@@ -1,4 +1,6 @@
 //! Rendering of results: text for people, JSON for CI, and the Prometheus textfile.
+//! The output format is matched here alone ([`emit`] and its kin): everything else
+//! hands over a value and its text.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -8,15 +10,32 @@ use serde_json::{Value, json};
 
 use crate::checkpoint::{RunMeta, RunRecord, RunStatus};
 use crate::engine::Step;
-use crate::exec::RunReport;
 use crate::exec::cleanup::CleanupSummary;
-use crate::plan::Plan;
+use crate::exec::{RunError, RunReport};
+use crate::plan::{InvalidPlan, Plan};
 
-use super::Format;
+use super::args::Format;
+use super::failure::Failure;
+
+/// Where the text for people of a command's result goes; the JSON document for CI
+/// always goes to stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextTo {
+    /// stdout, as it is: a report, a status, a dry-run.
+    Stdout,
+    /// stderr, a line (an INFO log line under `--log-format json`): the envelope
+    /// commands, whose stdout stays free for CI's document.
+    Stderr,
+}
 
 /// Prints a command's result on stdout: `value` as one JSON document for CI, or `text`
 /// of it for people. Both come from the same value, so they cannot disagree.
 pub fn emit<T: serde::Serialize + ?Sized>(format: Format, value: &T, text: impl FnOnce(&T) -> String) {
+    emit_to(TextTo::Stdout, format, value, text)
+}
+
+/// [`emit`], with the text for people sent where `to` says.
+pub fn emit_to<T: serde::Serialize + ?Sized>(to: TextTo, format: Format, value: &T, text: impl FnOnce(&T) -> String) {
     match format {
         Format::Json => {
             // Streamed: a report of many volumes is never held as one string.
@@ -26,7 +45,73 @@ pub fn emit<T: serde::Serialize + ?Sized>(format: Format, value: &T, text: impl 
                 .and_then(|()| writeln!(out))
                 .and_then(|()| out.flush());
         }
-        Format::Text => print!("{}", text(value)),
+        Format::Text => match to {
+            TextTo::Stdout => print!("{}", text(value)),
+            TextTo::Stderr => super::logs::say(&text(value)),
+        },
+    }
+}
+
+/// Prints the text for people of a result that ends in a [`Failure`] whose document
+/// is that result (a dry-run with problems): for CI, the failure's document is the one
+/// JSON document on stdout.
+pub fn emit_before_failure<T: ?Sized>(format: Format, value: &T, text: impl FnOnce(&T) -> String) {
+    if format == Format::Text {
+        print!("{}", text(value));
+    }
+}
+
+/// Prints a failed command's JSON document on stdout under `--format json`; for people,
+/// the closing `error:` line on stderr says it all.
+pub fn failure(format: Format, f: &Failure) {
+    if format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&failure_document(f)).unwrap_or_default());
+    }
+}
+
+/// The JSON document of a failed command.
+pub fn failure_document(f: &Failure) -> Value {
+    let code = super::exit::of_failure(f);
+    match f {
+        Failure::InvalidPlan { file, errors, .. } => {
+            json!({"status": "invalid", "exit_code": code, "file": file, "errors": errors})
+        }
+        Failure::WouldStop { report, .. } => report.clone(),
+        Failure::Run(e) => {
+            let mut doc = json!({"status": "error", "exit_code": code, "error": e.to_string()});
+            if let RunError::Preflight(problems) = e {
+                doc["problems"] = problems
+                    .iter()
+                    .map(|p| json!({"resource": p.resource, "message": p.message}))
+                    .collect::<Vec<_>>()
+                    .into();
+            }
+            doc
+        }
+        other => json!({"status": "error", "exit_code": code, "error": other.message()}),
+    }
+}
+
+/// Shows the problems of an invalid plan, each once with file:line:column: as a
+/// graphical report on stderr for people, as one ERROR log line each with
+/// `--log-format json`, and for `--format json` in the failure's message (its document
+/// lists them). Returns that closing message.
+pub fn invalid_plan(format: Format, path: &Path, invalid: InvalidPlan) -> String {
+    if super::logs::json_logs() {
+        // One ERROR line per problem, each with its place and field.
+        for i in &invalid.issues {
+            tracing::error!(file = %invalid.file, line = i.line, column = i.column, field = %i.field, "{}", i.message);
+        }
+        return format!("{} is not a valid plan: {} problem(s), logged above", path.display(), invalid.issues.len());
+    }
+    match format {
+        Format::Text => {
+            let n = invalid.issues.len();
+            eprintln!("{:?}", invalid.into_report());
+            // The report above names every problem; the closing line only counts them.
+            format!("{} is not a valid plan: {n} problem(s), listed above", path.display())
+        }
+        Format::Json => format!("{} is not a valid plan:\n{invalid}", path.display()),
     }
 }
 
@@ -527,7 +612,7 @@ pub fn write_metrics(path: &Path, plan: &Plan, m: &Metrics) -> std::io::Result<(
 /// log lines otherwise (CI, pipes, `--format json`, `--log-format json`).
 pub fn progress_bar(format: Format) -> Option<std::sync::Arc<dyn crate::exec::Progress>> {
     use std::io::IsTerminal;
-    if format != Format::Text || !std::io::stderr().is_terminal() || super::json_logs() {
+    if format != Format::Text || !std::io::stderr().is_terminal() || super::logs::json_logs() {
         return None;
     }
     let bar = indicatif::ProgressBar::new(0);

@@ -9,12 +9,11 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 use crate::checkpoint::{LeaseOptions, Store};
-use crate::cloud::ErrorKind;
 use crate::cloud::aws::{CredentialLife, S3Config, S3Objects};
 use crate::ids::Region;
 
 use super::args::Common;
-use super::{Failure, exit};
+use super::failure::Failure;
 
 /// S3 bucket names: 3 to 63 characters of a-z, 0-9, `.` and `-` (S3 user guide,
 /// "Bucket naming rules").
@@ -59,11 +58,11 @@ pub struct OpenState {
 
 /// Opens the local state dir or the state bucket (one HeadBucket to find its region).
 pub async fn open(common: &Common, reach: StateReach) -> Result<OpenState, Failure> {
-    let location = StateLocation::parse(&common.state_dir).map_err(|m| Failure::new(exit::USAGE, m))?;
+    let location = StateLocation::parse(&common.state_dir).map_err(Failure::Usage)?;
     match location {
         StateLocation::Local(dir) => Ok(OpenState { store: Store::new(dir), life: CredentialLife::Refreshed }),
         StateLocation::S3 { bucket, prefix } => {
-            let lease = LeaseOptions::from_env().map_err(|m| Failure::new(exit::USAGE, m))?;
+            let lease = LeaseOptions::from_env().map_err(Failure::Usage)?;
             let objects = S3Objects::connect(S3Config {
                 bucket: bucket.clone(),
                 prefix,
@@ -72,10 +71,7 @@ pub async fn open(common: &Common, reach: StateReach) -> Result<OpenState, Failu
                 endpoint_url: super::cloud::endpoint(common)?,
             })
             .await
-            .map_err(|e| {
-                let code = if e.kind == ErrorKind::Invalid { exit::USAGE } else { exit::FAILED };
-                Failure::new(code, format!("cannot reach state bucket {bucket}: {e}"))
-            })?;
+            .map_err(|source| Failure::Setup { what: format!("cannot reach state bucket {bucket}"), source })?;
             let life = objects.credential_life();
             Ok(OpenState { store: Store::remote(Arc::new(objects), lease), life })
         }
@@ -95,11 +91,10 @@ pub fn max_duration(text: Option<&str>) -> Result<Option<Duration>, Failure> {
     let Some(text) = text else { return Ok(None) };
     match crate::plan::duration::parse(text) {
         Ok(d) if !d.is_zero() => Ok(Some(d)),
-        Ok(_) => Err(Failure::new(exit::USAGE, "--max-duration must be longer than zero, like 90m or 5h30m")),
-        Err(e) => Err(Failure::new(
-            exit::USAGE,
-            format!("--max-duration {text}: {e}; expected {}", crate::plan::duration::EXPECTED),
-        )),
+        Ok(_) => Err(Failure::Usage("--max-duration must be longer than zero, like 90m or 5h30m".to_owned())),
+        Err(e) => {
+            Err(Failure::Usage(format!("--max-duration {text}: {e}; expected {}", crate::plan::duration::EXPECTED)))
+        }
     }
 }
 
@@ -173,7 +168,7 @@ mod tests {
     fn max_duration_takes_plan_durations() {
         assert_eq!(max_duration(Some("5h30m")).unwrap(), Some(Duration::from_secs(19_800)));
         assert_eq!(max_duration(None).unwrap(), None);
-        assert_eq!(max_duration(Some("0s")).unwrap_err().code, exit::USAGE);
-        assert_eq!(max_duration(Some("soon")).unwrap_err().code, exit::USAGE);
+        assert!(matches!(max_duration(Some("0s")), Err(Failure::Usage(_))));
+        assert!(matches!(max_duration(Some("soon")), Err(Failure::Usage(_))));
     }
 }

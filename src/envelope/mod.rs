@@ -7,12 +7,15 @@
 //! AWS Encryption SDK (Python, Java, C, JavaScript, .NET, Go, Rust) or
 //! `aws-encryption-cli` decrypts it, and snapferry decrypts what they write.
 //! `snapferry envelope decrypt` reads the header, has KMS decrypt the data key, and
-//! decrypts the body. This module owns everything between those KMS calls: the message
-//! format (`message.rs`: suites, encryption context, header, key derivation,
-//! key commitment) and the streaming body and footer (`frames.rs`), all on `aws-lc-rs`
-//! (AES-256-GCM, HKDF-SHA512, ECDSA P-384, SHA-384). It makes no KMS call, holds no key
-//! beyond one call, and reads and writes through `std::io` one frame at a time, so
-//! memory stays constant whatever the file size. Files written by earlier snapferry
+//! decrypts the body. This module owns those KMS calls, made through the `Cloud` trait
+//! as the SDKs' AWS KMS keyring makes them (`keyring.rs`: which keys may decrypt, one
+//! Decrypt per allowed data key, the plaintext key in one wiped place), the file of a
+//! prepared data key (`datakey.rs`), and everything between: the message format
+//! (`message.rs`: suites, encryption context, header, key derivation, key commitment)
+//! and the streaming body and footer (`frames.rs`), all on `aws-lc-rs` (AES-256-GCM,
+//! HKDF-SHA512, ECDSA P-384, SHA-384). Apart from the keyring it makes no KMS call; it
+//! holds no key beyond one call, and reads and writes through `std::io` one frame at a
+//! time, so memory stays constant whatever the file size. Files written by earlier snapferry
 //! versions in its own format (version 1, below) still decrypt; nothing writes them any
 //! more but tests and benchmarks.
 //!
@@ -103,10 +106,12 @@
 //! A reader must reject a version it does not know; any change to the layout above takes
 //! a new version number.
 
+pub mod datakey;
 mod error;
 mod file;
 mod format;
 mod frames;
+pub mod keyring;
 mod message;
 mod stream;
 
@@ -120,6 +125,7 @@ pub use format::{
     MIN_CHUNK_SIZE, NONCE_PREFIX_LEN, TAG_LEN, read_header,
 };
 pub use frames::{EncryptMaterials, decrypt_message, encrypt_message};
+pub use keyring::{Allowed, DataKey, KeyringError};
 pub use message::{
     COMMIT_KEY_LEN, DEFAULT_FRAME_LENGTH, DEFAULT_MAX_ENCRYPTED_DATA_KEYS, EncryptedDataKey, EncryptionContext,
     KMS_PROVIDER_ID, MAX_FRAME_LENGTH, MESSAGE_ID_LEN, MESSAGE_VERSION, MessageHeader, PUBLIC_KEY_CONTEXT_KEY,

@@ -167,11 +167,84 @@ fn module_of(path: &str) -> Option<String> {
     })
 }
 
-/// The modules a file imports with `use crate::...` or `use super::...` (module
-/// level), resolved to the longest module path that is a file. A `mod.rs` (or
-/// `lib.rs`) re-exporting its own children is its public face, not a dependency, and
-/// is left out.
-fn imports(module: &str, is_mod_file: bool, code: &str, files: &BTreeSet<String>) -> BTreeSet<String> {
+/// What the import check knows of the crate: the module of every file, and per
+/// `mod.rs` the names it re-exports from each of its children (`pub use child::X`).
+#[derive(Debug, Default)]
+struct Modules {
+    files: BTreeSet<String>,
+    /// Per module: re-exported name -> the child module it comes from.
+    reexports: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl Modules {
+    fn of(srcs: &[(String, String)]) -> Self {
+        let files: BTreeSet<String> = srcs.iter().filter_map(|(p, _)| module_of(p)).filter(|m| !m.is_empty()).collect();
+        let mut m = Modules { files, reexports: BTreeMap::new() };
+        for (path, text) in srcs {
+            if let Some(module) = module_of(path).filter(|_| path.ends_with("/mod.rs")) {
+                let names = m.reexports_of(&module, &code_only(text));
+                m.reexports.insert(module, names);
+            }
+        }
+        m
+    }
+
+    /// Of `modules` alone, with nothing re-exported: for the planted violations.
+    fn named(modules: &[&str]) -> Self {
+        Modules { files: modules.iter().map(|m| m.to_string()).collect(), reexports: BTreeMap::new() }
+    }
+
+    /// The child module of `module` that a path inside it starts with (`local::X`,
+    /// `self::local::X`), if any.
+    fn child_of(&self, module: &str, path: &str) -> Option<String> {
+        let path = path.trim().strip_prefix("self::").unwrap_or(path.trim());
+        let first = path.split("::").next()?.trim();
+        let child = if module.is_empty() { first.to_owned() } else { format!("{module}::{first}") };
+        (path.contains("::") && self.files.contains(&child)).then_some(child)
+    }
+
+    /// The names a `mod.rs` re-exports from its children: `pub use child::{A, b::C}`.
+    fn reexports_of(&self, module: &str, code: &str) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for stmt in code.split(';') {
+            let Some(rest) = reexport(stmt) else { continue };
+            let Some(child) = self.child_of(module, rest) else { continue };
+            for t in brace_tails(rest) {
+                let full = format!("{}{t}", rest.split_once('{').map_or(rest, |(p, _)| p));
+                let name = full.rsplit([':', ' ']).next().unwrap_or("").trim();
+                if !name.is_empty() && name != "*" && name != "self" {
+                    out.insert(name.to_owned(), child.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The path of a `pub use` (any visibility), the re-export of a module's face.
+fn reexport(stmt: &str) -> Option<&str> {
+    let stmt = stmt.trim();
+    let rest = stmt.strip_prefix("pub ").or_else(|| stmt.strip_prefix("pub(crate) "))?;
+    rest.trim_start().strip_prefix("use ").map(str::trim)
+}
+
+/// One level of braces expanded: `a::{b, c::D}` -> `b`, `c::D`; no braces -> ``.
+fn brace_tails(path: &str) -> Vec<&str> {
+    match path.split_once('{') {
+        None => vec![""],
+        Some((_, tail)) => tail.trim_end_matches('}').split(',').map(str::trim).filter(|t| !t.is_empty()).collect(),
+    }
+}
+
+/// The modules a file depends on: what it imports with `use crate::...`,
+/// `use super::...` or `use self::...`, and the same paths written out in code,
+/// resolved to the longest module path that is a file (a name a `mod.rs` re-exports
+/// resolves to the child it comes from). A `mod.rs` (or `lib.rs`) declaring and
+/// re-exporting its children is their face, not a dependency; a `mod.rs` that uses a
+/// child (a private `use child::..`, a `child::` path, a name re-exported from it
+/// written in its code) depends on it, so a child that imports an item defined in
+/// that `mod.rs` makes a loop.
+fn imports(module: &str, is_mod_file: bool, code: &str, m: &Modules) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let parent = |m: &str| m.rsplit_once("::").map(|(p, _)| p.to_owned()).unwrap_or_default();
     // A path written out in code (`super::dryrun::dry_run(..)`) is a dependency as much
@@ -189,7 +262,8 @@ fn imports(module: &str, is_mod_file: bool, code: &str, files: &BTreeSet<String>
     }
     for stmt in &stmts {
         let stmt = stmt.trim();
-        let Some(rest) = stmt.strip_prefix("pub use ").or_else(|| stmt.strip_prefix("use ")) else {
+        let is_reexport = reexport(stmt).is_some();
+        let Some(rest) = reexport(stmt).or_else(|| stmt.strip_prefix("use ")) else {
             continue;
         };
         let rest = rest.trim();
@@ -199,75 +273,200 @@ fn imports(module: &str, is_mod_file: bool, code: &str, files: &BTreeSet<String>
             (parent(module), r)
         } else if let Some(r) = rest.strip_prefix("self::") {
             (module.to_owned(), r)
+        } else if is_mod_file && m.child_of(module, rest).is_some() {
+            // `use child::X` in a mod.rs: a path relative to it.
+            (module.to_owned(), rest)
         } else {
             continue;
         };
-        // Expand one level of braces: `super::{a, b::C}`.
-        let (prefix, tail) = base.1.split_once('{').unwrap_or((base.1, ""));
-        let tails: Vec<&str> =
-            if tail.is_empty() { vec![""] } else { tail.trim_end_matches('}').split(',').map(str::trim).collect() };
-        for t in tails {
-            let full = format!("{}{}", prefix, t);
+        let (prefix, _) = base.1.split_once('{').unwrap_or((base.1, ""));
+        for t in brace_tails(base.1) {
+            let full = format!("{prefix}{t}");
             let mut path = base.0.clone();
-            let mut best = None;
+            // An item of the module the path starts from is a dependency on that file.
+            let mut best = m.files.contains(&path).then(|| path.clone());
             for seg in full.split("::").map(str::trim).filter(|s| !s.is_empty() && *s != "self") {
                 let seg = seg.split([' ', '{', '}']).next().unwrap_or(seg);
-                path = if path.is_empty() { seg.to_owned() } else { format!("{path}::{seg}") };
-                if files.contains(&path) {
-                    best = Some(path.clone());
+                let next = if path.is_empty() { seg.to_owned() } else { format!("{path}::{seg}") };
+                if m.files.contains(&next) {
+                    best = Some(next.clone());
+                    path = next;
+                } else {
+                    // An item: one a mod.rs re-exports is its child's.
+                    if let Some(child) = m.reexports.get(&path).and_then(|r| r.get(seg)) {
+                        best = Some(child.clone());
+                    }
+                    break;
                 }
             }
-            if let Some(b) = best
-                && b != module
-                && !(is_mod_file && b.starts_with(&format!("{module}::")))
-                && !(module.is_empty() && is_mod_file)
-            {
+            let Some(b) = best else { continue };
+            let own_child = b.starts_with(&format!("{module}::")) || module.is_empty();
+            if b != module && !(is_mod_file && own_child && is_reexport) {
                 out.insert(b);
+            }
+        }
+    }
+    if is_mod_file {
+        out.extend(children_used(module, code, m));
+    }
+    out
+}
+
+/// The children a `mod.rs` uses in its code, outside its `mod` declarations and `use`
+/// statements: a `child::` path, or a name it re-exports from a child.
+fn children_used(module: &str, code: &str, m: &Modules) -> BTreeSet<String> {
+    let body: String = code
+        .split_inclusive(';')
+        .filter(|s| {
+            let mut s = s.trim_start();
+            // Past the attributes of the item: `#[cfg(test)]`, `#[doc(inline)]`.
+            while let Some(rest) = s.strip_prefix("#[") {
+                s = rest.split_once(']').map_or("", |(_, r)| r).trim_start();
+            }
+            let decl = s.strip_prefix("pub ").or_else(|| s.strip_prefix("pub(crate) ")).unwrap_or(s).trim_start();
+            !(decl.starts_with("use ") || decl.starts_with("mod ") && !decl.contains('{'))
+        })
+        .collect();
+    let mut out = BTreeSet::new();
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    for word_at in body.match_indices(|c: char| ident(c)).map(|(at, _)| at) {
+        if word_at > 0 && body[..word_at].ends_with(|c: char| ident(c) || c == ':') {
+            continue;
+        }
+        let path: String = body[word_at..].chars().take_while(|c| ident(*c) || *c == ':').collect();
+        if let Some(child) = m.child_of(module, &path) {
+            out.insert(child);
+        }
+        let word = path.split("::").next().unwrap_or("");
+        if let Some(child) = m.reexports.get(module).and_then(|r| r.get(word)) {
+            out.insert(child.clone());
+        }
+    }
+    out
+}
+
+/// The pairs of files that import each other, as `a <-> b`.
+fn cycles(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
+    let mut out = vec![];
+    for (a, deps) in graph {
+        for b in deps {
+            if a < b && graph.get(b).is_some_and(|d| d.contains(a)) {
+                out.push(format!("{a} <-> {b}"));
             }
         }
     }
     out
 }
 
-#[test]
-fn no_two_files_import_each_other() {
-    let srcs = sources(&["src"]);
-    let files: BTreeSet<String> = srcs.iter().filter_map(|(p, _)| module_of(p)).filter(|m| !m.is_empty()).collect();
-    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for (path, text) in &srcs {
-        let Some(module) = module_of(path) else { continue };
-        let is_mod_file = path.ends_with("/mod.rs") || path == "src/lib.rs" || path == "src/main.rs";
-        graph.insert(module.clone(), imports(&module, is_mod_file, &code_only(text), &files));
-    }
-    let mut cycles = vec![];
-    for (a, deps) in &graph {
-        for b in deps {
-            if a < b && graph.get(b).is_some_and(|d| d.contains(a)) {
-                cycles.push(format!("{a} <-> {b}"));
+/// The code with `super::` inside an inline `mod name { .. }` (a file's tests) read as
+/// `self::`: there it names the file's own module, not its parent.
+fn inline_super(code: &str) -> String {
+    let mut out = code.to_owned();
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut from = 0;
+    while let Some(at) = out[from..].find("mod ").map(|a| a + from) {
+        from = at + 4;
+        if out[..at].ends_with(ident) {
+            continue;
+        }
+        let rest = &out[at + 4..];
+        let name = rest.chars().take_while(|c| ident(*c)).count();
+        let after = rest[name..].trim_start();
+        if name == 0 || !after.starts_with('{') {
+            continue;
+        }
+        let open = out.len() - after.len();
+        let mut depth = 0;
+        let mut close = out.len();
+        for (i, c) in out[open..].char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        close = open + i;
+                        break;
+                    }
+                }
+                _ => {}
             }
         }
+        let inner = out[open..close].replace("super::", "self::");
+        out.replace_range(open..close, &inner);
     }
+    out
+}
+
+/// The import graph of files given as (path, text).
+fn import_graph(srcs: &[(String, String)]) -> BTreeMap<String, BTreeSet<String>> {
+    let m = Modules::of(srcs);
+    let mut graph = BTreeMap::new();
+    for (path, text) in srcs {
+        let Some(module) = module_of(path) else { continue };
+        let is_mod_file = path.ends_with("/mod.rs") || path == "src/lib.rs" || path == "src/main.rs";
+        graph.insert(module.clone(), imports(&module, is_mod_file, &inline_super(&code_only(text)), &m));
+    }
+    graph
+}
+
+#[test]
+fn no_two_files_import_each_other() {
+    let graph = import_graph(&sources(&["src"]));
+    let cycles = cycles(&graph);
     assert!(
         cycles.is_empty(),
         "files that import each other (give the shared item its own home):\n{}",
         cycles.join("\n")
     );
-    // The check sees imports at all: the CLI's commands import the plan-file loader.
+    // The check sees imports at all: the CLI's commands import the plan-file loader,
+    // and a mod.rs that uses its child depends on it.
     assert!(graph["cli::commands"].contains("cli::plan_file"), "{:?}", graph["cli::commands"]);
+    assert!(graph["cli"].contains("cli::commands"), "{:?}", graph["cli"]);
 }
 
 #[test]
 fn the_import_check_finds_a_cycle() {
-    let files: BTreeSet<String> = ["cli", "cli::a", "cli::b"].into_iter().map(String::from).collect();
+    let files = Modules::named(&["cli", "cli::a", "cli::b"]);
     assert!(imports("cli::a", false, "use super::b::thing;", &files).contains("cli::b"));
     assert!(imports("cli::b", false, "use super::{a, Failure};", &files).contains("cli::a"));
     assert!(imports("cli::b", false, "use crate::cli::a::{x, y};", &files).contains("cli::a"));
     assert!(imports("cli::b", false, "fn f() { super::a::run(); }", &files).contains("cli::a"));
-    // A mod.rs re-exporting its child is not a dependency on it.
-    assert!(imports("cli", true, "pub use a::X; use self::b::Y;", &files).is_empty());
+    // A mod.rs declaring and re-exporting its child is not a dependency on it; one that
+    // uses it is.
+    assert!(imports("cli", true, "mod a; pub use a::X; pub(crate) use self::b::Y;", &files).is_empty());
+    assert!(imports("cli", true, "use self::b::Y;", &files).contains("cli::b"));
+    // A file's inline tests importing `super::*` import the file, not its parent.
+    let tests = inline_super("use super::b::Z;\nmod tests { use super::*; }");
+    assert_eq!(imports("cli::a", false, &tests, &files), BTreeSet::from(["cli::b".to_owned()]));
     assert!(!mentions("let tokio_like = 1;", "tokio"));
     assert!(mentions("use tokio::sync;", "tokio"));
     assert_eq!(code_only("let a = \"tokio\"; // std::fs\nb"), "let a = \"\"; \nb");
+}
+
+#[test]
+fn the_import_check_finds_a_loop_through_a_mod_rs() {
+    let planted = |parent: &str, child: &str| {
+        let srcs = [
+            ("src/store/mod.rs".to_owned(), parent.to_owned()),
+            ("src/store/local.rs".to_owned(), child.to_owned()),
+            ("src/store/error.rs".to_owned(), "//! e\npub struct StoreError;".to_owned()),
+        ];
+        cycles(&import_graph(&srcs))
+    };
+    let child_imports_parent = "//! l\nuse super::Journal;\npub struct LocalStore;";
+    // The parent builds its child and defines what the child imports: a loop.
+    let builds =
+        "//! s\nmod local;\npub use local::LocalStore;\npub struct Journal;\nfn open() -> LocalStore { LocalStore }";
+    assert_eq!(planted(builds, child_imports_parent), vec!["store <-> store::local"]);
+    let by_path = "//! s\nmod local;\npub struct Journal;\nfn open() { local::LocalStore::new(); }";
+    assert_eq!(planted(by_path, child_imports_parent), vec!["store <-> store::local"]);
+    // Declaring and re-exporting it alone is the module's face.
+    let face = "//! s\nmod local;\npub use local::LocalStore;\npub struct Journal;";
+    assert!(planted(face, child_imports_parent).is_empty());
+    // A child importing a sibling re-exported by the parent imports the sibling.
+    let child_imports_sibling = "//! l\nuse super::StoreError;\npub struct LocalStore;";
+    let reexports_sibling = "//! s\nmod error;\nmod local;\npub use error::StoreError;\npub use local::LocalStore;\nfn open() -> LocalStore { LocalStore }";
+    assert!(planted(reexports_sibling, child_imports_sibling).is_empty());
 }
 
 /// Assignments to a volume run's step, failure or intent outside its tests, as
@@ -344,4 +543,132 @@ fn the_state_check_finds_an_assignment() {
     assert!(
         state_assignments("x.rs", "// v.step = Step::Done\n#[cfg(test)]\nmod t { fn f() { v.step = S; } }").is_empty()
     );
+}
+
+/// Where a file outside `src/cli/exit.rs` picks an exit code itself, as `path:line:
+/// text`: a constant of the table (`exit::USAGE`), a numeric code given to the process
+/// (`ExitCode::from(2)`, `process::exit`), or written into a document or log line
+/// (`"exit_code": 2`).
+fn exit_code_choices(path: &str, text: &str) -> Vec<String> {
+    let mut out = vec![];
+    let code = code_only(text);
+    let constant = |rest: &str| {
+        let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        !name.is_empty() && name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+    };
+    for (n, line) in code.lines().enumerate() {
+        let picks = line.match_indices("exit::").any(|(at, _)| constant(&line[at + "exit::".len()..]))
+            || line.match_indices("ExitCode::from(").any(|(at, _)| {
+                line[at + "ExitCode::from(".len()..].trim_start().starts_with(|c: char| c.is_ascii_digit())
+            })
+            || mentions(line, "process::exit")
+            || line.contains("ExitCode::SUCCESS")
+            || line.contains("ExitCode::FAILURE");
+        if picks {
+            out.push(format!("{path}:{}: {}", n + 1, line.trim()));
+        }
+    }
+    // The key of a document or a log field survives only in the text with its strings.
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim_start().starts_with("//")) {
+        for (at, _) in line.match_indices("exit_code") {
+            let rest = line[at + "exit_code".len()..].trim_start_matches(['"', ' ']);
+            let value = rest.strip_prefix(':').or_else(|| rest.strip_prefix('=')).map(str::trim_start);
+            if value.is_some_and(|v| v.starts_with(|c: char| c.is_ascii_digit())) {
+                out.push(format!("{path}:{}: {}", n + 1, line.trim()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn exit_codes_are_chosen_only_in_cli_exit() {
+    let mut bad = vec![];
+    for (path, text) in sources(&["src"]) {
+        if path != "src/cli/exit.rs" {
+            bad.extend(exit_code_choices(&path, &text));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "exit codes picked outside src/cli/exit.rs (say what went wrong with a Failure or a Done, and map it there):\n{}",
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn the_exit_code_check_finds_a_choice() {
+    assert_eq!(exit_code_choices("x.rs", "Err(Failure::new(exit::USAGE, m))").len(), 1);
+    assert_eq!(exit_code_choices("x.rs", "return ExitCode::from(2);").len(), 1);
+    assert_eq!(exit_code_choices("x.rs", "std::process::exit(1);").len(), 1);
+    assert_eq!(exit_code_choices("x.rs", "json!({\"status\": \"error\", \"exit_code\": 2})").len(), 1);
+    assert_eq!(exit_code_choices("x.rs", "tracing::error!(exit_code = 1, \"x\");").len(), 1);
+    // Naming how a command ended, or passing a code the table gave, is no choice.
+    assert!(exit_code_choices("x.rs", "use super::exit::Done; Ok(Done::Run(status))").is_empty());
+    assert!(exit_code_choices("x.rs", "ExitCode::from(exit::of_result(&r)); json!({\"exit_code\": code})").is_empty());
+    assert!(exit_code_choices("x.rs", "// exit::USAGE in prose\nlet a = 1;").is_empty());
+}
+
+/// Where a file matches the output format (`Format::Json`, `Format::Text`) outside
+/// `src/cli/render.rs`, as `path:line: text`: in a `match` arm, an `if let`, a
+/// comparison or `matches!`. Naming a format as a value (a default, an argument, what a
+/// command's format is) is no match.
+fn format_matches(path: &str, text: &str) -> Vec<String> {
+    let code = code_only(text);
+    let mut out = vec![];
+    for (n, line) in code.lines().enumerate() {
+        for variant in ["Format::Json", "Format::Text"] {
+            for (at, _) in line.match_indices(variant) {
+                if line[..at].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+                    continue; // LogFormat::Json, args::Format::Json is the same, below
+                }
+                let before = line[..at].trim_end();
+                let after = line[at + variant.len()..].trim_start();
+                let pattern_after = after.starts_with("=>")
+                    || (after.starts_with('|') && !after.starts_with("||"))
+                    || (after.starts_with('=') && !after.starts_with("=="));
+                let pattern_before = before.ends_with("==")
+                    || before.ends_with("!=")
+                    || before.ends_with("let")
+                    || (before.ends_with('|') && !before.ends_with("||"))
+                    || before.rfind("matches!(").is_some_and(|m| !before[m..].contains(')'));
+                if pattern_after || pattern_before {
+                    out.push(format!("{path}:{}: {}", n + 1, line.trim()));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_output_format_is_matched_only_in_render() {
+    let mut bad = vec![];
+    for (path, text) in sources(&["src"]) {
+        if path != "src/cli/render.rs" {
+            bad.extend(format_matches(&path, &text));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "the output format matched outside src/cli/render.rs (hand render::emit a value and its text):\n{}",
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn the_format_check_finds_a_match() {
+    assert_eq!(
+        format_matches("x.rs", "match format {\n    Format::Json => a(),\n    Format::Text => b(),\n}").len(),
+        2
+    );
+    assert_eq!(format_matches("x.rs", "if format == Format::Text { print!(\"{}\", t) }").len(), 1);
+    assert_eq!(format_matches("x.rs", "if let Format::Json = format {}").len(), 1);
+    assert_eq!(format_matches("x.rs", "let j = matches!(format, Format::Json);").len(), 1);
+    assert_eq!(format_matches("x.rs", "Format::Json | Format::Text => {}").len(), 2);
+    // Values are not matches; neither is the log format.
+    assert!(
+        format_matches("x.rs", "#[arg(default_value_t = Format::Text)]\nCommand::Schema => Format::Json,").is_empty()
+    );
+    assert!(format_matches("x.rs", "emit(Format::Json, &doc, text); if f == LogFormat::Json {}").is_empty());
 }
