@@ -801,7 +801,45 @@ impl Checker<'_> {
 
     fn options(&mut self, o: &RawOptions) -> Option<Options> {
         let defaults = Options::default();
-        let tags = match &o.tags {
+        // Each field checked in the plan's order, every problem reported before any `?`.
+        let tags = self.option_tags(o.tags.as_ref());
+        let max_concurrent_copies = self.max_concurrent_copies(o.max_concurrent_copies.as_ref(), &defaults);
+        let keep = self.keep(o.keep.as_ref());
+        let timeouts = match &o.timeouts {
+            Some(t) => self.timeouts(&t.value, defaults.timeouts),
+            None => Some(defaults.timeouts),
+        };
+        let every = match &o.every {
+            Some(v) => self.duration(Some(v), "options.every", Duration::ZERO).map(Some),
+            None => Some(None),
+        };
+        let copy_within = self.copy_within(o.copy_within.as_ref());
+        let keep_source = self.keep_source(o.keep_source.as_ref());
+        let lock = match &o.lock {
+            Some(l) => self.lock(&l.value, &l.referenced, "options.lock").map(Some),
+            None => Some(None),
+        };
+        let history = self.history(o.history.as_ref(), &defaults);
+        let verify = self.verify_level(o.verify.as_ref());
+        Some(Options {
+            verify: verify?,
+            lock: lock?,
+            tags: tags?,
+            max_concurrent_copies: max_concurrent_copies?,
+            cleanup: o.cleanup.as_ref().map_or(defaults.cleanup, |v| v.value),
+            create_volume: o.create_volume.as_ref().map_or(defaults.create_volume, |v| v.value),
+            keep: keep?,
+            timeouts: timeouts?,
+            every: every?,
+            copy_within: copy_within?,
+            keep_source: keep_source?,
+            history: history?,
+        })
+    }
+
+    /// `options.tags`: within what AWS allows per resource beside snapferry's own.
+    fn option_tags(&mut self, tags: Option<&Spanned<TagMap>>) -> Option<BTreeMap<String, String>> {
+        match tags {
             Some(t) => self.tags(t, "options.tags", true).and_then(|tags| {
                 if tags.len() + OWN_TAGS > MAX_TAGS_PER_RESOURCE {
                     let message = format!(
@@ -815,8 +853,12 @@ impl Checker<'_> {
                 Some(tags)
             }),
             None => Some(BTreeMap::new()),
-        };
-        let max_concurrent_copies = match &o.max_concurrent_copies {
+        }
+    }
+
+    /// `options.max_concurrent_copies`: 1 to what AWS runs at once per region.
+    fn max_concurrent_copies(&mut self, v: Option<&Spanned<i64>>, defaults: &Options) -> Option<u32> {
+        match v {
             Some(v) if !(1..=i64::from(MAX_CONCURRENT_COPIES)).contains(&v.value) => {
                 let message = format!(
                     "expected 1 to {MAX_CONCURRENT_COPIES}, found {}: AWS runs at most \
@@ -828,8 +870,12 @@ impl Checker<'_> {
             }
             Some(v) => u32::try_from(v.value).ok(),
             None => Some(defaults.max_concurrent_copies),
-        };
-        let keep = match &o.keep {
+        }
+    }
+
+    /// `options.keep`: how many copies retention keeps, if any limit.
+    fn keep(&mut self, keep: Option<&Spanned<i64>>) -> Option<Option<u32>> {
+        match keep {
             Some(v) => match u32::try_from(v.value) {
                 Ok(0) | Err(_) if v.value < 1 => {
                     let message =
@@ -845,16 +891,12 @@ impl Checker<'_> {
                 Ok(n) => Some(Some(n)),
             },
             None => Some(None),
-        };
-        let timeouts = match &o.timeouts {
-            Some(t) => self.timeouts(&t.value, defaults.timeouts),
-            None => Some(defaults.timeouts),
-        };
-        let every = match &o.every {
-            Some(v) => self.duration(Some(v), "options.every", Duration::ZERO).map(Some),
-            None => Some(None),
-        };
-        let copy_within = match &o.copy_within {
+        }
+    }
+
+    /// `options.copy_within`: a CompletionDurationMinutes AWS accepts.
+    fn copy_within(&mut self, copy_within: Option<&Spanned<String>>) -> Option<Option<CopyWithin>> {
+        match copy_within {
             Some(v) => self.duration(Some(v), "options.copy_within", Duration::ZERO).and_then(|d| {
                 let secs = d.as_secs();
                 let minutes = u32::try_from(secs / 60).ok().filter(|_| secs % 60 == 0);
@@ -871,8 +913,12 @@ impl Checker<'_> {
                 }
             }),
             None => Some(None),
-        };
-        let keep_source = match &o.keep_source {
+        }
+    }
+
+    /// `options.keep_source`: source snapshots kept after cleanup.
+    fn keep_source(&mut self, keep_source: Option<&Spanned<i64>>) -> Option<u32> {
+        match keep_source {
             Some(v) => match u32::try_from(v.value) {
                 Ok(n) => Some(n),
                 Err(_) => {
@@ -882,12 +928,12 @@ impl Checker<'_> {
                 }
             },
             None => Some(0),
-        };
-        let lock = match &o.lock {
-            Some(l) => self.lock(&l.value, &l.referenced, "options.lock").map(Some),
-            None => Some(None),
-        };
-        let history = match &o.history {
+        }
+    }
+
+    /// `options.history`: finished runs kept in the state, at least one.
+    fn history(&mut self, history: Option<&Spanned<i64>>, defaults: &Options) -> Option<u32> {
+        match history {
             Some(v) => match u32::try_from(v.value) {
                 Ok(n) if n >= 1 => Some(n),
                 _ => {
@@ -901,8 +947,12 @@ impl Checker<'_> {
                 }
             },
             None => Some(defaults.history),
-        };
-        let verify = match &o.verify {
+        }
+    }
+
+    /// `options.verify`: none or a level.
+    fn verify_level(&mut self, verify: Option<&Spanned<String>>) -> Option<Option<crate::verify::Level>> {
+        match verify {
             Some(v) if v.value == "none" => Some(None),
             Some(v) => match crate::verify::Level::parse(&v.value) {
                 Some(level) => Some(Some(level)),
@@ -913,21 +963,7 @@ impl Checker<'_> {
                 }
             },
             None => Some(None),
-        };
-        Some(Options {
-            verify: verify?,
-            lock: lock?,
-            tags: tags?,
-            max_concurrent_copies: max_concurrent_copies?,
-            cleanup: o.cleanup.as_ref().map_or(defaults.cleanup, |v| v.value),
-            create_volume: o.create_volume.as_ref().map_or(defaults.create_volume, |v| v.value),
-            keep: keep?,
-            timeouts: timeouts?,
-            every: every?,
-            copy_within: copy_within?,
-            keep_source: keep_source?,
-            history: history?,
-        })
+        }
     }
 
     fn timeouts(&mut self, t: &RawTimeouts, defaults: Timeouts) -> Option<Timeouts> {
