@@ -711,8 +711,8 @@ fn hint_for_snapshot_error(step: Step, message: &str) -> Option<String> {
 
 /// Applies the outcome of the current step's action. Each family of outcomes has its
 /// transitions in one function: a step that ends without its resource
-/// ([`ended_badly`]), the answer of a call ([`answered`]), a wait's poll ([`polled`])
-/// and a verification ([`verified`]).
+/// (`ended_badly`), the answer of a call (`answered`), a wait's poll (`polled`) and a
+/// verification (`verified`).
 pub fn apply(v: &VolumeRun, outcome: &Outcome, ctx: &Ctx, now_ms: i64) -> Result<VolumeRun, IllegalTransition> {
     if v.step.is_terminal() {
         // Terminal states absorb late or duplicate outcomes unchanged.
