@@ -18,6 +18,8 @@
 //! - [`private_fs`]: owner-only files and directories, replaced atomically, symlinks
 //!   never followed.
 //! - [`verify`]: the block-by-block comparison of a copy with its source. Pure.
+//! - [`tags`]: the tags on everything a run creates, the `snapferry:step` values as an
+//!   enum. Pure.
 //! - [`cli`]: commands, rendering, exit codes.
 
 pub mod checkpoint;
@@ -32,4 +34,5 @@ pub mod lock;
 pub mod plan;
 pub mod policy;
 pub mod private_fs;
+pub mod tags;
 pub mod verify;

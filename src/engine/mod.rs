@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{KeyArn, SnapshotId, VolumeId};
 use crate::lock::{CopyLock, LockSpec};
+use crate::tags::StepTag;
 
 /// How many times a lookup after an unknown outcome may miss before the call is
 /// issued again. A just-created snapshot can be invisible for a moment (eventual
@@ -72,13 +73,13 @@ impl Step {
         matches!(self, Step::Done | Step::Failed)
     }
 
-    /// The `snapferry:step` tag value of what this step creates, if it creates one.
-    pub fn tag(self) -> Option<&'static str> {
+    /// The `snapferry:step` tag of what this step creates, if it creates one.
+    pub fn tag(self) -> Option<StepTag> {
         match self {
-            Step::Snapshot => Some("snapshot"),
-            Step::Reencrypt => Some("reencrypt"),
-            Step::Copy => Some("copy"),
-            Step::CreateVolume => Some("volume"),
+            Step::Snapshot => Some(StepTag::Snapshot),
+            Step::Reencrypt => Some(StepTag::Reencrypt),
+            Step::Copy => Some(StepTag::Copy),
+            Step::CreateVolume => Some(StepTag::Volume),
             _ => None,
         }
     }
@@ -416,6 +417,17 @@ pub enum Which {
     Target,
 }
 
+impl Which {
+    /// The `snapferry:step` tag of the snapshot.
+    pub fn tag(self) -> StepTag {
+        match self {
+            Which::Source => StepTag::Snapshot,
+            Which::Reencrypted => StepTag::Reencrypt,
+            Which::Target => StepTag::Copy,
+        }
+    }
+}
+
 /// The next thing to do for a volume.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -697,30 +709,70 @@ fn hint_for_snapshot_error(step: Step, message: &str) -> Option<String> {
     }
 }
 
-/// Applies the outcome of the current step's action.
+/// Applies the outcome of the current step's action. Each family of outcomes has its
+/// transitions in one function: a step that ends without its resource
+/// (`ended_badly`), the answer of a call (`answered`), a wait's poll (`polled`) and a
+/// verification (`verified`).
 pub fn apply(v: &VolumeRun, outcome: &Outcome, ctx: &Ctx, now_ms: i64) -> Result<VolumeRun, IllegalTransition> {
-    let illegal = || IllegalTransition {
-        volume: v.source_volume.clone(),
-        step: v.step.as_str(),
-        outcome: format!("{outcome:?}"),
-    };
     if v.step.is_terminal() {
         // Terminal states absorb late or duplicate outcomes unchanged.
         return Ok(v.clone());
     }
-    let mut n = v.clone();
-    let fail =
-        |n: VolumeRun, kind: FailureKind, message: String, hint: Option<String>| fail(&n, kind, message, hint, now_ms);
-    let start_wait = |mut n: VolumeRun, step: Step| {
-        n.step = step;
-        n.in_flight = false;
-        n.lookups_missed = 0;
-        n.wait_started_ms = Some(now_ms);
-        n.progress = None;
-        n
+    let next = match outcome {
+        Outcome::Fatal { .. } | Outcome::TimedOut | Outcome::Vanished | Outcome::SourceGone { .. } => {
+            ended_badly(v, outcome, ctx, now_ms)
+        }
+        Outcome::SnapshotCreated(_)
+        | Outcome::VolumeCreated(_)
+        | Outcome::NotFound
+        | Outcome::Locked(_)
+        | Outcome::NotLocked
+        | Outcome::Shared
+        | Outcome::CleanedUp => answered(v, outcome, ctx, now_ms),
+        Outcome::SnapshotPending { .. }
+        | Outcome::Missing
+        | Outcome::SnapshotCompleted { .. }
+        | Outcome::SnapshotError { .. }
+        | Outcome::VolumePending
+        | Outcome::VolumeAvailable
+        | Outcome::VolumeError => polled(v, outcome, ctx, now_ms),
+        Outcome::Verified(record) => verified(v, record, ctx, now_ms),
     };
+    next.ok_or_else(|| IllegalTransition {
+        volume: v.source_volume.clone(),
+        step: v.step.as_str(),
+        outcome: format!("{outcome:?}"),
+    })
+}
+
+/// `n` starts waiting at `step` for what its call made.
+fn start_wait(mut n: VolumeRun, step: Step, now_ms: i64) -> VolumeRun {
+    n.step = step;
+    n.in_flight = false;
+    n.lookups_missed = 0;
+    n.wait_started_ms = Some(now_ms);
+    n.progress = None;
+    n
+}
+
+/// The `options.timeouts` field that bounds a wait step.
+fn timeout_field(step: Step) -> Option<&'static str> {
+    match step {
+        Step::WaitSnapshot | Step::WaitReencrypt => Some("snapshot"),
+        Step::WaitCopy => Some("copy"),
+        Step::WaitVolume => Some("volume"),
+        _ => None,
+    }
+}
+
+/// The transitions of [`apply`] for a step that ends without its resource: a call
+/// that failed for good, a wait given up or whose resource vanished, a source
+/// snapshot found gone. `None`: the outcome does not belong to the step.
+fn ended_badly(v: &VolumeRun, outcome: &Outcome, ctx: &Ctx, now_ms: i64) -> Option<VolumeRun> {
     match (v.step, outcome) {
-        (_, Outcome::Fatal { message, hint }) => Ok(fail(n, FailureKind::Call, message.clone(), hint.clone())),
+        (_, Outcome::Fatal { message, hint }) => {
+            Some(fail(v, FailureKind::Call, message.clone(), hint.clone(), now_ms))
+        }
         (Step::WaitSnapshot | Step::WaitReencrypt | Step::WaitCopy | Step::WaitVolume, Outcome::TimedOut) => {
             let limit = wait_limit_ms(v.step, ctx).unwrap_or(0) / 1000;
             let what = v.waited_on().unwrap_or("the resource");
@@ -729,71 +781,77 @@ pub fn apply(v: &VolumeRun, outcome: &Outcome, ctx: &Ctx, now_ms: i64) -> Result
                 "stopped waiting for {what}{progress} after {limit}s at step {}; it is left to finish in AWS",
                 v.step.as_str()
             );
-            let field = match v.step {
-                Step::WaitCopy => "copy",
-                Step::WaitVolume => "volume",
-                _ => "snapshot",
-            };
-            Ok(fail(
-                n,
+            let field = timeout_field(v.step).unwrap_or_default();
+            Some(fail(
+                v,
                 FailureKind::StoppedWaiting,
                 message,
                 Some(format!(
                     "run the same command again to keep waiting for it (nothing is made again); raise options.timeouts.{field} if waits this long are expected"
                 )),
+                now_ms,
             ))
         }
         (Step::WaitSnapshot | Step::WaitReencrypt | Step::WaitCopy | Step::WaitVolume, Outcome::Vanished) => {
             let what = v.waited_on().unwrap_or("the resource");
-            Ok(fail(
-                n,
+            Some(fail(
+                v,
                 FailureKind::Gone,
                 format!("{what}, waited on at step {}, is gone", v.step.as_str()),
                 Some("it was deleted outside snapferry; run the same command again to make it again".into()),
+                now_ms,
             ))
         }
-
         (Step::Reencrypt | Step::Share | Step::Copy, Outcome::SourceGone { snapshot }) => {
-            Ok(forget_source(n, snapshot))
+            Some(forget_source(v.clone(), snapshot))
         }
+        _ => None,
+    }
+}
 
+/// The transitions of [`apply`] for the answer of a call (or of the lookup that
+/// stands for it after an unknown outcome): what it made is recorded and waited on.
+/// `None`: the outcome does not belong to the step.
+fn answered(v: &VolumeRun, outcome: &Outcome, ctx: &Ctx, now_ms: i64) -> Option<VolumeRun> {
+    let mut n = v.clone();
+    match (v.step, outcome) {
         (Step::Snapshot, Outcome::SnapshotCreated(id)) => {
             n.source_snapshot = Some(id.clone());
-            Ok(start_wait(n, Step::WaitSnapshot))
+            Some(start_wait(n, Step::WaitSnapshot, now_ms))
         }
         (Step::Reencrypt, Outcome::SnapshotCreated(id)) => {
             n.reencrypted_snapshot = Some(id.clone());
-            Ok(start_wait(n, Step::WaitReencrypt))
+            Some(start_wait(n, Step::WaitReencrypt, now_ms))
         }
         (Step::Copy, Outcome::SnapshotCreated(id)) => {
             n.target_snapshot = Some(id.clone());
             // The copy's timeout runs from here, through its lock.
             let next = if ctx.lock_of(v.target).is_some() { Step::Lock } else { Step::WaitCopy };
-            Ok(start_wait(n, next))
+            Some(start_wait(n, next, now_ms))
         }
         (Step::Lock, Outcome::Locked(lock)) => {
             n.lock = Some(lock.clone());
             n.in_flight = false;
             n.lookups_missed = 0;
             n.step = Step::WaitCopy;
-            Ok(n)
+            Some(n)
         }
         (Step::Lock, Outcome::NotLocked) if ctx.lock_of(v.target).is_none() => {
             // The plan no longer locks this target: the copy goes on unlocked.
             n.in_flight = false;
             n.step = Step::WaitCopy;
-            Ok(n)
+            Some(n)
         }
         (Step::Lock, Outcome::NotLocked) if v.in_flight => {
             // Locking again is harmless (the same lock changes nothing): no need to
             // wait out an eventually consistent listing.
             n.in_flight = false;
             n.lookups_missed = 0;
-            Ok(n)
+            Some(n)
         }
         (Step::CreateVolume, Outcome::VolumeCreated(id)) => {
             n.target_volume = Some(id.clone());
-            Ok(start_wait(n, Step::WaitVolume))
+            Some(start_wait(n, Step::WaitVolume, now_ms))
         }
         (Step::Snapshot | Step::Reencrypt | Step::Copy | Step::CreateVolume, Outcome::NotFound) if v.in_flight => {
             n.lookups_missed = n.lookups_missed.saturating_add(1);
@@ -802,29 +860,48 @@ pub fn apply(v: &VolumeRun, outcome: &Outcome, ctx: &Ctx, now_ms: i64) -> Result
                 n.in_flight = false;
                 n.lookups_missed = 0;
             }
-            Ok(n)
+            Some(n)
         }
+        (Step::Share, Outcome::Shared) => {
+            n.shared = true;
+            n.step = Step::Copy;
+            Some(n)
+        }
+        (Step::Cleanup, Outcome::CleanedUp) => {
+            n.step = Step::Done;
+            n.finished_ms = Some(now_ms);
+            Some(n)
+        }
+        _ => None,
+    }
+}
 
+/// The transitions of [`apply`] for a poll of a wait: still pending, not visible
+/// yet, ready (the next step), or in `error`. `None`: the outcome does not belong to
+/// the step.
+fn polled(v: &VolumeRun, outcome: &Outcome, ctx: &Ctx, now_ms: i64) -> Option<VolumeRun> {
+    let mut n = v.clone();
+    match (v.step, outcome) {
         (Step::WaitSnapshot | Step::WaitReencrypt | Step::WaitCopy, Outcome::SnapshotPending { progress }) => {
             n.progress = *progress;
-            Ok(n)
+            Some(n)
         }
         (Step::WaitSnapshot | Step::WaitReencrypt | Step::WaitCopy | Step::WaitVolume, Outcome::Missing) => {
             // Not visible yet right after creation; the runner bounds how long this may last.
-            Ok(n)
+            Some(n)
         }
         (Step::WaitSnapshot, Outcome::SnapshotCompleted { kms_key }) => {
             n.progress = Some(100);
             n.wait_started_ms = None;
             let under_source_key = kms_key.as_deref().is_some_and(|k| k == ctx.source_key.as_str());
             n.step = if under_source_key { after_shared_ready(ctx) } else { Step::Reencrypt };
-            Ok(n)
+            Some(n)
         }
         (Step::WaitReencrypt, Outcome::SnapshotCompleted { .. }) => {
             n.progress = Some(100);
             n.wait_started_ms = None;
             n.step = after_shared_ready(ctx);
-            Ok(n)
+            Some(n)
         }
         (Step::WaitCopy, Outcome::SnapshotCompleted { .. }) => {
             n.progress = Some(100);
@@ -833,18 +910,7 @@ pub fn apply(v: &VolumeRun, outcome: &Outcome, ctx: &Ctx, now_ms: i64) -> Result
             if n.step == Step::Done {
                 n.finished_ms = Some(now_ms);
             }
-            Ok(n)
-        }
-        (Step::Verify, Outcome::Verified(record)) if record.matched() => {
-            n.verify = Some(record.as_ref().clone());
-            n.step = after_copy(v, ctx);
-            if n.step != Step::CreateVolume {
-                n.delivered_ms = Some(now_ms);
-            }
-            if n.step == Step::Done {
-                n.finished_ms = Some(now_ms);
-            }
-            Ok(n)
+            Some(n)
         }
         (Step::WaitSnapshot | Step::WaitReencrypt | Step::WaitCopy, Outcome::SnapshotError { message }) => {
             let hint = hint_for_snapshot_error(v.step, message);
@@ -854,36 +920,15 @@ pub fn apply(v: &VolumeRun, outcome: &Outcome, ctx: &Ctx, now_ms: i64) -> Result
                 _ => v.target_snapshot.as_ref(),
             };
             let id = which.map(|s| s.as_str()).unwrap_or("?");
-            Ok(fail(n, FailureKind::ResourceError, format!("snapshot {id} went to state error: {message}"), hint))
-        }
-
-        (Step::Verify, Outcome::Verified(record)) => {
-            let copy = v.target_snapshot.as_ref().map(|s| s.as_str()).unwrap_or("?");
-            let at = record.first_mismatch.as_ref().map(|m| m.to_string()).unwrap_or_else(|| "unknown".to_owned());
-            n.verify = Some(record.as_ref().clone());
-            let message = format!(
-                "copy {copy} differs from its source snapshot {} at {at} (verify: {})",
-                record.source_snapshot, record.level
-            );
-            Ok(fail(
-                n,
-                FailureKind::Differs,
-                message,
-                Some(
-                    "the copy is kept, tagged snapferry:verify=failed, for investigation; run the same command again \
-                     to copy the volume again"
-                        .to_owned(),
-                ),
+            Some(fail(
+                &n,
+                FailureKind::ResourceError,
+                format!("snapshot {id} went to state error: {message}"),
+                hint,
+                now_ms,
             ))
         }
-
-        (Step::Share, Outcome::Shared) => {
-            n.shared = true;
-            n.step = Step::Copy;
-            Ok(n)
-        }
-
-        (Step::WaitVolume, Outcome::VolumePending) => Ok(n),
+        (Step::WaitVolume, Outcome::VolumePending) => Some(n),
         (Step::WaitVolume, Outcome::VolumeAvailable) => {
             n.wait_started_ms = None;
             n.delivered_ms = Some(now_ms);
@@ -891,28 +936,60 @@ pub fn apply(v: &VolumeRun, outcome: &Outcome, ctx: &Ctx, now_ms: i64) -> Result
             if n.step == Step::Done {
                 n.finished_ms = Some(now_ms);
             }
-            Ok(n)
+            Some(n)
         }
         (Step::WaitVolume, Outcome::VolumeError) => {
             let id = v.target_volume.as_ref().map(|s| s.as_str()).unwrap_or("?");
-            Ok(fail(
-                n,
+            Some(fail(
+                &n,
                 FailureKind::ResourceError,
                 format!("volume {id} went to state error"),
                 Some(
                     "check the target key is enabled and usable by the target role, then run the same command again"
                         .to_owned(),
                 ),
+                now_ms,
             ))
         }
-
-        (Step::Cleanup, Outcome::CleanedUp) => {
-            n.step = Step::Done;
-            n.finished_ms = Some(now_ms);
-            Ok(n)
-        }
-        _ => Err(illegal()),
+        _ => None,
     }
+}
+
+/// The transition of [`apply`] for a verification: a copy that matched moves on, one
+/// that differs fails its volume ([`FailureKind::Differs`]). `None` at another step.
+fn verified(v: &VolumeRun, record: &crate::verify::Record, ctx: &Ctx, now_ms: i64) -> Option<VolumeRun> {
+    if v.step != Step::Verify {
+        return None;
+    }
+    let mut n = v.clone();
+    n.verify = Some(record.clone());
+    if record.matched() {
+        n.step = after_copy(v, ctx);
+        if n.step != Step::CreateVolume {
+            n.delivered_ms = Some(now_ms);
+        }
+        if n.step == Step::Done {
+            n.finished_ms = Some(now_ms);
+        }
+        return Some(n);
+    }
+    let copy = v.target_snapshot.as_ref().map(|s| s.as_str()).unwrap_or("?");
+    let at = record.first_mismatch.as_ref().map(|m| m.to_string()).unwrap_or_else(|| "unknown".to_owned());
+    let message = format!(
+        "copy {copy} differs from its source snapshot {} at {at} (verify: {})",
+        record.source_snapshot, record.level
+    );
+    Some(fail(
+        &n,
+        FailureKind::Differs,
+        message,
+        Some(
+            "the copy is kept, tagged snapferry:verify=failed, for investigation; run the same command again \
+             to copy the volume again"
+                .to_owned(),
+        ),
+        now_ms,
+    ))
 }
 
 /// The state after the snapshot `gone` that this run's next step reads from turned

@@ -13,6 +13,9 @@ use crate::ids::{AccountId, AvailabilityZone, KeyArn, Region, SnapshotId};
 use crate::lock::CopyLock;
 use crate::lock::LockSpec;
 use crate::plan::TargetVolume;
+use crate::tags::{
+    StepTag, TAG_CHAIN_STARTED, TAG_PLAN, TAG_RUN, TAG_SOURCE_VOLUME, TAG_STEP, TAG_VERIFY, chain_started_tag,
+};
 
 /// What the actions of one target's copies need to know.
 #[derive(Debug, Clone)]
@@ -47,26 +50,6 @@ pub struct ActCtx {
     pub pacer: Option<std::sync::Arc<crate::exec::verify::Pacer>>,
 }
 
-pub const TAG_PLAN: &str = "snapferry:plan";
-pub const TAG_RUN: &str = "snapferry:run";
-pub const TAG_SOURCE_VOLUME: &str = "snapferry:source-volume";
-pub const TAG_STEP: &str = "snapferry:step";
-/// On a target copy and volume: when the chain they come from began (RFC 3339), its
-/// source snapshot's time, which `every` counts from. Kept here because with
-/// `cleanup: true` the source snapshot is gone once the copy is made, and freshness
-/// rebuilt from tags (a lost state) must date from the same moment as with the state.
-pub const TAG_CHAIN_STARTED: &str = "snapferry:chain-started";
-
-/// The value of [`TAG_CHAIN_STARTED`] for a chain that began at `ms`.
-pub fn chain_started_tag(ms: i64) -> Option<String> {
-    jiff::Timestamp::from_millisecond(ms).ok().map(|t| t.to_string())
-}
-
-/// The time a [`TAG_CHAIN_STARTED`] value stands for, in ms since the epoch.
-pub fn parse_chain_started(tags: &Tags) -> Option<i64> {
-    tags.get(TAG_CHAIN_STARTED)?.parse::<jiff::Timestamp>().ok().map(|t| t.as_millisecond())
-}
-
 impl ActCtx {
     pub fn src(&self) -> Loc {
         Loc::new(Side::Source, &self.source_region)
@@ -90,25 +73,25 @@ impl ActCtx {
     }
 
     /// The tags that identify what one step of one volume created in this run.
-    pub fn identity_tags(&self, v: &VolumeRun, step: &str) -> Tags {
+    pub fn identity_tags(&self, v: &VolumeRun, step: StepTag) -> Tags {
         BTreeMap::from([
             (TAG_PLAN.to_owned(), self.plan.clone()),
             (TAG_RUN.to_owned(), v.chain_run(&self.run_id).to_owned()),
             (TAG_SOURCE_VOLUME.to_owned(), v.source_volume.to_string()),
-            (TAG_STEP.to_owned(), step.to_owned()),
+            (TAG_STEP.to_owned(), step.as_str().to_owned()),
         ])
     }
 
     /// Everything put on a created resource: `options.tags`, then the identity tags
     /// (which win, so a plan cannot break resume by overriding them), and on the target
     /// side when the chain began.
-    pub fn tags(&self, v: &VolumeRun, step: &str, own: Option<&Tags>) -> Tags {
+    pub fn tags(&self, v: &VolumeRun, step: StepTag, own: Option<&Tags>) -> Tags {
         let mut t = self.extra_tags.clone();
         if let Some(own) = own {
             t.extend(own.clone());
         }
         t.extend(self.identity_tags(v, step));
-        if matches!(step, "copy" | "volume")
+        if step.on_target()
             && let Some(at) = v.started_ms.and_then(chain_started_tag)
         {
             t.insert(TAG_CHAIN_STARTED.to_owned(), at);
@@ -118,16 +101,8 @@ impl ActCtx {
         t
     }
 
-    fn description(&self, v: &VolumeRun, what: &str) -> String {
-        format!("snapferry {} run {}: {what} of {}", self.plan, v.chain_run(&self.run_id), v.source_volume)
-    }
-}
-
-fn which_step(which: Which) -> &'static str {
-    match which {
-        Which::Source => "snapshot",
-        Which::Reencrypted => "reencrypt",
-        Which::Target => "copy",
+    fn description(&self, v: &VolumeRun, step: StepTag) -> String {
+        format!("snapferry {} run {}: {} of {}", self.plan, v.chain_run(&self.run_id), step.noun(), v.source_volume)
     }
 }
 
@@ -173,8 +148,8 @@ pub async fn perform(
         Action::CreateSnapshot => {
             let req = CreateSnapshotReq {
                 volume: v.source_volume.clone(),
-                description: ctx.description(v, "snapshot"),
-                tags: ctx.tags(v, "snapshot", None),
+                description: ctx.description(v, StepTag::Snapshot),
+                tags: ctx.tags(v, StepTag::Snapshot, None),
             };
             let s = cloud.create_snapshot(&ctx.src(), &req).await?;
             Ok(Outcome::SnapshotCreated(s.id))
@@ -184,8 +159,8 @@ pub async fn perform(
                 source_region: ctx.source_region.clone(),
                 source_snapshot: from.clone(),
                 kms_key: ctx.source_key.clone(),
-                description: ctx.description(v, "re-encrypted snapshot"),
-                tags: ctx.tags(v, "reencrypt", None),
+                description: ctx.description(v, StepTag::Reencrypt),
+                tags: ctx.tags(v, StepTag::Reencrypt, None),
                 completion_minutes: None,
             };
             match cloud.copy_snapshot(&ctx.src(), &req).await {
@@ -211,8 +186,8 @@ pub async fn perform(
                 source_region: ctx.source_region.clone(),
                 source_snapshot: from.clone(),
                 kms_key: ctx.target(v.target).key.clone(),
-                description: ctx.description(v, "copy"),
-                tags: ctx.tags(v, "copy", None),
+                description: ctx.description(v, StepTag::Copy),
+                tags: ctx.tags(v, StepTag::Copy, None),
                 completion_minutes: ctx.copy_within_minutes,
             };
             match cloud.copy_snapshot(&ctx.dst(v.target), &req).await {
@@ -238,14 +213,14 @@ pub async fn perform(
                     (ty == Some("gp3")).then(|| source.and_then(|s| s.throughput)).flatten().map(|x| x as u32)
                 }),
                 kms_key: ctx.target(v.target).key.clone(),
-                tags: ctx.tags(v, "volume", Some(&target.tags)),
+                tags: ctx.tags(v, StepTag::Volume, Some(&target.tags)),
                 client_token: client_token.clone(),
             };
             Ok(Outcome::VolumeCreated(cloud.create_volume(&ctx.dst(v.target), &req).await?))
         }
         Action::LookUpSnapshot { which } => {
             let loc = ctx.loc(*which, v.target);
-            let mut found = cloud.find_snapshots(&loc, &ctx.identity_tags(v, which_step(*which))).await?;
+            let mut found = cloud.find_snapshots(&loc, &ctx.identity_tags(v, which.tag())).await?;
             // A copy that failed verification stays, but is never this run's copy.
             found.retain(|s| !crate::verify::failed_tag(&s.tags));
             match pick_snapshot(found) {
@@ -275,7 +250,7 @@ pub async fn perform(
                 .map_or(Outcome::NotLocked, Outcome::Locked))
         }
         Action::LookUpVolume => {
-            let mut found = cloud.find_volumes(&ctx.dst(v.target), &ctx.identity_tags(v, "volume")).await?;
+            let mut found = cloud.find_volumes(&ctx.dst(v.target), &ctx.identity_tags(v, StepTag::Volume)).await?;
             found.retain(|x| !matches!(x.state, VolumeState::Deleting | VolumeState::Deleted));
             found.sort_by_key(|x| (x.create_time_ms.unwrap_or(0), x.id.clone()));
             match found.first() {
@@ -310,7 +285,7 @@ pub async fn perform(
                 seed,
             )
             .await?;
-            let tag = BTreeMap::from([(crate::verify::TAG_VERIFY.to_owned(), record.tag())]);
+            let tag = BTreeMap::from([(TAG_VERIFY.to_owned(), record.tag())]);
             cloud.tag_snapshot(&dst, copy, &tag).await?;
             Ok(Outcome::Verified(Box::new(record)))
         }

@@ -25,9 +25,10 @@ use crate::engine::{self, Step};
 use crate::ids::{AccountId, KeyArn, PlanName, Region, SnapshotId};
 use crate::plan::Plan;
 use crate::policy;
+use crate::tags::{StepTag, TAG_RUN, TAG_SOURCE_VOLUME};
 
 use super::RunError;
-use super::act::{TAG_RUN, TAG_SOURCE_VOLUME, TAG_STEP, delete_snapshot_quietly};
+use super::act::delete_snapshot_quietly;
 use super::adopt::{self, Shape, Survey};
 use super::key_policy::{self, EditError};
 use super::retry::retrying;
@@ -130,9 +131,8 @@ pub async fn cleanup(
         )),
     }
     let listed = summary.errors.is_empty();
-    let of_run = |s: &&Snapshot, step: &str| {
-        s.tags.get(TAG_RUN).map(String::as_str) == Some(run_id)
-            && s.tags.get(TAG_STEP).map(String::as_str) == Some(step)
+    let of_run = |s: &&Snapshot, step: StepTag| {
+        s.tags.get(TAG_RUN).map(String::as_str) == Some(run_id) && StepTag::of(&s.tags) == Some(step)
     };
 
     // Chains of this run that a later run carries on unfinished are that run's now:
@@ -163,7 +163,8 @@ pub async fn cleanup(
         // target account: they read from the shared snapshot.
         let mut copy_blocks = false;
         for (t, held) in survey.targets.iter().enumerate() {
-            let mut copies: Vec<&Snapshot> = held.snapshots.iter().filter(|s| of_run(s, "copy") && mine(s)).collect();
+            let mut copies: Vec<&Snapshot> =
+                held.snapshots.iter().filter(|s| of_run(s, StepTag::Copy) && mine(s)).collect();
             copies.retain(|s| s.state != SnapshotState::Completed);
             for c in copies {
                 match retrying(clock, || delete_snapshot_quietly(cloud, &dsts[t], &c.id)).await {
@@ -191,21 +192,24 @@ pub async fn cleanup(
         // 2. The intermediates: the re-encrypted one first (it may still be reading
         // from the source snapshot, and deleting it stops it), then the source one.
         let mut reenc: BTreeSet<SnapshotId> = v.reencrypted_snapshot.iter().cloned().collect();
-        reenc
-            .extend(survey.source_snapshots.iter().filter(|s| of_run(s, "reencrypt") && mine(s)).map(|s| s.id.clone()));
+        reenc.extend(
+            survey.source_snapshots.iter().filter(|s| of_run(s, StepTag::Reencrypt) && mine(s)).map(|s| s.id.clone()),
+        );
         let mut snaps: BTreeSet<SnapshotId> = v.source_snapshot.iter().cloned().collect();
-        snaps.extend(survey.source_snapshots.iter().filter(|s| of_run(s, "snapshot") && mine(s)).map(|s| s.id.clone()));
+        snaps.extend(
+            survey.source_snapshots.iter().filter(|s| of_run(s, StepTag::Snapshot) && mine(s)).map(|s| s.id.clone()),
+        );
         let mut kept: Vec<SnapshotId> = vec![];
         let mut reenc_left = false;
-        for (group, ids) in [("reencrypt", reenc), ("snapshot", snaps)] {
+        for (group, ids) in [(StepTag::Reencrypt, reenc), (StepTag::Snapshot, snaps)] {
             for id in ids {
                 // The shared snapshot of a copy still under way must outlive it.
-                let shared = group == "reencrypt" || v.reencrypted_snapshot.is_none();
+                let shared = group == StepTag::Reencrypt || v.reencrypted_snapshot.is_none();
                 if copy_blocks && shared {
                     kept.push(id);
                     continue;
                 }
-                if group == "snapshot" && reenc_left {
+                if group == StepTag::Snapshot && reenc_left {
                     summary.errors.push(format!(
                         "snapshot {id} is kept: the re-encryption copy made from it could not be deleted"
                     ));
@@ -223,7 +227,7 @@ pub async fn cleanup(
                             summary.unshared_snapshots.push(id.to_string());
                         }
                         summary.errors.push(format!("snapshot {id}: {e}; delete it by hand or run cleanup again"));
-                        if group == "reencrypt" {
+                        if group == StepTag::Reencrypt {
                             reenc_left = true;
                         }
                         kept.push(id);

@@ -24,8 +24,9 @@ use crate::clock::Clock;
 use crate::cloud::{Cloud, CloudError, ErrorKind, Loc, Tags, VolumeState};
 use crate::engine::{Step, VolumeRun};
 use crate::ids::SnapshotId;
+use crate::tags::{StepTag, TAG_PLAN, TAG_SOURCE_VOLUME, TAG_STEP};
 
-use super::act::{TAG_PLAN, TAG_SOURCE_VOLUME, TAG_STEP, delete_snapshot_quietly};
+use super::act::delete_snapshot_quietly;
 use super::retry::retrying;
 
 /// What retention did.
@@ -87,9 +88,10 @@ pub async fn prune(
     let protected_vols: Vec<String> =
         this_run.iter().filter_map(|v| v.target_volume.as_ref().map(|s| s.to_string())).collect();
 
-    let tags =
-        |step: &str| Tags::from([(TAG_PLAN.to_owned(), plan.to_owned()), (TAG_STEP.to_owned(), step.to_owned())]);
-    let copy_tags = tags("copy");
+    let tags = |step: StepTag| {
+        Tags::from([(TAG_PLAN.to_owned(), plan.to_owned()), (TAG_STEP.to_owned(), step.as_str().to_owned())])
+    };
+    let copy_tags = tags(StepTag::Copy);
     let mut snaps = retrying(clock, || cloud.find_snapshots(dst, &copy_tags)).await?;
     // A copy that failed verification is kept for investigation and never counted.
     snaps.retain(|s| !crate::verify::failed_tag(&s.tags));
@@ -129,7 +131,7 @@ pub async fn prune(
         tracing::info!(copies = out.locked.len(), "retention kept locked copies past keep until their locks expire");
     }
 
-    let volume_tags = tags("volume");
+    let volume_tags = tags(StepTag::Volume);
     let vols = retrying(clock, || cloud.find_volumes(dst, &volume_tags)).await?;
     for (source, mut list) in by_source(vols, |v| &v.tags) {
         if unfinished.contains(&source) {
@@ -191,7 +193,7 @@ pub async fn prune_source(
     let snaps = retrying(clock, || cloud.find_snapshots(src, &tags)).await?;
     let snaps: Vec<_> = snaps
         .into_iter()
-        .filter(|s| matches!(s.tags.get(TAG_STEP).map(String::as_str), Some("snapshot" | "reencrypt")))
+        .filter(|s| matches!(StepTag::of(&s.tags), Some(StepTag::Snapshot | StepTag::Reencrypt)))
         .collect();
     let mut deleted = vec![];
     for (source, mut list) in by_source(snaps, |s| &s.tags) {

@@ -335,7 +335,7 @@ pub async fn verify_run(
             let own_seed = crate::verify::seed_for(&[&seed.to_string(), copy.as_str()]);
             let pair = Pair { source: (&src, source), copy: (&dst, copy) };
             let record = verify_copy(cloud, pacer, pair, level, sample, own_seed).await?;
-            let tag = std::collections::BTreeMap::from([(crate::verify::TAG_VERIFY.to_owned(), record.tag())]);
+            let tag = std::collections::BTreeMap::from([(crate::tags::TAG_VERIFY.to_owned(), record.tag())]);
             cloud.tag_snapshot(&dst, copy, &tag).await?;
             Ok(record)
         }

@@ -16,12 +16,10 @@
 use serde_json::{Value, json};
 
 use crate::ids::{AccountId, PlanName, Region, RoleArn};
+use crate::tags::TAG_PLAN;
 
 /// IAM policy language version; the older 2008 one lacks policy variables and more.
 const POLICY_VERSION: &str = "2012-10-17";
-
-/// The tag every resource a run creates carries, naming its plan.
-const PLAN_TAG: &str = "snapferry:plan";
 
 /// What the IAM documents depend on. Key fields hold ARNs, or a placeholder (such as
 /// `<source key ARN>`) when the dry-run could not resolve an alias.
@@ -396,7 +394,7 @@ fn create_grant_for_ebs(sid: &str, keys: &[String]) -> Value {
 }
 
 fn plan_tag_condition(plan: &PlanName) -> Value {
-    json!({ "StringEquals": { format!("aws:ResourceTag/{PLAN_TAG}"): plan.as_str() } })
+    json!({ "StringEquals": { format!("aws:ResourceTag/{TAG_PLAN}"): plan.as_str() } })
 }
 
 /// Adds to a source caller policy what a state in S3 (`--state-dir s3://BUCKET/PREFIX`)

@@ -327,12 +327,9 @@ impl Record {
     }
 }
 
-/// The `snapferry:verify` tag key.
-pub const TAG_VERIFY: &str = "snapferry:verify";
-
 /// True when these tags mark a copy that failed verification.
 pub fn failed_tag(tags: &std::collections::BTreeMap<String, String>) -> bool {
-    tags.get(TAG_VERIFY).is_some_and(|v| v == "failed")
+    tags.get(crate::tags::TAG_VERIFY).is_some_and(|v| v == "failed")
 }
 
 #[cfg(test)]

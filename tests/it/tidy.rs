@@ -1,7 +1,8 @@
 //! The architecture invariants of ARCHITECTURE.md, checked on the source text (as
 //! rust-analyzer's tidy test does): the AWS SDK stays in `src/cloud/aws`, the pure
 //! modules stay pure, every source file says what it owns, no two files import each
-//! other, and a volume's state changes only in the engine.
+//! other, a volume's state changes only in the engine, and the tags on AWS resources
+//! are written only in `src/tags.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -123,27 +124,80 @@ fn the_aws_sdk_stays_in_cloud_aws() {
     );
 }
 
+/// The modules that do no I/O: the plan, the policies, the step machine, the ids, the
+/// lock and verify vocabularies, the tags, and the runner's decisions (what follows an
+/// error, what a recurring plan runs, what a volume's state is from its resources'
+/// tags). Time arrives as milliseconds, resources as lists.
+const PURE: [&str; 10] = [
+    "src/plan",
+    "src/policy",
+    "src/engine",
+    "src/ids.rs",
+    "src/lock.rs",
+    "src/verify",
+    "src/tags.rs",
+    "src/exec/sched.rs",
+    "src/exec/recurring.rs",
+    "src/exec/adopt/infer.rs",
+];
+
+/// What a pure module may not name: the runtime, the filesystem, the network, the
+/// environment, processes, the clock (the wall's or the runner's) and the cloud.
+const IMPURE: [&str; 14] = [
+    "tokio",
+    "async",
+    "await",
+    "std::fs",
+    "std::net",
+    "std::env",
+    "std::process",
+    "std::thread",
+    "SystemTime",
+    "Instant",
+    "Clock",
+    "Cloud",
+    "ObjectStore",
+    "reqwest",
+];
+
+/// The I/O a file does by its text, as `path: name` per forbidden name it mentions
+/// outside comments and string literals.
+fn io_in(path: &str, text: &str) -> Vec<String> {
+    let code = code_only(text);
+    IMPURE.iter().filter(|name| mentions(&code, name)).map(|name| format!("{path}: {name}")).collect()
+}
+
 #[test]
 fn the_pure_modules_do_no_io() {
-    const PURE: [&str; 6] = ["src/plan", "src/policy", "src/engine", "src/ids.rs", "src/lock.rs", "src/verify"];
-    const FORBIDDEN: [&str; 7] = ["tokio", "std::fs", "std::net", "SystemTime", "Instant", "std::process", "reqwest"];
     let mut bad = vec![];
+    let mut seen = BTreeSet::new();
     for (path, text) in sources(&["src"]) {
-        if !PURE.iter().any(|p| path == *p || path.starts_with(&format!("{p}/"))) {
-            continue;
-        }
-        let code = code_only(&text);
-        for name in FORBIDDEN {
-            if mentions(&code, name) {
-                bad.push(format!("{path}: {name}"));
-            }
-        }
+        let Some(p) = PURE.iter().find(|p| path == **p || path.starts_with(&format!("{p}/"))) else { continue };
+        seen.insert(*p);
+        bad.extend(io_in(&path, &text));
     }
     assert!(
         bad.is_empty(),
-        "plan, policy, engine and ids are pure (no I/O, tokio or clock; time arrives as an argument):\n{}",
+        "pure modules name I/O (no tokio, filesystem, clock or cloud; time arrives as an argument):\n{}",
         bad.join("\n")
     );
+    // Every entry names files that exist, so a move cannot drop a file from the check.
+    let missing: Vec<_> = PURE.iter().filter(|p| !seen.contains(*p)).collect();
+    assert!(missing.is_empty(), "pure modules without a source file: {missing:?}");
+}
+
+#[test]
+fn the_purity_check_finds_io() {
+    let f = "src/exec/sched.rs";
+    assert_eq!(
+        io_in(f, "async fn wait(d: u64) { tokio::time::sleep(d).await; }"),
+        [format!("{f}: tokio"), format!("{f}: async"), format!("{f}: await")]
+    );
+    assert_eq!(io_in(f, "fn read() { let _ = std::fs::read(\"x\"); }"), [format!("{f}: std::fs")]);
+    assert_eq!(io_in(f, "fn now(c: &dyn crate::clock::Clock) -> i64 { c.now_ms() }"), [format!("{f}: Clock")]);
+    assert_eq!(io_in(f, "use crate::cloud::Cloud;"), [format!("{f}: Cloud")]);
+    // Domain types of the cloud module, prose and strings are no I/O.
+    assert!(io_in(f, "use crate::cloud::{CloudError, Snapshot}; // tokio\nlet s = \"std::fs\";").is_empty());
 }
 
 #[test]
@@ -671,4 +725,138 @@ fn the_format_check_finds_a_match() {
         format_matches("x.rs", "#[arg(default_value_t = Format::Text)]\nCommand::Schema => Format::Json,").is_empty()
     );
     assert!(format_matches("x.rs", "emit(Format::Json, &doc, text); if f == LogFormat::Json {}").is_empty());
+}
+
+/// The string literals of a file's code (comments left out), each as (line number,
+/// the text of its line before it, its content as written, escapes unresolved).
+fn string_literals(text: &str) -> Vec<(usize, &str, &str)> {
+    let b = text.as_bytes();
+    let mut out = vec![];
+    let (mut i, mut line, mut line_start) = (0, 1, 0);
+    // Moves past `text[from..to]`, counting the lines it ends.
+    let pass = |from: usize, to: usize, line: &mut usize, line_start: &mut usize| {
+        for (at, _) in text[from..to].match_indices('\n') {
+            *line += 1;
+            *line_start = from + at + 1;
+        }
+        to
+    };
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    while i < b.len() {
+        if b[i..].starts_with(b"//") {
+            i = text[i..].find('\n').map_or(b.len(), |e| i + e);
+        } else if b[i..].starts_with(b"/*") {
+            let end = text[i + 2..].find("*/").map_or(b.len(), |e| i + 2 + e + 2);
+            i = pass(i, end, &mut line, &mut line_start);
+        } else if b[i] == b'r'
+            && (i == 0 || !ident(b[i - 1]) || b[i - 1] == b'b')
+            && b[i + 1..].iter().find(|&&c| c != b'#') == Some(&b'"')
+        {
+            // A raw string: r"...", r#"..."#.
+            let hashes = b[i + 1..].iter().take_while(|&&c| c == b'#').count();
+            let start = i + 2 + hashes;
+            let close = format!("\"{}", "#".repeat(hashes));
+            let end = text[start..].find(&close).map_or(b.len(), |e| start + e);
+            out.push((line, &text[line_start..i], &text[start..end]));
+            i = pass(i, (end + close.len()).min(b.len()), &mut line, &mut line_start);
+        } else if b[i] == b'"' {
+            let start = i + 1;
+            let mut end = start;
+            while end < b.len() && b[end] != b'"' {
+                end += if b[end] == b'\\' { 2 } else { 1 };
+            }
+            let end = end.min(b.len());
+            out.push((line, &text[line_start..i], &text[start..end]));
+            i = pass(i, (end + 1).min(b.len()), &mut line, &mut line_start);
+        } else if b[i] == b'\'' && b.get(i + 1) == Some(&b'\\') && b.get(i + 3) == Some(&b'\'') {
+            i += 4; // '\"'
+        } else if b[i] == b'\'' && b.get(i + 2) == Some(&b'\'') {
+            i += 3; // '"'
+        } else {
+            if b[i] == b'\n' {
+                line += 1;
+                line_start = i + 1;
+            }
+            i += 1;
+        }
+    }
+    out
+}
+
+/// A file's text up to its test module (`#[cfg(test)] mod tests { .. }`); a test module
+/// declared in a file of its own (`#[cfg(test)] mod tests;`) is skipped over.
+fn before_tests(text: &str) -> &str {
+    let mut from = 0;
+    while let Some(at) = text[from..].find("#[cfg(test)]").map(|a| from + a) {
+        let rest = text[at + "#[cfg(test)]".len()..].trim_start();
+        let body = rest.strip_prefix("mod ").map(|r| r.trim_start_matches(|c: char| c.is_alphanumeric() || c == '_'));
+        if body.is_some_and(|r| r.trim_start().starts_with('{')) {
+            return &text[..at];
+        }
+        from = at + 1;
+    }
+    text
+}
+
+/// The tag keys and `snapferry:step` values of the contract's tag table written as
+/// string literals, as `path:line: text`: they belong in `src/tags.rs` (`StepTag`,
+/// `TAG_*`), which every other file names them through. Test code is left out, and so
+/// are the step machine's names in `src/engine/` (a match arm on `Step`, such as
+/// `Step::Copy => "copy"` or the `options.timeouts` field of a wait): words it shares
+/// with the tag values, in another vocabulary.
+fn tag_literals(path: &str, text: &str) -> Vec<String> {
+    use snapferry::tags::*;
+    let keys = [TAG_PLAN, TAG_RUN, TAG_SOURCE_VOLUME, TAG_STEP, TAG_CHAIN_STARTED, TAG_VERIFY];
+    let words: Vec<&str> = StepTag::ALL.iter().map(|t| t.as_str()).chain(keys).collect();
+    let lines: Vec<&str> = text.lines().collect();
+    string_literals(before_tests(text))
+        .into_iter()
+        .filter(|(_, _, lit)| words.contains(lit))
+        .filter(|(_, before, _)| {
+            let step_arm = before.trim_start().starts_with("Step::") && before.contains("=>");
+            !(path.starts_with("src/engine/") && step_arm)
+        })
+        .map(|(n, _, _)| format!("{path}:{n}: {}", lines.get(n - 1).map_or("", |l| l.trim())))
+        .collect()
+}
+
+#[test]
+fn the_tags_are_written_only_in_their_home() {
+    let srcs = sources(&["src"]);
+    let test_only = test_only_files(&srcs);
+    let mut bad = vec![];
+    for (path, text) in &srcs {
+        if path == "src/tags.rs" || test_only.contains(path) {
+            continue;
+        }
+        bad.extend(tag_literals(path, text));
+    }
+    assert!(
+        bad.is_empty(),
+        "tag keys or snapferry:step values written out of src/tags.rs (use TAG_* and StepTag):\n{}",
+        bad.join("\n")
+    );
+    // The check sees the home's literals at all.
+    let home = std::fs::read_to_string(root().join("src/tags.rs")).unwrap();
+    assert!(tag_literals("src/tags.rs", &home).len() >= 10, "{:?}", tag_literals("src/tags.rs", &home));
+}
+
+#[test]
+fn the_tag_check_finds_a_step_value_written_out() {
+    let f = "src/exec/cleanup.rs";
+    assert_eq!(
+        tag_literals(
+            f,
+            "fn f(s: &Snapshot) -> bool {\n    s.tags.get(TAG_STEP).map(String::as_str) == Some(\"copy\")\n}"
+        ),
+        [format!("{f}:2: s.tags.get(TAG_STEP).map(String::as_str) == Some(\"copy\")")]
+    );
+    assert_eq!(tag_literals(f, "let k = r\"snapferry:step\";").len(), 1);
+    assert_eq!(tag_literals(f, "let t = ctx.tags(v, \"volume\", None);").len(), 1);
+    // Other words, prose, the engine's step names and tests are not the tags.
+    assert!(tag_literals(f, "let d = \"re-encrypted snapshot\"; // \"copy\"\n/* \"volume\" */").is_empty());
+    assert!(tag_literals("src/engine/mod.rs", "            Step::Copy => \"copy\",").is_empty());
+    assert_eq!(tag_literals("src/exec/act.rs", "            Step::Copy => \"copy\",").len(), 1);
+    assert!(tag_literals(f, "fn g() {}\n#[cfg(test)]\nmod tests {\n    const S: &str = \"snapshot\";\n}").is_empty());
+    assert_eq!(tag_literals(f, "#[cfg(test)]\nmod tests;\nconst S: &str = \"snapshot\";").len(), 1);
 }

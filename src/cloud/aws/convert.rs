@@ -126,6 +126,7 @@ pub(crate) fn volume(action: &str, v: ec2::Volume) -> CloudResult<Volume> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tags::{StepTag, TAG_STEP};
 
     #[test]
     fn progress_is_parsed_from_percent_strings() {
@@ -177,14 +178,14 @@ mod tests {
             .kms_key_id("arn:aws:kms:us-east-1:111111111111:key/k")
             .volume_size(8)
             .start_time(DateTime::from_millis(1_700_000_000_123))
-            .tags(ec2::Tag::builder().key("snapferry:step").value("snapshot").build())
+            .tags(ec2::Tag::builder().key(TAG_STEP).value(StepTag::Snapshot.as_str()).build())
             .build();
         let d = snapshot("ec2:DescribeSnapshots", s).unwrap();
         assert_eq!(d.state, SnapshotState::Pending);
         assert_eq!(d.progress, Some(37));
         assert_eq!(d.start_time_ms, Some(1_700_000_000_123));
         assert_eq!(d.owner.unwrap().as_str(), "111111111111");
-        assert_eq!(d.tags["snapferry:step"], "snapshot");
+        assert_eq!(StepTag::of(&d.tags), Some(StepTag::Snapshot));
         assert!(snapshot("ec2:DescribeSnapshots", ec2::Snapshot::builder().build()).is_err());
     }
 
