@@ -7,58 +7,17 @@
 
 use snapferry::checkpoint::RunStatus;
 
+use crate::support::plans::{self, DR_ACCOUNT as DR, VAULT_ACCOUNT as VAULT};
 use crate::support::rig::{HOUR_MS, Rig};
 
-const CROSS: &str = r#"
-version: 1
-name: bad-day
-source:
-  region: us-east-1
-  account: "111111111111"
-  kms_key: alias/share
-target:
-  region: eu-west-1
-  account: "222222222222"
-  role_arn: arn:aws:iam::222222222222:role/dr
-  kms_key: alias/dr
-  availability_zone: eu-west-1b
-volumes:
-  - id: vol-00000000000000001
-  - id: vol-00000000000000002
-  - id: vol-00000000000000003
-options:
-  tags: {Owner: sre}
-"#;
+fn cross() -> String {
+    plans::cross("bad-day")
+}
 
 /// Two targets in two accounts and regions.
-const FANOUT: &str = r#"
-version: 1
-name: bad-fan
-source:
-  region: us-east-1
-  account: "111111111111"
-  kms_key: alias/share
-targets:
-  - region: eu-west-1
-    account: "222222222222"
-    role_arn: arn:aws:iam::222222222222:role/dr
-    kms_key: alias/dr
-    availability_zone: eu-west-1b
-  - region: us-west-2
-    account: "333333333333"
-    role_arn: arn:aws:iam::333333333333:role/vault
-    kms_key: alias/vault
-    availability_zone: us-west-2a
-volumes:
-  - id: vol-00000000000000001
-  - id: vol-00000000000000002
-  - id: vol-00000000000000003
-options:
-  tags: {Owner: sre}
-"#;
-
-const DR: &str = "222222222222";
-const VAULT: &str = "333333333333";
+fn fan_out() -> String {
+    plans::fan_out("bad-fan", 3, plans::OWNER_TAG)
+}
 
 fn with_options(base: &str, options: &str) -> String {
     format!("{base}{options}")
@@ -83,7 +42,7 @@ fn delete_source_side(rig: &Rig) {
 /// carries it, and the later run then finishes it.
 #[tokio::test]
 async fn cleanup_of_an_older_round_leaves_the_chain_a_later_round_carries() {
-    let text = with_options(CROSS, "  every: 24h\n");
+    let text = with_options(&cross(), "  every: 24h\n");
     let rig = Rig::with(&text, |w| {
         w.faults.key_inaccessible_for = Some(snapferry::ids::VolumeId::parse("vol-00000000000000002").unwrap())
     });
@@ -141,7 +100,8 @@ async fn cleanup_of_an_older_round_leaves_the_chain_a_later_round_carries() {
 /// on every run.
 #[tokio::test]
 async fn a_copy_whose_source_snapshot_is_gone_snapshots_the_volume_again() {
-    let rig = Rig::with(CROSS, |w| w.faults.key_inaccessible_to = Some(snapferry::ids::AccountId::parse(DR).unwrap()));
+    let rig =
+        Rig::with(&cross(), |w| w.faults.key_inaccessible_to = Some(snapferry::ids::AccountId::parse(DR).unwrap()));
     let first = rig.run().await;
     assert_eq!(first.status, RunStatus::Failed);
     assert_eq!(rig.calls("ec2:CreateSnapshot"), 3);
@@ -162,8 +122,9 @@ async fn a_copy_whose_source_snapshot_is_gone_snapshots_the_volume_again() {
 /// the source side itself: one new snapshot per volume, the healthy copies untouched.
 #[tokio::test]
 async fn a_follower_whose_source_snapshot_is_gone_takes_the_source_side_once() {
-    let rig =
-        Rig::with(FANOUT, |w| w.faults.key_inaccessible_to = Some(snapferry::ids::AccountId::parse(VAULT).unwrap()));
+    let rig = Rig::with(&fan_out(), |w| {
+        w.faults.key_inaccessible_to = Some(snapferry::ids::AccountId::parse(VAULT).unwrap())
+    });
     let first = rig.run().await;
     assert_eq!(first.status, RunStatus::Failed);
     let dr_before = (rig.made("copy", Some(DR)), rig.made("volume", Some(DR)));
@@ -186,7 +147,7 @@ async fn a_follower_whose_source_snapshot_is_gone_takes_the_source_side_once() {
 /// in the same invocation.
 #[tokio::test]
 async fn a_statement_lost_to_another_writer_is_put_back_and_the_copies_made_again() {
-    let rig = Rig::with(CROSS, |w| w.faults.key_policy_reverted_on_copy = true);
+    let rig = Rig::with(&cross(), |w| w.faults.key_policy_reverted_on_copy = true);
     let r = rig.run().await;
     assert_eq!(r.status, RunStatus::Succeeded, "{r:#?}");
     assert_eq!(rig.calls("kms:PutKeyPolicy"), 2, "granted, then put back once");
@@ -202,7 +163,7 @@ async fn a_statement_lost_to_another_writer_is_put_back_and_the_copies_made_agai
 /// the policy is read again, and since the write took effect, nothing more is put.
 #[tokio::test]
 async fn a_key_policy_write_whose_answer_is_lost_is_read_again_not_resent() {
-    let rig = Rig::with(CROSS, |w| {
+    let rig = Rig::with(&cross(), |w| {
         w.faults.lose_answers_of.insert("kms:PutKeyPolicy".into());
     });
     let r = rig.run().await;
@@ -224,7 +185,7 @@ async fn a_key_policy_write_whose_answer_is_lost_is_read_again_not_resent() {
 /// intermediates until its copy is made; then they are cleaned up.
 #[tokio::test]
 async fn one_failing_target_never_freezes_its_healthy_sibling() {
-    let text = with_options(FANOUT, "  every: 24h\n");
+    let text = with_options(&fan_out(), "  every: 24h\n");
     let rig =
         Rig::with(&text, |w| w.faults.key_inaccessible_to = Some(snapferry::ids::AccountId::parse(VAULT).unwrap()));
     let first = rig.run().await;
@@ -300,7 +261,7 @@ async fn one_failing_target_never_freezes_its_healthy_sibling() {
 async fn a_lost_state_mid_round_of_a_recurring_fan_out_plan_adopts_followers_as_followers() {
     // Two volumes, one under the source key and one re-encrypted, keep the crash at
     // every call of a round short.
-    let text = with_options(&FANOUT.replace("  - id: vol-00000000000000003\n", ""), "  every: 24h\n");
+    let text = with_options(&fan_out().replace("  - id: vol-00000000000000003\n", ""), "  every: 24h\n");
     let clean = Rig::new(&text);
     assert_eq!(clean.run().await.status, RunStatus::Succeeded);
     clean.advance(24 * HOUR_MS);
@@ -342,7 +303,7 @@ async fn a_lost_state_mid_round_of_a_recurring_fan_out_plan_adopts_followers_as_
 /// state.
 #[tokio::test]
 async fn freshness_rebuilt_from_tags_dates_from_the_chains_start() {
-    let text = with_options(CROSS, "  every: 24h\n");
+    let text = with_options(&cross(), "  every: 24h\n");
     let slow = |w: &mut snapferry::cloud::sim::World| w.timing.snapshot_base_ms = 4 * HOUR_MS;
     let kept = Rig::with(&text, slow);
     let lost = Rig::with(&text, slow);

@@ -2,41 +2,11 @@
 //! codes, JSON documents, the dry-run's golden output, status, cleanup and envelope
 //! encryption. (The binary against moto is in `moto_e2e`.)
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
 use serde_json::Value;
 
-pub(crate) fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_snapferry"));
-    // Nothing from the developer's environment may reach AWS or change the output.
-    for v in ["AWS_ENDPOINT_URL", "AWS_PROFILE", "SNAPFERRY_STATE_DIR", "SNAPFERRY_LOG", "AWS_REGION"] {
-        c.env_remove(v);
-    }
-    c
-}
-
-pub(crate) fn root(p: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
-}
-
-pub(crate) fn run(args: &[&str], dir: &Path) -> Output {
-    bin().args(args).current_dir(dir).output().expect("the binary runs")
-}
-
-pub(crate) fn json(o: &Output) -> Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not one JSON document ({e}):\n{}\nstderr:\n{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
-    })
-}
-
-pub(crate) fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
+use crate::support::bin::{bin, code, json, root, run};
 
 #[test]
 fn validate_accepts_the_examples_and_refuses_a_bad_plan_with_exit_2() {

@@ -24,6 +24,9 @@ use snapferry::policy::{IamRequest, identity_allows};
 use tokio::sync::watch;
 use zeroize::Zeroizing;
 
+use crate::support::plans::{self, DR, SOURCE_ACCOUNT, Target};
+use crate::support::rig::sim_env;
+
 /// Walks the engine through a volume's happy path and names the steps it acts at.
 fn walk(route: Route) -> Vec<Step> {
     let source_key =
@@ -348,28 +351,12 @@ impl Cloud for Recorder {
     }
 }
 
-const CROSS: &str = r#"
-version: 1
-name: iam-check
-source:
-  region: us-east-1
-  account: "111111111111"
-  kms_key: alias/share
-target:
-  region: eu-west-1
-  account: "222222222222"
-  role_arn: arn:aws:iam::222222222222:role/dr
-  external_id: x-1
-  kms_key: alias/dr
-  availability_zone: eu-west-1b
-volumes:
-  - id: vol-00000000000000001
-  - id: vol-00000000000000002
-  - id: vol-00000000000000003
-options:
-  keep: 1
-  cleanup: true
-"#;
+/// The recovery account through its role with an external id.
+const DR_X: Target = Target { external_id: Some("x-1"), ..DR };
+
+pub(super) fn cross() -> String {
+    plans::plan_text("iam-check", &[DR_X], 3, "  keep: 1\n  cleanup: true\n")
+}
 
 /// Runs `plan` on one simulated world until retention prunes older copies; with
 /// `key_failure`, the middle run's copies of one volume fail on their key, so the
@@ -389,7 +376,7 @@ async fn replay(plan: &Plan, key_failure: bool) -> (DryRun, Vec<Call>) {
         calls: Mutex::new(vec![]),
     });
     let dir = tempfile::tempdir().unwrap();
-    let env = Env { cloud: recorder.clone(), clock: Arc::new(sim.clone()), store: Store::new(dir.path()) };
+    let env = Env { cloud: recorder.clone(), ..sim_env(&sim, Store::new(dir.path())) };
     let cfg = RunConfig {
         plan: plan.clone(),
         plan_file: "plan.yaml".into(),
@@ -472,7 +459,7 @@ fn actions_on(calls: &[Call], side: Side) -> BTreeMap<String, usize> {
 
 #[tokio::test]
 async fn printed_policies_allow_every_call_of_a_cross_account_run() {
-    let plan = parse("plan.yaml", CROSS).unwrap();
+    let plan = parse("plan.yaml", &cross()).unwrap();
     let (printed, calls) = replay(&plan, true).await;
     let target = actions_on(&calls, Side::TARGET);
     // The replay reaches the deletes on the target side, not only the happy path.
@@ -504,7 +491,7 @@ async fn printed_policies_allow_every_call_of_a_cross_account_run() {
 /// that nobody can delete the copies before they expire.
 #[tokio::test]
 async fn printed_policies_allow_every_lock_call_of_a_locked_run() {
-    let text = CROSS
+    let text = cross()
         .replace("  keep: 1\n", "  keep: 1\n  every: 24h\n  lock: {mode: compliance, duration: 1d, cool_off: 1h}\n");
     let plan = parse("plan.yaml", &text).unwrap();
     let (printed, calls) = replay(&plan, true).await;
@@ -536,7 +523,7 @@ async fn printed_policies_allow_every_lock_call_of_a_locked_run() {
         "{text}"
     );
     assert!(text.contains("nobody can delete these copies before their locks expire"), "{text}");
-    let week = CROSS.replace("  keep: 1\n", "  keep: 7\n  every: 24h\n  lock: {mode: governance, duration: 2d}\n");
+    let week = cross().replace("  keep: 1\n", "  keep: 7\n  every: 24h\n  lock: {mode: governance, duration: 2d}\n");
     let offline = DryRun::new(&parse("plan.yaml", &week).unwrap(), None, &[], None, true).text();
     assert!(offline.contains("copies are protected for 2d of the 7d they are kept"), "{offline}");
     assert!(!offline.contains("nobody can delete"), "governance is not compliance: {offline}");
@@ -553,7 +540,7 @@ async fn printed_policies_allow_every_lock_call_of_a_locked_run() {
 /// allowed by what the dry-run prints, which also says the requests per copy.
 #[tokio::test]
 async fn printed_policies_allow_every_verify_call_of_a_verified_run() {
-    let text = CROSS.replace("  keep: 1\n", "  keep: 1\n  verify: full\n");
+    let text = cross().replace("  keep: 1\n", "  keep: 1\n  verify: full\n");
     let plan = parse("plan.yaml", &text).unwrap();
     let (printed, calls) = replay(&plan, true).await;
     for side in [Side::Source, Side::TARGET] {
@@ -572,7 +559,7 @@ async fn printed_policies_allow_every_verify_call_of_a_verified_run() {
 
 #[tokio::test]
 async fn without_retention_the_target_role_may_still_delete_a_copy_in_error() {
-    let plan = parse("plan.yaml", &CROSS.replace("  keep: 1\n", "")).unwrap();
+    let plan = parse("plan.yaml", &cross().replace("  keep: 1\n", "")).unwrap();
     assert!(plan.options.keep.is_none());
     let (printed, calls) = replay(&plan, true).await;
     assert!(actions_on(&calls, Side::TARGET).contains_key("ec2:DeleteSnapshot"), "the copy in error is deleted");
@@ -582,7 +569,7 @@ async fn without_retention_the_target_role_may_still_delete_a_copy_in_error() {
 
 #[tokio::test]
 async fn printed_policies_allow_every_call_of_a_same_account_run() {
-    let text = CROSS
+    let text = cross()
         .replace("  account: \"222222222222\"\n  role_arn: arn:aws:iam::222222222222:role/dr\n  external_id: x-1\n", "")
         .replace("name: iam-check", "name: iam-check-same");
     let plan = parse("plan.yaml", &text).unwrap();
@@ -594,35 +581,22 @@ async fn printed_policies_allow_every_call_of_a_same_account_run() {
 
 /// Two targets: one in another account, reached by its role, and one in the caller's
 /// own account in a third region.
-const FANOUT: &str = r#"
-version: 1
-name: iam-fan
-source:
-  region: us-east-1
-  account: "111111111111"
-  kms_key: alias/share
-targets:
-  - region: eu-west-1
-    account: "222222222222"
-    role_arn: arn:aws:iam::222222222222:role/dr
-    external_id: x-1
-    kms_key: alias/dr
-    availability_zone: eu-west-1a
-  - region: us-west-2
-    account: "111111111111"
-    kms_key: alias/local-dr
-    availability_zone: us-west-2c
-volumes:
-  - id: vol-00000000000000001
-  - id: vol-00000000000000002
-  - id: vol-00000000000000003
-options:
-  keep: 1
-"#;
+pub(super) fn fan_out() -> String {
+    let local = Target {
+        region: "us-west-2",
+        account: SOURCE_ACCOUNT,
+        role: None,
+        external_id: None,
+        kms_key: "alias/local-dr",
+        availability_zone: "us-west-2c",
+        more: &[],
+    };
+    plans::plan_text("iam-fan", &[Target { availability_zone: "eu-west-1a", ..DR_X }, local], 3, "  keep: 1\n")
+}
 
 #[tokio::test]
 async fn printed_policies_allow_every_call_of_a_fan_out_run_per_target() {
-    let plan = parse("plan.yaml", FANOUT).unwrap();
+    let plan = parse("plan.yaml", &fan_out()).unwrap();
     let (printed, calls) = replay(&plan, true).await;
     assert_eq!(printed.targets.len(), 2);
     assert!(printed.targets[0].cross_account && !printed.targets[1].cross_account);

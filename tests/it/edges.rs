@@ -4,12 +4,9 @@
 //! metrics file that cannot be written, missing credentials, and an invalid plan.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
-use super::cli::{bin, code, json, root, run};
+use crate::support::bin::{bin, code, edit_world, json, root, run, same_account_plan, spawn_hanging};
 
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -17,24 +14,6 @@ fn stderr(o: &std::process::Output) -> String {
 
 /// A copy of `plans/same-account.yaml` in `dir` with `edit` applied, without the
 /// named profile (the simulated AWS needs none).
-fn same_account_plan(dir: &Path, edit: impl Fn(String) -> String) -> std::path::PathBuf {
-    let text = std::fs::read_to_string(root("plans/same-account.yaml")).unwrap().replace("  profile: platform\n", "");
-    let path = dir.join("plan.yaml");
-    std::fs::write(&path, edit(text)).unwrap();
-    path
-}
-
-fn world_path(dir: &Path) -> std::path::PathBuf {
-    dir.join(".snapferry/simulated-aws/build-cache-move.json")
-}
-
-fn edit_world(dir: &Path, f: impl FnOnce(&mut Value)) {
-    let path = world_path(dir);
-    let mut world: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    f(&mut world);
-    std::fs::write(&path, serde_json::to_vec(&world).unwrap()).unwrap();
-}
-
 #[test]
 fn log_lines_carry_no_colour_when_stderr_is_not_a_terminal() {
     let dir = tempfile::tempdir().unwrap();
@@ -74,17 +53,7 @@ fn status_of_a_killed_run_is_not_running() {
     // A call late in the next run (past preflight, which checkpoints nothing) takes
     // effect and never returns: the process lives on, checkpointed as running, until
     // it is killed.
-    edit_world(dir.path(), |w| {
-        let calls = w["total_calls"].as_u64().unwrap();
-        w["faults"]["halt_after_calls"] = Value::from(calls + calls * 3 / 4);
-    });
-    let mut child = bin()
-        .args(["run", plan.to_str().unwrap(), "--simulate", "--run-id", "killed-run"])
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_hanging(&plan, dir.path(), "killed-run");
     let started = Instant::now();
     let checkpoint = dir.path().join(".snapferry/runs/killed-run/checkpoint.json");
     while !checkpoint.exists() {

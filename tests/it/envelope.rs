@@ -13,6 +13,8 @@ use snapferry::envelope::{
 };
 use zeroize::Zeroizing;
 
+use crate::support::bytes::data;
+
 /// Small chunks keep the multi-chunk cases fast; the format allows any size per header.
 const CHUNK: u32 = 64 * 1024;
 const C: usize = CHUNK as usize;
@@ -32,19 +34,6 @@ fn other_key() -> Zeroizing<[u8; 32]> {
 fn header(chunk_size: u32) -> Header {
     // 184 bytes: the size of a real CiphertextBlob for an AES_256 data key.
     Header::new(ARN, vec![0xA5; 184], chunk_size).expect("valid header")
-}
-
-/// Deterministic, incompressible-looking bytes (xorshift), so chunks differ.
-fn data(len: usize) -> Vec<u8> {
-    let mut state = 0x9E37_79B9_7F4A_7C15_u64 ^ len as u64;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
 }
 
 fn seal_with(plain: &[u8], header: &Header) -> Vec<u8> {

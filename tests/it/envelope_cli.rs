@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use snapferry::envelope::{Header, encrypt_file};
 
 use crate::esdk_interop::{Interop, arg, data, ok};
+use crate::support::bin::{BIN, snapferry};
 
 /// moto's default account.
 const ACCOUNT: &str = "123456789012";
@@ -126,7 +127,7 @@ const UNDER_WAY_TIMEOUT: Duration = Duration::from_secs(90);
 /// sends it `signal`, and checks that it ended with exit 130 leaving neither.
 fn interrupt(rig: &Interop, args: &[&str], out: &Path, signal: &str) {
     let name = out.file_name().unwrap().to_str().unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_snapferry"));
+    let mut cmd = snapferry();
     rig.env(&mut cmd);
     let mut child =
         cmd.args(args).arg(out).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("run snapferry");
@@ -181,7 +182,7 @@ fn a_signal_mid_decrypt_or_encrypt_leaves_no_file() {
 fn with_umask_022(rig: &Interop, args: &[&str]) -> Output {
     let mut cmd = Command::new("sh");
     rig.env(&mut cmd);
-    cmd.args(["-c", "umask 022 && exec \"$0\" \"$@\"", env!("CARGO_BIN_EXE_snapferry")]).args(args).output().unwrap()
+    cmd.args(["-c", "umask 022 && exec \"$0\" \"$@\"", BIN]).args(args).output().unwrap()
 }
 
 #[test]
@@ -217,9 +218,9 @@ fn prepared_keys_and_random_bytes_are_the_owners_only_and_never_written_through_
 #[test]
 fn the_state_dir_is_the_owners_only() {
     let dir = tempfile::tempdir().unwrap();
-    let plan = crate::cli::root("plans/example.yaml");
+    let plan = crate::support::bin::root("plans/example.yaml");
     let o = Command::new("sh")
-        .args(["-c", "umask 022 && exec \"$0\" \"$@\"", env!("CARGO_BIN_EXE_snapferry")])
+        .args(["-c", "umask 022 && exec \"$0\" \"$@\"", BIN])
         .args(["run", plan.to_str().unwrap(), "--simulate"])
         .env_remove("SNAPFERRY_STATE_DIR")
         .env_remove("AWS_ENDPOINT_URL")

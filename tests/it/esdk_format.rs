@@ -12,20 +12,10 @@ use snapferry::envelope::{
     encrypt_message_file, read_envelope_file, read_message_header,
 };
 
+use crate::support::bytes::data;
+
 const ARN: &str = "arn:aws:kms:eu-west-1:222222222222:key/1234abcd-12ab-34cd-56ef-1234567890ab";
 const KEY: [u8; 32] = [0x42; 32];
-
-fn data(len: usize) -> Vec<u8> {
-    let mut state = 0x9E37_79B9_7F4A_7C15_u64 ^ len as u64;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
 
 /// Encrypts `plain` as one message; returns the message bytes and its header.
 fn seal(suite: Suite, frame_length: u32, pairs: &[(&str, &str)], plain: &[u8]) -> (Vec<u8>, MessageHeader) {

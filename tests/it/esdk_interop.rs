@@ -11,11 +11,13 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use serde_json::{Value, json};
 use snapferry::envelope::{Header, encrypt_file};
 
+use crate::support::bin::{against_moto, snapferry};
+use crate::support::bytes::seeded;
 use crate::support::moto::Moto;
 
 const INSTALL_HINT: &str = "the interoperability tests need the AWS Encryption SDK CLI: \
@@ -53,18 +55,9 @@ impl Interop {
 
     /// Nothing of the developer's AWS setup: test credentials and moto's endpoint.
     pub(crate) fn env(&self, cmd: &mut Command) {
-        cmd.env_clear()
+        against_moto(cmd, &self.moto.endpoint, self.dir.path(), "testing")
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOME", self.dir.path())
-            .env("AWS_ENDPOINT_URL", &self.moto.endpoint)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_DEFAULT_REGION", "us-east-1")
-            .env("AWS_CONFIG_FILE", self.path("aws-config"))
-            .env("AWS_SHARED_CREDENTIALS_FILE", self.path("aws-credentials"))
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .stdin(Stdio::null());
+            .env("AWS_DEFAULT_REGION", "us-east-1");
     }
 
     /// Runs a boto3 script that prints one JSON value.
@@ -78,7 +71,7 @@ impl Interop {
     }
 
     pub(crate) fn snapferry(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_snapferry"));
+        let mut cmd = snapferry();
         self.env(&mut cmd);
         cmd.args(args).args(["--state-dir", self.path("state").to_str().unwrap()]).output().expect("run snapferry")
     }
@@ -128,16 +121,9 @@ pub(crate) fn ok(out: &Output, what: &str) {
     );
 }
 
+/// The plaintexts of the interoperability cases.
 pub(crate) fn data(len: usize) -> Vec<u8> {
-    let mut state = 0x2545_F491_4F6C_DD1D_u64 ^ len as u64;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
+    seeded(0x2545_F491_4F6C_DD1D, len)
 }
 
 /// One interoperability case: suite, frame length, plaintext length, context pairs.

@@ -4,113 +4,21 @@
 //! that fails alone and is finished by a rerun without touching the others, and
 //! crash safety at every call of a fan-out run.
 
-use std::sync::Arc;
-
-use snapferry::checkpoint::{RunStatus, Store};
-use snapferry::cloud::sim::{SimCloud, World, seed_from_plan};
-use snapferry::exec::{Env, RunConfig, RunReport, run};
+use snapferry::checkpoint::RunStatus;
 use snapferry::ids::AccountId;
-use snapferry::plan::{Plan, parse};
-use tokio::sync::watch;
+
+use crate::support::plans::{self, DR_ACCOUNT as DR, SOURCE_ACCOUNT as SOURCE, VAULT_ACCOUNT as VAULT};
+use crate::support::rig::{Backend, Rig, crash_and_lose_state_after, crash_and_resume};
 
 /// Two targets in two accounts and regions; the seed puts volume 1 under the source
 /// key, volume 2 under aws/ebs and volume 3 unencrypted.
-const FANOUT: &str = r#"
-version: 1
-name: fan-test
-source:
-  region: us-east-1
-  account: "111111111111"
-  kms_key: alias/share
-targets:
-  - region: eu-west-1
-    account: "222222222222"
-    role_arn: arn:aws:iam::222222222222:role/dr
-    kms_key: alias/dr
-    availability_zone: eu-west-1b
-  - region: us-west-2
-    account: "333333333333"
-    role_arn: arn:aws:iam::333333333333:role/vault
-    kms_key: alias/vault
-    availability_zone: us-west-2a
-volumes:
-  - id: vol-00000000000000001
-  - id: vol-00000000000000002
-  - id: vol-00000000000000003
-"#;
-
-fn plan(text: &str) -> Plan {
-    parse("fan.yaml", text).unwrap_or_else(|e| panic!("{e}"))
+fn fan_out() -> String {
+    plans::fan_out("fan-test", 3, "")
 }
-
-struct Rig {
-    plan: Plan,
-    sim: SimCloud,
-    _dir: tempfile::TempDir,
-    store: Store,
-}
-
-impl Rig {
-    fn with(plan: Plan, tweak: impl FnOnce(&mut World)) -> Self {
-        let (mut world, sides) = seed_from_plan(&plan, 1_800_000_000_000);
-        tweak(&mut world);
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::new(dir.path());
-        Rig { plan, sim: SimCloud::new(world, sides), _dir: dir, store }
-    }
-
-    fn cfg(&self) -> RunConfig {
-        RunConfig {
-            plan: self.plan.clone(),
-            plan_file: "fan.yaml".into(),
-            run_id: None,
-            simulated: true,
-            probe_permissions: true,
-            progress: None,
-        }
-    }
-
-    fn env(&self, sim: &SimCloud) -> Env {
-        Env { cloud: Arc::new(sim.clone()), clock: Arc::new(sim.clone()), store: self.store.clone() }
-    }
-
-    async fn run(&self) -> RunReport {
-        let (_tx, rx) = watch::channel(false);
-        run(self.cfg(), self.env(&self.sim), rx).await.unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    fn calls(&self, action: &str) -> u64 {
-        self.sim.with_world(|w| w.calls.get(action).copied().unwrap_or(0))
-    }
-
-    /// Snapshots (or volumes, for `volume`) this plan made with `step`, in `account`.
-    fn made_in(&self, account: &str, step: &str) -> Vec<String> {
-        self.sim.with_world(|w| {
-            let tagged = |t: &std::collections::BTreeMap<String, String>| {
-                t.get("snapferry:step").map(String::as_str) == Some(step)
-            };
-            let mut out: Vec<String> = w
-                .snapshots
-                .values()
-                .filter(|s| s.owner.as_str() == account && tagged(&s.tags))
-                .map(|s| s.id.to_string())
-                .collect();
-            out.extend(
-                w.volumes.values().filter(|v| v.owner.as_str() == account && tagged(&v.tags)).map(|v| v.id.to_string()),
-            );
-            out.sort();
-            out
-        })
-    }
-}
-
-const SOURCE: &str = "111111111111";
-const DR: &str = "222222222222";
-const VAULT: &str = "333333333333";
 
 #[tokio::test]
 async fn two_targets_get_a_copy_each_from_one_snapshot_and_at_most_one_reencryption_per_volume() {
-    let rig = Rig::with(plan(FANOUT), |_| {});
+    let rig = Rig::with(&fan_out(), |_| {});
     let r = rig.run().await;
     assert_eq!(r.status, RunStatus::Succeeded, "{r:#?}");
     assert_eq!(r.volumes.len(), 3);
@@ -129,10 +37,10 @@ async fn two_targets_get_a_copy_each_from_one_snapshot_and_at_most_one_reencrypt
     assert_eq!(rig.calls("kms:PutKeyPolicy"), 1, "one write for both accounts' statements");
     assert_eq!(rig.calls("ec2:CreateVolume"), 6);
     for account in [DR, VAULT] {
-        assert_eq!(rig.made_in(account, "copy").len(), 3, "copies in {account}");
-        assert_eq!(rig.made_in(account, "volume").len(), 3, "volumes in {account}");
+        assert_eq!(rig.made("copy", Some(account)).len(), 3, "copies in {account}");
+        assert_eq!(rig.made("volume", Some(account)).len(), 3, "volumes in {account}");
     }
-    assert!(rig.made_in(SOURCE, "snapshot").is_empty() && rig.made_in(SOURCE, "reencrypt").is_empty());
+    assert!(rig.made("snapshot", Some(SOURCE)).is_empty() && rig.made("reencrypt", Some(SOURCE)).is_empty());
     // Each target's copies are under its own key, and the source key grants both.
     rig.sim.with_world(|w| {
         for s in w.snapshots.values().filter(|s| s.tags.get("snapferry:step").map(String::as_str) == Some("copy")) {
@@ -155,7 +63,7 @@ async fn two_targets_get_a_copy_each_from_one_snapshot_and_at_most_one_reencrypt
 #[tokio::test]
 async fn a_target_whose_copies_fail_fails_alone_and_a_fixed_rerun_finishes_it_without_touching_the_other() {
     let vault = AccountId::parse(VAULT).unwrap();
-    let rig = Rig::with(plan(FANOUT), |w| w.faults.key_inaccessible_to = Some(vault.clone()));
+    let rig = Rig::with(&fan_out(), |w| w.faults.key_inaccessible_to = Some(vault.clone()));
     let r = rig.run().await;
     assert_eq!(r.status, RunStatus::Failed, "{r:#?}");
     for v in &r.volumes {
@@ -168,8 +76,8 @@ async fn a_target_whose_copies_fail_fails_alone_and_a_fixed_rerun_finishes_it_wi
         assert!(v.error.as_deref().unwrap().contains(VAULT), "the volume's error names the target: {v:#?}");
     }
     // The intermediates stay for the copies still to be made.
-    assert!(!rig.made_in(SOURCE, "snapshot").is_empty());
-    let dr_before = (rig.made_in(DR, "copy"), rig.made_in(DR, "volume"));
+    assert!(!rig.made("snapshot", Some(SOURCE)).is_empty());
+    let dr_before = (rig.made("copy", Some(DR)), rig.made("volume", Some(DR)));
     assert_eq!(dr_before.0.len(), 3);
 
     rig.sim.with_world(|w| w.faults.key_inaccessible_to = None);
@@ -182,46 +90,33 @@ async fn a_target_whose_copies_fail_fails_alone_and_a_fixed_rerun_finishes_it_wi
     assert_eq!(rig.calls("ec2:CopySnapshot") - copies_before, 3, "only the vault's copies are made again");
     assert_eq!(rig.calls("ec2:CreateVolume") - volumes_before, 3);
     assert_eq!(rig.calls("ec2:CreateSnapshot"), snapshots_before, "no new snapshot");
-    assert_eq!((rig.made_in(DR, "copy"), rig.made_in(DR, "volume")), dr_before, "the recovery account is untouched");
-    assert_eq!(rig.made_in(VAULT, "copy").len(), 3, "the errored copies were deleted, then made anew");
-    assert_eq!(rig.made_in(VAULT, "volume").len(), 3);
-    assert!(rig.made_in(SOURCE, "snapshot").is_empty() && rig.made_in(SOURCE, "reencrypt").is_empty());
-}
-
-/// Halts the run right after call `k` took effect, then resumes it to the end.
-async fn crash_after(text: &str, k: u64) -> (Rig, RunReport, bool) {
-    let rig = Rig::with(plan(text), |w| w.faults.halt_after_calls = Some(k));
-    let (_tx, rx) = watch::channel(false);
-    tokio::select! {
-        r = run(rig.cfg(), rig.env(&rig.sim), rx) => {
-            let r = r.unwrap();
-            return (rig, r, false);
-        }
-        _ = rig.sim.halted() => {}
-    }
-    let resumed = rig.sim.resume_after_halt();
-    let (_tx, rx) = watch::channel(false);
-    let r = run(rig.cfg(), rig.env(&resumed), rx).await.unwrap_or_else(|e| panic!("resume after {k} calls: {e}"));
-    (rig, r, true)
+    assert_eq!(
+        (rig.made("copy", Some(DR)), rig.made("volume", Some(DR))),
+        dr_before,
+        "the recovery account is untouched"
+    );
+    assert_eq!(rig.made("copy", Some(VAULT)).len(), 3, "the errored copies were deleted, then made anew");
+    assert_eq!(rig.made("volume", Some(VAULT)).len(), 3);
+    assert!(rig.made("snapshot", Some(SOURCE)).is_empty() && rig.made("reencrypt", Some(SOURCE)).is_empty());
 }
 
 #[tokio::test]
 async fn crash_at_every_call_of_a_fan_out_run_then_resume_leaves_one_copy_per_volume_and_target() {
-    let clean = Rig::with(plan(FANOUT), |_| {});
+    let clean = Rig::with(&fan_out(), |_| {});
     assert_eq!(clean.run().await.status, RunStatus::Succeeded);
     let total = clean.sim.with_world(|w| w.total_calls);
     let mut crashed = 0;
     for k in 1..=total {
-        let (rig, r, halted) = crash_after(FANOUT, k).await;
+        let (rig, r, halted) = crash_and_resume(Backend::Local, &fan_out(), k).await;
         crashed += u64::from(halted);
         assert_eq!(r.status, RunStatus::Succeeded, "after a crash at call {k}: {r:#?}");
         assert!(r.volumes.iter().all(|v| v.copies.iter().all(|c| c.status == "succeeded")), "call {k}: {r:#?}");
         for account in [DR, VAULT] {
-            assert_eq!(rig.made_in(account, "copy").len(), 3, "copies in {account} after a crash at call {k}");
-            assert_eq!(rig.made_in(account, "volume").len(), 3, "volumes in {account} after a crash at call {k}");
+            assert_eq!(rig.made("copy", Some(account)).len(), 3, "copies in {account} after a crash at call {k}");
+            assert_eq!(rig.made("volume", Some(account)).len(), 3, "volumes in {account} after a crash at call {k}");
         }
         assert!(
-            rig.made_in(SOURCE, "snapshot").is_empty() && rig.made_in(SOURCE, "reencrypt").is_empty(),
+            rig.made("snapshot", Some(SOURCE)).is_empty() && rig.made("reencrypt", Some(SOURCE)).is_empty(),
             "orphans on the source side after call {k}"
         );
         rig.sim.with_world(|w| {
@@ -240,29 +135,21 @@ async fn crash_at_every_call_of_a_fan_out_run_then_resume_leaves_one_copy_per_vo
 
 #[tokio::test]
 async fn crash_at_every_call_with_the_state_lost_adopts_every_targets_copies() {
-    let clean = Rig::with(plan(FANOUT), |_| {});
+    let clean = Rig::with(&fan_out(), |_| {});
     assert_eq!(clean.run().await.status, RunStatus::Succeeded);
     let total = clean.sim.with_world(|w| w.total_calls);
     for k in 1..total {
-        let rig = Rig::with(plan(FANOUT), |w| w.faults.halt_after_calls = Some(k));
-        let (_tx, rx) = watch::channel(false);
-        tokio::select! {
-            _ = run(rig.cfg(), rig.env(&rig.sim), rx) => panic!("the run ended before call {k} of {total}"),
-            _ = rig.sim.halted() => {}
-        }
         // The state is lost with the crash, as on an ephemeral CI runner.
-        let fresh_dir = tempfile::tempdir().unwrap();
-        let rig = Rig { store: Store::new(fresh_dir.path()), _dir: fresh_dir, ..rig };
-        let resumed = rig.sim.resume_after_halt();
-        let (_tx, rx) = watch::channel(false);
-        let r = run(rig.cfg(), rig.env(&resumed), rx).await.unwrap_or_else(|e| panic!("rerun after {k} calls: {e}"));
+        let Some((rig, r, _)) = crash_and_lose_state_after(&fan_out(), k).await else {
+            panic!("the run ended before call {k} of {total}");
+        };
         assert_eq!(r.status, RunStatus::Succeeded, "after a crash at call {k}: {r:#?}");
         for account in [DR, VAULT] {
-            assert_eq!(rig.made_in(account, "copy").len(), 3, "copies in {account} after call {k}");
-            assert_eq!(rig.made_in(account, "volume").len(), 3, "volumes in {account} after call {k}");
+            assert_eq!(rig.made("copy", Some(account)).len(), 3, "copies in {account} after call {k}");
+            assert_eq!(rig.made("volume", Some(account)).len(), 3, "volumes in {account} after call {k}");
         }
         assert!(
-            rig.made_in(SOURCE, "snapshot").is_empty() && rig.made_in(SOURCE, "reencrypt").is_empty(),
+            rig.made("snapshot", Some(SOURCE)).is_empty() && rig.made("reencrypt", Some(SOURCE)).is_empty(),
             "orphans on the source side after call {k}"
         );
         rig.sim.with_world(|w| {
@@ -277,9 +164,9 @@ const RECURRING: &str = "options:\n  every: 24h\n  create_volume: false\n  keep:
 
 #[tokio::test]
 async fn a_recurring_fan_out_plan_stays_fresh_per_target_and_a_failing_target_holds_back_no_other() {
-    let text = format!("{FANOUT}{RECURRING}");
+    let text = format!("{}{RECURRING}", fan_out());
     let vault = AccountId::parse(VAULT).unwrap();
-    let rig = Rig::with(plan(&text), |_| {});
+    let rig = Rig::with(&text, |_| {});
     let first = rig.run().await;
     assert_eq!(first.status, RunStatus::Succeeded, "{first:#?}");
 
@@ -303,7 +190,7 @@ async fn a_recurring_fan_out_plan_stays_fresh_per_target_and_a_failing_target_ho
     let third = rig.run().await;
     assert_eq!(third.status, RunStatus::Failed);
     assert!(third.volumes.iter().all(|v| v.copies[0].status == "succeeded" && v.copies[1].status == "failed"));
-    assert_eq!(rig.made_in(DR, "copy").len(), 6, "a second round of copies in the recovery account");
+    assert_eq!(rig.made("copy", Some(DR)).len(), 6, "a second round of copies in the recovery account");
 
     // Fixed an hour later: only the vault's copies are made; the recovery account's
     // are fresh and left alone.
@@ -315,19 +202,19 @@ async fn a_recurring_fan_out_plan_stays_fresh_per_target_and_a_failing_target_ho
     let fourth = rig.run().await;
     assert_eq!(fourth.status, RunStatus::Succeeded, "{fourth:#?}");
     assert_eq!(rig.calls("ec2:CopySnapshot") - copies_before, 3, "only the vault's copies");
-    assert_eq!(rig.made_in(DR, "copy").len(), 6);
-    assert_eq!(rig.made_in(VAULT, "copy").len(), 6, "keep: 2 per volume in the vault too");
-    assert!(rig.made_in(SOURCE, "snapshot").is_empty() && rig.made_in(SOURCE, "reencrypt").is_empty());
+    assert_eq!(rig.made("copy", Some(DR)).len(), 6);
+    assert_eq!(rig.made("copy", Some(VAULT)).len(), 6, "keep: 2 per volume in the vault too");
+    assert!(rig.made("snapshot", Some(SOURCE)).is_empty() && rig.made("reencrypt", Some(SOURCE)).is_empty());
 }
 
 #[tokio::test]
 async fn cleanup_of_a_fan_out_run_stops_pending_copies_in_every_target_and_revokes_both_statements() {
-    let text = format!("{FANOUT}options:\n  timeouts: {{copy: 30m}}\n");
-    let rig = Rig::with(plan(&text), |w| w.timing.copy_base_ms = 7_200_000);
+    let text = format!("{}options:\n  timeouts: {{copy: 30m}}\n", fan_out());
+    let rig = Rig::with(&text, |w| w.timing.copy_base_ms = 7_200_000);
     let first = rig.run().await;
     assert_eq!(first.status, RunStatus::Failed);
-    assert_eq!(rig.made_in(DR, "copy").len() + rig.made_in(VAULT, "copy").len(), 6);
-    let env = rig.env(&rig.sim);
+    assert_eq!(rig.made("copy", Some(DR)).len() + rig.made("copy", Some(VAULT)).len(), 6);
+    let env = rig.env();
     let summary = snapferry::exec::cleanup(&env.store, env.cloud.as_ref(), env.clock.as_ref(), &first.run_id, None)
         .await
         .unwrap();
@@ -335,9 +222,9 @@ async fn cleanup_of_a_fan_out_run_stops_pending_copies_in_every_target_and_revok
     assert_eq!(summary.stopped_copies.len(), 6, "{summary:#?}");
     assert_eq!(summary.grant, format!("{DR}: revoked; {VAULT}: revoked"));
     for account in [DR, VAULT, SOURCE] {
-        assert!(rig.made_in(account, "copy").is_empty(), "copies left in {account}");
+        assert!(rig.made("copy", Some(account)).is_empty(), "copies left in {account}");
     }
-    assert!(rig.made_in(SOURCE, "snapshot").is_empty() && rig.made_in(SOURCE, "reencrypt").is_empty());
+    assert!(rig.made("snapshot", Some(SOURCE)).is_empty() && rig.made("reencrypt", Some(SOURCE)).is_empty());
     rig.sim.with_world(|w| {
         for k in w.keys.iter().filter(|k| k.account.as_str() == SOURCE) {
             assert!(!k.policy.contains("SnapferryShare-fan-test"), "{}", k.policy);

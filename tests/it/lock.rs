@@ -11,19 +11,34 @@ use snapferry::cloud::{ErrorKind, LockedSnapshot};
 use snapferry::ids::{AccountId, Region, SnapshotId};
 use snapferry::lock::{LockMode, LockSpec, LockState};
 
-use super::sim::{
-    Backend, CROSS, Rig, assert_all_succeeded, calls, calls_of_a_clean_run, crash_after, crash_and_lose_state_after,
-    plan,
+use super::sim::cross;
+use crate::support::plans::{self, DR, Target, VAULT_ACCOUNT};
+use crate::support::rig::{
+    Backend, Rig, assert_all_succeeded, calls_of_a_clean_run, crash_and_lose_state_after, crash_and_resume,
 };
 
 const DAY_MS: i64 = 86_400_000;
+
+/// Two targets, the second one's copies unlocked (`lock: none`).
+pub(super) fn fan_out_one_unlocked() -> String {
+    let standby = Target {
+        region: "us-west-2",
+        account: VAULT_ACCOUNT,
+        role: Some("standby"),
+        external_id: None,
+        kms_key: "alias/standby",
+        availability_zone: "us-west-2a",
+        more: &["lock: none"],
+    };
+    plans::plan_text("crash-test", &[DR, standby], 2, "  lock: {mode: compliance, duration: 30d, cool_off: 24h}\n")
+}
 
 fn locked(text: &str, lock: &str) -> String {
     format!("{text}  lock: {lock}\n")
 }
 
 fn governance_2d() -> String {
-    locked(CROSS, "{mode: governance, duration: 2d}")
+    locked(&cross(), "{mode: governance, duration: 2d}")
 }
 
 /// The copies in the target account and what the world says of their locks now.
@@ -49,11 +64,11 @@ fn refused_deletes(rig: &Rig) -> u64 {
 /// pending; its lock expires two days after it completed; the report says so.
 #[tokio::test]
 async fn every_copy_is_locked_while_pending_and_the_report_shows_its_lock() {
-    let rig = Rig::new(plan(&governance_2d()));
-    let r = rig.run().await.unwrap();
+    let rig = Rig::new(&governance_2d());
+    let r = rig.run().await;
     assert_all_succeeded(&r);
-    assert_eq!(calls(&rig, "ec2:LockSnapshot"), 3, "one LockSnapshot per copy");
-    assert_eq!(calls(&rig, "ec2:CopySnapshot"), 3 + 2, "three copies and two re-encryptions");
+    assert_eq!(rig.calls("ec2:LockSnapshot"), 3, "one LockSnapshot per copy");
+    assert_eq!(rig.calls("ec2:CopySnapshot"), 3 + 2, "three copies and two re-encryptions");
     let copies = copy_locks(&rig);
     assert_eq!(copies.len(), 3);
     rig.sim.with_world(|w| {
@@ -80,9 +95,9 @@ async fn every_copy_is_locked_while_pending_and_the_report_shows_its_lock() {
     assert_eq!(json["volumes"][0]["copies"][0]["lock"], json["volumes"][0]["lock"], "{json:#}");
 
     // Without `lock`, the report says `null` and no lock call is made.
-    let plain = Rig::new(plan(CROSS));
-    let r = plain.run().await.unwrap();
-    assert_eq!(calls(&plain, "ec2:LockSnapshot") + calls(&plain, "ec2:DescribeLockedSnapshots"), 0);
+    let plain = Rig::new(&cross());
+    let r = plain.run().await;
+    assert_eq!(plain.calls("ec2:LockSnapshot") + plain.calls("ec2:DescribeLockedSnapshots"), 0);
     assert!(serde_json::to_value(&r).unwrap()["volumes"][0]["lock"].is_null());
 
     // The cost of `lock`: one LockSnapshot per copy, plus per locked target and
@@ -96,8 +111,8 @@ async fn every_copy_is_locked_while_pending_and_the_report_shows_its_lock() {
         with as f64 / 3.0
     );
     assert_eq!(with - without, 3 + 1 + 1);
-    assert_eq!(calls(&rig, "ec2:DescribeLockedSnapshots"), 1);
-    assert_eq!(calls(&rig, "kms:GetKeyPolicy") - calls(&plain, "kms:GetKeyPolicy"), 1);
+    assert_eq!(rig.calls("ec2:DescribeLockedSnapshots"), 1);
+    assert_eq!(rig.calls("kms:GetKeyPolicy") - plain.calls("kms:GetKeyPolicy"), 1);
 }
 
 /// `keep: 1`, `every: 24h` and a 2-day lock over six rounds: each round leaves the
@@ -107,11 +122,11 @@ async fn every_copy_is_locked_while_pending_and_the_report_shows_its_lock() {
 #[tokio::test]
 async fn retention_keeps_locked_copies_and_deletes_them_after_their_locks_expire() {
     let text = format!("{}  every: 24h\n  keep: 1\n", governance_2d());
-    let rig = Rig::new(plan(&text));
+    let rig = Rig::new(&text);
     let mut kept_locked_seen = false;
     let mut deleted = 0;
     for round in 1..=6 {
-        let r = rig.run().await.unwrap();
+        let r = rig.run().await;
         assert_all_succeeded(&r);
         assert_eq!(refused_deletes(&rig), 0, "round {round}: a DeleteSnapshot AWS had to refuse");
         if let Some(p) = &r.retention {
@@ -142,7 +157,7 @@ async fn retention_keeps_locked_copies_and_deletes_them_after_their_locks_expire
     assert!(kept_locked_seen, "some copy past keep was kept for its lock");
     assert!(deleted >= 6, "copies whose locks expired were deleted: {deleted}");
     // Every deletion attempt read the locks first.
-    assert!(calls(&rig, "ec2:DescribeLockedSnapshots") > 0);
+    assert!(rig.calls("ec2:DescribeLockedSnapshots") > 0);
 }
 
 /// A round that makes nothing (every volume fresh) still deletes the copies whose
@@ -150,16 +165,16 @@ async fn retention_keeps_locked_copies_and_deletes_them_after_their_locks_expire
 /// kept by the second round and deleted by the fresh third one.
 #[tokio::test]
 async fn a_fresh_round_deletes_copies_whose_locks_expired() {
-    let text = format!("{}  every: 72h\n  keep: 1\n", locked(CROSS, "{mode: governance, duration: 4d}"));
-    let rig = Rig::new(plan(&text));
-    assert_all_succeeded(&rig.run().await.unwrap());
+    let text = format!("{}  every: 72h\n  keep: 1\n", locked(&cross(), "{mode: governance, duration: 4d}"));
+    let rig = Rig::new(&text);
+    assert_all_succeeded(&rig.run().await);
     rig.sim.with_world(|w| w.now_ms += 3 * DAY_MS);
-    let r = rig.run().await.unwrap();
+    let r = rig.run().await;
     assert_all_succeeded(&r);
     let kept = r.retention.as_ref().map(|p| p.locked.len()).unwrap_or(0);
     assert_eq!((copy_locks(&rig).len(), kept), (6, 3), "{:?}", r.retention);
     rig.sim.with_world(|w| w.now_ms += 3 * DAY_MS / 2);
-    let r = rig.run().await.unwrap();
+    let r = rig.run().await;
     assert!(r.volumes.iter().all(|v| v.status == "fresh"), "{r:#?}");
     assert_eq!(r.retention.as_ref().map(|p| p.snapshots.len()), Some(3), "{:?}", r.retention);
     assert_eq!(copy_locks(&rig).len(), 3);
@@ -174,10 +189,10 @@ async fn crash_at_every_call_of_a_locked_plan_locks_each_copy_once() {
     let text = governance_2d();
     let total = calls_of_a_clean_run(&text).await;
     for k in 1..=total {
-        let (rig, r) = crash_after(Backend::Local, &text, k).await;
+        let (rig, r, _) = crash_and_resume(Backend::Local, &text, k).await;
         assert_all_succeeded(&r);
-        assert_eq!(rig.made("copy"), 3, "copies after a crash at call {k}");
-        assert_eq!(calls(&rig, "ec2:LockSnapshot"), 3, "LockSnapshot calls after a crash at call {k}");
+        assert_eq!(rig.count("copy"), 3, "copies after a crash at call {k}");
+        assert_eq!(rig.calls("ec2:LockSnapshot"), 3, "LockSnapshot calls after a crash at call {k}");
         for (id, lock, _) in copy_locks(&rig) {
             assert!(lock.is_some(), "{id} unlocked after a crash at call {k}");
         }
@@ -198,11 +213,11 @@ async fn crash_at_every_call_with_the_state_lost_adopts_and_locks_every_copy() {
             panic!("the run ended before call {k} of {total}")
         };
         assert_all_succeeded(&r);
-        assert_eq!(rig.made("copy"), 3, "copies after a crash at call {k}");
+        assert_eq!(rig.count("copy"), 3, "copies after a crash at call {k}");
         for (id, lock, _) in copy_locks(&rig) {
             assert!(lock.is_some(), "{id} unlocked after a crash at call {k} and a lost state");
         }
-        assert!(calls(&rig, "ec2:LockSnapshot") <= 3 + 1, "call {k}");
+        assert!(rig.calls("ec2:LockSnapshot") <= 3 + 1, "call {k}");
     }
 }
 
@@ -210,35 +225,11 @@ async fn crash_at_every_call_with_the_state_lost_adopts_and_locks_every_copy() {
 /// copies are locked, and the report says so per copy.
 #[tokio::test]
 async fn fan_out_with_one_target_unlocked() {
-    let text = r#"
-version: 1
-name: crash-test
-source:
-  region: us-east-1
-  account: "111111111111"
-  kms_key: alias/share
-targets:
-  - region: eu-west-1
-    account: "222222222222"
-    role_arn: arn:aws:iam::222222222222:role/dr
-    kms_key: alias/dr
-    availability_zone: eu-west-1b
-  - region: us-west-2
-    account: "333333333333"
-    role_arn: arn:aws:iam::333333333333:role/standby
-    kms_key: alias/standby
-    availability_zone: us-west-2a
-    lock: none
-volumes:
-  - id: vol-00000000000000001
-  - id: vol-00000000000000002
-options:
-  lock: {mode: compliance, duration: 30d, cool_off: 24h}
-"#;
-    let rig = Rig::new(plan(text));
-    let r = rig.run().await.unwrap();
+    let text = &fan_out_one_unlocked();
+    let rig = Rig::new(text);
+    let r = rig.run().await;
     assert_all_succeeded(&r);
-    assert_eq!(calls(&rig, "ec2:LockSnapshot"), 2);
+    assert_eq!(rig.calls("ec2:LockSnapshot"), 2);
     rig.sim.with_world(|w| {
         for s in w.snapshots.values().filter(|s| s.tags.get("snapferry:step").map(String::as_str) == Some("copy")) {
             let view = w.lock_view(s);
@@ -262,10 +253,10 @@ options:
 /// not.
 #[tokio::test]
 async fn a_failed_lock_fails_the_volume_and_the_rerun_locks_the_existing_copy() {
-    let rig = Rig::with(plan(&governance_2d()), |w| {
+    let rig = Rig::with(&governance_2d(), |w| {
         w.faults.denied.insert("ec2:LockSnapshot".into());
     });
-    let r = rig.run().await.unwrap();
+    let r = rig.run().await;
     assert_eq!(r.status, RunStatus::Failed);
     for v in &r.volumes {
         assert_eq!((v.status.as_str(), v.step.as_str()), ("failed", "lock"), "{v:#?}");
@@ -273,7 +264,7 @@ async fn a_failed_lock_fails_the_volume_and_the_rerun_locks_the_existing_copy() 
         assert!(e.contains("LockSnapshot of copy snap-") && e.contains("222222222222"), "{e}");
         assert!(v.hint.as_deref().unwrap_or_default().contains("permission"), "{v:#?}");
     }
-    assert_eq!(rig.made("copy"), 3);
+    assert_eq!(rig.count("copy"), 3);
     let record = rig.store.latest_of_plan("crash-test").await.unwrap().unwrap();
     let mut runs = snapferry::cli::Runs::default();
     runs.add(&record);
@@ -287,10 +278,10 @@ async fn a_failed_lock_fails_the_volume_and_the_rerun_locks_the_existing_copy() 
     assert!(text.contains("snapferry_unlocked_copies{plan=\"crash-test\"} 3"), "{text}");
 
     rig.sim.with_world(|w| w.faults.denied.clear());
-    let r = rig.run().await.unwrap();
+    let r = rig.run().await;
     assert_all_succeeded(&r);
-    assert_eq!(calls(&rig, "ec2:CopySnapshot"), 3 + 2, "no second copy");
-    assert_eq!(rig.made("copy"), 3);
+    assert_eq!(rig.calls("ec2:CopySnapshot"), 3 + 2, "no second copy");
+    assert_eq!(rig.count("copy"), 3);
     assert!(copy_locks(&rig).iter().all(|(_, l, _)| l.is_some()));
     let record = rig.store.latest_of_plan("crash-test").await.unwrap().unwrap();
     let mut runs = snapferry::cli::Runs::default();
@@ -301,14 +292,13 @@ async fn a_failed_lock_fails_the_volume_and_the_rerun_locks_the_existing_copy() 
 /// A lock quota fails the volume after bounded retries, resumable the same way.
 #[tokio::test]
 async fn a_lock_quota_fails_the_volume_resumably() {
-    let rig =
-        Rig::with(plan(&governance_2d()), |w| w.faults.lock_refused_with = Some("SnapshotLockLimitExceeded".into()));
-    let r = rig.run().await.unwrap();
+    let rig = Rig::with(&governance_2d(), |w| w.faults.lock_refused_with = Some("SnapshotLockLimitExceeded".into()));
+    let r = rig.run().await;
     assert_eq!(r.status, RunStatus::Failed);
     assert!(r.volumes.iter().all(|v| v.step == "lock"), "{r:#?}");
     rig.sim.with_world(|w| w.faults.lock_refused_with = None);
-    assert_all_succeeded(&rig.run().await.unwrap());
-    assert_eq!(rig.made("copy"), 3);
+    assert_all_succeeded(&rig.run().await);
+    assert_eq!(rig.count("copy"), 3);
     assert!(copy_locks(&rig).iter().all(|(_, l, _)| l.is_some()));
 }
 

@@ -3,13 +3,11 @@
 //! for a good run, an invalid plan, a held lock, a failed volume, a usage error and an
 //! envelope command; a failed volume is an ERROR, a warning a WARN.
 
-use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::cli::{bin, code, root, run};
+use crate::support::bin::{code, run, same_account_plan, spawn_hanging};
 
 /// Every line of stderr as a JSON object with the three keys every line has.
 fn json_lines(o: &std::process::Output) -> Vec<Value> {
@@ -32,17 +30,10 @@ fn with_level<'a>(lines: &'a [Value], level: &str) -> Vec<&'a Value> {
 }
 
 /// `plans/same-account.yaml` without its named profile, edited, in `dir`.
-fn plan_in(dir: &Path, edit: impl Fn(String) -> String) -> std::path::PathBuf {
-    let text = std::fs::read_to_string(root("plans/same-account.yaml")).unwrap().replace("  profile: platform\n", "");
-    let path = dir.join("plan.yaml");
-    std::fs::write(&path, edit(text)).unwrap();
-    path
-}
-
 #[test]
 fn a_simulated_run_logs_one_json_object_per_line() {
     let dir = tempfile::tempdir().unwrap();
-    let plan = plan_in(dir.path(), |t| t);
+    let plan = same_account_plan(dir.path(), |t| t);
     let o = run(&["run", plan.to_str().unwrap(), "--simulate", "--log-format", "json", "-v"], dir.path());
     assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
     let lines = json_lines(&o);
@@ -88,22 +79,11 @@ fn an_invalid_plan_is_one_error_line_per_problem_with_its_place() {
 #[test]
 fn a_held_lock_is_an_error_line_and_exit_3() {
     let dir = tempfile::tempdir().unwrap();
-    let plan = plan_in(dir.path(), |t| t);
+    let plan = same_account_plan(dir.path(), |t| t);
     let o = run(&["run", plan.to_str().unwrap(), "--simulate"], dir.path());
     assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
     // The next run hangs on a call that never returns, holding the plan's lock.
-    let world = dir.path().join(".snapferry/simulated-aws/build-cache-move.json");
-    let mut w: Value = serde_json::from_slice(&std::fs::read(&world).unwrap()).unwrap();
-    let calls = w["total_calls"].as_u64().unwrap();
-    w["faults"]["halt_after_calls"] = Value::from(calls + calls * 3 / 4);
-    std::fs::write(&world, serde_json::to_vec(&w).unwrap()).unwrap();
-    let mut holder = bin()
-        .args(["run", plan.to_str().unwrap(), "--simulate", "--run-id", "holder"])
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut holder = spawn_hanging(&plan, dir.path(), "holder");
     let started = Instant::now();
     while !dir.path().join(".snapferry/runs/holder/checkpoint.json").exists() {
         assert!(started.elapsed() < Duration::from_secs(60), "the holder never checkpointed");
@@ -123,7 +103,7 @@ fn a_held_lock_is_an_error_line_and_exit_3() {
 #[test]
 fn a_failed_volume_is_an_error_line_and_a_warning_a_warn_line() {
     let dir = tempfile::tempdir().unwrap();
-    let plan = plan_in(dir.path(), |t| format!("{t}options:\n  every: 1m\n"));
+    let plan = same_account_plan(dir.path(), |t| format!("{t}options:\n  every: 1m\n"));
     let o = run(&["run", plan.to_str().unwrap(), "--simulate"], dir.path());
     assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
     // The source volume is decommissioned; a metrics file that cannot be written is a

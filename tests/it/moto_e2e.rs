@@ -9,11 +9,12 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use super::support::bin::{Run, against_moto, empty_aws_files, snapferry};
 use super::support::moto::Moto;
 
 const SOURCE_ACCOUNT: &str = "123456789012";
@@ -50,6 +51,41 @@ def tags(x):
 def out(v):
     print(json.dumps(v, default=str))
 "#;
+
+/// Runs PRELUDE + `body` with python (`SNAPFERRY_TEST_PYTHON` or python3) and boto3
+/// against moto at `endpoint`, with the empty AWS files under `home`, after `prepare`
+/// set the rest of its environment; `body` reads the endpoint and `args` from argv and
+/// prints one JSON value.
+pub(super) fn boto3(
+    prepare: impl FnOnce(&mut Command),
+    home: &Path,
+    endpoint: &str,
+    body: &str,
+    args: &Value,
+) -> Value {
+    let python = std::env::var("SNAPFERRY_TEST_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let mut cmd = Command::new(&python);
+    prepare(&mut cmd);
+    let out = cmd
+        .arg("-c")
+        .arg(format!("{PRELUDE}\n{body}"))
+        .arg(endpoint)
+        .arg(args.to_string())
+        .env("AWS_CONFIG_FILE", home.join("aws-config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", home.join("aws-credentials"))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
+    assert!(
+        out.status.success(),
+        "boto3 script failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("boto3 script printed no JSON ({e}): {text}"))
+}
 
 /// The source key (alias/share), volumes of the kinds asked for, and the target key
 /// alias/dr: in the target account (`cross`), the source account (`same`) or nowhere.
@@ -113,37 +149,6 @@ enum Target {
     Same,
 }
 
-/// One finished invocation of the binary.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn from(out: Output) -> Run {
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{}", self.show()))
-    }
-
-    fn show(&self) -> String {
-        format!("exit {}\n--- stdout\n{}\n--- stderr\n{}", self.code, self.stdout, self.stderr)
-    }
-
-    fn expect(&self, code: i32) -> &Run {
-        assert_eq!(self.code, code, "unexpected exit code\n{}", self.show());
-        self
-    }
-}
-
 /// A moto server, a temporary directory for plans and state, and the credentials the
 /// binary runs with.
 struct Rig {
@@ -165,8 +170,7 @@ impl Rig {
     fn start(flags: &[&str]) -> Rig {
         let moto = Moto::start_with(flags);
         let dir = tempfile::tempdir().expect("temporary directory");
-        fs::write(dir.path().join("aws-config"), "").unwrap();
-        fs::write(dir.path().join("aws-credentials"), "").unwrap();
+        empty_aws_files(dir.path());
         Rig { moto, dir, secret: "testing".into(), session_token: None, started: Instant::now() }
     }
 
@@ -180,30 +184,12 @@ impl Rig {
 
     /// Runs PRELUDE + `body` with boto3 against the server; `body` prints one JSON value.
     fn py(&self, body: &str, args: Value) -> Value {
-        let python = std::env::var("SNAPFERRY_TEST_PYTHON").unwrap_or_else(|_| "python3".to_string());
-        let mut cmd = Command::new(&python);
-        for var in ["AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ROLE_ARN"] {
-            cmd.env_remove(var);
-        }
-        let out = cmd
-            .arg("-c")
-            .arg(format!("{PRELUDE}\n{body}"))
-            .arg(&self.moto.endpoint)
-            .arg(args.to_string())
-            .env("AWS_CONFIG_FILE", self.path("aws-config"))
-            .env("AWS_SHARED_CREDENTIALS_FILE", self.path("aws-credentials"))
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
-        assert!(
-            out.status.success(),
-            "boto3 script failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-        let text = String::from_utf8_lossy(&out.stdout);
-        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("boto3 script printed no JSON ({e}): {text}"))
+        let keep_env = |cmd: &mut Command| {
+            for var in ["AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ROLE_ARN"] {
+                cmd.env_remove(var);
+            }
+        };
+        boto3(keep_env, self.dir.path(), &self.moto.endpoint, body, &args)
     }
 
     /// Creates the keys and volumes (`cmk`, `ebs` or `plain` each).
@@ -250,19 +236,13 @@ impl Rig {
     /// The binary with nothing of the developer's AWS setup: the server's endpoint,
     /// test credentials, empty config files, the rig's state dir and JSON output.
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_snapferry"));
-        cmd.env_clear()
-            .args(args)
-            .args(["--state-dir", self.state_dir().to_str().unwrap(), "--format", "json"])
-            .env("HOME", self.dir.path())
-            .env("AWS_ENDPOINT_URL", &self.moto.endpoint)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", &self.secret)
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_CONFIG_FILE", self.path("aws-config"))
-            .env("AWS_SHARED_CREDENTIALS_FILE", self.path("aws-credentials"))
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .stdin(Stdio::null());
+        let mut cmd = snapferry();
+        against_moto(&mut cmd, &self.moto.endpoint, self.dir.path(), &self.secret).args(args).args([
+            "--state-dir",
+            self.state_dir().to_str().unwrap(),
+            "--format",
+            "json",
+        ]);
         if let Some(t) = &self.session_token {
             cmd.env("AWS_SESSION_TOKEN", t);
         }

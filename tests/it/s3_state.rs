@@ -6,12 +6,13 @@
 //! fails instead of writing; `status` and `cleanup` work from a third directory.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::moto_e2e::PRELUDE;
+use super::moto_e2e::boto3;
+use super::support::bin::{Run, against_moto, empty_aws_files, snapferry};
 use super::support::fault_proxy::FaultProxy;
 use super::support::moto::Moto;
 
@@ -58,31 +59,6 @@ out({
 })
 "#;
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn from(out: Output) -> Run {
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    fn show(&self) -> String {
-        format!("exit {}\n--- stdout\n{}\n--- stderr\n{}", self.code, self.stdout, self.stderr)
-    }
-
-    fn expect(&self, code: i32) -> Value {
-        assert_eq!(self.code, code, "unexpected exit code\n{}", self.show());
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.show()))
-    }
-}
-
 struct Rig {
     moto: Moto,
     dir: tempfile::TempDir,
@@ -99,8 +75,7 @@ impl Rig {
         for sub in ["a", "b", "c"] {
             std::fs::create_dir(dir.path().join(sub)).unwrap();
         }
-        std::fs::write(dir.path().join("aws-config"), "").unwrap();
-        std::fs::write(dir.path().join("aws-credentials"), "").unwrap();
+        empty_aws_files(dir.path());
         let mut rig = Rig { moto, dir, plan: PathBuf::new(), volumes: vec![] };
         let seed = rig.py(SEED, json!({"bucket": BUCKET, "n": n}));
         rig.volumes = seed["volumes"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
@@ -122,23 +97,10 @@ impl Rig {
     }
 
     fn py(&self, body: &str, args: Value) -> Value {
-        let python = std::env::var("SNAPFERRY_TEST_PYTHON").unwrap_or_else(|_| "python3".to_string());
-        let out = Command::new(&python)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .arg("-c")
-            .arg(format!("{PRELUDE}\n{body}"))
-            .arg(&self.moto.endpoint)
-            .arg(args.to_string())
-            .env("AWS_CONFIG_FILE", self.path("aws-config"))
-            .env("AWS_SHARED_CREDENTIALS_FILE", self.path("aws-credentials"))
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
-        assert!(out.status.success(), "boto3 script failed: {}", String::from_utf8_lossy(&out.stderr));
-        let text = String::from_utf8_lossy(&out.stdout);
-        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("boto3 script printed no JSON ({e}): {text}"))
+        let only_path = |cmd: &mut Command| {
+            cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+        };
+        boto3(only_path, self.dir.path(), &self.moto.endpoint, body, &args)
     }
 
     fn inventory(&self) -> Value {
@@ -147,22 +109,13 @@ impl Rig {
 
     /// The binary, run from working directory `cwd` (a, b or c) with the S3 state.
     fn command(&self, cwd: &str, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_snapferry"));
-        cmd.env_clear()
+        let mut cmd = snapferry();
+        against_moto(&mut cmd, &self.moto.endpoint, self.dir.path(), "testing")
             .current_dir(self.path(cwd))
             .args(args)
             .args(["--format", "json"])
             .env("SNAPFERRY_STATE_DIR", STATE)
-            .env("SNAPFERRY_LEASE_SECONDS", LEASE_SECONDS.to_string())
-            .env("HOME", self.dir.path())
-            .env("AWS_ENDPOINT_URL", &self.moto.endpoint)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_CONFIG_FILE", self.path("aws-config"))
-            .env("AWS_SHARED_CREDENTIALS_FILE", self.path("aws-credentials"))
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .stdin(Stdio::null());
+            .env("SNAPFERRY_LEASE_SECONDS", LEASE_SECONDS.to_string());
         cmd
     }
 
@@ -220,7 +173,7 @@ fn a_second_machine_is_refused_then_takes_over_a_dead_run_and_finishes_it() {
     let held = rig.inventory();
     rig.moto.reset_calls();
     let refused = rig.snapferry("b", &["run", rig.plan_arg()]);
-    let doc = refused.expect(3);
+    let doc = refused.expect_json(3);
     let error = doc["error"].as_str().unwrap();
     assert!(error.contains(&format!("pid {}", first.id())) && error.contains(&run_id), "{error}");
     assert!(error.contains("lease ends at"), "{error}");
@@ -234,7 +187,7 @@ fn a_second_machine_is_refused_then_takes_over_a_dead_run_and_finishes_it() {
     // Once the lease ended, the second machine takes the run over and finishes it.
     std::thread::sleep(Duration::from_secs(LEASE_SECONDS + 1));
     let done = rig.snapferry("b", &["run", rig.plan_arg()]);
-    let report = done.expect(0);
+    let report = done.expect_json(0);
     assert_eq!(report["run_id"], run_id.as_str(), "the same run, carried on");
     assert!(done.stderr.contains("taking over the lease"), "{}", done.show());
     rig.assert_one_of_each(&report);
@@ -245,12 +198,12 @@ fn a_second_machine_is_refused_then_takes_over_a_dead_run_and_finishes_it() {
     no_local_state(&rig.path("b"));
 
     // status and cleanup from a third directory.
-    let status = rig.snapferry("c", &["status"]).expect(0);
+    let status = rig.snapferry("c", &["status"]).expect_json(0);
     let runs = status.as_array().or_else(|| status["runs"].as_array()).expect("a list of runs").clone();
     assert!(runs.iter().any(|r| r["run_id"] == run_id.as_str() && r["status"] == "succeeded"), "{status:#}");
-    let one = rig.snapferry("c", &["status", &run_id]).expect(0);
+    let one = rig.snapferry("c", &["status", &run_id]).expect_json(0);
     assert_eq!(one["run_id"], run_id.as_str(), "{one:#}");
-    let cleaned = rig.snapferry("c", &["cleanup", &run_id, "--plan", rig.plan_arg()]).expect(0);
+    let cleaned = rig.snapferry("c", &["cleanup", &run_id, "--plan", rig.plan_arg()]).expect_json(0);
     assert_eq!(cleaned["run_id"], run_id.as_str(), "{cleaned:#}");
     assert!(rig.inventory()["lease"].is_null());
     no_local_state(&rig.path("c"));
@@ -266,7 +219,7 @@ fn a_frozen_holder_whose_lease_was_taken_over_cannot_write() {
     assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
     std::thread::sleep(Duration::from_secs(LEASE_SECONDS + 1));
     let second = rig.snapferry("b", &["run", rig.plan_arg()]);
-    let report = second.expect(0);
+    let report = second.expect_json(0);
     rig.assert_one_of_each(&report);
     let after = rig.inventory();
 
@@ -294,14 +247,14 @@ fn a_frozen_holder_whose_lease_was_taken_over_cannot_write() {
 fn max_duration_stops_with_exit_4_and_the_next_invocation_carries_on() {
     let rig = Rig::start(2, 6);
     let stopped = rig.snapferry("a", &["run", rig.plan_arg(), "--max-duration", "3s"]);
-    let report = stopped.expect(4);
+    let report = stopped.expect_json(4);
     assert_eq!(report["status"], "stopped", "{report:#}");
     assert!(report["volumes"].as_array().unwrap().iter().all(|v| v["status"] == "in_progress"), "{report:#}");
     assert!(rig.inventory()["lease"].is_null(), "the lease is released at a clean stop");
     let line = stopped.stderr.lines().find(|l| l.contains("state requests")).unwrap_or_default();
     eprintln!("stopped run: {line}");
     let done = rig.snapferry("b", &["run", rig.plan_arg()]);
-    let end = done.expect(0);
+    let end = done.expect_json(0);
     assert_eq!(end["run_id"], report["run_id"]);
     rig.assert_one_of_each(&end);
     let line = done.stderr.lines().find(|l| l.contains("state requests")).unwrap_or_default();
@@ -323,7 +276,7 @@ fn state_requests(stderr: &str) -> Vec<u64> {
 fn the_state_of_twenty_volumes_costs_writes_in_proportion() {
     let rig = Rig::start(20, 2);
     let done = rig.snapferry("a", &["run", rig.plan_arg()]);
-    let report = done.expect(0);
+    let report = done.expect_json(0);
     rig.assert_one_of_each(&report);
     let counts = state_requests(&done.stderr);
     let [puts, gets, lists, deletes, written, read] = counts[..] else { panic!("{counts:?}") };
@@ -371,7 +324,7 @@ fn lost<'a>(log: &'a [Value], method: &str, path: &str) -> Vec<&'a Value> {
 
 /// The runs the state holds, as `status` lists them.
 fn runs_in_state(rig: &Rig) -> Vec<Value> {
-    let status = rig.snapferry("c", &["status"]).expect(0);
+    let status = rig.snapferry("c", &["status"]).expect_json(0);
     status.as_array().or_else(|| status["runs"].as_array()).expect("a list of runs").clone()
 }
 
@@ -383,7 +336,7 @@ fn a_run_whose_state_writes_lose_their_answers_succeeds_in_one_run() {
     proxy.rules(json!([{"fault": "lose", "methods": ["PUT"], "path": "/runs/", "times": null}]));
     // A lease long enough that each write's bound leaves room for the SDK's back-off.
     let done = Run::from(via(&rig, &proxy, 40, "a", &["run", rig.plan_arg()]).output().unwrap());
-    let report = done.expect(0);
+    let report = done.expect_json(0);
     rig.assert_one_of_each(&report);
     let log = proxy.log();
     let lost = lost(&log, "PUT", "/runs/");
@@ -411,7 +364,7 @@ fn a_lease_whose_answers_are_lost_is_ours_from_take_to_release() {
     proxy.rules(json!([{"fault": "lose", "methods": ["PUT", "DELETE"], "path": "/locks/", "times": null}]));
     let done = Run::from(via(&rig, &proxy, 8, "a", &["run", rig.plan_arg()]).output().unwrap());
     assert!(!done.stderr.contains("holds the lock"), "{}", done.show());
-    let report = done.expect(0);
+    let report = done.expect_json(0);
     rig.assert_one_of_each(&report);
     let log = proxy.log();
     let lost_puts = lost(&log, "PUT", "/locks/").len();
@@ -466,7 +419,7 @@ fn a_write_held_past_the_lease_stops_its_holder_and_the_next_holders_state_ignor
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
     std::thread::sleep(Duration::from_secs_f64((lease_end - now).max(0.0) + 0.5));
     let done = rig.snapferry("b", &["run", rig.plan_arg()]);
-    let report = done.expect(0);
+    let report = done.expect_json(0);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
     assert!(now < start + HOLD as f64, "the takeover finished before the held writes land");
 
@@ -492,6 +445,6 @@ fn a_write_held_past_the_lease_stops_its_holder_and_the_next_holders_state_ignor
     let runs = runs_in_state(&rig);
     assert_eq!(runs.len(), 1, "{runs:#?}");
     assert_eq!((&runs[0]["run_id"], &runs[0]["status"]), (&report["run_id"], &json!("succeeded")));
-    let one = rig.snapferry("c", &["status", report["run_id"].as_str().unwrap()]).expect(0);
+    let one = rig.snapferry("c", &["status", report["run_id"].as_str().unwrap()]).expect_json(0);
     assert_eq!(one["status"], "succeeded", "{one:#}");
 }

@@ -2,136 +2,25 @@
 //! example plans, injected faults, failures that name their cause, resume after a
 //! fix, the copy limit, and crash safety at every step boundary.
 
-use std::sync::Arc;
-
-use snapferry::checkpoint::memory::MemoryObjects;
 use snapferry::checkpoint::{LeaseOptions, RunStatus, Store};
-use snapferry::cloud::sim::{SimCloud, World, seed_from_plan};
-use snapferry::exec::{Env, RunConfig, RunError, RunReport, run};
+use snapferry::cloud::sim::World;
+use snapferry::exec::{RunReport, run};
 use snapferry::plan::{Plan, parse};
 use tokio::sync::watch;
 
-pub(super) const CROSS: &str = r#"
-version: 1
-name: crash-test
-source:
-  region: us-east-1
-  account: "111111111111"
-  kms_key: alias/share
-target:
-  region: eu-west-1
-  account: "222222222222"
-  role_arn: arn:aws:iam::222222222222:role/dr
-  kms_key: alias/dr
-  availability_zone: eu-west-1b
-volumes:
-  - id: vol-00000000000000001
-  - id: vol-00000000000000002
-  - id: vol-00000000000000003
-options:
-  tags: {Owner: sre}
-"#;
+use crate::support::plans;
+use crate::support::rig::{
+    Backend, Rig, assert_all_succeeded, calls_of_a_clean_run, crash_and_lose_state_after, crash_and_resume, plan,
+};
 
-pub(super) fn plan(text: &str) -> Plan {
-    parse("test.yaml", text).unwrap_or_else(|e| panic!("{e}"))
+/// One target in another account and region, three volumes: the plan most tests run.
+pub(super) fn cross() -> String {
+    plans::cross("crash-test")
 }
 
 fn plan_file(path: &str) -> Plan {
     let text = std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap();
     parse(path, &text).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// Where a rig keeps its state: a local dir, or the S3 layout (lease, conditional
-/// writes) over objects in memory with S3's conditional semantics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Backend {
-    Local,
-    Remote,
-}
-
-pub(super) struct Rig {
-    pub(super) plan: Plan,
-    pub(super) sim: SimCloud,
-    dir: tempfile::TempDir,
-    pub(super) store: Store,
-    objects: Arc<MemoryObjects>,
-}
-
-impl Rig {
-    pub(super) fn new(plan: Plan) -> Self {
-        Self::with(plan, |_| {})
-    }
-
-    /// On the local state dir, or with `SNAPFERRY_TEST_STATE=s3` on the S3 layout
-    /// (scripts/test runs this module both ways).
-    pub(super) fn with(plan: Plan, tweak: impl FnOnce(&mut World)) -> Self {
-        let backend = match std::env::var("SNAPFERRY_TEST_STATE").as_deref() {
-            Ok("s3") => Backend::Remote,
-            _ => Backend::Local,
-        };
-        Self::on(backend, plan, tweak)
-    }
-
-    pub(super) fn on(backend: Backend, plan: Plan, tweak: impl FnOnce(&mut World)) -> Self {
-        let (mut world, sides) = seed_from_plan(&plan, 1_800_000_000_000);
-        tweak(&mut world);
-        let dir = tempfile::tempdir().unwrap();
-        let objects = Arc::new(MemoryObjects::new());
-        let store = match backend {
-            Backend::Local => Store::new(dir.path()),
-            Backend::Remote => Store::remote(objects.clone(), LeaseOptions::default()),
-        };
-        Rig { plan, sim: SimCloud::new(world, sides), dir, store, objects }
-    }
-
-    pub(super) fn env(&self, sim: &SimCloud) -> Env {
-        Env { cloud: Arc::new(sim.clone()), clock: Arc::new(sim.clone()), store: self.store.clone() }
-    }
-
-    pub(super) fn cfg(&self) -> RunConfig {
-        RunConfig {
-            plan: self.plan.clone(),
-            plan_file: "test.yaml".into(),
-            run_id: None,
-            simulated: true,
-            probe_permissions: true,
-            progress: None,
-        }
-    }
-
-    pub(super) async fn run(&self) -> Result<RunReport, RunError> {
-        let (_tx, rx) = watch::channel(false);
-        run(self.cfg(), self.env(&self.sim), rx).await
-    }
-
-    /// Loses the whole state, as a fresh CI runner or a deleted state dir (or bucket
-    /// prefix) would.
-    pub(super) fn lose_state(&self) {
-        std::fs::remove_dir_all(self.dir.path()).unwrap();
-        std::fs::create_dir_all(self.dir.path()).unwrap();
-        self.objects.clear();
-    }
-
-    /// Snapshots and volumes in the world that this plan's runs made, by step tag.
-    pub(super) fn made(&self, step: &str) -> usize {
-        self.sim.with_world(|w| {
-            let snaps =
-                w.snapshots.values().filter(|s| s.tags.get("snapferry:step").map(String::as_str) == Some(step)).count();
-            let vols =
-                w.volumes.values().filter(|v| v.tags.get("snapferry:step").map(String::as_str) == Some(step)).count();
-            snaps + vols
-        })
-    }
-}
-
-pub(super) fn assert_all_succeeded(r: &RunReport) {
-    assert_eq!(r.status, RunStatus::Succeeded, "{r:#?}");
-    for v in &r.volumes {
-        // A recurring plan resumed after a crash reports what the crashed invocation
-        // already finished as fresh.
-        assert!(v.status == "succeeded" || v.status == "fresh", "{v:#?}");
-        assert!(v.target_snapshot.is_some());
-    }
 }
 
 #[tokio::test]
@@ -146,14 +35,14 @@ async fn cross_account_example_plan_copies_every_volume_once_with_the_state_in_s
 
 async fn example_plan_copies_every_volume_once(backend: Backend) {
     let rig = Rig::on(backend, plan_file("plans/example.yaml"), |_| {});
-    let r = rig.run().await.unwrap();
+    let r = rig.run().await;
     assert_all_succeeded(&r);
     let n = r.volumes.len();
-    assert_eq!(rig.made("copy"), n);
-    assert_eq!(rig.made("volume"), n);
+    assert_eq!(rig.count("copy"), n);
+    assert_eq!(rig.count("volume"), n);
     // cleanup: true leaves no intermediate snapshot on the source side.
-    assert_eq!(rig.made("snapshot"), 0);
-    assert_eq!(rig.made("reencrypt"), 0);
+    assert_eq!(rig.count("snapshot"), 0);
+    assert_eq!(rig.count("reencrypt"), 0);
     rig.sim.with_world(|w| {
         for v in w.volumes.values().filter(|v| v.tags.contains_key("snapferry:step")) {
             assert_eq!(v.owner.as_str(), "222222222222");
@@ -173,8 +62,8 @@ async fn example_plan_copies_every_volume_once(backend: Backend) {
 
 #[tokio::test]
 async fn same_account_plan_shares_nothing_and_grants_nothing() {
-    let rig = Rig::new(plan_file("plans/same-account.yaml"));
-    let r = rig.run().await.unwrap();
+    let rig = Rig::on(Backend::from_env(), plan_file("plans/same-account.yaml"), |_| {});
+    let r = rig.run().await;
     assert_all_succeeded(&r);
     rig.sim.with_world(|w| {
         assert_eq!(w.calls.get("ec2:ModifySnapshotAttribute"), None);
@@ -185,38 +74,38 @@ async fn same_account_plan_shares_nothing_and_grants_nothing() {
 
 #[tokio::test]
 async fn fleet_plan_with_selector_stops_at_target_snapshots() {
-    let rig = Rig::new(plan_file("plans/fleet.yaml"));
-    let r = rig.run().await.unwrap();
+    let rig = Rig::on(Backend::from_env(), plan_file("plans/fleet.yaml"), |_| {});
+    let r = rig.run().await;
     assert_all_succeeded(&r);
     assert!(r.volumes.len() >= 4, "selector volumes and the id: {}", r.volumes.len());
     assert!(r.volumes.iter().all(|v| v.target_volume.is_none()));
-    assert_eq!(rig.made("volume"), 0);
-    assert_eq!(rig.made("copy"), r.volumes.len());
+    assert_eq!(rig.count("volume"), 0);
+    assert_eq!(rig.count("copy"), r.volumes.len());
 }
 
 #[tokio::test]
 async fn a_quarter_of_calls_throttled_still_succeeds() {
-    let rig = Rig::with(plan(CROSS), |w| w.faults.throttle_rate = 0.25);
-    let r = rig.run().await.unwrap();
+    let rig = Rig::with(&cross(), |w| w.faults.throttle_rate = 0.25);
+    let r = rig.run().await;
     assert_all_succeeded(&r);
-    assert_eq!(rig.made("copy"), 3);
-    assert_eq!(rig.made("volume"), 3);
+    assert_eq!(rig.count("copy"), 3);
+    assert_eq!(rig.count("volume"), 3);
 }
 
 #[tokio::test]
 async fn snapshots_invisible_right_after_creation_still_succeed() {
-    let rig = Rig::with(plan(CROSS), |w| w.faults.invisible_ms = 40_000);
-    let r = rig.run().await.unwrap();
+    let rig = Rig::with(&cross(), |w| w.faults.invisible_ms = 40_000);
+    let r = rig.run().await;
     assert_all_succeeded(&r);
-    assert_eq!(rig.made("copy"), 3);
+    assert_eq!(rig.count("copy"), 3);
 }
 
 #[tokio::test]
 async fn ungranted_key_fails_that_volume_with_the_state_message_and_others_finish() {
-    let rig = Rig::with(plan(CROSS), |w| {
+    let rig = Rig::with(&cross(), |w| {
         w.faults.key_inaccessible_for = Some("vol-00000000000000002".parse().unwrap());
     });
-    let r = rig.run().await.unwrap();
+    let r = rig.run().await;
     assert_eq!(r.status, RunStatus::Failed);
     let bad = r.volumes.iter().find(|v| v.source_volume == "vol-00000000000000002").unwrap();
     assert_eq!(bad.status, "failed");
@@ -229,20 +118,20 @@ async fn ungranted_key_fails_that_volume_with_the_state_message_and_others_finis
 
     // Once the cause is gone, the same command finishes the job without duplicates.
     rig.sim.with_world(|w| w.faults.key_inaccessible_for = None);
-    let again = rig.run().await.unwrap();
+    let again = rig.run().await;
     assert_all_succeeded(&again);
     assert_eq!(again.run_id, r.run_id, "the failed run is resumed, not restarted");
-    assert_eq!(rig.made("copy"), 3, "the copy in error was deleted");
-    assert_eq!(rig.made("volume"), 3);
+    assert_eq!(rig.count("copy"), 3, "the copy in error was deleted");
+    assert_eq!(rig.count("volume"), 3);
 }
 
 #[tokio::test]
 async fn missing_volume_and_key_stop_in_preflight_and_change_nothing() {
-    let rig = Rig::with(plan(CROSS), |w| {
+    let rig = Rig::with(&cross(), |w| {
         w.keys.retain(|k| !k.aliases.iter().any(|a| a == "dr"));
         w.volumes.remove("vol-00000000000000003");
     });
-    let err = rig.run().await.unwrap_err();
+    let err = rig.try_run().await.unwrap_err();
     assert_eq!(snapferry::cli::exit::of_run_error(&err), 2);
     let text = err.to_string();
     assert!(text.contains("vol-00000000000000003"), "{text}");
@@ -260,7 +149,7 @@ async fn missing_volume_and_key_stop_in_preflight_and_change_nothing() {
 #[tokio::test]
 async fn a_second_run_of_the_plan_is_refused_while_the_first_holds_the_lock() {
     for backend in [Backend::Local, Backend::Remote] {
-        let rig = Rig::on(backend, plan(CROSS), |_| {});
+        let rig = Rig::on(backend, plan(&cross()), |_| {});
         // Another process: its own store over the same state.
         let other = match backend {
             Backend::Local => Store::new(rig.dir.path()),
@@ -268,7 +157,7 @@ async fn a_second_run_of_the_plan_is_refused_while_the_first_holds_the_lock() {
         };
         let _held = other.lock_plan("crash-test").await.unwrap();
         let keys = rig.objects.keys();
-        let err = rig.run().await.unwrap_err();
+        let err = rig.try_run().await.unwrap_err();
         assert_eq!(snapferry::cli::exit::of_run_error(&err), 3, "{err}");
         assert_eq!(rig.objects.keys(), keys, "a refused run writes nothing");
         rig.sim.with_world(|w| assert!(w.snapshots.is_empty()));
@@ -277,14 +166,14 @@ async fn a_second_run_of_the_plan_is_refused_while_the_first_holds_the_lock() {
 
 #[tokio::test]
 async fn copies_stay_under_the_per_region_limit() {
-    let mut text = String::from(CROSS.split("volumes:").next().unwrap());
+    let mut text = String::from(cross().split("volumes:").next().unwrap());
     text.push_str("volumes:\n");
     for i in 1..=9 {
         text.push_str(&format!("  - id: vol-0000000000000010{i}\n"));
     }
     text.push_str("options:\n  max_concurrent_copies: 2\n");
-    let rig = Rig::new(plan(&text));
-    let r = rig.run().await.unwrap();
+    let rig = Rig::new(&text);
+    let r = rig.run().await;
     assert_all_succeeded(&r);
     rig.sim.with_world(|w| {
         for (dest, peak) in &w.peak_copies {
@@ -292,24 +181,6 @@ async fn copies_stay_under_the_per_region_limit() {
         }
         assert!(w.peak_copies.values().any(|p| *p == 2), "{:?}", w.peak_copies);
     });
-}
-
-/// Mutating calls the world has seen, by action.
-pub(super) fn mutating(rig: &Rig) -> Vec<(String, u64)> {
-    rig.sim.with_world(|w| {
-        w.calls
-            .iter()
-            .filter(|(a, _)| {
-                ["ec2:CreateSnapshot", "ec2:CopySnapshot", "ec2:CreateVolume", "ec2:DeleteSnapshot", "ec2:DeleteVolume"]
-                    .contains(&a.as_str())
-            })
-            .map(|(a, n)| (a.clone(), *n))
-            .collect()
-    })
-}
-
-pub(super) fn calls(rig: &Rig, action: &str) -> u64 {
-    rig.sim.with_world(|w| w.calls.get(action).copied().unwrap_or(0))
 }
 
 /// For every wait step: a wait past its timeout ends the invocation's wait, not the
@@ -327,13 +198,13 @@ async fn a_wait_past_its_timeout_keeps_the_resource_and_a_rerun_carries_on() {
         ("wait-copy", "copy: 30m", |w| w.timing.copy_base_ms = 2 * HOUR),
         ("wait-volume", "volume: 30m", |w| w.timing.volume_base_ms = 2 * HOUR),
     ];
-    let clean = Rig::new(plan(CROSS));
-    assert_all_succeeded(&clean.run().await.unwrap());
-    let clean_calls = mutating(&clean);
+    let clean = Rig::new(&cross());
+    assert_all_succeeded(&clean.run().await);
+    let clean_calls = clean.mutating();
     for (step, timeout, slow) in cases {
-        let text = format!("{CROSS}  timeouts: {{{timeout}}}\n");
-        let rig = Rig::with(plan(&text), slow);
-        let first = rig.run().await.unwrap();
+        let text = format!("{}  timeouts: {{{timeout}}}\n", cross());
+        let rig = Rig::with(&text, slow);
+        let first = rig.run().await;
         assert_eq!(first.status, RunStatus::Failed, "{step}");
         let stopped: Vec<_> = first.volumes.iter().filter(|v| v.status == "failed").collect();
         assert!(!stopped.is_empty(), "{step}: {first:#?}");
@@ -343,13 +214,13 @@ async fn a_wait_past_its_timeout_keeps_the_resource_and_a_rerun_carries_on() {
             assert!(e.contains("stopped waiting") && e.contains("left to finish in AWS"), "{e}");
             assert!(v.hint.as_deref().unwrap().contains("run the same command again to keep waiting"));
         }
-        let after_first = mutating(&rig);
+        let after_first = rig.mutating();
 
         // AWS has not finished: the rerun looks, stops waiting again, changes nothing.
-        let again = rig.run().await.unwrap();
+        let again = rig.run().await;
         assert_eq!(again.status, RunStatus::Failed, "{step}");
         assert_eq!(again.run_id, first.run_id);
-        assert_eq!(mutating(&rig), after_first, "{step}: a rerun while AWS works made or deleted something");
+        assert_eq!(rig.mutating(), after_first, "{step}: a rerun while AWS works made or deleted something");
 
         // AWS finished meanwhile: the rerun carries on from the same resources.
         // Later steps take their usual time.
@@ -357,13 +228,13 @@ async fn a_wait_past_its_timeout_keeps_the_resource_and_a_rerun_carries_on() {
             w.now_ms += 12 * HOUR;
             w.timing = Default::default();
         });
-        let done = rig.run().await.unwrap();
+        let done = rig.run().await;
         assert_all_succeeded(&done);
         assert_eq!(done.run_id, first.run_id);
-        assert_eq!(mutating(&rig), clean_calls, "{step}: the calls differ from a run that never timed out");
-        assert_eq!(calls(&rig, "ec2:DeleteVolume"), 0);
-        assert_eq!(rig.made("copy"), 3);
-        assert_eq!(rig.made("volume"), 3);
+        assert_eq!(rig.mutating(), clean_calls, "{step}: the calls differ from a run that never timed out");
+        assert_eq!(rig.calls("ec2:DeleteVolume"), 0);
+        assert_eq!(rig.count("copy"), 3);
+        assert_eq!(rig.count("volume"), 3);
     }
 }
 
@@ -371,14 +242,14 @@ async fn a_wait_past_its_timeout_keeps_the_resource_and_a_rerun_carries_on() {
 /// next invocation: it is looked up, found, and never issued a second time.
 #[tokio::test]
 async fn a_failed_volume_with_an_unknown_outcome_is_looked_up_before_any_reissue() {
-    let clean = Rig::new(plan(CROSS));
-    assert_all_succeeded(&clean.run().await.unwrap());
+    let clean = Rig::new(&cross());
+    assert_all_succeeded(&clean.run().await);
     for action in ["ec2:CreateSnapshot", "ec2:CopySnapshot"] {
-        let rig = Rig::new(plan(CROSS));
+        let rig = Rig::new(&cross());
         // An invocation stopped at once leaves the run in the state, every volume at
         // its first step.
         let (_tx, stop_now) = watch::channel(true);
-        let stopped = run(rig.cfg(), rig.env(&rig.sim), stop_now).await.unwrap();
+        let stopped = run(rig.cfg(), rig.env(), stop_now).await.unwrap();
         assert_eq!(stopped.status, RunStatus::Interrupted);
         // Answers of `action` are lost and lookups refused: the volumes fail with the
         // outcome unknown.
@@ -386,24 +257,24 @@ async fn a_failed_volume_with_an_unknown_outcome_is_looked_up_before_any_reissue
             w.faults.lose_answers_of.insert(action.to_owned());
             w.faults.lookups_fail = true;
         });
-        let r = rig.run().await;
+        let r = rig.try_run().await;
         let first = match r {
             Ok(r) => r,
             Err(e) => panic!("{action}: {e}"),
         };
         assert_eq!(first.status, RunStatus::Failed, "{action}");
-        let issued = calls(&rig, action);
+        let issued = rig.calls(action);
         rig.sim.with_world(|w| {
             w.faults.lose_answers_of.clear();
             w.faults.lookups_fail = false;
         });
-        let done = rig.run().await.unwrap();
+        let done = rig.run().await;
         assert_all_succeeded(&done);
         assert!(issued > 0, "{action} was never issued");
         // Exactly the calls of a run whose answers all arrived.
-        assert_eq!(calls(&rig, action), calls(&clean, action), "{action} was issued again without looking");
-        assert_eq!(rig.made("copy"), 3, "{action}");
-        assert_eq!(rig.made("snapshot") + rig.made("reencrypt"), 0, "{action}: orphans");
+        assert_eq!(rig.calls(action), clean.calls(action), "{action} was issued again without looking");
+        assert_eq!(rig.count("copy"), 3, "{action}");
+        assert_eq!(rig.count("snapshot") + rig.count("reencrypt"), 0, "{action}: orphans");
     }
 }
 
@@ -411,10 +282,10 @@ async fn a_failed_volume_with_an_unknown_outcome_is_looked_up_before_any_reissue
 /// with fresh credentials, carries on with nothing made twice.
 #[tokio::test]
 async fn expired_credentials_stop_the_run_without_failing_any_volume() {
-    let total = calls_of_a_clean_run(CROSS).await;
+    let total = calls_of_a_clean_run(&cross()).await;
     for k in [total / 4, total / 2, total * 3 / 4] {
-        let rig = Rig::with(plan(CROSS), |w| w.faults.credentials_expire_after_calls = Some(k));
-        let e = rig.run().await.unwrap_err();
+        let rig = Rig::with(&cross(), |w| w.faults.credentials_expire_after_calls = Some(k));
+        let e = rig.try_run().await.unwrap_err();
         assert_eq!(snapferry::cli::exit::of_run_error(&e), 1);
         let text = e.to_string();
         assert!(text.contains("refused the credentials") && text.contains("run the same command again"), "{text}");
@@ -422,12 +293,12 @@ async fn expired_credentials_stop_the_run_without_failing_any_volume() {
         assert_eq!(record.meta.status.as_str(), "interrupted");
         assert!(record.volumes.iter().all(|v| v.failure.is_none()), "after {k} calls: {:#?}", record.volumes);
         rig.sim.with_world(|w| w.faults.credentials_expire_after_calls = None);
-        let done = rig.run().await.unwrap();
+        let done = rig.run().await;
         assert_all_succeeded(&done);
         assert_eq!(done.run_id, record.meta.run_id);
-        assert_eq!(rig.made("copy"), 3, "after {k} calls");
-        assert_eq!(rig.made("volume"), 3);
-        assert_eq!(rig.made("snapshot") + rig.made("reencrypt"), 0);
+        assert_eq!(rig.count("copy"), 3, "after {k} calls");
+        assert_eq!(rig.count("volume"), 3);
+        assert_eq!(rig.count("snapshot") + rig.count("reencrypt"), 0);
     }
 }
 
@@ -435,11 +306,11 @@ async fn expired_credentials_stop_the_run_without_failing_any_volume() {
 /// changes nothing; a harmless edit applies.
 #[tokio::test]
 async fn a_resumed_run_whose_plan_moved_its_resources_is_refused() {
-    let text = format!("{CROSS}  timeouts: {{copy: 30m}}\n");
-    let rig = Rig::with(plan(&text), |w| w.timing.copy_base_ms = 7_200_000);
-    let first = rig.run().await.unwrap();
+    let text = format!("{}  timeouts: {{copy: 30m}}\n", cross());
+    let rig = Rig::with(&text, |w| w.timing.copy_base_ms = 7_200_000);
+    let first = rig.run().await;
     assert_eq!(first.status, RunStatus::Failed);
-    let before = mutating(&rig);
+    let before = rig.mutating();
     for (from, to, field) in [
         ("region: eu-west-1\n", "region: eu-central-1\n", "target.region"),
         ("kms_key: alias/dr\n", "kms_key: alias/other\n", "target.kms_key"),
@@ -468,19 +339,19 @@ async fn a_resumed_run_whose_plan_moved_its_resources_is_refused() {
             w.keys.push(extra);
         });
         let (_tx, rx) = watch::channel(false);
-        let e = run(cfg, rig.env(&rig.sim), rx).await.unwrap_err();
+        let e = run(cfg, rig.env(), rx).await.unwrap_err();
         assert_eq!(snapferry::cli::exit::of_run_error(&e), 2, "{e}");
         let msg = e.to_string();
         assert!(msg.contains(field) && msg.contains("snapferry cleanup"), "{msg}");
     }
-    assert_eq!(mutating(&rig), before);
+    assert_eq!(rig.mutating(), before);
     // Timeouts are harmless: the run carries on.
     let longer = text.replace("copy: 30m", "copy: 6h");
     let mut cfg = rig.cfg();
     cfg.plan = plan(&longer);
     let (_tx, rx) = watch::channel(false);
-    assert_all_succeeded(&run(cfg, rig.env(&rig.sim), rx).await.unwrap());
-    assert_eq!(rig.made("copy"), 3);
+    assert_all_succeeded(&run(cfg, rig.env(), rx).await.unwrap());
+    assert_eq!(rig.count("copy"), 3);
 }
 
 /// `cleanup` during pending copies stops them first (deleting the pending copy with
@@ -488,20 +359,20 @@ async fn a_resumed_run_whose_plan_moved_its_resources_is_refused() {
 /// statement.
 #[tokio::test]
 async fn cleanup_during_a_pending_copy_stops_it_before_deleting_its_source() {
-    let text = format!("{CROSS}  timeouts: {{copy: 30m}}\n");
-    let rig = Rig::with(plan(&text), |w| w.timing.copy_base_ms = 7_200_000);
-    let first = rig.run().await.unwrap();
+    let text = format!("{}  timeouts: {{copy: 30m}}\n", cross());
+    let rig = Rig::with(&text, |w| w.timing.copy_base_ms = 7_200_000);
+    let first = rig.run().await;
     assert_eq!(first.status, RunStatus::Failed);
-    assert_eq!(rig.made("copy"), 3);
-    let env = rig.env(&rig.sim);
+    assert_eq!(rig.count("copy"), 3);
+    let env = rig.env();
     let summary = snapferry::exec::cleanup(&env.store, env.cloud.as_ref(), env.clock.as_ref(), &first.run_id, None)
         .await
         .unwrap();
     assert!(summary.errors.is_empty(), "{summary:#?}");
     assert_eq!(summary.stopped_copies.len(), 3);
     assert_eq!(summary.grant, "revoked");
-    assert_eq!(rig.made("copy"), 0);
-    assert_eq!(rig.made("snapshot") + rig.made("reencrypt"), 0);
+    assert_eq!(rig.count("copy"), 0);
+    assert_eq!(rig.count("snapshot") + rig.count("reencrypt"), 0);
     rig.sim.with_world(|w| {
         let k = w.keys.iter().find(|k| k.aliases.iter().any(|a| a == "share")).unwrap();
         assert!(!k.policy.contains("SnapferryShare-crash-test"), "{}", k.policy);
@@ -513,45 +384,19 @@ async fn cleanup_during_a_pending_copy_stops_it_before_deleting_its_source() {
 /// Cleanup from tags alone: the state is gone, the plan names where to look.
 #[tokio::test]
 async fn cleanup_from_tags_when_the_state_is_gone() {
-    let text = format!("{CROSS}  timeouts: {{copy: 30m}}\n");
-    let rig = Rig::with(plan(&text), |w| w.timing.copy_base_ms = 7_200_000);
-    let first = rig.run().await.unwrap();
+    let text = format!("{}  timeouts: {{copy: 30m}}\n", cross());
+    let rig = Rig::with(&text, |w| w.timing.copy_base_ms = 7_200_000);
+    let first = rig.run().await;
     rig.lose_state();
-    let env = rig.env(&rig.sim);
+    let env = rig.env();
     let summary =
         snapferry::exec::cleanup(&env.store, env.cloud.as_ref(), env.clock.as_ref(), &first.run_id, Some(&rig.plan))
             .await
             .unwrap();
     assert!(summary.errors.is_empty(), "{summary:#?}");
     assert_eq!(summary.stopped_copies.len(), 3);
-    assert_eq!(rig.made("copy") + rig.made("snapshot") + rig.made("reencrypt"), 0);
+    assert_eq!(rig.count("copy") + rig.count("snapshot") + rig.count("reencrypt"), 0);
     assert_eq!(summary.grant, "revoked");
-}
-
-/// Runs the plan, halting (as a crash would) right after the k-th call took effect
-/// and before its outcome was recorded; then resumes to the end.
-pub(super) async fn crash_after(backend: Backend, text: &str, k: u64) -> (Rig, RunReport) {
-    let rig = Rig::on(backend, plan(text), |w| w.faults.halt_after_calls = Some(k));
-    let (_tx, rx) = watch::channel(false);
-    let first = run(rig.cfg(), rig.env(&rig.sim), rx);
-    tokio::select! {
-        r = first => {
-            // Fewer calls than k: the run simply finished.
-            let r = r.unwrap();
-            return (rig, r);
-        }
-        _ = rig.sim.halted() => {}
-    }
-    let resumed = rig.sim.resume_after_halt();
-    let (_tx, rx) = watch::channel(false);
-    let r = run(rig.cfg(), rig.env(&resumed), rx).await.unwrap_or_else(|e| panic!("resume after {k} calls: {e}"));
-    (rig, r)
-}
-
-pub(super) async fn calls_of_a_clean_run(text: &str) -> u64 {
-    let rig = Rig::new(plan(text));
-    assert_all_succeeded(&rig.run().await.unwrap());
-    rig.sim.with_world(|w| w.total_calls)
 }
 
 async fn crash_at_every_call(text: &str, volumes: usize, create_volume: bool) {
@@ -563,12 +408,12 @@ async fn crash_at_every_call_on(backend: Backend, text: &str, volumes: usize, cr
     let total = calls_of_a_clean_run(text).await;
     assert!(total > 10);
     for k in 1..=total {
-        let (rig, r) = crash_after(backend, text, k).await;
+        let (rig, r, _) = crash_and_resume(backend, text, k).await;
         assert_all_succeeded(&r);
         assert_eq!(r.volumes.len(), volumes);
-        assert_eq!(rig.made("copy"), volumes, "copies after a crash at call {k}");
-        assert_eq!(rig.made("volume"), if create_volume { volumes } else { 0 }, "volumes after a crash at call {k}");
-        assert_eq!(rig.made("snapshot") + rig.made("reencrypt"), 0, "orphans on the source side after call {k}");
+        assert_eq!(rig.count("copy"), volumes, "copies after a crash at call {k}");
+        assert_eq!(rig.count("volume"), if create_volume { volumes } else { 0 }, "volumes after a crash at call {k}");
+        assert_eq!(rig.count("snapshot") + rig.count("reencrypt"), 0, "orphans on the source side after call {k}");
         rig.sim.with_world(|w| {
             let target_volumes = w.volumes.values().filter(|v| v.owner.as_str() != "111111111111").count();
             assert_eq!(target_volumes, if create_volume { volumes } else { 0 }, "untagged volumes after call {k}");
@@ -578,35 +423,18 @@ async fn crash_at_every_call_on(backend: Backend, text: &str, volumes: usize, cr
     }
 }
 
-/// As `crash_after`, but the state dir is lost with the crash (an ephemeral CI
-/// runner): the rerun adopts the run from its tags.
-pub(super) async fn crash_and_lose_state_after(text: &str, k: u64) -> Option<(Rig, RunReport, String)> {
-    let rig = Rig::with(plan(text), |w| w.faults.halt_after_calls = Some(k));
-    let (_tx, rx) = watch::channel(false);
-    tokio::select! {
-        _ = run(rig.cfg(), rig.env(&rig.sim), rx) => return None,
-        _ = rig.sim.halted() => {}
-    }
-    let lost = rig.store.latest_of_plan("crash-test").await.unwrap().map(|r| r.meta.run_id);
-    rig.lose_state();
-    let resumed = rig.sim.resume_after_halt();
-    let (_tx, rx) = watch::channel(false);
-    let r = run(rig.cfg(), rig.env(&resumed), rx).await.unwrap_or_else(|e| panic!("rerun after {k} calls: {e}"));
-    Some((rig, r, lost.unwrap_or_default()))
-}
-
 #[tokio::test]
 async fn crash_at_every_call_with_the_state_dir_lost_adopts_the_run_from_its_tags() {
-    let total = calls_of_a_clean_run(CROSS).await;
+    let total = calls_of_a_clean_run(&cross()).await;
     let mut adopted = 0;
     for k in 1..total {
-        let Some((rig, r, lost)) = crash_and_lose_state_after(CROSS, k).await else {
+        let Some((rig, r, lost)) = crash_and_lose_state_after(&cross(), k).await else {
             panic!("the run ended before call {k} of {total}");
         };
         assert_all_succeeded(&r);
-        assert_eq!(rig.made("copy"), 3, "copies after a crash at call {k} and a lost state");
-        assert_eq!(rig.made("volume"), 3, "volumes after a crash at call {k} and a lost state");
-        assert_eq!(rig.made("snapshot") + rig.made("reencrypt"), 0, "orphans after call {k}");
+        assert_eq!(rig.count("copy"), 3, "copies after a crash at call {k} and a lost state");
+        assert_eq!(rig.count("volume"), 3, "volumes after a crash at call {k} and a lost state");
+        assert_eq!(rig.count("snapshot") + rig.count("reencrypt"), 0, "orphans after call {k}");
         rig.sim.with_world(|w| {
             let untagged = w.snapshots.values().filter(|s| !s.tags.contains_key("snapferry:step")).count();
             assert_eq!(untagged, 0, "untagged snapshots after call {k}");
@@ -624,39 +452,35 @@ async fn crash_at_every_call_with_the_state_dir_lost_adopts_the_run_from_its_tag
 
 #[tokio::test]
 async fn crash_at_every_call_cross_account_then_resume_leaves_one_of_each() {
-    crash_at_every_call(CROSS, 3, true).await;
+    crash_at_every_call(&cross(), 3, true).await;
 }
 
 #[tokio::test]
 async fn crash_at_every_call_with_invisible_snapshots_and_throttling() {
     // The hardest case for resume: a lookup right after the crash may not see the
     // snapshot the lost call created.
-    let text = CROSS.replace("  - id: vol-00000000000000003\n", "");
+    let text = cross().replace("  - id: vol-00000000000000003\n", "");
     let total = calls_of_a_clean_run(&text).await;
     for (k, backend) in (1..=total).flat_map(|k| [(k, Backend::Local), (k, Backend::Remote)]) {
-        let rig = Rig::on(backend, plan(&text), |w| {
-            w.faults.halt_after_calls = Some(k);
+        let mut rig = Rig::on(backend, plan(&text), |w| {
             w.faults.invisible_ms = 8_000;
             w.faults.throttle_rate = 0.1;
         });
-        let (_tx, rx) = watch::channel(false);
-        tokio::select! {
-            r = run(rig.cfg(), rig.env(&rig.sim), rx) => { assert_all_succeeded(&r.unwrap()); continue; }
-            _ = rig.sim.halted() => {}
+        if let Some(r) = rig.run_until_call(k).await {
+            assert_all_succeeded(&r);
+            continue;
         }
-        let resumed = rig.sim.resume_after_halt();
-        let (_tx, rx) = watch::channel(false);
-        let r = run(rig.cfg(), rig.env(&resumed), rx).await.unwrap();
+        let r = rig.run().await;
         assert_all_succeeded(&r);
-        assert_eq!(rig.made("copy"), 2, "copies after a crash at call {k}");
-        assert_eq!(rig.made("volume"), 2, "volumes after a crash at call {k}");
-        assert_eq!(rig.made("snapshot") + rig.made("reencrypt"), 0, "orphans after call {k}");
+        assert_eq!(rig.count("copy"), 2, "copies after a crash at call {k}");
+        assert_eq!(rig.count("volume"), 2, "volumes after a crash at call {k}");
+        assert_eq!(rig.count("snapshot") + rig.count("reencrypt"), 0, "orphans after call {k}");
     }
 }
 
 #[tokio::test]
 async fn crash_at_every_call_same_account_without_volumes() {
-    let text = CROSS
+    let text = cross()
         .replace("  account: \"222222222222\"\n  role_arn: arn:aws:iam::222222222222:role/dr\n", "")
         .replace("options:\n", "options:\n  create_volume: false\n");
     crash_at_every_call(&text, 3, false).await;
@@ -665,14 +489,14 @@ async fn crash_at_every_call_same_account_without_volumes() {
 #[tokio::test]
 async fn status_of_runs_is_kept_in_the_state_dir() {
     for backend in [Backend::Local, Backend::Remote] {
-        let rig = Rig::on(backend, plan(CROSS), |_| {});
-        let r = rig.run().await.unwrap();
+        let rig = Rig::on(backend, plan(&cross()), |_| {});
+        let r = rig.run().await;
         let store = rig.store.clone();
         let rec = store.load(&r.run_id).await.unwrap();
         assert_eq!(rec.meta.status.as_str(), "succeeded");
         assert!(rec.meta.grant.as_ref().unwrap().added);
         // A new run of a finished plan starts a new run id.
-        let r2 = rig.run().await.unwrap();
+        let r2 = rig.run().await;
         assert_ne!(r2.run_id, r.run_id);
         assert_eq!(store.list().await.unwrap().len(), 2);
         // Its grant was already there.
@@ -682,8 +506,8 @@ async fn status_of_runs_is_kept_in_the_state_dir() {
 
 #[tokio::test]
 async fn retention_keeps_the_newest_copies_per_volume_and_only_this_plans() {
-    let text = format!("{CROSS}  keep: 2\n");
-    let rig = Rig::new(plan(&text));
+    let text = format!("{}  keep: 2\n", cross());
+    let rig = Rig::new(&text);
     // Something of another plan in the target region, tagged alike but for the plan.
     rig.sim.with_world(|w| {
         let az = "eu-west-1b".parse().unwrap();
@@ -697,13 +521,13 @@ async fn retention_keeps_the_newest_copies_per_volume_and_only_this_plans() {
     });
     let mut runs = vec![];
     for _ in 0..4 {
-        let r = rig.run().await.unwrap();
+        let r = rig.run().await;
         assert_all_succeeded(&r);
         runs.push(r);
     }
     // Newest two copies and volumes per source volume; the other plan's volume stays.
-    assert_eq!(rig.made("copy"), 3 * 2);
-    assert_eq!(rig.made("volume"), 3 * 2 + 1);
+    assert_eq!(rig.count("copy"), 3 * 2);
+    assert_eq!(rig.count("volume"), 3 * 2 + 1);
     let last = runs.last().unwrap();
     let pruned = last.retention.as_ref().unwrap();
     assert_eq!(pruned.snapshots.len(), 3);
@@ -720,10 +544,10 @@ async fn retention_keeps_the_newest_copies_per_volume_and_only_this_plans() {
 
 #[tokio::test]
 async fn missing_permissions_are_all_reported_by_dry_run_probes_before_any_change() {
-    let rig = Rig::with(plan(CROSS), |w| {
+    let rig = Rig::with(&cross(), |w| {
         w.faults.denied = ["ec2:CreateSnapshot".to_owned(), "ec2:CreateVolume".to_owned()].into();
     });
-    let err = rig.run().await.unwrap_err();
+    let err = rig.try_run().await.unwrap_err();
     assert_eq!(snapferry::cli::exit::of_run_error(&err), 2);
     let text = err.to_string();
     assert!(text.contains("ec2:CreateSnapshot") && text.contains("ec2:CreateVolume"), "{text}");
@@ -739,25 +563,25 @@ async fn missing_permissions_are_all_reported_by_dry_run_probes_before_any_chang
 
 #[tokio::test]
 async fn a_copy_that_cannot_see_the_share_yet_is_retried() {
-    let rig = Rig::with(plan(CROSS), |w| w.faults.share_lag_ms = 12_000);
-    let r = rig.run().await.unwrap();
+    let rig = Rig::with(&cross(), |w| w.faults.share_lag_ms = 12_000);
+    let r = rig.run().await;
     assert_all_succeeded(&r);
-    assert_eq!(rig.made("copy"), 3);
+    assert_eq!(rig.count("copy"), 3);
     rig.sim.with_world(|w| assert!(w.calls["ec2:CopySnapshot"] > 3 + 2, "{:?}", w.calls));
 }
 
 #[tokio::test]
 async fn copies_queue_when_the_account_copy_quota_is_taken_by_others() {
-    let mut text = String::from(CROSS.split("volumes:").next().unwrap());
+    let mut text = String::from(cross().split("volumes:").next().unwrap());
     text.push_str("volumes:\n");
     for i in 1..=8 {
         text.push_str(&format!("  - id: vol-0000000000000020{i}\n"));
     }
     // The plan allows 20, but only 2 slots are free in the account.
-    let rig = Rig::with(plan(&text), |w| w.faults.copy_quota = Some(2));
-    let r = rig.run().await.unwrap();
+    let rig = Rig::with(&text, |w| w.faults.copy_quota = Some(2));
+    let r = rig.run().await;
     assert_all_succeeded(&r);
-    assert_eq!(rig.made("copy"), 8);
+    assert_eq!(rig.count("copy"), 8);
     rig.sim.with_world(|w| {
         assert!(w.peak_copies.values().all(|p| *p <= 2), "{:?}", w.peak_copies);
         // Queued, not hammered: a few refusals, not one per second of waiting.
@@ -767,7 +591,7 @@ async fn copies_queue_when_the_account_copy_quota_is_taken_by_others() {
 }
 
 fn recurring_plan() -> String {
-    format!("{CROSS}  every: 24h\n")
+    format!("{}  every: 24h\n", cross())
 }
 
 fn volume_statuses(r: &RunReport) -> Vec<(String, String)> {
@@ -778,15 +602,15 @@ fn volume_statuses(r: &RunReport) -> Vec<(String, String)> {
 /// volume fresh, with the ids of its newest copy; once due, each volume is copied again.
 #[tokio::test]
 async fn a_recurring_plan_copies_what_is_due_and_leaves_what_is_fresh() {
-    let rig = Rig::new(plan(&recurring_plan()));
-    let first = rig.run().await.unwrap();
+    let rig = Rig::new(&recurring_plan());
+    let first = rig.run().await;
     assert_all_succeeded(&first);
-    let after_first = mutating(&rig);
+    let after_first = rig.mutating();
 
     rig.sim.with_world(|w| w.now_ms += 3_600_000);
-    let second = rig.run().await.unwrap();
+    let second = rig.run().await;
     assert_eq!(second.status, RunStatus::Succeeded);
-    assert_eq!(mutating(&rig), after_first, "a fresh invocation changed something");
+    assert_eq!(rig.mutating(), after_first, "a fresh invocation changed something");
     for (v, f) in second.volumes.iter().zip(&first.volumes) {
         assert_eq!(v.status, "fresh", "{v:#?}");
         assert_eq!((&v.target_snapshot, &v.target_volume), (&f.target_snapshot, &f.target_volume));
@@ -794,10 +618,10 @@ async fn a_recurring_plan_copies_what_is_due_and_leaves_what_is_fresh() {
 
     // 22 hours after the first copies began: past 90% of a day, all due.
     rig.sim.with_world(|w| w.now_ms += 21 * 3_600_000);
-    let third = rig.run().await.unwrap();
+    let third = rig.run().await;
     assert_all_succeeded(&third);
     assert_ne!(third.run_id, first.run_id);
-    assert_eq!(rig.made("copy"), 6);
+    assert_eq!(rig.count("copy"), 6);
     assert!(third.volumes.iter().all(|v| v.status == "succeeded"));
 }
 
@@ -805,14 +629,14 @@ async fn a_recurring_plan_copies_what_is_due_and_leaves_what_is_fresh() {
 /// copies whenever they are due.
 #[tokio::test]
 async fn a_decommissioned_volume_fails_alone_in_a_recurring_plan() {
-    let rig = Rig::new(plan(&recurring_plan()));
-    assert_all_succeeded(&rig.run().await.unwrap());
+    let rig = Rig::new(&recurring_plan());
+    assert_all_succeeded(&rig.run().await);
     rig.sim.with_world(|w| {
         w.volumes.remove("vol-00000000000000002");
     });
     for round in 1..=2 {
         rig.sim.with_world(|w| w.now_ms += 24 * 3_600_000);
-        let r = rig.run().await.unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let r = rig.try_run().await.unwrap_or_else(|e| panic!("round {round}: {e}"));
         assert_eq!(r.status, RunStatus::Failed, "round {round}");
         let statuses = volume_statuses(&r);
         assert_eq!(
@@ -826,7 +650,7 @@ async fn a_decommissioned_volume_fails_alone_in_a_recurring_plan() {
         );
         let gone = &r.volumes[1];
         assert!(gone.error.as_deref().unwrap().contains("no longer exists"), "{gone:#?}");
-        assert_eq!(rig.made("copy"), 3 + 2 * round, "round {round}");
+        assert_eq!(rig.count("copy"), 3 + 2 * round, "round {round}");
     }
 }
 
@@ -834,23 +658,23 @@ async fn a_decommissioned_volume_fails_alone_in_a_recurring_plan() {
 /// does not copy everything again.
 #[tokio::test]
 async fn freshness_comes_from_tags_when_the_state_dir_is_gone() {
-    let rig = Rig::new(plan(&recurring_plan()));
-    let first = rig.run().await.unwrap();
+    let rig = Rig::new(&recurring_plan());
+    let first = rig.run().await;
     assert_all_succeeded(&first);
-    let after_first = mutating(&rig);
+    let after_first = rig.mutating();
     rig.lose_state();
     rig.sim.with_world(|w| w.now_ms += 3_600_000);
-    let second = rig.run().await.unwrap();
+    let second = rig.run().await;
     assert_eq!(second.status, RunStatus::Succeeded);
-    assert_eq!(mutating(&rig), after_first, "a fresh invocation on a new machine changed something");
+    assert_eq!(rig.mutating(), after_first, "a fresh invocation on a new machine changed something");
     for (v, f) in second.volumes.iter().zip(&first.volumes) {
         assert_eq!(v.status, "fresh", "{v:#?}");
         assert_eq!(v.target_volume, f.target_volume);
     }
     rig.lose_state();
     rig.sim.with_world(|w| w.now_ms += 22 * 3_600_000);
-    assert_all_succeeded(&rig.run().await.unwrap());
-    assert_eq!(rig.made("copy"), 6);
+    assert_all_succeeded(&rig.run().await);
+    assert_eq!(rig.count("copy"), 6);
 }
 
 /// A recurring plan crashed at every call and resumed: one copy per volume.
@@ -864,14 +688,14 @@ async fn crash_at_every_call_of_a_recurring_plan() {
 /// with a failing volume prunes only the others.
 #[tokio::test]
 async fn keep_source_and_keep_prune_per_volume_across_rounds() {
-    let text = format!("{CROSS}  every: 24h\n  keep: 2\n  keep_source: 1\n");
-    let rig = Rig::new(plan(&text));
+    let text = format!("{}  every: 24h\n  keep: 2\n  keep_source: 1\n", cross());
+    let rig = Rig::new(&text);
     for round in 1..=3 {
-        let r = rig.run().await.unwrap();
+        let r = rig.run().await;
         assert_all_succeeded(&r);
-        let kept = rig.made("snapshot") + rig.made("reencrypt");
+        let kept = rig.count("snapshot") + rig.count("reencrypt");
         assert_eq!(kept, 3, "round {round}: one source snapshot per volume");
-        assert_eq!(rig.made("copy"), 3 * round.min(2), "round {round}");
+        assert_eq!(rig.count("copy"), 3 * round.min(2), "round {round}");
         rig.sim.with_world(|w| {
             let shared = w.snapshots.values().filter(|s| !s.shared_with.is_empty()).count();
             assert_eq!(shared, 0, "round {round}: kept snapshots stay private");
@@ -885,8 +709,8 @@ async fn keep_source_and_keep_prune_per_volume_across_rounds() {
 /// full, with its size.
 #[tokio::test]
 async fn the_report_says_which_next_copies_are_full() {
-    let rig = Rig::new(plan(CROSS));
-    let r = rig.run().await.unwrap();
+    let rig = Rig::new(&cross());
+    let r = rig.run().await;
     assert_all_succeeded(&r);
     let source_key_volumes = rig.sim.with_world(|w| {
         let share = w.keys.iter().find(|k| k.aliases.iter().any(|a| a == "share")).unwrap().arn.clone();

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use snapferry::checkpoint::RunStatus;
 
-use super::{CROSS, Rig, assert_all_succeeded, plan};
+use super::cross;
+use crate::support::rig::{Rig, assert_all_succeeded};
 
 const DAY: i64 = 24 * 3_600_000;
 const PLAN: &str = "crash-test";
@@ -51,12 +52,12 @@ fn median(times: &[Duration]) -> Duration {
 /// 400 rounds is the size it was after 10, and a round takes no longer at the end.
 #[tokio::test]
 async fn four_hundred_daily_rounds_keep_the_state_and_the_rounds_bounded() {
-    let rig = Rig::new(plan(&format!("{CROSS}  every: 24h\n  keep: 2\n  history: 5\n")));
+    let rig = Rig::new(&format!("{}  every: 24h\n  keep: 2\n  history: 5\n", cross()));
     let mut times = vec![];
     let mut size_after_10 = 0;
     for round in 1..=400u64 {
         let started = Instant::now();
-        let r = rig.run().await.unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let r = rig.try_run().await.unwrap_or_else(|e| panic!("round {round}: {e}"));
         times.push(started.elapsed());
         assert_all_succeeded(&r);
         let metas = rig.store.list_meta().await.unwrap();
@@ -80,15 +81,14 @@ async fn four_hundred_daily_rounds_keep_the_state_and_the_rounds_bounded() {
 /// chain is finished and replaced, it goes. A removed run is cleaned up from its tags.
 #[tokio::test]
 async fn a_run_whose_chain_is_carried_stays_and_a_removed_run_is_cleaned_up_from_tags() {
-    let text = format!("{CROSS}  every: 24h\n  cleanup: false\n  history: 1\n");
-    let rig =
-        Rig::with(plan(&text), |w| w.faults.key_inaccessible_for = Some("vol-00000000000000002".parse().unwrap()));
-    let first = rig.run().await.unwrap();
+    let text = format!("{}  every: 24h\n  cleanup: false\n  history: 1\n", cross());
+    let rig = Rig::with(&text, |w| w.faults.key_inaccessible_for = Some("vol-00000000000000002".parse().unwrap()));
+    let first = rig.run().await;
     assert_eq!(first.status, RunStatus::Failed);
     let mut ids = vec![first.run_id.clone()];
     for round in 2..=4 {
         rig.sim.with_world(|w| w.now_ms += DAY);
-        let r = rig.run().await.unwrap();
+        let r = rig.run().await;
         assert_eq!(r.status, RunStatus::Failed, "round {round}");
         ids.push(r.run_id.clone());
         // The first round's chain of the failing volume is carried on: it stays, with
@@ -101,16 +101,16 @@ async fn a_run_whose_chain_is_carried_stays_and_a_removed_run_is_cleaned_up_from
         w.faults.key_inaccessible_for = None;
         w.now_ms += DAY;
     });
-    assert_all_succeeded(&rig.run().await.unwrap());
+    assert_all_succeeded(&rig.run().await);
     rig.sim.with_world(|w| w.now_ms += DAY);
-    let last = rig.run().await.unwrap();
+    let last = rig.run().await;
     assert_all_succeeded(&last);
     assert_eq!(rig.run_ids().await, [last.run_id]);
     assert_eq!(rig.removed().await, 5);
 
     // Round 2's source snapshots (cleanup: false) are left in AWS: cleanup finds them
     // by their tags, with the plan; without it, it says to name the plan.
-    let env = rig.env(&rig.sim);
+    let env = rig.env();
     let removed = &ids[1];
     let err = snapferry::exec::cleanup(&env.store, env.cloud.as_ref(), env.clock.as_ref(), removed, None)
         .await

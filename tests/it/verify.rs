@@ -13,9 +13,10 @@ use snapferry::exec::verify::{Pair, verify_copy};
 use snapferry::ids::{Region, SnapshotId};
 use snapferry::verify::{Level, sample_ranks};
 
-use super::sim::{
-    Backend, CROSS, Rig, assert_all_succeeded, calls, calls_of_a_clean_run, crash_after, crash_and_lose_state_after,
-    plan,
+use super::sim::cross;
+use crate::support::plans;
+use crate::support::rig::{
+    Backend, Rig, assert_all_succeeded, calls_of_a_clean_run, crash_and_lose_state_after, crash_and_resume,
 };
 
 const V1: &str = "vol-00000000000000001";
@@ -44,8 +45,8 @@ fn verify_tags(rig: &Rig) -> Vec<(String, Option<String>, Option<String>)> {
 #[tokio::test]
 async fn a_matched_copy_at_each_level_is_tagged_and_reported() {
     for level in ["map", "sample", "full"] {
-        let rig = Rig::new(plan(&verified(CROSS, level)));
-        let r = rig.run().await.unwrap();
+        let rig = Rig::new(&verified(&cross(), level));
+        let r = rig.run().await;
         assert_all_succeeded(&r);
         let tags = verify_tags(&rig);
         assert_eq!(tags.len(), 3);
@@ -69,7 +70,7 @@ async fn a_matched_copy_at_each_level_is_tagged_and_reported() {
                 _ => assert!(rec.sample_seed.is_none()),
             }
         }
-        let gets = calls(&rig, "ebs:GetSnapshotBlock");
+        let gets = rig.calls("ebs:GetSnapshotBlock");
         let compared: u64 = r.volumes.iter().map(|v| v.verify.as_ref().unwrap().blocks_compared).sum();
         match level {
             // Every block is listed on both sides: map reads none.
@@ -78,16 +79,16 @@ async fn a_matched_copy_at_each_level_is_tagged_and_reported() {
             _ => assert_eq!(gets, 2 * compared),
         }
         // The source side was cleaned up after the verification.
-        assert_eq!(rig.made("snapshot") + rig.made("reencrypt"), 0);
+        assert_eq!(rig.count("snapshot") + rig.count("reencrypt"), 0);
     }
 }
 
 #[tokio::test]
 async fn a_corrupted_block_is_caught_at_full_the_copy_is_kept_and_the_next_run_copies_again() {
-    let rig = Rig::with(plan(&verified(CROSS, "full")), |w| {
+    let rig = Rig::with(&verified(&cross(), "full"), |w| {
         w.faults.corrupt_block_of = Some((V1.parse().unwrap(), 5));
     });
-    let r = rig.run().await.unwrap();
+    let r = rig.run().await;
     assert_eq!(r.status, RunStatus::Failed);
     let bad = r.volumes.iter().find(|v| v.source_volume == V1).unwrap();
     assert_eq!(bad.status, "failed");
@@ -105,27 +106,27 @@ async fn a_corrupted_block_is_caught_at_full_the_copy_is_kept_and_the_next_run_c
     let tag_of = |id: &str| tags.iter().find(|t| t.0 == id).and_then(|t| t.2.clone());
     assert_eq!(tag_of(&failed_copy).as_deref(), Some("failed"));
     // The intermediates stay for the next copy.
-    assert!(rig.made("snapshot") + rig.made("reencrypt") > 0);
+    assert!(rig.count("snapshot") + rig.count("reencrypt") > 0);
 
     // The cause gone, the next invocation copies again and keeps the failed copy.
     rig.sim.with_world(|w| w.faults.corrupt_block_of = None);
-    let r = rig.run().await.unwrap();
+    let r = rig.run().await;
     assert_all_succeeded(&r);
     let again = r.volumes.iter().find(|v| v.source_volume == V1).unwrap();
     assert_ne!(again.target_snapshot.as_deref(), Some(failed_copy.as_str()));
-    assert_eq!(rig.made("copy"), 4, "three good copies and the failed one, kept");
+    assert_eq!(rig.count("copy"), 4, "three good copies and the failed one, kept");
     let tags = verify_tags(&rig);
     assert_eq!(tags.iter().filter(|t| t.2.as_deref() == Some("failed")).count(), 1);
     assert_eq!(tags.iter().filter(|t| t.2.as_deref() == Some("matched:full")).count(), 3);
-    assert_eq!(rig.made("snapshot") + rig.made("reencrypt"), 0);
+    assert_eq!(rig.count("snapshot") + rig.count("reencrypt"), 0);
 }
 
 #[tokio::test]
 async fn a_dropped_block_is_caught_at_map() {
-    let rig = Rig::with(plan(&verified(CROSS, "map")), |w| {
+    let rig = Rig::with(&verified(&cross(), "map"), |w| {
         w.faults.drop_block_of = Some((V1.parse().unwrap(), 2));
     });
-    let r = rig.run().await.unwrap();
+    let r = rig.run().await;
     let bad = r.volumes.iter().find(|v| v.source_volume == V1).unwrap();
     assert_eq!(bad.status, "failed", "{bad:#?}");
     let m = bad.verify.as_ref().unwrap().first_mismatch.clone().unwrap();
@@ -135,10 +136,10 @@ async fn a_dropped_block_is_caught_at_map() {
 
 #[tokio::test]
 async fn a_zero_block_listed_on_one_side_only_is_no_mismatch() {
-    let rig = Rig::with(plan(&verified(CROSS, "full")), |w| {
+    let rig = Rig::with(&verified(&cross(), "full"), |w| {
         w.faults.unlist_zeros_of = Some(V1.parse().unwrap());
     });
-    let r = rig.run().await.unwrap();
+    let r = rig.run().await;
     assert_all_succeeded(&r);
     let v = r.volumes.iter().find(|v| v.source_volume == V1).unwrap();
     let rec = v.verify.as_ref().unwrap();
@@ -155,10 +156,10 @@ async fn a_zero_block_listed_on_one_side_only_is_no_mismatch() {
 /// it, one that does not, does not: the seed decides, and is recorded.
 #[tokio::test]
 async fn a_corrupted_block_is_caught_at_sample_when_sampled() {
-    let text = verified(&CROSS.replace("options:\n", "options:\n  cleanup: false\n"), "map");
+    let text = verified(&cross().replace("options:\n", "options:\n  cleanup: false\n"), "map");
     let rank = 7;
-    let rig = Rig::with(plan(&text), |w| w.faults.corrupt_block_of = Some((V1.parse().unwrap(), rank)));
-    let r = rig.run().await.unwrap();
+    let rig = Rig::with(&text, |w| w.faults.corrupt_block_of = Some((V1.parse().unwrap(), rank)));
+    let r = rig.run().await;
     assert_all_succeeded(&r);
     let v = r.volumes.iter().find(|v| v.source_volume == V1).unwrap();
     let source = SnapshotId::parse(v.shared_snapshot.as_deref().unwrap()).unwrap();
@@ -183,10 +184,10 @@ async fn a_corrupted_block_is_caught_at_sample_when_sampled() {
 
 #[tokio::test]
 async fn a_verification_that_could_not_run_is_its_own_error_and_resumes() {
-    let rig = Rig::with(plan(&verified(CROSS, "map")), |w| {
+    let rig = Rig::with(&verified(&cross(), "map"), |w| {
         w.faults.denied.insert("ebs:ListSnapshotBlocks".to_owned());
     });
-    let r = rig.run().await.unwrap();
+    let r = rig.run().await;
     assert_eq!(r.status, RunStatus::Failed);
     for v in &r.volumes {
         assert_eq!(v.step, "verify");
@@ -195,20 +196,20 @@ async fn a_verification_that_could_not_run_is_its_own_error_and_resumes() {
     }
     assert!(verify_tags(&rig).iter().all(|t| t.2.is_none()), "nothing tagged when it could not verify");
     rig.sim.with_world(|w| w.faults.denied.clear());
-    let r = rig.run().await.unwrap();
+    let r = rig.run().await;
     assert_all_succeeded(&r);
-    assert_eq!(rig.made("copy"), 3, "no copy made again");
+    assert_eq!(rig.count("copy"), 3, "no copy made again");
 }
 
 #[tokio::test]
 async fn a_crash_at_every_call_of_a_verified_plan_still_ends_verified_without_duplicates() {
-    let text = verified(CROSS, "map");
+    let text = verified(&cross(), "map");
     let total = calls_of_a_clean_run(&text).await;
     for k in 1..=total {
-        let (rig, r) = crash_after(Backend::Local, &text, k).await;
+        let (rig, r, _) = crash_and_resume(Backend::Local, &text, k).await;
         assert_all_succeeded(&r);
-        assert_eq!(rig.made("copy"), 3, "copies after a crash at call {k}");
-        assert_eq!(rig.made("snapshot") + rig.made("reencrypt"), 0, "orphans after a crash at call {k}");
+        assert_eq!(rig.count("copy"), 3, "copies after a crash at call {k}");
+        assert_eq!(rig.count("snapshot") + rig.count("reencrypt"), 0, "orphans after a crash at call {k}");
         let tags = verify_tags(&rig);
         assert!(tags.iter().all(|t| t.2.as_deref() == Some("matched:map")), "after a crash at call {k}: {tags:?}");
         assert!(r.volumes.iter().all(|v| v.verify.is_some()));
@@ -219,7 +220,7 @@ async fn a_crash_at_every_call_of_a_verified_plan_still_ends_verified_without_du
 /// verified is verified before the run ends, never skipped: every copy ends tagged.
 #[tokio::test]
 async fn a_crash_with_the_state_lost_still_verifies_every_copy() {
-    let text = verified(&CROSS.replace("options:\n", "options:\n  create_volume: false\n"), "map");
+    let text = verified(&cross().replace("options:\n", "options:\n  create_volume: false\n"), "map");
     let total = calls_of_a_clean_run(&text).await;
     // The last calls end the run in AWS: a plan without `every` then starts anew.
     for k in 1..total - 1 {
@@ -235,37 +236,16 @@ async fn a_crash_with_the_state_lost_still_verifies_every_copy() {
     }
 }
 
-const FANOUT: &str = r#"
-version: 1
-name: fan-verify
-source:
-  region: us-east-1
-  account: "111111111111"
-  kms_key: alias/share
-targets:
-  - region: eu-west-1
-    account: "222222222222"
-    role_arn: arn:aws:iam::222222222222:role/dr
-    kms_key: alias/dr
-    availability_zone: eu-west-1b
-  - region: us-west-2
-    account: "333333333333"
-    role_arn: arn:aws:iam::333333333333:role/vault
-    kms_key: alias/vault
-    availability_zone: us-west-2a
-volumes:
-  - id: vol-00000000000000001
-  - id: vol-00000000000000002
-options:
-  verify: full
-"#;
+fn fan_out() -> String {
+    plans::fan_out("fan-verify", 2, "  verify: full\n")
+}
 
 /// Each target's copy is verified against the one shared snapshot, with its own
 /// account's credentials; the lead cleans up only after both matched.
 #[tokio::test]
 async fn fan_out_verifies_each_targets_copy_against_the_one_snapshot() {
-    let rig = Rig::new(plan(FANOUT));
-    let r = rig.run().await.unwrap();
+    let rig = Rig::new(&fan_out());
+    let r = rig.run().await;
     assert_all_succeeded(&r);
     for v in &r.volumes {
         assert_eq!(v.copies.len(), 2);
@@ -280,23 +260,23 @@ async fn fan_out_verifies_each_targets_copy_against_the_one_snapshot() {
     let tags = verify_tags(&rig);
     assert_eq!(tags.len(), 4);
     assert!(tags.iter().all(|t| t.2.as_deref() == Some("matched:full")));
-    assert_eq!(rig.made("snapshot") + rig.made("reencrypt"), 0);
+    assert_eq!(rig.count("snapshot") + rig.count("reencrypt"), 0);
 }
 
 /// A copy that comes out differently into one target (its block dropped) fails that
 /// copy alone; the lead keeps the shared snapshot for the next copy.
 #[tokio::test]
 async fn fan_out_a_copy_that_differs_keeps_the_shared_snapshot() {
-    let rig = Rig::with(plan(FANOUT), |w| w.faults.drop_block_of = Some((V1.parse().unwrap(), 0)));
-    let r = rig.run().await.unwrap();
+    let rig = Rig::with(&fan_out(), |w| w.faults.drop_block_of = Some((V1.parse().unwrap(), 0)));
+    let r = rig.run().await;
     let v = r.volumes.iter().find(|v| v.source_volume == V1).unwrap();
     assert_eq!(v.status, "failed");
     assert!(v.copies.iter().all(|c| c.verify.as_ref().is_some_and(|r| r.result == "failed")));
-    assert!(rig.made("snapshot") + rig.made("reencrypt") > 0, "the shared snapshot is kept");
+    assert!(rig.count("snapshot") + rig.count("reencrypt") > 0, "the shared snapshot is kept");
     rig.sim.with_world(|w| w.faults.drop_block_of = None);
-    let r = rig.run().await.unwrap();
+    let r = rig.run().await;
     assert_all_succeeded(&r);
-    assert_eq!(rig.made("snapshot") + rig.made("reencrypt"), 0);
+    assert_eq!(rig.count("snapshot") + rig.count("reencrypt"), 0);
 }
 
 /// The figures: blocks compared per second per copy on the simulated AWS, requests
@@ -304,8 +284,8 @@ async fn fan_out_a_copy_that_differs_keeps_the_shared_snapshot() {
 #[tokio::test]
 async fn figures() {
     for level in ["map", "sample", "full"] {
-        let rig = Rig::new(plan(&verified(CROSS, level)));
-        let r = rig.run().await.unwrap();
+        let rig = Rig::new(&verified(&cross(), level));
+        let r = rig.run().await;
         assert_all_succeeded(&r);
         for v in &r.volumes {
             let rec = v.verify.as_ref().unwrap();
@@ -335,7 +315,7 @@ async fn figures() {
 /// exit 2.
 #[test]
 fn the_verify_command_checks_a_finished_run_writes_evidence_and_exits_by_the_result() {
-    use super::cli::{code, json, root, run};
+    use crate::support::bin::{code, json, root, run};
     let dir = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(root("plans/example.yaml"))
         .unwrap()
