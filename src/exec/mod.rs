@@ -20,6 +20,7 @@
 
 mod act;
 pub mod adopt;
+mod agenda;
 pub mod cleanup;
 mod history;
 mod key_policy;
@@ -36,12 +37,13 @@ pub mod verify;
 
 use std::sync::Arc;
 
+pub use agenda::Tally;
 pub use cleanup::cleanup;
 pub use lifecycle::run;
 pub use preflight::preflight;
 pub use preflight::{PreflightError, Resolved, SourceVolume};
 pub use report::{CopyKind, RunReport, VolumeReport, copy_kind};
-pub use runner::{Progress, RunConfig, Tally};
+pub use runner::{Progress, RunConfig};
 
 use crate::checkpoint::StoreError;
 use crate::clock::Clock;
@@ -78,6 +80,9 @@ pub enum RunError {
     /// A usage error found once the state was read (a run of another plan).
     #[error("{0}")]
     Usage(String),
+    /// An outcome the step machine refused at the volume's step: a damaged checkpoint.
+    #[error(transparent)]
+    Engine(#[from] crate::engine::IllegalTransition),
     #[error("{0}")]
     Other(String),
 }

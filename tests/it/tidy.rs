@@ -125,7 +125,8 @@ fn the_aws_sdk_stays_in_cloud_aws() {
 
 #[test]
 fn the_pure_modules_do_no_io() {
-    const PURE: [&str; 6] = ["src/plan", "src/policy", "src/engine", "src/ids.rs", "src/lock.rs", "src/verify"];
+    const PURE: [&str; 7] =
+        ["src/plan", "src/policy", "src/engine", "src/ids.rs", "src/lock.rs", "src/verify", "src/exec/agenda.rs"];
     const FORBIDDEN: [&str; 7] = ["tokio", "std::fs", "std::net", "SystemTime", "Instant", "std::process", "reqwest"];
     let mut bad = vec![];
     for (path, text) in sources(&["src"]) {
