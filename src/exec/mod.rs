@@ -38,7 +38,7 @@ pub mod verify;
 use std::sync::Arc;
 
 pub use agenda::Tally;
-pub use cleanup::cleanup;
+pub use cleanup::{cleanup, cleanup_loaded};
 pub use lifecycle::run;
 pub use preflight::preflight;
 pub use preflight::{PreflightError, Resolved, SourceVolume};
