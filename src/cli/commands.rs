@@ -270,7 +270,8 @@ async fn cleanup(run_id: &str, plan_path: Option<&Path>, common: &Common) -> Res
         seed: None,
     })
     .await?;
-    let result = exec::cleanup(&store, connected.cloud.as_ref(), connected.clock.as_ref(), run_id, plan.as_ref()).await;
+    let (cloud, clock) = (connected.cloud.as_ref(), connected.clock.as_ref());
+    let result = exec::cleanup_loaded(&store, cloud, clock, run_id, record, plan.as_ref()).await;
     drop(lock);
     state::close(&store).await;
     connected.save()?;

@@ -114,7 +114,7 @@ pub fn of_run_error(e: &RunError) -> u8 {
     match e {
         RunError::Store(s) => of_store_error(s),
         RunError::Preflight(_) | RunError::Usage(_) | RunError::PlanChanged { .. } => USAGE,
-        RunError::Cloud { .. } | RunError::Credentials { .. } | RunError::Other(_) => FAILED,
+        RunError::Cloud { .. } | RunError::Credentials { .. } | RunError::Engine(_) | RunError::Other(_) => FAILED,
     }
 }
 

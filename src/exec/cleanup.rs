@@ -18,11 +18,11 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use crate::checkpoint::{FORMAT_VERSION, RunMeta, RunRecord, RunStatus, Store, StoreError, TargetMeta};
+use crate::checkpoint::{FORMAT_VERSION, Journal, RunMeta, RunRecord, RunStatus, Store, StoreError, TargetMeta};
 use crate::clock::Clock;
 use crate::cloud::{Cloud, ErrorKind, Loc, Side, Snapshot, SnapshotState};
-use crate::engine::{self, Step};
-use crate::ids::{AccountId, KeyArn, PlanName, Region, SnapshotId};
+use crate::engine::{self, Step, VolumeRun};
+use crate::ids::{AccountId, KeyArn, PlanName, Region, SnapshotId, VolumeId};
 use crate::plan::Plan;
 use crate::policy;
 use crate::tags::{StepTag, TAG_RUN, TAG_SOURCE_VOLUME};
@@ -56,8 +56,9 @@ pub struct CarriedChain {
     pub carried_by: String,
 }
 
-/// Cleans up `run_id`. `plan`, when given, supplies regions, accounts and the role
-/// for a run the state does not know (it is then found by its tags).
+/// Cleans up `run_id`, loading it from the state. `plan`, when given, supplies
+/// regions, accounts and the role for a run the state does not know (it is then found
+/// by its tags).
 pub async fn cleanup(
     store: &Store,
     cloud: &dyn Cloud,
@@ -65,25 +66,107 @@ pub async fn cleanup(
     run_id: &str,
     plan: Option<&Plan>,
 ) -> Result<CleanupSummary, RunError> {
-    let identity = retrying(clock, || cloud.caller_identity(Side::Source))
+    let known = match store.load(run_id).await {
+        Ok(r) => Some(r),
+        Err(StoreError::NoSuchRun(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
+    cleanup_loaded(store, cloud, clock, run_id, known, plan).await
+}
+
+/// Cleans up `run_id` as the caller loaded it from the state (`known`; `None`: the
+/// state does not know it, and `plan` is needed to find it by its tags). The phases:
+/// open the run, list what AWS holds of it, per source volume stop its pending copies
+/// and delete its intermediates, revoke the grants, record the end.
+pub async fn cleanup_loaded(
+    store: &Store,
+    cloud: &dyn Cloud,
+    clock: &dyn Clock,
+    run_id: &str,
+    known: Option<RunRecord>,
+    plan: Option<&Plan>,
+) -> Result<CleanupSummary, RunError> {
+    let io = Io { store, cloud, clock };
+    let (mut record, mut journal) = open_run(io, run_id, known, plan).await?;
+    let mut summary = CleanupSummary { run_id: run_id.to_owned(), grant: "none".into(), ..Default::default() };
+    let sweep = Sweep::new(io, run_id, &record.meta, &mut summary).await?;
+
+    // Chains of this run that a later run carries on unfinished are that run's now:
+    // its pending copy reads their snapshots. They are left alone.
+    let carriers = carriers_of(store, run_id).await?;
+    let mut sources: Vec<VolumeId> = vec![];
+    for v in &record.volumes {
+        if !sources.contains(&v.source_volume) {
+            sources.push(v.source_volume.clone());
+        }
+    }
+    for source_id in sources {
+        if let Some(by) = carriers.get(source_id.as_str()) {
+            tracing::warn!(volume = %source_id, run = %by, "left alone: a later run carries this chain on");
+            summary.carried.push(CarriedChain { source_volume: source_id.to_string(), carried_by: by.clone() });
+            continue;
+        }
+        sweep.volume(&mut record, &mut journal, &source_id, &mut summary).await?;
+    }
+
+    sweep.revoke_grants(&mut record.meta, plan, &mut summary).await?;
+    record_end(&mut record, journal, clock, &summary).await?;
+    Ok(summary)
+}
+
+/// Records how the cleanup ended: the run is cleaned up only when nothing it owns is
+/// left (an error says what is), so running cleanup again finishes the job.
+async fn record_end(
+    record: &mut RunRecord,
+    mut journal: Journal,
+    clock: &dyn Clock,
+    summary: &CleanupSummary,
+) -> Result<(), RunError> {
+    record.meta.cleaned_up = summary.errors.is_empty();
+    record.meta.updated_ms = clock.now_ms();
+    if record.meta.status == RunStatus::Running {
+        record.meta.status = RunStatus::Interrupted;
+    }
+    journal.meta(&record.meta)?;
+    journal.compact(record).await?;
+    Ok(())
+}
+
+/// Where cleanup reads and writes: the state, AWS, the clock.
+#[derive(Clone, Copy)]
+struct Io<'a> {
+    store: &'a Store,
+    cloud: &'a dyn Cloud,
+    clock: &'a dyn Clock,
+}
+
+/// The run and its journal: as the state holds it, or (with `plan`) rebuilt from its
+/// tags. Refused when it is another plan's, or was made in another account than the
+/// caller's.
+async fn open_run(
+    io: Io<'_>,
+    run_id: &str,
+    known: Option<RunRecord>,
+    plan: Option<&Plan>,
+) -> Result<(RunRecord, Journal), RunError> {
+    let identity = retrying(io.clock, || io.cloud.caller_identity(Side::Source))
         .await
         .map_err(|e| RunError::Cloud { what: "reading the caller identity".into(), source: e })?;
-    let (mut record, mut journal) = match store.load(run_id).await {
-        Ok(r) => {
-            let j = store.reopen(&r).await?;
+    let (record, journal) = match known {
+        Some(r) => {
+            let j = io.store.reopen(&r).await?;
             (r, j)
         }
-        Err(StoreError::NoSuchRun(_)) => {
+        None => {
             let Some(plan) = plan else {
                 return Err(RunError::Usage(format!(
                     "no run {run_id} in the state dir; to clean it up from its tags in AWS, name its plan: snapferry cleanup --plan PLAN {run_id}"
                 )));
             };
-            let r = from_tags(cloud, clock, plan, run_id, &identity.account).await?;
-            let j = store.create_or_reopen(&r).await?;
+            let r = from_tags(io.cloud, io.clock, plan, run_id, &identity.account).await?;
+            let j = io.store.create_or_reopen(&r).await?;
             (r, j)
         }
-        Err(e) => return Err(e.into()),
     };
     if let Some(p) = plan
         && p.name.as_str() != record.meta.plan
@@ -101,73 +184,136 @@ pub async fn cleanup(
             identity.account, identity.arn
         )));
     }
+    Ok((record, journal))
+}
 
-    let mut summary = CleanupSummary { run_id: run_id.to_owned(), grant: "none".into(), ..Default::default() };
-    let source_region = Region::parse(&record.meta.source_region)
-        .map_err(|e| RunError::Other(format!("checkpoint of {run_id}: source region: {e}")))?;
-    let src = Loc::new(Side::Source, &source_region);
-    let targets = record.meta.targets();
-    let mut dsts = vec![];
-    for (i, t) in targets.iter().enumerate() {
-        let region = Region::parse(&t.region)
-            .map_err(|e| RunError::Other(format!("checkpoint of {run_id}: target region: {e}")))?;
-        dsts.push(Loc::new(Side::Target(i as u8), &region));
-    }
-    let mut share_with: Vec<AccountId> = vec![];
-    for t in targets.iter().filter(|t| t.cross_account) {
-        if let Some(a) = t.account.as_deref().and_then(|a| AccountId::parse(a).ok())
-            && !share_with.contains(&a)
-        {
-            share_with.push(a);
+/// One cleanup's view of its run: where its calls go, and what AWS holds of it.
+struct Sweep<'a> {
+    io: Io<'a>,
+    run_id: &'a str,
+    source_region: Region,
+    src: Loc,
+    /// Per target of the run, where its calls go.
+    dsts: Vec<Loc>,
+    /// The accounts the run's snapshots were shared with.
+    share_with: Vec<AccountId>,
+    /// What AWS holds under the plan's tag, including what a lost answer left
+    /// unrecorded; empty when the listing failed.
+    survey: Survey,
+    /// The listing answered. Without it only the snapshots the state names are
+    /// cleaned up, and none a pending copy may still read from.
+    listed: bool,
+}
+
+impl<'a> Sweep<'a> {
+    /// The run's places, from its checkpoint, and the listing of its resources (a
+    /// listing that fails is an error of the summary, not of the cleanup).
+    async fn new(
+        io: Io<'a>,
+        run_id: &'a str,
+        meta: &RunMeta,
+        summary: &mut CleanupSummary,
+    ) -> Result<Sweep<'a>, RunError> {
+        let source_region = Region::parse(&meta.source_region)
+            .map_err(|e| RunError::Other(format!("checkpoint of {run_id}: source region: {e}")))?;
+        let src = Loc::new(Side::Source, &source_region);
+        let targets = meta.targets();
+        let mut dsts = vec![];
+        for (i, t) in targets.iter().enumerate() {
+            let region = Region::parse(&t.region)
+                .map_err(|e| RunError::Other(format!("checkpoint of {run_id}: target region: {e}")))?;
+            dsts.push(Loc::new(Side::Target(i as u8), &region));
         }
+        let mut share_with: Vec<AccountId> = vec![];
+        for t in targets.iter().filter(|t| t.cross_account) {
+            if let Some(a) = t.account.as_deref().and_then(|a| AccountId::parse(a).ok())
+                && !share_with.contains(&a)
+            {
+                share_with.push(a);
+            }
+        }
+        let mut survey = Survey::default();
+        match adopt::survey(io.cloud, io.clock, &meta.plan, &src, &dsts).await {
+            Ok(s) => survey = s,
+            Err(e) => summary.errors.push(format!(
+                "listing the run's resources: {e}; only the snapshots the state names are cleaned up, and none a pending copy may still read from"
+            )),
+        }
+        let listed = summary.errors.is_empty();
+        Ok(Sweep { io, run_id, source_region, src, dsts, share_with, survey, listed })
     }
 
-    // What AWS holds of this run, including what a lost answer left unrecorded.
-    let mut survey = Survey::default();
-    match adopt::survey(cloud, clock, &record.meta.plan, &src, &dsts).await {
-        Ok(s) => survey = s,
-        Err(e) => summary.errors.push(format!(
-            "listing the run's resources: {e}; only the snapshots the state names are cleaned up, and none a pending copy may still read from"
-        )),
+    /// True for a snapshot this run made for `source` at `step`.
+    fn made(&self, s: &Snapshot, source: &str, step: StepTag) -> bool {
+        s.tags.get(TAG_RUN).map(String::as_str) == Some(self.run_id)
+            && StepTag::of(&s.tags) == Some(step)
+            && s.tags.get(TAG_SOURCE_VOLUME).map(String::as_str) == Some(source)
     }
-    let listed = summary.errors.is_empty();
-    let of_run = |s: &&Snapshot, step: StepTag| {
-        s.tags.get(TAG_RUN).map(String::as_str) == Some(run_id) && StepTag::of(&s.tags) == Some(step)
-    };
 
-    // Chains of this run that a later run carries on unfinished are that run's now:
-    // its pending copy reads their snapshots. They are left alone.
-    let carriers = carriers_of(store, run_id).await?;
-    // Per source volume: its copies (one per target) and the intermediates they read.
-    let mut sources: Vec<crate::ids::VolumeId> = vec![];
-    for v in &record.volumes {
-        if !sources.contains(&v.source_volume) {
-            sources.push(v.source_volume.clone());
-        }
-    }
-    for source_id in sources {
-        if let Some(by) = carriers.get(source_id.as_str()) {
-            tracing::warn!(volume = %source_id, run = %by, "left alone: a later run carries this chain on");
-            summary.carried.push(CarriedChain { source_volume: source_id.to_string(), carried_by: by.clone() });
-            continue;
-        }
+    /// One source volume's chain: its copies (one per target) stopped while pending,
+    /// then the intermediates they read deleted, then its volume runs recorded with
+    /// what is kept.
+    async fn volume(
+        &self,
+        record: &mut RunRecord,
+        journal: &mut Journal,
+        source_id: &VolumeId,
+        summary: &mut CleanupSummary,
+    ) -> Result<(), RunError> {
         let units: Vec<usize> =
-            (0..record.volumes.len()).filter(|i| record.volumes[*i].source_volume == source_id).collect();
+            (0..record.volumes.len()).filter(|i| record.volumes[*i].source_volume == *source_id).collect();
         // The unit holding the source side: the lead, else the first.
         let lead = units.iter().copied().find(|i| !record.volumes[*i].follower).unwrap_or(units[0]);
         let v = record.volumes[lead].clone();
         let source = v.source_volume.as_str();
-        let mine = |s: &&Snapshot| s.tags.get(TAG_SOURCE_VOLUME).map(String::as_str) == Some(source);
 
-        // 1. Stop this volume's copies that are still pending (or failed) in each
-        // target account: they read from the shared snapshot.
+        let mut copy_blocks = self.stop_copies(source, summary).await;
+        // Without a listing of the target side, a copy the state says is under way
+        // may still read from the shared snapshot.
+        let copy_may_run = units.iter().any(|i| {
+            let u = &record.volumes[*i];
+            matches!(u.step, Step::Lock | Step::WaitCopy) || (u.step == Step::Copy && u.in_flight) || failed_at_copy(u)
+        });
+        if !self.listed && copy_may_run {
+            copy_blocks = true;
+        }
+
+        let kept = self.delete_intermediates(&v, copy_blocks, summary).await;
+        if copy_blocks && !kept.is_empty() && !summary.errors.iter().any(|e| e.contains("is still pending")) {
+            summary.errors.push(format!(
+                "volume {source}: the snapshots {} are kept while a copy may still read from them; run cleanup again once the copy ended",
+                kept.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            ));
+        }
+
+        for i in units {
+            let v = record.volumes[i].clone();
+            let mut n = engine::stopped_by_cleanup(&v, self.io.clock.now_ms());
+            n.source_snapshot = v.source_snapshot.clone().filter(|s| kept.contains(s));
+            n.reencrypted_snapshot = v.reencrypted_snapshot.clone().filter(|s| kept.contains(s));
+            if n.source_snapshot.is_none() && n.reencrypted_snapshot.is_none() {
+                n.shared = false;
+            }
+            if n != v {
+                record.volumes[i] = n;
+                journal.volume(i, &record.volumes[i])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops `source`'s copies still pending (or failed) in each target account, by
+    /// deleting them with the target role: they read from the shared snapshot. True
+    /// when one could not be stopped, so the snapshots it reads must stay.
+    async fn stop_copies(&self, source: &str, summary: &mut CleanupSummary) -> bool {
+        let (cloud, clock) = (self.io.cloud, self.io.clock);
         let mut copy_blocks = false;
-        for (t, held) in survey.targets.iter().enumerate() {
+        for (t, held) in self.survey.targets.iter().enumerate() {
             let mut copies: Vec<&Snapshot> =
-                held.snapshots.iter().filter(|s| of_run(s, StepTag::Copy) && mine(s)).collect();
+                held.snapshots.iter().filter(|s| self.made(s, source, StepTag::Copy)).collect();
             copies.retain(|s| s.state != SnapshotState::Completed);
             for c in copies {
-                match retrying(clock, || delete_snapshot_quietly(cloud, &dsts[t], &c.id)).await {
+                match retrying(clock, || delete_snapshot_quietly(cloud, &self.dsts[t], &c.id)).await {
                     Ok(()) => summary.stopped_copies.push(c.id.to_string()),
                     Err(e) => {
                         copy_blocks = true;
@@ -179,26 +325,26 @@ pub async fn cleanup(
                 }
             }
         }
-        // Without a listing of the target side, a copy the state says is under way
-        // may still read from the shared snapshot.
-        let copy_may_run = units.iter().any(|i| {
-            let u = &record.volumes[*i];
-            matches!(u.step, Step::Lock | Step::WaitCopy) || (u.step == Step::Copy && u.in_flight) || failed_at_copy(u)
-        });
-        if !listed && copy_may_run {
-            copy_blocks = true;
-        }
+        copy_blocks
+    }
 
-        // 2. The intermediates: the re-encrypted one first (it may still be reading
-        // from the source snapshot, and deleting it stops it), then the source one.
+    /// Deletes the intermediates of lead `v`: the re-encrypted one first (it may still
+    /// be reading from the source snapshot, and deleting it stops it), then the source
+    /// one; with `copy_blocks`, not the shared one a copy may still read from. The
+    /// snapshots kept.
+    async fn delete_intermediates(
+        &self,
+        v: &VolumeRun,
+        copy_blocks: bool,
+        summary: &mut CleanupSummary,
+    ) -> Vec<SnapshotId> {
+        let (cloud, clock, src) = (self.io.cloud, self.io.clock, &self.src);
+        let source = v.source_volume.as_str();
+        let listed = &self.survey.source_snapshots;
         let mut reenc: BTreeSet<SnapshotId> = v.reencrypted_snapshot.iter().cloned().collect();
-        reenc.extend(
-            survey.source_snapshots.iter().filter(|s| of_run(s, StepTag::Reencrypt) && mine(s)).map(|s| s.id.clone()),
-        );
+        reenc.extend(listed.iter().filter(|s| self.made(s, source, StepTag::Reencrypt)).map(|s| s.id.clone()));
         let mut snaps: BTreeSet<SnapshotId> = v.source_snapshot.iter().cloned().collect();
-        snaps.extend(
-            survey.source_snapshots.iter().filter(|s| of_run(s, StepTag::Snapshot) && mine(s)).map(|s| s.id.clone()),
-        );
+        snaps.extend(listed.iter().filter(|s| self.made(s, source, StepTag::Snapshot)).map(|s| s.id.clone()));
         let mut kept: Vec<SnapshotId> = vec![];
         let mut reenc_left = false;
         for (group, ids) in [(StepTag::Reencrypt, reenc), (StepTag::Snapshot, snaps)] {
@@ -216,13 +362,13 @@ pub async fn cleanup(
                     kept.push(id);
                     continue;
                 }
-                match retrying(clock, || delete_snapshot_quietly(cloud, &src, &id)).await {
+                match retrying(clock, || delete_snapshot_quietly(cloud, src, &id)).await {
                     Ok(()) => summary.deleted_snapshots.push(id.to_string()),
                     Err(e) => {
                         // A snapshot that cannot be deleted (in use by an AMI, say) is at
                         // least no longer shared.
-                        if !share_with.is_empty()
-                            && retrying(clock, || cloud.unshare_snapshot(&src, &id, &share_with)).await.is_ok()
+                        if !self.share_with.is_empty()
+                            && retrying(clock, || cloud.unshare_snapshot(src, &id, &self.share_with)).await.is_ok()
                         {
                             summary.unshared_snapshots.push(id.to_string());
                         }
@@ -235,55 +381,44 @@ pub async fn cleanup(
                 }
             }
         }
-        if copy_blocks && !kept.is_empty() && !summary.errors.iter().any(|e| e.contains("is still pending")) {
-            summary.errors.push(format!(
-                "volume {source}: the snapshots {} are kept while a copy may still read from them; run cleanup again once the copy ended",
-                kept.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-            ));
-        }
-
-        for i in units {
-            let v = record.volumes[i].clone();
-            let mut n = engine::stopped_by_cleanup(&v, clock.now_ms());
-            n.source_snapshot = v.source_snapshot.clone().filter(|s| kept.contains(s));
-            n.reencrypted_snapshot = v.reencrypted_snapshot.clone().filter(|s| kept.contains(s));
-            if n.source_snapshot.is_none() && n.reencrypted_snapshot.is_none() {
-                n.shared = false;
-            }
-            if n != v {
-                record.volumes[i] = n;
-                journal.volume(i, &record.volumes[i])?;
-            }
-        }
+        kept
     }
 
-    // Per target account, its statement: revoked unless another unfinished run on the
-    // same key for the same account, of whichever plan, may still rely on it.
-    let mut outcomes = vec![];
-    for account in &share_with {
-        let Some((key, g)) = grant_of(&record.meta, plan, account, &source_region) else { continue };
-        let others: Vec<String> = store
-            .list()
-            .await?
-            .into_iter()
-            .filter(|r| {
-                r.meta.run_id != run_id
-                    && !r.meta.cleaned_up
-                    && r.meta.status != RunStatus::Succeeded
-                    && r.meta.source_key_arn.as_deref() == Some(key.as_str())
-                    && r.meta.targets().iter().any(|t| t.account.as_deref() == Some(g.target_account.as_str()))
-            })
-            .map(|r| r.meta.run_id)
-            .collect();
-        let label = if share_with.len() > 1 { format!("{account}: ") } else { String::new() };
-        if !others.is_empty() {
-            outcomes.push(format!("{label}kept (needed by {})", others.join(", ")));
-        } else {
-            match revoke(cloud, clock, &src, &key, &g).await {
+    /// Per target account, its statement: revoked unless another unfinished run on the
+    /// same key for the same account, of whichever plan, may still rely on it.
+    async fn revoke_grants(
+        &self,
+        meta: &mut RunMeta,
+        plan: Option<&Plan>,
+        summary: &mut CleanupSummary,
+    ) -> Result<(), RunError> {
+        let (store, cloud, clock) = (self.io.store, self.io.cloud, self.io.clock);
+        let mut outcomes = vec![];
+        for account in &self.share_with {
+            let Some((key, g)) = grant_of(meta, plan, account, &self.source_region) else { continue };
+            let others: Vec<String> = store
+                .list()
+                .await?
+                .into_iter()
+                .filter(|r| {
+                    r.meta.run_id != self.run_id
+                        && !r.meta.cleaned_up
+                        && r.meta.status != RunStatus::Succeeded
+                        && r.meta.source_key_arn.as_deref() == Some(key.as_str())
+                        && r.meta.targets().iter().any(|t| t.account.as_deref() == Some(g.target_account.as_str()))
+                })
+                .map(|r| r.meta.run_id)
+                .collect();
+            let label = if self.share_with.len() > 1 { format!("{account}: ") } else { String::new() };
+            if !others.is_empty() {
+                outcomes.push(format!("{label}kept (needed by {})", others.join(", ")));
+                continue;
+            }
+            match revoke(cloud, clock, &self.src, &key, &g).await {
                 Ok(changed) => {
                     outcomes.push(format!("{label}{}", if changed { "revoked" } else { "already gone" }));
                     let sid = g.sid();
-                    for gr in record.meta.grant.iter_mut().chain(record.meta.more_grants.iter_mut()) {
+                    for gr in meta.grant.iter_mut().chain(meta.more_grants.iter_mut()) {
                         if gr.sid == sid {
                             gr.revoked = true;
                         }
@@ -292,18 +427,11 @@ pub async fn cleanup(
                 Err(e) => summary.errors.push(format!("key policy of {key}: {e}")),
             }
         }
+        if !outcomes.is_empty() {
+            summary.grant = outcomes.join("; ");
+        }
+        Ok(())
     }
-    if !outcomes.is_empty() {
-        summary.grant = outcomes.join("; ");
-    }
-    record.meta.cleaned_up = summary.errors.is_empty();
-    record.meta.updated_ms = clock.now_ms();
-    if record.meta.status == RunStatus::Running {
-        record.meta.status = RunStatus::Interrupted;
-    }
-    journal.meta(&record.meta)?;
-    journal.compact(&record).await?;
-    Ok(summary)
 }
 
 /// Per source volume, the newest other run in the state that carries a chain of
@@ -326,7 +454,7 @@ async fn carriers_of(store: &Store, run_id: &str) -> Result<std::collections::Ha
     Ok(carriers.into_iter().map(|(k, (_, run))| (k, run)).collect())
 }
 
-fn failed_at_copy(v: &crate::engine::VolumeRun) -> bool {
+fn failed_at_copy(v: &VolumeRun) -> bool {
     v.step == Step::Failed
         && v.failure
             .as_ref()

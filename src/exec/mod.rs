@@ -20,6 +20,7 @@
 
 mod act;
 pub mod adopt;
+mod agenda;
 pub mod cleanup;
 mod history;
 mod key_policy;
@@ -36,12 +37,13 @@ pub mod verify;
 
 use std::sync::Arc;
 
-pub use cleanup::cleanup;
+pub use agenda::Tally;
+pub use cleanup::{cleanup, cleanup_loaded};
 pub use lifecycle::run;
 pub use preflight::preflight;
 pub use preflight::{PreflightError, Resolved, SourceVolume};
 pub use report::{CopyKind, RunReport, VolumeReport, copy_kind};
-pub use runner::{Progress, RunConfig, Tally};
+pub use runner::{Progress, RunConfig};
 
 use crate::checkpoint::StoreError;
 use crate::clock::Clock;
@@ -78,6 +80,37 @@ pub enum RunError {
     /// A usage error found once the state was read (a run of another plan).
     #[error("{0}")]
     Usage(String),
+    /// An outcome the step machine refused at the volume's step: a damaged checkpoint.
+    #[error(transparent)]
+    Engine(#[from] crate::engine::IllegalTransition),
     #[error("{0}")]
     Other(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RunError;
+    use crate::engine::{self, Ctx, Outcome, TimeoutsMs, VolumeRun};
+    use crate::ids::{KeyArn, VolumeId};
+
+    #[test]
+    fn an_outcome_the_machine_refuses_is_an_engine_error_worded_as_the_engine_words_it() {
+        let ctx = Ctx {
+            cross_account: false,
+            source_key: KeyArn::parse("arn:aws:kms:us-east-1:111111111111:key/1234abcd-12ab-34cd-56ef-1234567890ab")
+                .unwrap(),
+            create_volume: true,
+            cleanup: false,
+            keep_source: false,
+            timeouts_ms: TimeoutsMs { snapshot: 1_000, copy: 1_000, volume: 1_000 },
+            locks: vec![],
+            verify: None,
+        };
+        let v = VolumeRun::new(VolumeId::parse("vol-00000000000000001").unwrap());
+        let refused = engine::apply(&v, &Outcome::VolumeAvailable, &ctx, 0).unwrap_err();
+        let e: RunError = refused.clone().into();
+        assert!(matches!(&e, RunError::Engine(t) if *t == refused), "{e:?}");
+        assert_eq!(e.to_string(), refused.to_string());
+        assert!(e.to_string().contains("vol-00000000000000001"), "{e}");
+    }
 }
