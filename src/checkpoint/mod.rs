@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cloud::CloudError;
 use crate::engine::VolumeRun;
+use crate::ids::{AccountId, KeyArn, Region, RoleArn};
 
 pub use local::LocalStore;
 pub use remote::{LEASE_ENV, LeaseOptions, RemoteStore};
@@ -71,7 +72,7 @@ impl RunStatus {
 /// The key-policy statement a run added (or found already there).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GrantRecord {
-    pub key_arn: String,
+    pub key_arn: KeyArn,
     pub sid: String,
     /// True when this run wrote the statement; false when an equivalent one was there.
     pub added: bool,
@@ -90,17 +91,17 @@ pub struct RunMeta {
     pub created_ms: i64,
     pub updated_ms: i64,
     pub finished_ms: Option<i64>,
-    pub source_account: Option<String>,
-    pub target_account: Option<String>,
-    pub source_region: String,
-    pub target_region: String,
+    pub source_account: Option<AccountId>,
+    pub target_account: Option<AccountId>,
+    pub source_region: Region,
+    pub target_region: Region,
     #[serde(default)]
     pub cross_account: bool,
-    pub source_key_arn: Option<String>,
-    pub target_key_arn: Option<String>,
+    pub source_key_arn: Option<KeyArn>,
+    pub target_key_arn: Option<KeyArn>,
     /// The role assumed in the target account, for a cross-account run.
     #[serde(default)]
-    pub target_role_arn: Option<String>,
+    pub target_role_arn: Option<RoleArn>,
     /// The external id passed when assuming it (an identifier, not a secret, in AWS's
     /// words), so `cleanup` can assume the role without the plan.
     #[serde(default)]
@@ -133,14 +134,14 @@ pub struct RunMeta {
 /// One target of a run: where its copies went and how it was reached.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetMeta {
-    pub account: Option<String>,
-    pub region: String,
-    pub key_arn: Option<String>,
+    pub account: Option<AccountId>,
+    pub region: Region,
+    pub key_arn: Option<KeyArn>,
     #[serde(default)]
     pub cross_account: bool,
     /// The role assumed in its account, for a cross-account target.
     #[serde(default)]
-    pub role_arn: Option<String>,
+    pub role_arn: Option<RoleArn>,
     #[serde(default)]
     pub external_id: Option<String>,
     /// The lock mode of its copies (`governance`, `compliance`), when they are locked.
@@ -149,6 +150,41 @@ pub struct TargetMeta {
 }
 
 impl RunMeta {
+    /// A new run's meta, the one place one is made: running since `created_ms`, its
+    /// targets recorded (see [`RunMeta::set_targets`]), nothing else known yet.
+    pub fn new(run_id: String, plan: String, source_region: Region, targets: Vec<TargetMeta>, created_ms: i64) -> Self {
+        // A plan has at least one target; without one, the flat fields name the source.
+        let target_region = targets.first().map_or_else(|| source_region.clone(), |t| t.region.clone());
+        let mut meta = RunMeta {
+            format_version: FORMAT_VERSION,
+            run_id,
+            plan,
+            plan_file: String::new(),
+            status: RunStatus::Running,
+            created_ms,
+            updated_ms: created_ms,
+            finished_ms: None,
+            source_account: None,
+            target_account: None,
+            source_region,
+            target_region,
+            cross_account: false,
+            source_key_arn: None,
+            target_key_arn: None,
+            target_role_arn: None,
+            target_external_id: None,
+            every_ms: None,
+            target_list: vec![],
+            grant: None,
+            more_grants: vec![],
+            simulated: false,
+            cleaned_up: false,
+            carries: None,
+        };
+        meta.set_targets(targets);
+        meta
+    }
+
     /// The run's targets: the recorded list, or for an older checkpoint its one target.
     pub fn targets(&self) -> Vec<TargetMeta> {
         if !self.target_list.is_empty() {
@@ -600,33 +636,20 @@ mod tests {
 
     /// A run of `n` volumes just begun, for the store tests here and in `faults`.
     pub(super) fn record(run_id: &str, n: usize) -> RunRecord {
+        let target = TargetMeta {
+            account: None,
+            region: Region::parse("eu-west-1").unwrap(),
+            key_arn: None,
+            cross_account: true,
+            role_arn: None,
+            external_id: None,
+            lock: None,
+        };
+        let mut meta = RunMeta::new(run_id.into(), "p".into(), Region::parse("us-east-1").unwrap(), vec![target], 1);
+        meta.plan_file = "p.yaml".into();
+        meta.simulated = true;
         RunRecord {
-            meta: RunMeta {
-                format_version: FORMAT_VERSION,
-                run_id: run_id.into(),
-                plan: "p".into(),
-                plan_file: "p.yaml".into(),
-                status: RunStatus::Running,
-                created_ms: 1,
-                updated_ms: 1,
-                finished_ms: None,
-                source_account: None,
-                target_account: None,
-                source_region: "us-east-1".into(),
-                target_region: "eu-west-1".into(),
-                cross_account: true,
-                source_key_arn: None,
-                target_key_arn: None,
-                target_role_arn: None,
-                target_external_id: None,
-                every_ms: None,
-                target_list: vec![],
-                more_grants: vec![],
-                grant: None,
-                simulated: true,
-                cleaned_up: false,
-                carries: None,
-            },
+            meta,
             volumes: (0..n).map(|i| VolumeRun::new(VolumeId::parse(&format!("vol-{i:017x}")).unwrap())).collect(),
         }
     }
@@ -737,6 +760,72 @@ mod tests {
             j.sync().await.unwrap();
             assert_eq!(store.load("r2").await.unwrap(), r);
         }
+    }
+
+    /// A run's meta as checkpoints and journals hold it, with every optional field set:
+    /// its regions, accounts and ARNs read back into their typed ids and written out as
+    /// the same bytes.
+    const META_TEXT: &str = concat!(
+        r#"{"format_version":1,"run_id":"p-20260101T000000Z-ab12","plan":"p","plan_file":"p.yaml","#,
+        r#""status":"interrupted","created_ms":1,"updated_ms":2,"finished_ms":3,"#,
+        r#""source_account":"111111111111","target_account":"222222222222","#,
+        r#""source_region":"us-east-1","target_region":"eu-west-1","cross_account":true,"#,
+        r#""source_key_arn":"arn:aws:kms:us-east-1:111111111111:key/11111111-2222-3333-4444-555555555555","#,
+        r#""target_key_arn":"arn:aws:kms:eu-west-1:222222222222:key/66666666-7777-8888-9999-000000000000","#,
+        r#""target_role_arn":"arn:aws:iam::222222222222:role/snapferry-target","target_external_id":"ext-1","#,
+        r#""every_ms":86400000,"targets":["#,
+        r#"{"account":"222222222222","region":"eu-west-1","#,
+        r#""key_arn":"arn:aws:kms:eu-west-1:222222222222:key/66666666-7777-8888-9999-000000000000","#,
+        r#""cross_account":true,"role_arn":"arn:aws:iam::222222222222:role/snapferry-target","#,
+        r#""external_id":"ext-1","lock":"governance"},"#,
+        r#"{"account":"111111111111","region":"us-west-2","key_arn":null,"cross_account":false,"#,
+        r#""role_arn":null,"external_id":null}],"#,
+        r#""grant":{"key_arn":"arn:aws:kms:us-east-1:111111111111:key/11111111-2222-3333-4444-555555555555","#,
+        r#""sid":"snapferry-p-222222222222","added":true,"revoked":false},"#,
+        r#""more_grants":[{"key_arn":"arn:aws:kms:us-east-1:111111111111:key/11111111-2222-3333-4444-555555555555","#,
+        r#""sid":"snapferry-p-333333333333","added":false,"revoked":true}],"#,
+        r#""simulated":false,"cleaned_up":true,"carries":["p-20251231T000000Z-cd34"],"volumes":[]}"#
+    );
+
+    #[test]
+    fn a_checkpoints_meta_reads_into_typed_ids_and_writes_the_same_bytes() {
+        let record: RunRecord = serde_json::from_str(META_TEXT).unwrap();
+        assert_eq!(record.meta.source_region.as_str(), "us-east-1");
+        assert_eq!(record.meta.targets()[1].account.as_ref().map(|a| a.as_str()), Some("111111111111"));
+        assert_eq!(serde_json::to_string(&record).unwrap(), META_TEXT);
+        // As a journal line too.
+        let line = serde_json::to_string(&Entry::Meta(Cow::Borrowed(&record.meta))).unwrap();
+        let Entry::Meta(back) = serde_json::from_str::<Entry>(&line).unwrap() else { panic!("{line}") };
+        assert_eq!(*back, record.meta);
+        // A checkpoint whose ids are not well formed is damaged, not half read.
+        let bad = META_TEXT.replace("\"source_region\":\"us-east-1\"", "\"source_region\":\"nowhere\"");
+        let e = parse_checkpoint(bad.as_bytes(), Path::new("runs/x/checkpoint.json")).unwrap_err();
+        assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_new_runs_meta_keeps_one_target_in_the_flat_fields() {
+        let t = |region: &str| TargetMeta {
+            account: Some(AccountId::parse("222222222222").unwrap()),
+            region: Region::parse(region).unwrap(),
+            key_arn: None,
+            cross_account: true,
+            role_arn: None,
+            external_id: None,
+            lock: None,
+        };
+        let one = RunMeta::new("r".into(), "p".into(), Region::parse("us-east-1").unwrap(), vec![t("eu-west-1")], 5);
+        assert_eq!((one.target_region.as_str(), one.cross_account, one.target_list.len()), ("eu-west-1", true, 0));
+        assert_eq!((one.status, one.created_ms, one.updated_ms), (RunStatus::Running, 5, 5));
+        let two = RunMeta::new(
+            "r".into(),
+            "p".into(),
+            Region::parse("us-east-1").unwrap(),
+            vec![t("eu-west-1"), t("eu-west-2")],
+            5,
+        );
+        assert_eq!(two.targets(), vec![t("eu-west-1"), t("eu-west-2")]);
+        assert_eq!(two.target_account.as_ref().map(|a| a.as_str()), Some("222222222222"));
     }
 
     #[tokio::test]

@@ -88,28 +88,39 @@ async fn run(args: &RunArgs) -> Result<u8, Failure> {
     )
     .await?;
     let store = opened.store;
-    // Fail fast on a held lock, before any call to AWS.
-    drop(store.lock_plan(plan.name.as_str()).await.map_err(|e| Failure::from(&e))?);
+    // The plan's lock, taken once for the whole run, before any call to AWS: a second
+    // process is refused here. The run releases it as it ends.
+    let lock = store.lock_plan(plan.name.as_str()).await.map_err(|e| Failure::from(&e))?;
     if !args.common.simulate {
         state::warn_credentials(opened.life, limit);
     }
-
     let session = session_name(run_id.as_ref().map(|r| r.as_str()).unwrap_or(plan.name.as_str()));
-    let connected = connect(Reach::for_plan(&args.common, &plan, session)).await?;
+    let ready = async {
+        let connected = connect(Reach::for_plan(&args.common, &plan, session)).await?;
+        let probe_permissions =
+            !args.common.simulate && !args.no_permission_probes && super::cloud::endpoint(&args.common)?.is_none();
+        Ok::<_, Failure>((connected, probe_permissions))
+    };
+    let (connected, probe_permissions) = match ready.await {
+        Ok(ready) => ready,
+        Err(e) => {
+            drop(lock);
+            state::close(&store).await;
+            return Err(e);
+        }
+    };
     let env = Env { cloud: connected.cloud.clone(), clock: connected.clock.clone(), store: store.clone() };
     let cfg = RunConfig {
         plan: plan.clone(),
         plan_file: args.plan.display().to_string(),
         run_id,
         simulated: args.common.simulate,
-        probe_permissions: !args.common.simulate
-            && !args.no_permission_probes
-            && super::cloud::endpoint(&args.common)?.is_none(),
+        probe_permissions,
         progress: render::progress_bar(format),
     };
     let (stop, shutdown) = shutdown_signal();
     let stopped_at_limit = state::stop_after(limit, stop);
-    let result = exec::run(cfg, env, shutdown).await;
+    let result = exec::run_locked(cfg, env, lock, shutdown).await;
     state::close(&store).await;
     connected.save()?;
     let mut report = result.map_err(|e| Failure::from(&e))?;
@@ -236,23 +247,18 @@ async fn cleanup(run_id: &str, plan_path: Option<&Path>, common: &Common) -> Res
     let plan_name = record.as_ref().map(|r| r.meta.plan.clone()).or_else(|| plan.as_ref().map(|p| p.name.to_string()));
     let plan_name = plan_name.unwrap_or_default();
     let lock = store.lock_plan(&plan_name).await.map_err(|e| Failure::from(&e))?;
-    let region_text = record
+    let source_region = record
         .as_ref()
         .map(|r| r.meta.source_region.clone())
-        .or_else(|| plan.as_ref().map(|p| p.source.region.to_string()))
-        .unwrap_or_default();
-    let source_region = crate::ids::Region::parse(&region_text)
-        .map_err(|e| Failure::new(exit::FAILED, format!("checkpoint of {run_id}: source region: {e}")))?;
+        .or_else(|| plan.as_ref().map(|p| p.source.region.clone()))
+        .ok_or_else(|| Failure::new(exit::USAGE, format!("run {run_id}: no plan names its source region")))?;
     // The target roles stop copies still pending: the ones the run used, else the plan's.
     let targets: Vec<TargetAccess> = match (&record, &plan) {
         (Some(r), _) => r
             .meta
             .targets()
             .iter()
-            .map(|t| TargetAccess {
-                role: t.role_arn.as_deref().and_then(|a| crate::ids::RoleArn::parse(a).ok()),
-                external_id: t.external_id.clone(),
-            })
+            .map(|t| TargetAccess { role: t.role_arn.clone(), external_id: t.external_id.clone() })
             .collect(),
         (None, Some(p)) => p
             .targets
@@ -296,16 +302,12 @@ async fn verify(args: &VerifyArgs) -> Result<u8, Failure> {
         let lock = store.lock_plan(&record.meta.plan).await.map_err(|e| Failure::from(&e))?;
         drop(lock);
     }
-    let source_region = crate::ids::Region::parse(&record.meta.source_region)
-        .map_err(|e| Failure::new(exit::FAILED, format!("checkpoint of {}: source region: {e}", args.run_id)))?;
+    let source_region = record.meta.source_region.clone();
     let targets: Vec<TargetAccess> = record
         .meta
         .targets()
         .iter()
-        .map(|t| TargetAccess {
-            role: t.role_arn.as_deref().and_then(|a| crate::ids::RoleArn::parse(a).ok()),
-            external_id: t.external_id.clone(),
-        })
+        .map(|t| TargetAccess { role: t.role_arn.clone(), external_id: t.external_id.clone() })
         .collect();
     let connected = connect(Reach {
         common,

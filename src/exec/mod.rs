@@ -32,12 +32,13 @@ pub mod retention;
 mod retry;
 mod runner;
 pub mod sched;
+mod scope;
 pub mod verify;
 
 use std::sync::Arc;
 
 pub use cleanup::cleanup;
-pub use lifecycle::run;
+pub use lifecycle::{run, run_locked};
 pub use preflight::preflight;
 pub use preflight::{PreflightError, Resolved, SourceVolume};
 pub use report::{CopyKind, RunReport, VolumeReport, copy_kind};

@@ -15,13 +15,14 @@ use tokio::sync::watch;
 
 use crate::checkpoint::{Journal, RunRecord};
 use crate::cloud::{CloudError, ErrorKind, Loc, Volume};
-use crate::engine::{self, Action, Ctx, Join, Outcome, Step, TimeoutsMs, VolumeRun, Which};
+use crate::engine::{self, Action, Ctx, Join, Outcome, Step, VolumeRun, Which};
 use crate::ids::{RunId, SnapshotId, VolumeId};
 use crate::plan::{Plan, TargetVolume};
 
 use super::act::{self, ActCtx};
-use super::preflight::{Resolved, SourceVolume};
+use super::preflight::SourceVolume;
 use super::sched::{Decision, VolumeSched};
+use super::scope::RunScope;
 use super::{Env, RunError};
 
 /// Outcomes of polls and of ended calls held unsynced at most, when no call that
@@ -174,7 +175,7 @@ impl Runner {
     pub fn new(
         cfg: &RunConfig,
         env: Env,
-        resolved: &Resolved,
+        scope: &RunScope<'_>,
         actx: Arc<ActCtx>,
         record: RunRecord,
         journal: Journal,
@@ -184,24 +185,11 @@ impl Runner {
         let (lead_of, followers) = kin(&record.volumes);
         let mut r = Runner {
             env,
-            ctx: Ctx {
-                cross_account: resolved.cross_account,
-                source_key: resolved.source_key.arn.clone(),
-                create_volume: plan.options.create_volume,
-                cleanup: plan.options.cleanup,
-                keep_source: plan.options.keep_source > 0,
-                timeouts_ms: TimeoutsMs {
-                    snapshot: plan.options.timeouts.snapshot.as_millis() as i64,
-                    copy: plan.options.timeouts.copy.as_millis() as i64,
-                    volume: plan.options.timeouts.volume.as_millis() as i64,
-                },
-                locks: plan.targets.iter().map(|t| t.lock).collect(),
-                verify: plan.options.verify,
-            },
+            ctx: scope.engine.clone(),
             actx,
             sched: vec![VolumeSched::default(); n],
             halt: None,
-            sources: resolved.volumes.iter().map(|s| (s.volume.id.clone(), s.clone())).collect(),
+            sources: scope.resolved.volumes.iter().map(|s| (s.volume.id.clone(), s.clone())).collect(),
             copy_limit: plan.options.max_concurrent_copies as usize,
             rng: seed(&record.meta.run_id),
             poll_floor_ms: MIN_POLL_MS,
@@ -210,7 +198,7 @@ impl Runner {
             slot_caps: BTreeMap::new(),
             lead_of,
             followers,
-            source_account: resolved.source_identity.account.to_string(),
+            source_account: scope.source_account().to_string(),
             ready: (0..n).collect(),
             timers: BinaryHeap::new(),
             wake_at: vec![i64::MAX; n],
