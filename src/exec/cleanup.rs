@@ -28,7 +28,7 @@ use crate::policy;
 
 use super::RunError;
 use super::act::{TAG_RUN, TAG_SOURCE_VOLUME, TAG_STEP, delete_snapshot_quietly};
-use super::adopt::{self, Shape, Survey};
+use super::adopt::{self, Survey};
 use super::key_policy::{self, EditError};
 use super::retry::retrying;
 
@@ -352,12 +352,7 @@ async fn from_tags(
     let survey = adopt::survey(cloud, clock, plan.name.as_str(), &src, &dsts)
         .await
         .map_err(|e| RunError::Cloud { what: format!("listing the resources of run {run_id}"), source: e })?;
-    let shape = Shape {
-        create_volume: plan.options.create_volume,
-        cleanup: plan.options.cleanup,
-        verify: plan.options.verify.is_some(),
-    };
-    let found = adopt::rebuild_run(&survey, run_id, shape, clock.now_ms());
+    let found = adopt::rebuild_run(&survey, run_id, super::scope::shape(plan), clock.now_ms());
     if found.volumes.is_empty() {
         return Err(RunError::Usage(format!(
             "no resource tagged snapferry:run={run_id} of plan {} in {} or its targets' regions; check the run id",

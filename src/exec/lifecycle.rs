@@ -1,8 +1,10 @@
-//! The life of one invocation of a run: take the plan's lock, find what to carry on
-//! (the state's unfinished run, or one adopted from AWS's tags), refuse a plan that
-//! moved a run's resources, preflight, put failed volumes back where they stood,
-//! grant the target account use of the source key, drive every volume (the loop is in
-//! `runner`), and end: status, report, retention.
+//! The life of one invocation of a run, as named phases: take the plan's lock (or
+//! hold the caller's), read what the state has, preflight and build the run's scope
+//! (refusing a plan that moved a run's resources), carry on what there is (the state's
+//! unfinished run, or one adopted from AWS's tags), open the run (new volumes join,
+//! failed ones go back where they stood), grant the target account use of the source
+//! key, drive every volume (the loop is in `runner`), finish (status, checkpoint), and
+//! report, with retention and history.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

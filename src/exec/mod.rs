@@ -1,9 +1,10 @@
 //! The async runner: takes actions from the step machines, performs them against a
 //! [`Cloud`], and checkpoints every state the machines return.
 //!
-//! One run goes: lock the plan, find the run to resume or start one, preflight
-//! (read-only checks of identities, keys and volumes), grant the target account use
-//! of the source key, then drive every volume's machine to `Done` or `Failed`.
+//! One run goes: lock the plan, find the run to resume, preflight (read-only checks
+//! of identities, keys and volumes) and build the run's scope from it, resume, adopt
+//! or start the run, grant the target account use of the source key, then drive every
+//! volume's machine to `Done` or `Failed`.
 //!
 //! The driving loop asks every volume without a call under way for its next action;
 //! records the intent of every call that changes AWS and syncs the journal once;

@@ -289,7 +289,6 @@ pub async fn verify_run(
     let pacer = Pacer::default();
     let pacer = paced.then_some(&pacer);
     let targets = run.meta.targets();
-    let source_region = Some(run.meta.source_region.clone());
     let mut out = vec![];
     for v in &run.volumes {
         let (Some(source), Some(copy)) = (v.shared_snapshot(), v.target_snapshot.as_ref()) else { continue };
@@ -314,12 +313,12 @@ pub async fn verify_run(
             verify: None,
             error: None,
         };
-        let (Some(sr), Some(cr)) = (&source_region, &copy_region) else {
+        let Some(cr) = &copy_region else {
             e.error = Some("the checkpoint names no valid region for this copy".to_owned());
             out.push(e);
             continue;
         };
-        let src = Loc::new(Side::Source, sr);
+        let src = Loc::new(Side::Source, &run.meta.source_region);
         let dst = Loc::new(Side::Target(v.target), cr);
         let result = async {
             let found = cloud.describe_snapshots(&src, std::slice::from_ref(source)).await?;
