@@ -156,3 +156,112 @@ fn target_metas(plan: &Plan, resolved: &Resolved) -> Vec<TargetMeta> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::RunStatus;
+    use crate::cloud::{Identity, KeyInfo, KeyManager};
+    use crate::exec::preflight::ResolvedTarget;
+    use crate::ids::KeyArn;
+
+    const PLAN: &str = r#"
+version: 1
+name: two-places
+source:
+  region: us-east-1
+  kms_key: alias/share
+targets:
+  - region: eu-west-1
+    account: "222222222222"
+    role_arn: arn:aws:iam::222222222222:role/dr
+    external_id: ext-dr
+    kms_key: alias/dr
+    availability_zone: eu-west-1a
+    lock: {mode: governance, duration: 7d}
+  - region: us-west-2
+    kms_key: alias/vault
+    availability_zone: us-west-2b
+volumes:
+  - id: vol-0123456789abcdef0
+options:
+  every: 1d
+"#;
+
+    fn key(region: &str, account: &str) -> KeyInfo {
+        KeyInfo {
+            arn: KeyArn::parse(&format!("arn:aws:kms:{region}:{account}:key/11111111-2222-3333-4444-555555555555"))
+                .unwrap(),
+            account: AccountId::parse(account).unwrap(),
+            enabled: true,
+            spec: "SYMMETRIC_DEFAULT".into(),
+            manager: KeyManager::Customer,
+        }
+    }
+
+    fn resolved() -> Resolved {
+        let source = AccountId::parse("111111111111").unwrap();
+        let dr = AccountId::parse("222222222222").unwrap();
+        Resolved {
+            source_identity: Identity { account: source.clone(), arn: "arn:aws:iam::111111111111:user/ops".into() },
+            cross_account: true,
+            source_key: key("us-east-1", "111111111111"),
+            targets: vec![
+                ResolvedTarget {
+                    identity: None,
+                    account: dr,
+                    cross_account: true,
+                    key: key("eu-west-1", "222222222222"),
+                },
+                ResolvedTarget {
+                    identity: None,
+                    account: source,
+                    cross_account: false,
+                    key: key("us-west-2", "111111111111"),
+                },
+            ],
+            volumes: vec![],
+            missing: vec![],
+            warnings: vec![],
+        }
+    }
+
+    #[test]
+    fn every_context_of_a_run_comes_from_the_one_scope() {
+        let plan = crate::plan::parse("two-places.yaml", PLAN).unwrap();
+        let scope = RunScope::new(&plan, resolved(), false);
+        let accounts = |ids: &[AccountId]| ids.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        assert_eq!(accounts(&scope.share_with), ["222222222222"]);
+        assert_eq!(scope.dsts.iter().map(|l| l.region.as_str()).collect::<Vec<_>>(), ["eu-west-1", "us-west-2"]);
+
+        let act = scope.act("two-places-r1");
+        assert_eq!((act.run_id.as_str(), act.plan.as_str()), ("two-places-r1", "two-places"));
+        assert_eq!(act.share_with, scope.share_with);
+        assert_eq!(act.target(1).account.as_str(), "111111111111");
+        assert!(act.target(0).lock.is_some() && act.target(1).lock.is_none());
+        assert!(act.pacer.is_none(), "unpaced on virtual time");
+
+        assert!(scope.engine.cross_account);
+        assert_eq!(scope.engine.source_key, scope.resolved.source_key.arn);
+        assert_eq!(scope.engine.locks, plan.targets.iter().map(|t| t.lock).collect::<Vec<_>>());
+
+        let meta = scope.meta("two-places-r1".into(), "two-places.yaml".into(), true, 7);
+        assert_eq!((meta.status, meta.created_ms, meta.simulated), (RunStatus::Running, 7, true));
+        assert_eq!(meta.source_account.as_ref(), Some(scope.source_account()));
+        assert_eq!(meta.every_ms, Some(86_400_000));
+        let targets = meta.targets();
+        assert_eq!(targets, scope.targets);
+        assert_eq!(targets[0].role_arn.as_ref().map(|r| r.as_str()), Some("arn:aws:iam::222222222222:role/dr"));
+        assert_eq!(targets[0].external_id.as_deref(), Some("ext-dr"));
+        assert_eq!((targets[1].role_arn.as_ref(), targets[1].cross_account), (None, false));
+        assert_eq!(targets[0].lock.as_deref(), Some("governance"));
+
+        // A resumed run's meta is stamped with the same fields a new one gets.
+        let mut resumed =
+            RunMeta::new("two-places-r1".into(), "two-places".into(), plan.source.region.clone(), vec![], 7);
+        resumed.plan_file = "two-places.yaml".into();
+        resumed.simulated = true;
+        scope.stamp(&mut resumed);
+        assert_eq!(resumed, meta);
+    }
+}
