@@ -308,11 +308,39 @@ impl RunId {
             Err(IdError { expected: "1 to 64 characters of A-Z, a-z, 0-9, ., _ and -, not starting with ." })
         }
     }
+
+    /// The plan a minted run id names (`<plan>-<yyyymmddThhmmssZ>-<4 hex>`); none for a
+    /// name chosen with `--run-id` that has not that shape.
+    pub fn minted_plan(s: &str) -> Option<PlanName> {
+        let (rest, suffix) = s.rsplit_once('-')?;
+        let (plan, stamp) = rest.rsplit_once('-')?;
+        let stamp_ok = stamp.len() == 16
+            && stamp.bytes().enumerate().all(|(i, b)| match i {
+                8 => b == b'T',
+                15 => b == b'Z',
+                _ => b.is_ascii_digit(),
+            });
+        let suffix_ok = suffix.len() == 4 && suffix.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !(stamp_ok && suffix_ok) {
+            return None;
+        }
+        PlanName::parse(plan).ok()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_minted_run_id_names_its_plan() {
+        assert_eq!(RunId::minted_plan("prod-db-dr-20261201T000000Z-0a9f").unwrap().as_str(), "prod-db-dr");
+        assert!(RunId::minted_plan("nightly").is_none());
+        assert!(RunId::minted_plan("p-20261201T000000-0a9f").is_none());
+        assert!(RunId::minted_plan("p-20261201T000000Z-0A9F").is_none());
+        assert!(RunId::minted_plan("Prod-20261201T000000Z-0a9f").is_none());
+        assert!(RunId::minted_plan("-20261201T000000Z-0a9f").is_none());
+    }
 
     #[test]
     fn accepts_well_formed_ids() {

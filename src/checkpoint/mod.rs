@@ -41,6 +41,7 @@ mod tests;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::VolumeRun;
+use crate::ids::{AccountId, KeyArn, Region, RoleArn};
 
 pub use backend::{PlanLock, StateStore};
 pub use codec::write_atomic;
@@ -81,7 +82,7 @@ impl RunStatus {
 /// The key-policy statement a run added (or found already there).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GrantRecord {
-    pub key_arn: String,
+    pub key_arn: KeyArn,
     pub sid: String,
     /// True when this run wrote the statement; false when an equivalent one was there.
     pub added: bool,
@@ -100,17 +101,17 @@ pub struct RunMeta {
     pub created_ms: i64,
     pub updated_ms: i64,
     pub finished_ms: Option<i64>,
-    pub source_account: Option<String>,
-    pub target_account: Option<String>,
-    pub source_region: String,
-    pub target_region: String,
+    pub source_account: Option<AccountId>,
+    pub target_account: Option<AccountId>,
+    pub source_region: Region,
+    pub target_region: Region,
     #[serde(default)]
     pub cross_account: bool,
-    pub source_key_arn: Option<String>,
-    pub target_key_arn: Option<String>,
+    pub source_key_arn: Option<KeyArn>,
+    pub target_key_arn: Option<KeyArn>,
     /// The role assumed in the target account, for a cross-account run.
     #[serde(default)]
-    pub target_role_arn: Option<String>,
+    pub target_role_arn: Option<RoleArn>,
     /// The external id passed when assuming it (an identifier, not a secret, in AWS's
     /// words), so `cleanup` can assume the role without the plan.
     #[serde(default)]
@@ -143,14 +144,14 @@ pub struct RunMeta {
 /// One target of a run: where its copies went and how it was reached.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetMeta {
-    pub account: Option<String>,
-    pub region: String,
-    pub key_arn: Option<String>,
+    pub account: Option<AccountId>,
+    pub region: Region,
+    pub key_arn: Option<KeyArn>,
     #[serde(default)]
     pub cross_account: bool,
     /// The role assumed in its account, for a cross-account target.
     #[serde(default)]
-    pub role_arn: Option<String>,
+    pub role_arn: Option<RoleArn>,
     #[serde(default)]
     pub external_id: Option<String>,
     /// The lock mode of its copies (`governance`, `compliance`), when they are locked.
@@ -159,6 +160,41 @@ pub struct TargetMeta {
 }
 
 impl RunMeta {
+    /// A new run's meta, the one place one is made: running since `created_ms`, its
+    /// targets recorded (see [`RunMeta::set_targets`]), nothing else known yet.
+    pub fn new(run_id: String, plan: String, source_region: Region, targets: Vec<TargetMeta>, created_ms: i64) -> Self {
+        // A plan has at least one target; without one, the flat fields name the source.
+        let target_region = targets.first().map_or_else(|| source_region.clone(), |t| t.region.clone());
+        let mut meta = RunMeta {
+            format_version: FORMAT_VERSION,
+            run_id,
+            plan,
+            plan_file: String::new(),
+            status: RunStatus::Running,
+            created_ms,
+            updated_ms: created_ms,
+            finished_ms: None,
+            source_account: None,
+            target_account: None,
+            source_region,
+            target_region,
+            cross_account: false,
+            source_key_arn: None,
+            target_key_arn: None,
+            target_role_arn: None,
+            target_external_id: None,
+            every_ms: None,
+            target_list: vec![],
+            grant: None,
+            more_grants: vec![],
+            simulated: false,
+            cleaned_up: false,
+            carries: None,
+        };
+        meta.set_targets(targets);
+        meta
+    }
+
     /// The run's targets: the recorded list, or for an older checkpoint its one target.
     pub fn targets(&self) -> Vec<TargetMeta> {
         if !self.target_list.is_empty() {

@@ -10,37 +10,29 @@ use super::error::*;
 use super::memory::MemoryObjects;
 use super::*;
 use crate::cloud::object::ObjectStore;
-use crate::ids::VolumeId;
+use std::borrow::Cow;
+use std::path::Path;
+
+use super::codec::parse_checkpoint;
+use super::journal::Entry;
+use crate::ids::{AccountId, Region, VolumeId};
 
 /// A run of `n` volumes just begun, for the store tests here and in `faults`.
 pub(super) fn record(run_id: &str, n: usize) -> RunRecord {
+    let target = TargetMeta {
+        account: None,
+        region: Region::parse("eu-west-1").unwrap(),
+        key_arn: None,
+        cross_account: true,
+        role_arn: None,
+        external_id: None,
+        lock: None,
+    };
+    let mut meta = RunMeta::new(run_id.into(), "p".into(), Region::parse("us-east-1").unwrap(), vec![target], 1);
+    meta.plan_file = "p.yaml".into();
+    meta.simulated = true;
     RunRecord {
-        meta: RunMeta {
-            format_version: FORMAT_VERSION,
-            run_id: run_id.into(),
-            plan: "p".into(),
-            plan_file: "p.yaml".into(),
-            status: RunStatus::Running,
-            created_ms: 1,
-            updated_ms: 1,
-            finished_ms: None,
-            source_account: None,
-            target_account: None,
-            source_region: "us-east-1".into(),
-            target_region: "eu-west-1".into(),
-            cross_account: true,
-            source_key_arn: None,
-            target_key_arn: None,
-            target_role_arn: None,
-            target_external_id: None,
-            every_ms: None,
-            target_list: vec![],
-            more_grants: vec![],
-            grant: None,
-            simulated: true,
-            cleaned_up: false,
-            carries: None,
-        },
+        meta,
         volumes: (0..n).map(|i| VolumeRun::new(VolumeId::parse(&format!("vol-{i:017x}")).unwrap())).collect(),
     }
 }
@@ -151,6 +143,72 @@ async fn compaction_keeps_the_same_run() {
         j.sync().await.unwrap();
         assert_eq!(store.load("r2").await.unwrap(), r);
     }
+}
+
+/// A run's meta as checkpoints and journals hold it, with every optional field set:
+/// its regions, accounts and ARNs read back into their typed ids and written out as
+/// the same bytes.
+const META_TEXT: &str = concat!(
+    r#"{"format_version":1,"run_id":"p-20260101T000000Z-ab12","plan":"p","plan_file":"p.yaml","#,
+    r#""status":"interrupted","created_ms":1,"updated_ms":2,"finished_ms":3,"#,
+    r#""source_account":"111111111111","target_account":"222222222222","#,
+    r#""source_region":"us-east-1","target_region":"eu-west-1","cross_account":true,"#,
+    r#""source_key_arn":"arn:aws:kms:us-east-1:111111111111:key/11111111-2222-3333-4444-555555555555","#,
+    r#""target_key_arn":"arn:aws:kms:eu-west-1:222222222222:key/66666666-7777-8888-9999-000000000000","#,
+    r#""target_role_arn":"arn:aws:iam::222222222222:role/snapferry-target","target_external_id":"ext-1","#,
+    r#""every_ms":86400000,"targets":["#,
+    r#"{"account":"222222222222","region":"eu-west-1","#,
+    r#""key_arn":"arn:aws:kms:eu-west-1:222222222222:key/66666666-7777-8888-9999-000000000000","#,
+    r#""cross_account":true,"role_arn":"arn:aws:iam::222222222222:role/snapferry-target","#,
+    r#""external_id":"ext-1","lock":"governance"},"#,
+    r#"{"account":"111111111111","region":"us-west-2","key_arn":null,"cross_account":false,"#,
+    r#""role_arn":null,"external_id":null}],"#,
+    r#""grant":{"key_arn":"arn:aws:kms:us-east-1:111111111111:key/11111111-2222-3333-4444-555555555555","#,
+    r#""sid":"snapferry-p-222222222222","added":true,"revoked":false},"#,
+    r#""more_grants":[{"key_arn":"arn:aws:kms:us-east-1:111111111111:key/11111111-2222-3333-4444-555555555555","#,
+    r#""sid":"snapferry-p-333333333333","added":false,"revoked":true}],"#,
+    r#""simulated":false,"cleaned_up":true,"carries":["p-20251231T000000Z-cd34"],"volumes":[]}"#
+);
+
+#[test]
+fn a_checkpoints_meta_reads_into_typed_ids_and_writes_the_same_bytes() {
+    let record: RunRecord = serde_json::from_str(META_TEXT).unwrap();
+    assert_eq!(record.meta.source_region.as_str(), "us-east-1");
+    assert_eq!(record.meta.targets()[1].account.as_ref().map(|a| a.as_str()), Some("111111111111"));
+    assert_eq!(serde_json::to_string(&record).unwrap(), META_TEXT);
+    // As a journal line too.
+    let line = serde_json::to_string(&Entry::Meta(Cow::Borrowed(&record.meta))).unwrap();
+    let Entry::Meta(back) = serde_json::from_str::<Entry>(&line).unwrap() else { panic!("{line}") };
+    assert_eq!(*back, record.meta);
+    // A checkpoint whose ids are not well formed is damaged, not half read.
+    let bad = META_TEXT.replace("\"source_region\":\"us-east-1\"", "\"source_region\":\"nowhere\"");
+    let e = parse_checkpoint(bad.as_bytes(), Path::new("runs/x/checkpoint.json")).unwrap_err();
+    assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
+}
+
+#[test]
+fn a_new_runs_meta_keeps_one_target_in_the_flat_fields() {
+    let t = |region: &str| TargetMeta {
+        account: Some(AccountId::parse("222222222222").unwrap()),
+        region: Region::parse(region).unwrap(),
+        key_arn: None,
+        cross_account: true,
+        role_arn: None,
+        external_id: None,
+        lock: None,
+    };
+    let one = RunMeta::new("r".into(), "p".into(), Region::parse("us-east-1").unwrap(), vec![t("eu-west-1")], 5);
+    assert_eq!((one.target_region.as_str(), one.cross_account, one.target_list.len()), ("eu-west-1", true, 0));
+    assert_eq!((one.status, one.created_ms, one.updated_ms), (RunStatus::Running, 5, 5));
+    let two = RunMeta::new(
+        "r".into(),
+        "p".into(),
+        Region::parse("us-east-1").unwrap(),
+        vec![t("eu-west-1"), t("eu-west-2")],
+        5,
+    );
+    assert_eq!(two.targets(), vec![t("eu-west-1"), t("eu-west-2")]);
+    assert_eq!(two.target_account.as_ref().map(|a| a.as_str()), Some("222222222222"));
 }
 
 #[tokio::test]

@@ -90,28 +90,39 @@ async fn run(args: &RunArgs) -> Result<Done, Failure> {
     )
     .await?;
     let store = opened.store;
-    // Fail fast on a held lock, before any call to AWS.
-    drop(store.lock_plan(plan.name.as_str()).await?);
+    // The plan's lock, taken once for the whole run, before any call to AWS: a second
+    // process is refused here. The run releases it as it ends.
+    let lock = store.lock_plan(plan.name.as_str()).await?;
     if !args.common.simulate {
         state::warn_credentials(opened.life, limit);
     }
-
     let session = session_name(run_id.as_ref().map(|r| r.as_str()).unwrap_or(plan.name.as_str()));
-    let connected = connect(Reach::for_plan(&args.common, &plan, session)).await?;
+    let ready = async {
+        let connected = connect(Reach::for_plan(&args.common, &plan, session)).await?;
+        let probe_permissions =
+            !args.common.simulate && !args.no_permission_probes && super::cloud::endpoint(&args.common)?.is_none();
+        Ok::<_, Failure>((connected, probe_permissions))
+    };
+    let (connected, probe_permissions) = match ready.await {
+        Ok(ready) => ready,
+        Err(e) => {
+            drop(lock);
+            state::close(&store).await;
+            return Err(e);
+        }
+    };
     let env = Env { cloud: connected.cloud.clone(), clock: connected.clock.clone(), store: store.clone() };
     let cfg = RunConfig {
         plan: plan.clone(),
         plan_file: args.plan.display().to_string(),
         run_id,
         simulated: args.common.simulate,
-        probe_permissions: !args.common.simulate
-            && !args.no_permission_probes
-            && super::cloud::endpoint(&args.common)?.is_none(),
+        probe_permissions,
         progress: render::progress_bar(format),
     };
     let (stop, shutdown) = shutdown_signal();
     let stopped_at_limit = state::stop_after(limit, stop);
-    let result = exec::run(cfg, env, shutdown).await;
+    let result = exec::run_locked(cfg, env, lock, shutdown).await;
     state::close(&store).await;
     connected.save()?;
     let mut report = result?;
@@ -218,40 +229,39 @@ async fn cleanup(run_id: &str, plan_path: Option<&Path>, common: &Common) -> Res
         region: plan.as_ref().map(|p| p.source.region.clone()),
     };
     let store = state::open(common, reach).await?.store;
+    // The plan's lock comes before the run is read, so cleanup works on the record
+    // as the lock keeps it: a minted run id names its plan, else --plan does. A run id
+    // chosen with --run-id names none; its record says which lock, and is read again
+    // under it.
+    let named = RunId::minted_plan(run_id).map(|p| p.to_string()).or_else(|| plan.as_ref().map(|p| p.name.to_string()));
+    let early = match &named {
+        Some(name) => Some(store.lock_plan(name).await?),
+        None => None,
+    };
     // The state's record of the run, or (with --plan) nothing: the run is then
     // found by its tags.
-    let record = match store.load(run_id).await {
-        Ok(r) => Some(r),
-        Err(StoreError::NoSuchRun(_)) if plan.is_some() => None,
-        Err(StoreError::NoSuchRun(_)) => {
-            let why = removed_hint(&store, run_id).await;
-            return Err(Failure::NoSuchRun(format!(
-                "no run {run_id} in {}{why}; to clean it up from its tags in AWS, name its plan: snapferry cleanup --plan PLAN {run_id}",
-                store.location()
-            )));
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let mut record = load_for_cleanup(&store, run_id, plan.is_some()).await?;
     let plan_name = record.as_ref().map(|r| r.meta.plan.clone()).or_else(|| plan.as_ref().map(|p| p.name.to_string()));
     let plan_name = plan_name.unwrap_or_default();
-    let lock = store.lock_plan(&plan_name).await?;
-    let region_text = record
+    let lock = if named.as_deref() == Some(plan_name.as_str()) {
+        None
+    } else {
+        let lock = store.lock_plan(&plan_name).await?;
+        record = load_for_cleanup(&store, run_id, plan.is_some()).await?;
+        Some(lock)
+    };
+    let source_region = record
         .as_ref()
         .map(|r| r.meta.source_region.clone())
-        .or_else(|| plan.as_ref().map(|p| p.source.region.to_string()))
-        .unwrap_or_default();
-    let source_region = crate::ids::Region::parse(&region_text)
-        .map_err(|e| Failure::DamagedState(format!("checkpoint of {run_id}: source region: {e}")))?;
+        .or_else(|| plan.as_ref().map(|p| p.source.region.clone()))
+        .ok_or_else(|| Failure::Usage(format!("run {run_id}: no plan names its source region")))?;
     // The target roles stop copies still pending: the ones the run used, else the plan's.
     let targets: Vec<TargetAccess> = match (&record, &plan) {
         (Some(r), _) => r
             .meta
             .targets()
             .iter()
-            .map(|t| TargetAccess {
-                role: t.role_arn.as_deref().and_then(|a| crate::ids::RoleArn::parse(a).ok()),
-                external_id: t.external_id.clone(),
-            })
+            .map(|t| TargetAccess { role: t.role_arn.clone(), external_id: t.external_id.clone() })
             .collect(),
         (None, Some(p)) => p
             .targets
@@ -272,12 +282,29 @@ async fn cleanup(run_id: &str, plan_path: Option<&Path>, common: &Common) -> Res
     .await?;
     let (cloud, clock) = (connected.cloud.as_ref(), connected.clock.as_ref());
     let result = exec::cleanup_loaded(&store, cloud, clock, run_id, record, plan.as_ref()).await;
-    drop(lock);
+    drop((lock, early));
     state::close(&store).await;
     connected.save()?;
     let summary = result?;
     emit(common.format, &summary, render::cleanup_text);
     Ok(Done::CleanedUp { complete: summary.errors.is_empty() })
+}
+
+/// The record `cleanup RUN_ID` works on: none when the state lost it and `--plan` lets
+/// the run be found by its tags.
+async fn load_for_cleanup(store: &Store, run_id: &str, by_tags: bool) -> Result<Option<RunRecord>, Failure> {
+    match store.load(run_id).await {
+        Ok(r) => Ok(Some(r)),
+        Err(StoreError::NoSuchRun(_)) if by_tags => Ok(None),
+        Err(StoreError::NoSuchRun(_)) => {
+            let why = removed_hint(store, run_id).await;
+            Err(Failure::NoSuchRun(format!(
+                "no run {run_id} in {}{why}; to clean it up from its tags in AWS, name its plan: snapferry cleanup --plan PLAN {run_id}",
+                store.location()
+            )))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `verify RUN_ID`: every completed copy of a finished run whose source snapshot still
@@ -297,16 +324,12 @@ async fn verify(args: &VerifyArgs) -> Result<Done, Failure> {
         let lock = store.lock_plan(&record.meta.plan).await?;
         drop(lock);
     }
-    let source_region = crate::ids::Region::parse(&record.meta.source_region)
-        .map_err(|e| Failure::DamagedState(format!("checkpoint of {}: source region: {e}", args.run_id)))?;
+    let source_region = record.meta.source_region.clone();
     let targets: Vec<TargetAccess> = record
         .meta
         .targets()
         .iter()
-        .map(|t| TargetAccess {
-            role: t.role_arn.as_deref().and_then(|a| crate::ids::RoleArn::parse(a).ok()),
-            external_id: t.external_id.clone(),
-        })
+        .map(|t| TargetAccess { role: t.role_arn.clone(), external_id: t.external_id.clone() })
         .collect();
     let connected = connect(Reach {
         common,

@@ -321,7 +321,7 @@ fn target_label(r: &RunRecord, t: u8) -> Option<String> {
     targets
         .get(usize::from(t))
         .filter(|_| targets.len() > 1)
-        .map(|x| format!("{}/{}", x.account.as_deref().unwrap_or("source"), x.region))
+        .map(|x| format!("{}/{}", x.account.as_ref().map_or("source", |a| a.as_str()), x.region))
 }
 
 pub fn runs_json(runs: &Runs) -> Value {

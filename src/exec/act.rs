@@ -196,44 +196,10 @@ pub async fn perform(
             }
         }
         Action::CreateVolume { snapshot, client_token } => {
-            let req = CreateVolumeReq {
-                snapshot: snapshot.clone(),
-                availability_zone: ctx.target(v.target).availability_zone.clone(),
-                volume_type: target.volume_type.clone().or_else(|| source.and_then(|s| s.volume_type.clone())),
-                iops: target.iops.or_else(|| {
-                    // Only types with provisioned IOPS take the source's figure.
-                    let ty = target.volume_type.as_deref().or(source.and_then(|s| s.volume_type.as_deref()));
-                    matches!(ty, Some("gp3" | "io1" | "io2"))
-                        .then(|| source.and_then(|s| s.iops))
-                        .flatten()
-                        .map(|x| x as u32)
-                }),
-                throughput: target.throughput.or_else(|| {
-                    let ty = target.volume_type.as_deref().or(source.and_then(|s| s.volume_type.as_deref()));
-                    (ty == Some("gp3")).then(|| source.and_then(|s| s.throughput)).flatten().map(|x| x as u32)
-                }),
-                kms_key: ctx.target(v.target).key.clone(),
-                tags: ctx.tags(v, StepTag::Volume, Some(&target.tags)),
-                client_token: client_token.clone(),
-            };
+            let req = volume_request(ctx, v, target, source, snapshot, client_token);
             Ok(Outcome::VolumeCreated(cloud.create_volume(&ctx.dst(v.target), &req).await?))
         }
-        Action::LookUpSnapshot { which } => {
-            let loc = ctx.loc(*which, v.target);
-            let mut found = cloud.find_snapshots(&loc, &ctx.identity_tags(v, which.tag())).await?;
-            // A copy that failed verification stays, but is never this run's copy.
-            found.retain(|s| !crate::verify::failed_tag(&s.tags));
-            match pick_snapshot(found) {
-                None => Ok(Outcome::NotFound),
-                Some((keep, extra)) => {
-                    for dup in extra {
-                        tracing::warn!(volume = %v.source_volume, snapshot = %dup.id, "deleting a duplicate snapshot left by an interrupted run");
-                        delete_snapshot_quietly(cloud, &loc, &dup.id).await?;
-                    }
-                    Ok(Outcome::SnapshotCreated(keep.id))
-                }
-            }
-        }
+        Action::LookUpSnapshot { which } => look_up_snapshot(cloud, ctx, v, *which).await,
         Action::Lock { snapshot } => {
             // A plan that no longer locks this target lets the copy go on unlocked.
             let Some(spec) = ctx.target(v.target).lock else { return Ok(Outcome::NotLocked) };
@@ -258,41 +224,102 @@ pub async fn perform(
                 Some(x) => Ok(Outcome::VolumeCreated(x.id.clone())),
             }
         }
-        Action::Cleanup { delete, keep } => {
-            for id in delete {
-                delete_snapshot_quietly(cloud, &ctx.src(), id).await?;
-            }
-            // A snapshot kept for `keep_source` is no longer shared.
-            if let (Some(id), false) = (keep, ctx.share_with.is_empty()) {
-                match cloud.unshare_snapshot(&ctx.src(), id, &ctx.share_with).await {
-                    Err(e) if e.kind == ErrorKind::NotFound => {}
-                    other => other?,
-                }
-            }
-            Ok(Outcome::CleanedUp)
-        }
-        Action::Verify { source, copy } => {
-            let level = ctx.verify.unwrap_or(crate::verify::Level::Map);
-            let seed = crate::verify::seed_for(&[v.chain_run(&ctx.run_id), v.source_volume.as_str(), copy.as_str()]);
-            let (src, dst) = (ctx.src(), ctx.dst(v.target));
-            let pair = crate::exec::verify::Pair { source: (&src, source), copy: (&dst, copy) };
-            let record = crate::exec::verify::verify_copy(
-                cloud,
-                ctx.pacer.as_deref(),
-                pair,
-                level,
-                crate::verify::DEFAULT_SAMPLE,
-                seed,
-            )
-            .await?;
-            let tag = BTreeMap::from([(TAG_VERIFY.to_owned(), record.tag())]);
-            cloud.tag_snapshot(&dst, copy, &tag).await?;
-            Ok(Outcome::Verified(Box::new(record)))
-        }
+        Action::Cleanup { delete, keep } => clean_up(cloud, ctx, delete, keep.as_ref()).await,
+        Action::Verify { source, copy } => verify(cloud, ctx, v, source, copy).await,
         Action::PollSnapshot { .. } | Action::PollVolume { .. } | Action::AwaitSource | Action::Nothing => {
             Err(CloudError::new(ErrorKind::Other, "NotAnAction", format!("{action:?} is not performed one at a time")))
         }
     }
+}
+
+/// The CreateVolume request of volume run `v` from its copy `snapshot`: the plan's
+/// target volume settings, else the source volume's (IOPS and throughput only for the
+/// types that take them).
+fn volume_request(
+    ctx: &ActCtx,
+    v: &VolumeRun,
+    target: &TargetVolume,
+    source: Option<&Volume>,
+    snapshot: &SnapshotId,
+    client_token: &str,
+) -> CreateVolumeReq {
+    CreateVolumeReq {
+        snapshot: snapshot.clone(),
+        availability_zone: ctx.target(v.target).availability_zone.clone(),
+        volume_type: target.volume_type.clone().or_else(|| source.and_then(|s| s.volume_type.clone())),
+        iops: target.iops.or_else(|| {
+            // Only types with provisioned IOPS take the source's figure.
+            let ty = target.volume_type.as_deref().or(source.and_then(|s| s.volume_type.as_deref()));
+            matches!(ty, Some("gp3" | "io1" | "io2")).then(|| source.and_then(|s| s.iops)).flatten().map(|x| x as u32)
+        }),
+        throughput: target.throughput.or_else(|| {
+            let ty = target.volume_type.as_deref().or(source.and_then(|s| s.volume_type.as_deref()));
+            (ty == Some("gp3")).then(|| source.and_then(|s| s.throughput)).flatten().map(|x| x as u32)
+        }),
+        kms_key: ctx.target(v.target).key.clone(),
+        tags: ctx.tags(v, StepTag::Volume, Some(&target.tags)),
+        client_token: client_token.to_owned(),
+    }
+}
+
+/// Looks up by its tags the snapshot one step of `v` made: the oldest match (never a
+/// copy that failed verification), later duplicates deleted.
+async fn look_up_snapshot(cloud: &dyn Cloud, ctx: &ActCtx, v: &VolumeRun, which: Which) -> CloudResult<Outcome> {
+    let loc = ctx.loc(which, v.target);
+    let mut found = cloud.find_snapshots(&loc, &ctx.identity_tags(v, which.tag())).await?;
+    // A copy that failed verification stays, but is never this run's copy.
+    found.retain(|s| !crate::verify::failed_tag(&s.tags));
+    match pick_snapshot(found) {
+        None => Ok(Outcome::NotFound),
+        Some((keep, extra)) => {
+            for dup in extra {
+                tracing::warn!(volume = %v.source_volume, snapshot = %dup.id, "deleting a duplicate snapshot left by an interrupted run");
+                delete_snapshot_quietly(cloud, &loc, &dup.id).await?;
+            }
+            Ok(Outcome::SnapshotCreated(keep.id))
+        }
+    }
+}
+
+/// Deletes the intermediate source-side snapshots; the one kept for `keep_source` is
+/// no longer shared.
+async fn clean_up(
+    cloud: &dyn Cloud,
+    ctx: &ActCtx,
+    delete: &[SnapshotId],
+    keep: Option<&SnapshotId>,
+) -> CloudResult<Outcome> {
+    for id in delete {
+        delete_snapshot_quietly(cloud, &ctx.src(), id).await?;
+    }
+    if let (Some(id), false) = (keep, ctx.share_with.is_empty()) {
+        match cloud.unshare_snapshot(&ctx.src(), id, &ctx.share_with).await {
+            Err(e) if e.kind == ErrorKind::NotFound => {}
+            other => other?,
+        }
+    }
+    Ok(Outcome::CleanedUp)
+}
+
+/// Compares the completed copy with its source at the plan's level and tags the copy
+/// with the result.
+async fn verify(
+    cloud: &dyn Cloud,
+    ctx: &ActCtx,
+    v: &VolumeRun,
+    source: &SnapshotId,
+    copy: &SnapshotId,
+) -> CloudResult<Outcome> {
+    let level = ctx.verify.unwrap_or(crate::verify::Level::Map);
+    let seed = crate::verify::seed_for(&[v.chain_run(&ctx.run_id), v.source_volume.as_str(), copy.as_str()]);
+    let (src, dst) = (ctx.src(), ctx.dst(v.target));
+    let pair = crate::exec::verify::Pair { source: (&src, source), copy: (&dst, copy) };
+    let record =
+        crate::exec::verify::verify_copy(cloud, ctx.pacer.as_deref(), pair, level, crate::verify::DEFAULT_SAMPLE, seed)
+            .await?;
+    let tag = BTreeMap::from([(TAG_VERIFY.to_owned(), record.tag())]);
+    cloud.tag_snapshot(&dst, copy, &tag).await?;
+    Ok(Outcome::Verified(Box::new(record)))
 }
 
 /// After a copy or share was refused because its snapshot was not found: asks the

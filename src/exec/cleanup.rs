@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use crate::checkpoint::{FORMAT_VERSION, Journal, RunMeta, RunRecord, RunStatus, Store, StoreError, TargetMeta};
+use crate::checkpoint::{Journal, RunMeta, RunRecord, RunStatus, Store, StoreError, TargetMeta};
 use crate::clock::Clock;
 use crate::cloud::{Cloud, ErrorKind, Loc, Side, Snapshot, SnapshotState};
 use crate::engine::{self, Step, VolumeRun};
@@ -29,7 +29,7 @@ use crate::tags::{StepTag, TAG_RUN, TAG_SOURCE_VOLUME};
 
 use super::RunError;
 use super::act::delete_snapshot_quietly;
-use super::adopt::{self, Shape, Survey};
+use super::adopt::{self, Survey};
 use super::key_policy::{self, EditError};
 use super::retry::retrying;
 
@@ -177,7 +177,7 @@ async fn open_run(
         )));
     }
     if let Some(acct) = &record.meta.source_account
-        && acct != identity.account.as_str()
+        && acct != &identity.account
     {
         return Err(RunError::Usage(format!(
             "run {run_id} was made in account {acct}, but the credentials are of account {} ({}); use credentials of account {acct}",
@@ -214,19 +214,16 @@ impl<'a> Sweep<'a> {
         meta: &RunMeta,
         summary: &mut CleanupSummary,
     ) -> Result<Sweep<'a>, RunError> {
-        let source_region = Region::parse(&meta.source_region)
-            .map_err(|e| RunError::Other(format!("checkpoint of {run_id}: source region: {e}")))?;
+        let source_region = meta.source_region.clone();
         let src = Loc::new(Side::Source, &source_region);
         let targets = meta.targets();
         let mut dsts = vec![];
         for (i, t) in targets.iter().enumerate() {
-            let region = Region::parse(&t.region)
-                .map_err(|e| RunError::Other(format!("checkpoint of {run_id}: target region: {e}")))?;
-            dsts.push(Loc::new(Side::Target(i as u8), &region));
+            dsts.push(Loc::new(Side::Target(i as u8), &t.region));
         }
         let mut share_with: Vec<AccountId> = vec![];
         for t in targets.iter().filter(|t| t.cross_account) {
-            if let Some(a) = t.account.as_deref().and_then(|a| AccountId::parse(a).ok())
+            if let Some(a) = t.account.clone()
                 && !share_with.contains(&a)
             {
                 share_with.push(a);
@@ -404,8 +401,8 @@ impl<'a> Sweep<'a> {
                     r.meta.run_id != self.run_id
                         && !r.meta.cleaned_up
                         && r.meta.status != RunStatus::Succeeded
-                        && r.meta.source_key_arn.as_deref() == Some(key.as_str())
-                        && r.meta.targets().iter().any(|t| t.account.as_deref() == Some(g.target_account.as_str()))
+                        && r.meta.source_key_arn.as_ref() == Some(&key)
+                        && r.meta.targets().iter().any(|t| t.account.as_ref() == Some(&g.target_account))
                 })
                 .map(|r| r.meta.run_id)
                 .collect();
@@ -470,7 +467,6 @@ fn grant_of(
 ) -> Option<(KeyArn, policy::Grant)> {
     let target = target.clone();
     let key = meta.grant.as_ref().map(|g| g.key_arn.clone()).or_else(|| meta.source_key_arn.clone())?;
-    let key = KeyArn::parse(&key).ok()?;
     let name = PlanName::parse(&meta.plan).ok().or_else(|| plan.map(|p| p.name.clone()))?;
     Some((key, policy::Grant::new(name, target, region)))
 }
@@ -488,12 +484,7 @@ async fn from_tags(
     let survey = adopt::survey(cloud, clock, plan.name.as_str(), &src, &dsts)
         .await
         .map_err(|e| RunError::Cloud { what: format!("listing the resources of run {run_id}"), source: e })?;
-    let shape = Shape {
-        create_volume: plan.options.create_volume,
-        cleanup: plan.options.cleanup,
-        verify: plan.options.verify.is_some(),
-    };
-    let found = adopt::rebuild_run(&survey, run_id, shape, clock.now_ms());
+    let found = adopt::rebuild_run(&survey, run_id, super::scope::shape(plan), clock.now_ms());
     if found.volumes.is_empty() {
         return Err(RunError::Usage(format!(
             "no resource tagged snapferry:run={run_id} of plan {} in {} or its targets' regions; check the run id",
@@ -501,7 +492,7 @@ async fn from_tags(
         )));
     }
     let source_key = match retrying(clock, || cloud.describe_key(&src, &plan.source.kms_key)).await {
-        Ok(k) => Some(k.arn.to_string()),
+        Ok(k) => Some(k.arn),
         Err(e) if e.kind == ErrorKind::NotFound => None,
         Err(e) => return Err(RunError::Cloud { what: format!("DescribeKey of {}", plan.source.kms_key), source: e }),
     };
@@ -513,46 +504,23 @@ async fn from_tags(
             let account = t.account.clone().unwrap_or_else(|| caller.clone());
             let cross = t.crosses(caller);
             TargetMeta {
-                account: Some(account.to_string()),
-                region: t.region.to_string(),
+                account: Some(account),
+                region: t.region.clone(),
                 key_arn: None,
                 cross_account: cross,
-                role_arn: t.role_arn.as_ref().filter(|_| cross).map(|r| r.to_string()),
+                role_arn: t.role_arn.clone().filter(|_| cross),
                 external_id: t.external_id.clone().filter(|_| cross),
                 lock: t.lock.map(|l| l.mode.to_string()),
             }
         })
         .collect();
-    let mut record = RunRecord {
-        meta: RunMeta {
-            format_version: FORMAT_VERSION,
-            run_id: run_id.to_owned(),
-            plan: plan.name.to_string(),
-            plan_file: String::new(),
-            status: RunStatus::Interrupted,
-            created_ms: found.created_ms.min(now),
-            updated_ms: now,
-            finished_ms: None,
-            source_account: Some(caller.to_string()),
-            target_account: None,
-            source_region: plan.source.region.to_string(),
-            target_region: String::new(),
-            cross_account: false,
-            source_key_arn: source_key,
-            target_key_arn: None,
-            target_role_arn: None,
-            target_external_id: None,
-            every_ms: plan.options.every.map(|d| d.as_millis() as i64),
-            target_list: vec![],
-            more_grants: vec![],
-            grant: None,
-            simulated: false,
-            cleaned_up: false,
-            carries: None,
-        },
-        volumes: found.volumes,
-    };
-    record.meta.set_targets(targets);
+    let mut meta = RunMeta::new(run_id.to_owned(), plan.name.to_string(), plan.source.region.clone(), targets, now);
+    meta.status = RunStatus::Interrupted;
+    meta.created_ms = found.created_ms.min(now);
+    meta.source_account = Some(caller.clone());
+    meta.source_key_arn = source_key;
+    meta.every_ms = plan.options.every.map(|d| d.as_millis() as i64);
+    let record = RunRecord { meta, volumes: found.volumes };
     Ok(record)
 }
 

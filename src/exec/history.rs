@@ -102,35 +102,26 @@ pub async fn prune(store: &Store, plan: &str, history: u32, current: &str) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::FORMAT_VERSION;
+    use crate::checkpoint::TargetMeta;
+    use crate::ids::Region;
 
     fn meta(id: &str, status: RunStatus, every: bool) -> RunMeta {
-        RunMeta {
-            format_version: FORMAT_VERSION,
-            run_id: id.into(),
-            plan: "p".into(),
-            plan_file: "p.yaml".into(),
-            status,
-            created_ms: 0,
-            updated_ms: 0,
-            finished_ms: None,
-            source_account: None,
-            target_account: None,
-            source_region: "us-east-1".into(),
-            target_region: "eu-west-1".into(),
+        let target = TargetMeta {
+            account: None,
+            region: Region::parse("eu-west-1").unwrap(),
+            key_arn: None,
             cross_account: false,
-            source_key_arn: None,
-            target_key_arn: None,
-            target_role_arn: None,
-            target_external_id: None,
-            every_ms: every.then_some(86_400_000),
-            target_list: vec![],
-            grant: None,
-            more_grants: vec![],
-            simulated: true,
-            cleaned_up: false,
-            carries: Some(vec![]),
-        }
+            role_arn: None,
+            external_id: None,
+            lock: None,
+        };
+        let mut meta = RunMeta::new(id.into(), "p".into(), Region::parse("us-east-1").unwrap(), vec![target], 0);
+        meta.plan_file = "p.yaml".into();
+        meta.status = status;
+        meta.every_ms = every.then_some(86_400_000);
+        meta.simulated = true;
+        meta.carries = Some(vec![]);
+        meta
     }
 
     #[test]

@@ -1,29 +1,33 @@
-//! The life of one invocation of a run: take the plan's lock, find what to carry on
-//! (the state's unfinished run, or one adopted from AWS's tags), refuse a plan that
-//! moved a run's resources, preflight, put failed volumes back where they stood,
-//! grant the target account use of the source key, drive every volume (the loop is in
-//! `runner`), and end: status, report, retention.
+//! The life of one invocation of a run, as named phases: take the plan's lock (or
+//! hold the caller's), read what the state has, preflight and build the run's scope
+//! (refusing a plan that moved a run's resources), carry on what there is (the state's
+//! unfinished run, or one adopted from AWS's tags), open the run (new volumes join,
+//! failed ones go back where they stood), grant the target account use of the source
+//! key, drive every volume (the loop is in `runner`), finish (status, checkpoint), and
+//! report, with retention and history.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::checkpoint::{FORMAT_VERSION, GrantRecord, RunMeta, RunRecord, RunStatus, StoreError, TargetMeta};
-use crate::cloud::{CloudError, ErrorKind, Loc, Side};
+use crate::checkpoint::{GrantRecord, Journal, PlanLock, RunMeta, RunRecord, RunStatus, StoreError};
+use crate::cloud::{CloudError, ErrorKind, Loc};
 use crate::engine::{self, FailureKind, Step, VolumeRun};
 use crate::ids::{KeyArn, VolumeId};
 use crate::plan::Plan;
 use crate::policy;
 
-use super::act::{self, ActCtx, TargetCtx};
-use super::adopt::{self, Shape};
+use super::act::{self, ActCtx};
+use super::adopt;
 use super::key_policy::{self, EditError};
-use super::preflight::{Resolved, SourceVolume, preflight};
+use super::preflight::{SourceVolume, preflight};
 use super::recurring::{self, Recur};
 use super::retry::retrying;
 use super::runner::{Ended, RunConfig, Runner};
 use super::sched::LOOKUP_SPACING_MS;
+use super::scope::RunScope;
+pub(crate) use super::scope::target_locs;
 use super::{Env, RunError, RunReport};
 
 /// Listings of the plan's tags when adopting a run whose resources are recent: a
@@ -33,48 +37,93 @@ const ADOPT_LISTINGS: u32 = crate::engine::RECONCILE_LOOKUPS as u32;
 /// Resources younger than this make adoption list again before it trusts a miss.
 const RECENT_MS: i64 = 10 * 60_000;
 
-/// Runs (or resumes) the plan until every volume ends or `shutdown` turns true.
-/// Volumes that fail do not make this an `Err`: the report says which failed.
+/// Runs (or resumes) the plan until every volume ends or `shutdown` turns true, under
+/// the plan's lock, taken here. Volumes that fail do not make this an `Err`: the
+/// report says which failed.
 pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> Result<RunReport, RunError> {
-    let plan = &cfg.plan;
-    let _lock = env.store.lock_plan(plan.name.as_str()).await?;
-    let clock = env.clock.clone();
-    let cloud = env.cloud.clone();
+    let lock = env.store.lock_plan(cfg.plan.name.as_str()).await?;
+    run_locked(cfg, env, lock, shutdown).await
+}
 
+/// [`run`] under the plan's lock the caller took (the command line takes it before
+/// any call to AWS, so a second process is refused first); released at the end.
+///
+/// The phases: what the state has; preflight and the run's scope (a moved plan
+/// refused); resume or adopt; open the run (new volumes join, failed ones revived);
+/// grant; drive; finish (status, checkpoint); report, retention and history.
+pub async fn run_locked(
+    cfg: RunConfig,
+    env: Env,
+    lock: PlanLock,
+    shutdown: watch::Receiver<bool>,
+) -> Result<RunReport, RunError> {
+    let _lock = lock;
     // A recurring plan (`every`, no --run-id) decides per volume what is due.
-    let recurring = plan.options.every.is_some() && cfg.run_id.is_none();
+    let recurring = cfg.plan.options.every.is_some() && cfg.run_id.is_none();
     let previous = previous_run(&cfg, &env, recurring).await?;
     if let Some(p) = &previous
         && p.meta.status == RunStatus::Succeeded
         && !recurring
     {
         tracing::info!(run = %p.meta.run_id, "run already succeeded; nothing to do");
-        prune_history(&env, plan, &p.meta.run_id).await;
+        prune_history(&env, &cfg.plan, &p.meta.run_id).await;
         return Ok(RunReport::from_record(p));
     }
+    let scope = resolve(&cfg, &env, previous.as_ref()).await?;
+    let now = env.clock.now_ms();
+    let record = carry_on(&cfg, &env, &scope, previous, recurring, now).await?;
+    let actx = Arc::new(scope.act(&record.meta.run_id));
+    let (mut record, mut journal) = open(&env, &scope, &actx, record, now).await?;
+    if scope.resolved.cross_account {
+        grant(&env, &scope, &mut record, &mut journal).await?;
+    }
+    let (record, journal, ended) = drive(&cfg, &env, &scope, &actx, record, journal, shutdown).await?;
+    let (record, ended) = finish(&env, &scope, record, journal, ended).await?;
+    let report = report(&env, &scope, &record, &ended).await;
+    prune_history(&env, scope.plan, &record.meta.run_id).await;
+    Ok(report)
+}
 
-    let resolved =
-        preflight(plan, cloud.as_ref(), clock.as_ref(), cfg.probe_permissions).await.map_err(RunError::Preflight)?;
-    // Only a half-done run has resources a moved plan would leave behind.
-    if let Some(p) = previous.as_ref().filter(|p| p.volumes.iter().any(|v| v.step != Step::Done)) {
-        let moved = moved_fields(&p.meta, plan, &resolved);
+/// Preflight, and the scope of this invocation built from what it resolved. A
+/// half-done run whose plan now moves its resources is refused: only such a run has
+/// resources the moved plan would leave behind.
+async fn resolve<'a>(cfg: &'a RunConfig, env: &Env, previous: Option<&RunRecord>) -> Result<RunScope<'a>, RunError> {
+    let (cloud, clock) = (env.cloud.as_ref(), env.clock.as_ref());
+    let resolved = preflight(&cfg.plan, cloud, clock, cfg.probe_permissions).await.map_err(RunError::Preflight)?;
+    let scope = RunScope::new(&cfg.plan, resolved, !clock.is_virtual());
+    if let Some(p) = previous.filter(|p| p.volumes.iter().any(|v| v.step != Step::Done)) {
+        let moved = moved_fields(&p.meta, &scope);
         if !moved.is_empty() {
             return Err(RunError::PlanChanged { run_id: p.meta.run_id.clone(), fields: moved });
         }
     }
-    let now = clock.now_ms();
-    let src = Loc::new(Side::Source, &plan.source.region);
-    let dsts = target_locs(plan);
+    Ok(scope)
+}
 
+/// The run this invocation carries on: the state's (for a recurring plan, a new round
+/// when something is due), else one adopted from the plan's tags, else a new one.
+/// Its meta records what preflight resolved; the volumes the plan picks now and the
+/// run does not have yet join it.
+async fn carry_on(
+    cfg: &RunConfig,
+    env: &Env,
+    scope: &RunScope<'_>,
+    previous: Option<RunRecord>,
+    recurring: bool,
+    now: i64,
+) -> Result<RunRecord, RunError> {
+    let plan = scope.plan;
+    let new_meta =
+        |run_id: String, created_ms: i64| scope.meta(run_id, cfg.plan_file.clone(), cfg.simulated, created_ms);
     let previous = match recurring {
-        true => recur(&cfg, &env, &resolved, previous, &src, &dsts, now).await?,
+        true => recur(env, scope, previous, now).await?,
         false => previous.map(|r| Carry::Resume(Box::new(r))),
     };
     let mut record = match previous {
         Some(Carry::Start(volumes)) => {
             let run_id = new_run_id(plan.name.as_str(), now);
             tracing::info!(run = %run_id, due = volumes.iter().filter(|v| v.chain.is_none()).count(), "starting a round of the recurring plan");
-            new_record(&cfg, run_id, now, volumes)
+            RunRecord { meta: new_meta(run_id, now), volumes }
         }
         Some(Carry::Resume(r)) => {
             let mut r = *r;
@@ -82,10 +131,11 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
             r.meta.status = RunStatus::Running;
             r.meta.updated_ms = now;
             r.meta.finished_ms = None;
+            scope.stamp(&mut r.meta);
             r
         }
         None => {
-            let adopted = adopt_from_tags(&cfg, &env, &src, &dsts).await?;
+            let adopted = adopt_from_tags(cfg, env, scope).await?;
             let (run_id, created_ms, volumes) = match adopted {
                 Some(found) => {
                     tracing::warn!(
@@ -100,73 +150,53 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
                         Some(id) => id.to_string(),
                         None => new_run_id(plan.name.as_str(), now),
                     };
-                    tracing::info!(run = %run_id, volumes = resolved.volumes.len(), "starting run");
+                    tracing::info!(run = %run_id, volumes = scope.resolved.volumes.len(), "starting run");
                     (run_id, now, vec![])
                 }
             };
-            new_record(&cfg, run_id, created_ms.min(now), volumes)
+            RunRecord { meta: new_meta(run_id, created_ms.min(now)), volumes }
         }
     };
-    record.meta.source_account = Some(resolved.source_identity.account.to_string());
-    record.meta.source_key_arn = Some(resolved.source_key.arn.to_string());
-    record.meta.set_targets(target_metas(plan, &resolved));
-    record.meta.every_ms = plan.options.every.map(|d| d.as_millis() as i64);
     record.meta.carries = Some(record.carried_runs());
-    // Volumes the plan picks now and the run does not have yet join it, one volume run
-    // per target: the first leads, the others follow.
-    let targets = plan.targets.len() as u8;
+    join_new_volumes(scope, &mut record);
+    Ok(record)
+}
+
+/// Volumes the plan picks now and the run does not have yet join it, one volume run
+/// per target: the first leads, the others follow.
+fn join_new_volumes(scope: &RunScope<'_>, record: &mut RunRecord) {
+    let targets = scope.plan.targets.len() as u8;
     let known: HashSet<&VolumeId> = record.volumes.iter().map(|v| &v.source_volume).collect();
-    let new: Vec<&VolumeId> = resolved
-        .volumes
-        .iter()
-        .map(|sv| &sv.volume.id)
-        .chain(&resolved.missing)
-        .filter(|id| !known.contains(id))
-        .collect();
+    let new: Vec<VolumeId> = scope.volume_ids().filter(|id| !known.contains(id)).cloned().collect();
     record.volumes.reserve_exact(new.len() * usize::from(targets));
     for id in new {
         for t in 0..targets {
             record.volumes.push(VolumeRun::for_target(id.clone(), t, t > 0));
         }
     }
+}
+
+/// Opens the run's journal and puts its volumes where this invocation starts them:
+/// failed volumes back where they stood, and a recurring plan's listed volume that is
+/// gone failed alone, with nothing made. Synced before anything else happens.
+async fn open(
+    env: &Env,
+    scope: &RunScope<'_>,
+    actx: &ActCtx,
+    mut record: RunRecord,
+    now: i64,
+) -> Result<(RunRecord, Journal), RunError> {
     let mut journal = env.store.create_or_reopen(&record).await?;
-
-    let actx = ActCtx {
-        plan: plan.name.to_string(),
-        run_id: record.meta.run_id.clone(),
-        source_region: plan.source.region.clone(),
-        source_key: resolved.source_key.arn.clone(),
-        share_with: resolved.share_with(),
-        targets: plan
-            .targets
-            .iter()
-            .zip(&resolved.targets)
-            .map(|(t, r)| TargetCtx {
-                region: t.region.clone(),
-                account: r.account.clone(),
-                key: r.key.arn.clone(),
-                availability_zone: t.availability_zone.clone(),
-                lock: t.lock,
-            })
-            .collect(),
-        extra_tags: plan.options.tags.clone(),
-        copy_within_minutes: plan.options.copy_within.map(|c| c.minutes()),
-        verify: plan.options.verify,
-        pacer: (!clock.is_virtual()).then(|| std::sync::Arc::new(crate::exec::verify::Pacer::default())),
-    };
-
-    // Failed volumes go back where they stood. Only what AWS reported in `error` is
-    // replaced (and deleted first, so the retry leaves no orphan); anything else is
-    // kept and waited on again.
+    // Only what AWS reported in `error` is replaced (and deleted first, so the retry
+    // leaves no orphan); anything else is kept and waited on again.
     for i in 0..record.volumes.len() {
         if record.volumes[i].step == Step::Failed {
-            discard_errored(cloud.as_ref(), clock.as_ref(), &actx, &record.volumes[i]).await;
+            discard_errored(env.cloud.as_ref(), env.clock.as_ref(), actx, &record.volumes[i]).await;
             record.volumes[i].revive();
             journal.volume(i, &record.volumes[i])?;
         }
     }
-    // A recurring plan's listed volume that is gone fails alone, with nothing made.
-    for id in &resolved.missing {
+    for id in &scope.resolved.missing {
         let gone: Vec<usize> = (0..record.volumes.len())
             .filter(|i| {
                 let v = &record.volumes[*i];
@@ -177,7 +207,7 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
             record.volumes[i] = engine::fail(
                 &record.volumes[i],
                 FailureKind::Gone,
-                format!("source volume {id} no longer exists in {}", plan.source.region),
+                format!("source volume {id} no longer exists in {}", scope.plan.source.region),
                 Some("restore the volume, or remove it from the plan; the other volumes go on".into()),
                 now,
             );
@@ -195,27 +225,39 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
     }
     journal.meta(&record.meta)?;
     journal.sync().await?;
+    Ok((record, journal))
+}
 
-    if resolved.cross_account {
-        let grant = ensure_grant(&env, plan, &resolved, &mut record.meta).await;
-        if let Err(e) = grant {
-            record.meta.status = RunStatus::Failed;
-            record.meta.finished_ms = Some(clock.now_ms());
-            journal.meta(&record.meta)?;
-            journal.sync().await?;
-            return Err(e);
-        }
-        journal.meta(&record.meta)?;
-        journal.sync().await?;
+/// Cross-account: the grant on the source key, recorded in the run's meta. A grant
+/// that cannot be made fails the run before any volume moves.
+async fn grant(env: &Env, scope: &RunScope<'_>, record: &mut RunRecord, journal: &mut Journal) -> Result<(), RunError> {
+    let granted = ensure_grant(env, scope, &mut record.meta).await;
+    if granted.is_err() {
+        record.meta.status = RunStatus::Failed;
+        record.meta.finished_ms = Some(env.clock.now_ms());
     }
+    journal.meta(&record.meta)?;
+    journal.sync().await?;
+    granted
+}
 
-    let actx = Arc::new(actx);
-    let mut r = Runner::new(&cfg, env.clone(), &resolved, actx.clone(), record, journal);
+/// The driving loop over every volume (`runner`); for a cross-account run whose copies
+/// lost access to the source key, once more after the grant is put back.
+async fn drive(
+    cfg: &RunConfig,
+    env: &Env,
+    scope: &RunScope<'_>,
+    actx: &Arc<ActCtx>,
+    record: RunRecord,
+    journal: Journal,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(RunRecord, Journal, Ended), RunError> {
+    let mut r = Runner::new(cfg, env.clone(), scope, actx.clone(), record, journal);
     let ended = r.drive(shutdown.clone()).await;
     let ended = match ended {
-        Ok(Ended::Finished) if resolved.cross_account => {
+        Ok(Ended::Finished) if scope.resolved.cross_account => {
             let (record, journal) = r.into_parts();
-            retry_after_lost_grant(&cfg, &env, &resolved, &actx, record, journal, shutdown).await
+            retry_after_lost_grant(cfg, env, scope, actx, record, journal, shutdown).await
         }
         Ok(ended) => {
             let (record, journal) = r.into_parts();
@@ -226,17 +268,29 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
     if let Some(p) = &cfg.progress {
         p.finish();
     }
-    let (mut record, mut journal, ended) = ended?;
+    ended
+}
+
+/// The end of the invocation: the copies' locks read, the run's status set and
+/// checkpointed. Credentials refused mid-run are the invocation's error.
+async fn finish(
+    env: &Env,
+    scope: &RunScope<'_>,
+    mut record: RunRecord,
+    mut journal: Journal,
+    ended: Ended,
+) -> Result<(RunRecord, Ended), RunError> {
+    let plan = scope.plan;
     // The locks as they are now, for the report, `status` and the metrics.
     let locks: Vec<_> = plan.targets.iter().map(|t| t.lock).collect();
     if plan.locks()
         && let Err(e) =
-            super::locks::refresh(cloud.as_ref(), clock.as_ref(), &target_locs(plan), &locks, &mut record).await
+            super::locks::refresh(env.cloud.as_ref(), env.clock.as_ref(), &scope.dsts, &locks, &mut record).await
     {
         tracing::warn!(error = %e, "could not read the locks of the copies; the report shows them as last recorded");
     }
 
-    let now = clock.now_ms();
+    let now = env.clock.now_ms();
     let all_done = record.volumes.iter().all(|v| v.step == Step::Done);
     record.meta.status = match &ended {
         Ended::Finished if all_done => RunStatus::Succeeded,
@@ -259,84 +313,98 @@ pub async fn run(cfg: RunConfig, env: Env, shutdown: watch::Receiver<bool>) -> R
     if let Ended::Halted(e) = ended {
         return Err(RunError::Credentials { run_id: record.meta.run_id.clone(), source: e });
     }
-    let mut report = RunReport::from_record(&record);
-    let source_key = resolved.source_key.arn.as_str();
-    let dsts = target_locs(plan);
+    Ok((record, ended))
+}
+
+/// The report of the run, with each volume's next copy, and retention once the
+/// invocation ended with its volumes settled: per volume whose copy finished (a
+/// failing volume keeps all its copies), never after a round that made nothing.
+async fn report(env: &Env, scope: &RunScope<'_>, record: &RunRecord, ended: &Ended) -> RunReport {
+    let plan = scope.plan;
+    let mut report = RunReport::from_record(record);
+    let source_key = scope.resolved.source_key.arn.as_str();
     let by_id: HashMap<&str, &SourceVolume> =
-        resolved.volumes.iter().map(|sv| (sv.volume.id.as_str(), sv.as_ref())).collect();
+        scope.resolved.volumes.iter().map(|sv| (sv.volume.id.as_str(), sv.as_ref())).collect();
     for v in &mut report.volumes {
         if let Some(sv) = by_id.get(v.source_volume.as_str()) {
             v.next_copy = Some(super::report::copy_kind(&sv.volume, source_key));
         }
     }
-    // Retention once the invocation ended with its volumes settled: per volume whose
-    // copy finished (a failing volume keeps all its copies), never after a round that
-    // made nothing.
     let made_something = record.volumes.iter().any(|v| !v.fresh);
     // With locks, every finished invocation prunes: a copy kept for its lock goes on
     // the first one after the lock expired, even when that round made nothing.
-    if let (true, Ended::Finished) = (made_something || plan.locks(), &ended) {
+    if let (true, Ended::Finished) = (made_something || plan.locks(), ended) {
         if let Some(keep) = plan.options.keep {
-            // Per target: its copies and volumes, in its account and region.
-            for (t, dst) in dsts.iter().enumerate() {
-                let of_target: Vec<VolumeRun> =
-                    record.volumes.iter().filter(|v| usize::from(v.target) == t).cloned().collect();
-                let locked = plan.targets.get(t).is_some_and(|x| x.lock.is_some());
-                match super::retention::prune(
-                    cloud.as_ref(),
-                    clock.as_ref(),
-                    dst,
-                    plan.name.as_str(),
-                    keep,
-                    locked,
-                    &of_target,
-                )
-                .await
-                {
-                    Ok(p) => {
-                        let r = report.retention.get_or_insert_with(Default::default);
-                        r.snapshots.extend(p.snapshots);
-                        r.volumes.extend(p.volumes);
-                        r.in_use.extend(p.in_use);
-                        r.locked.extend(p.locked);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, region = %dst.region, "retention failed; the copies of this run are complete, older ones were not pruned");
-                        let msg = format!("retention in {} ({}): {e}", dst.region, dst.side);
-                        report.retention_error = Some(match report.retention_error.take() {
-                            Some(before) => format!("{before}; {msg}"),
-                            None => msg,
-                        });
-                    }
-                }
-            }
+            retain_targets(env, scope, record, keep, &mut report).await;
         }
         if made_something && plan.options.cleanup && plan.options.keep_source > 0 {
-            let kept = plan.options.keep_source;
-            match super::retention::prune_source(
-                cloud.as_ref(),
-                clock.as_ref(),
-                &src,
-                plan.name.as_str(),
-                kept,
-                &record.volumes,
-            )
-            .await
-            {
-                Ok(deleted) => {
-                    if !deleted.is_empty() {
-                        report.retention.get_or_insert_with(Default::default).source_snapshots = deleted;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "source retention failed; older source snapshots were not pruned");
-                    report.retention_error = Some(format!("source retention in {}: {e}", plan.source.region));
-                }
+            retain_source(env, scope, record, &mut report).await;
+        }
+    }
+    report
+}
+
+/// `keep` per target: its copies and volumes, in its account and region. A failure
+/// is a warning in the report.
+async fn retain_targets(env: &Env, scope: &RunScope<'_>, record: &RunRecord, keep: u32, report: &mut RunReport) {
+    let plan = scope.plan;
+    for (t, dst) in scope.dsts.iter().enumerate() {
+        let of_target: Vec<VolumeRun> = record.volumes.iter().filter(|v| usize::from(v.target) == t).cloned().collect();
+        let locked = plan.targets.get(t).is_some_and(|x| x.lock.is_some());
+        let pruned = super::retention::prune(
+            env.cloud.as_ref(),
+            env.clock.as_ref(),
+            dst,
+            plan.name.as_str(),
+            keep,
+            locked,
+            &of_target,
+        )
+        .await;
+        match pruned {
+            Ok(p) => {
+                let r = report.retention.get_or_insert_with(Default::default);
+                r.snapshots.extend(p.snapshots);
+                r.volumes.extend(p.volumes);
+                r.in_use.extend(p.in_use);
+                r.locked.extend(p.locked);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, region = %dst.region, "retention failed; the copies of this run are complete, older ones were not pruned");
+                let msg = format!("retention in {} ({}): {e}", dst.region, dst.side);
+                report.retention_error = Some(match report.retention_error.take() {
+                    Some(before) => format!("{before}; {msg}"),
+                    None => msg,
+                });
             }
         }
     }
-    prune_history(&env, plan, &record.meta.run_id).await;
-    Ok(report)
+}
+
+/// `keep_source`: the newest source snapshots kept, older ones of the plan deleted.
+async fn retain_source(env: &Env, scope: &RunScope<'_>, record: &RunRecord, report: &mut RunReport) {
+    let plan = scope.plan;
+    let kept = plan.options.keep_source;
+    let pruned = super::retention::prune_source(
+        env.cloud.as_ref(),
+        env.clock.as_ref(),
+        &scope.src,
+        plan.name.as_str(),
+        kept,
+        &record.volumes,
+    )
+    .await;
+    match pruned {
+        Ok(deleted) => {
+            if !deleted.is_empty() {
+                report.retention.get_or_insert_with(Default::default).source_snapshots = deleted;
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "source retention failed; older source snapshots were not pruned");
+            report.retention_error = Some(format!("source retention in {}: {e}", plan.source.region));
+        }
+    }
 }
 
 /// True for a copy that AWS ended in `error` because the target account could not
@@ -359,7 +427,7 @@ fn lost_key_access(v: &VolumeRun) -> bool {
 async fn retry_after_lost_grant(
     cfg: &RunConfig,
     env: &Env,
-    resolved: &Resolved,
+    scope: &RunScope<'_>,
     actx: &Arc<ActCtx>,
     mut record: RunRecord,
     mut journal: crate::checkpoint::Journal,
@@ -369,12 +437,12 @@ async fn retry_after_lost_grant(
     let accounts: HashSet<String> =
         lost.iter().map(|i| actx.target(record.volumes[*i].target).account.to_string()).collect();
     let grants: Vec<policy::Grant> =
-        plan_grants(&cfg.plan, resolved).into_iter().filter(|g| accounts.contains(g.target_account.as_str())).collect();
+        plan_grants(scope).into_iter().filter(|g| accounts.contains(g.target_account.as_str())).collect();
     if grants.is_empty() {
         return Ok((record, journal, Ended::Finished));
     }
-    let key = &resolved.source_key.arn;
-    let restored = match put_grants(env, &actx.src(), key, &grants).await {
+    let key = &scope.resolved.source_key.arn;
+    let restored = match put_grants(env, &scope.src, key, &grants).await {
         Ok(restored) => restored,
         Err(e) => {
             tracing::warn!(key = %key, error = %e, "could not check the source key policy after copies lost access to the key");
@@ -398,7 +466,7 @@ async fn retry_after_lost_grant(
         journal.volume(i, &record.volumes[i])?;
     }
     journal.sync().await?;
-    let mut r = Runner::new(cfg, env.clone(), resolved, actx.clone(), record, journal);
+    let mut r = Runner::new(cfg, env.clone(), scope, actx.clone(), record, journal);
     let ended = r.drive(shutdown).await?;
     let (record, journal) = r.into_parts();
     Ok((record, journal, ended))
@@ -451,17 +519,13 @@ async fn previous_run(cfg: &RunConfig, env: &Env, recurring: bool) -> Result<Opt
 /// A recurring plan's work this invocation: per volume, carry on, copy anew or leave
 /// fresh. Without any run in the state, the chains are found by their tags.
 async fn recur(
-    cfg: &RunConfig,
     env: &Env,
-    resolved: &Resolved,
+    scope: &RunScope<'_>,
     previous: Option<RunRecord>,
-    src: &Loc,
-    dsts: &[Loc],
     now: i64,
 ) -> Result<Option<Carry>, RunError> {
-    let plan = &cfg.plan;
-    let mut wanted: Vec<_> =
-        resolved.volumes.iter().map(|v| v.volume.id.clone()).chain(resolved.missing.clone()).collect();
+    let plan = scope.plan;
+    let mut wanted: Vec<VolumeId> = scope.volume_ids().cloned().collect();
     // In the plan's order, selected volumes after the listed ones.
     let mut listed: HashMap<&VolumeId, usize> = HashMap::new();
     for (i, id) in plan
@@ -479,18 +543,14 @@ async fn recur(
     let (volumes, run_id) = match &previous {
         Some(r) => (r.volumes.clone(), Some(r.meta.run_id.clone())),
         None => {
-            let shape = Shape {
-                create_volume: plan.options.create_volume,
-                cleanup: plan.options.cleanup,
-                verify: plan.options.verify.is_some(),
-            };
+            let (src, dsts) = (&scope.src, &scope.dsts);
             let survey = adopt::survey(env.cloud.as_ref(), env.clock.as_ref(), plan.name.as_str(), src, dsts)
                 .await
                 .map_err(|e| RunError::Cloud {
                     what: format!("listing the resources tagged snapferry:plan={} to learn what is fresh", plan.name),
                     source: e,
                 })?;
-            (adopt::newest_chains(&survey, shape, now), None)
+            (adopt::newest_chains(&survey, scope.shape, now), None)
         }
     };
     let targets = plan.targets.len() as u8;
@@ -506,56 +566,14 @@ async fn recur(
     }))
 }
 
-fn new_record(cfg: &RunConfig, run_id: String, created_ms: i64, volumes: Vec<VolumeRun>) -> RunRecord {
-    let plan = &cfg.plan;
-    RunRecord {
-        meta: RunMeta {
-            format_version: FORMAT_VERSION,
-            run_id,
-            plan: plan.name.to_string(),
-            plan_file: cfg.plan_file.clone(),
-            status: RunStatus::Running,
-            created_ms,
-            updated_ms: created_ms,
-            finished_ms: None,
-            source_account: None,
-            target_account: None,
-            source_region: plan.source.region.to_string(),
-            target_region: plan.targets[0].region.to_string(),
-            cross_account: false,
-            source_key_arn: None,
-            target_key_arn: None,
-            target_role_arn: None,
-            target_external_id: None,
-            every_ms: None,
-            target_list: vec![],
-            more_grants: vec![],
-            grant: None,
-            simulated: cfg.simulated,
-            cleaned_up: false,
-            carries: None,
-        },
-        volumes,
-    }
-}
-
 /// With no unfinished run in the state: the plan's newest run in AWS, when its tagged
 /// resources show it unfinished and the state does not know it as succeeded or
 /// cleaned up.
-async fn adopt_from_tags(
-    cfg: &RunConfig,
-    env: &Env,
-    src: &Loc,
-    dsts: &[Loc],
-) -> Result<Option<adopt::Found>, RunError> {
-    let plan = &cfg.plan;
+async fn adopt_from_tags(cfg: &RunConfig, env: &Env, scope: &RunScope<'_>) -> Result<Option<adopt::Found>, RunError> {
+    let plan = scope.plan;
     let clock = env.clock.as_ref();
     let cloud = env.cloud.as_ref();
-    let shape = Shape {
-        create_volume: plan.options.create_volume,
-        cleanup: plan.options.cleanup,
-        verify: plan.options.verify.is_some(),
-    };
+    let (src, dsts) = (&scope.src, &scope.dsts);
     let listing_err = |e: CloudError| RunError::Cloud {
         what: format!("listing the resources tagged snapferry:plan={} to carry on a run the state has lost", plan.name),
         source: e,
@@ -570,7 +588,7 @@ async fn adopt_from_tags(
             survey.merge(adopt::survey(cloud, clock, plan.name.as_str(), src, dsts).await.map_err(listing_err)?);
         }
     }
-    let Some(found) = adopt::infer(&survey, shape, clock.now_ms()) else { return Ok(None) };
+    let Some(found) = adopt::infer(&survey, scope.shape, clock.now_ms()) else { return Ok(None) };
     if !found.unfinished {
         return Ok(None);
     }
@@ -590,7 +608,7 @@ async fn adopt_from_tags(
 /// The fields whose change would move a half-done run's resources: its regions,
 /// accounts, keys and roles, and its targets' number. Anything else (timeouts, tags,
 /// limits) may change.
-fn moved_fields(meta: &RunMeta, plan: &Plan, resolved: &Resolved) -> Vec<String> {
+fn moved_fields(meta: &RunMeta, scope: &RunScope<'_>) -> Vec<String> {
     let mut moved = vec![];
     let mut check = |field: &str, was: Option<&str>, now: Option<&str>| {
         if let Some(was) = was
@@ -599,45 +617,40 @@ fn moved_fields(meta: &RunMeta, plan: &Plan, resolved: &Resolved) -> Vec<String>
             moved.push(format!("{field} (was {was}, now {})", now.unwrap_or("none")));
         }
     };
-    check("source.region", Some(&meta.source_region), Some(plan.source.region.as_str()));
-    check("source.account", meta.source_account.as_deref(), Some(resolved.source_identity.account.as_str()));
-    check("source.kms_key", meta.source_key_arn.as_deref(), Some(resolved.source_key.arn.as_str()));
+    let resolved = &scope.resolved;
+    check("source.region", Some(meta.source_region.as_str()), Some(scope.plan.source.region.as_str()));
+    check(
+        "source.account",
+        meta.source_account.as_ref().map(|a| a.as_str()),
+        Some(resolved.source_identity.account.as_str()),
+    );
+    check("source.kms_key", meta.source_key_arn.as_ref().map(|k| k.as_str()), Some(resolved.source_key.arn.as_str()));
     let was = meta.targets();
-    let now = target_metas(plan, resolved);
+    let now = &scope.targets;
     if was.len() != now.len() {
         moved.push(format!("targets (was {}, now {})", was.len(), now.len()));
         return moved;
     }
-    for (i, (w, n)) in was.iter().zip(&now).enumerate() {
-        let name = if plan.fan_out { format!("targets[{i}]") } else { "target".to_owned() };
-        check(&format!("{name}.region"), Some(&w.region), Some(&n.region));
-        check(&format!("{name}.account"), w.account.as_deref(), n.account.as_deref());
-        check(&format!("{name}.kms_key"), w.key_arn.as_deref(), n.key_arn.as_deref());
-        check(&format!("{name}.role_arn"), w.role_arn.as_deref(), n.role_arn.as_deref());
+    for (i, (w, n)) in was.iter().zip(now).enumerate() {
+        let name = if scope.plan.fan_out { format!("targets[{i}]") } else { "target".to_owned() };
+        check(&format!("{name}.region"), Some(w.region.as_str()), Some(n.region.as_str()));
+        check(
+            &format!("{name}.account"),
+            w.account.as_ref().map(|a| a.as_str()),
+            n.account.as_ref().map(|a| a.as_str()),
+        );
+        check(
+            &format!("{name}.kms_key"),
+            w.key_arn.as_ref().map(|k| k.as_str()),
+            n.key_arn.as_ref().map(|k| k.as_str()),
+        );
+        check(
+            &format!("{name}.role_arn"),
+            w.role_arn.as_ref().map(|r| r.as_str()),
+            n.role_arn.as_ref().map(|r| r.as_str()),
+        );
     }
     moved
-}
-
-/// Where each target's calls go, in the plan's order.
-pub(crate) fn target_locs(plan: &Plan) -> Vec<Loc> {
-    plan.targets.iter().enumerate().map(|(i, t)| Loc::new(Side::Target(i as u8), &t.region)).collect()
-}
-
-/// What the checkpoint keeps of each target.
-fn target_metas(plan: &Plan, resolved: &Resolved) -> Vec<TargetMeta> {
-    plan.targets
-        .iter()
-        .zip(&resolved.targets)
-        .map(|(t, r)| TargetMeta {
-            account: Some(r.account.to_string()),
-            region: t.region.to_string(),
-            key_arn: Some(r.key.arn.to_string()),
-            cross_account: r.cross_account,
-            role_arn: t.role_arn.as_ref().filter(|_| r.cross_account).map(|r| r.to_string()),
-            external_id: t.external_id.clone().filter(|_| r.cross_account),
-            lock: t.lock.map(|l| l.mode.to_string()),
-        })
-        .collect()
 }
 
 /// Deletes what a failed step left in state `error` (or no longer needs: a volume
@@ -696,17 +709,15 @@ pub fn new_run_id(plan: &str, now_ms: i64) -> String {
 
 /// Adds each cross-account target's statement to the source key policy, once per
 /// run, all in one PutKeyPolicy (read, merge, write, read back: `key_policy::edit`).
-async fn ensure_grant(env: &Env, plan: &Plan, resolved: &Resolved, meta: &mut RunMeta) -> Result<(), RunError> {
-    let loc = Loc::new(Side::Source, &plan.source.region);
-    let key = &resolved.source_key.arn;
-    let grants = plan_grants(plan, resolved);
+async fn ensure_grant(env: &Env, scope: &RunScope<'_>, meta: &mut RunMeta) -> Result<(), RunError> {
+    let key = &scope.resolved.source_key.arn;
+    let grants = plan_grants(scope);
     if grants.is_empty() {
         return Ok(());
     }
     let named = grants.iter().map(|g| g.target_account.as_str()).collect::<Vec<_>>().join(", ");
-    let added = put_grants(env, &loc, key, &grants).await?;
-    let mut records =
-        grants.iter().map(|g| GrantRecord { key_arn: key.to_string(), sid: g.sid(), added, revoked: false });
+    let added = put_grants(env, &scope.src, key, &grants).await?;
+    let mut records = grants.iter().map(|g| GrantRecord { key_arn: key.clone(), sid: g.sid(), added, revoked: false });
     if meta.grant.is_none() || added {
         meta.grant = records.next();
         meta.more_grants = records.collect();
@@ -721,14 +732,14 @@ async fn ensure_grant(env: &Env, plan: &Plan, resolved: &Resolved, meta: &mut Ru
 
 /// The statements the plan needs on the source key: one per cross-account target
 /// account.
-fn plan_grants(plan: &Plan, resolved: &Resolved) -> Vec<policy::Grant> {
-    resolved
-        .share_with()
+fn plan_grants(scope: &RunScope<'_>) -> Vec<policy::Grant> {
+    scope
+        .share_with
         .iter()
         .map(|a| policy::Grant {
-            plan: plan.name.clone(),
+            plan: scope.plan.name.clone(),
             target_account: a.clone(),
-            partition: plan.source.region.partition(),
+            partition: scope.plan.source.region.partition(),
         })
         .collect()
 }

@@ -1,9 +1,10 @@
 //! The async runner: takes actions from the step machines, performs them against a
 //! [`Cloud`], and checkpoints every state the machines return.
 //!
-//! One run goes: lock the plan, find the run to resume or start one, preflight
-//! (read-only checks of identities, keys and volumes), grant the target account use
-//! of the source key, then drive every volume's machine to `Done` or `Failed`.
+//! One run goes: lock the plan, find the run to resume, preflight (read-only checks
+//! of identities, keys and volumes) and build the run's scope from it, resume, adopt
+//! or start the run, grant the target account use of the source key, then drive every
+//! volume's machine to `Done` or `Failed`.
 //!
 //! The driving loop asks every volume without a call under way for its next action;
 //! records the intent of every call that changes AWS and syncs the journal once;
@@ -33,13 +34,14 @@ pub mod retention;
 mod retry;
 mod runner;
 pub mod sched;
+mod scope;
 pub mod verify;
 
 use std::sync::Arc;
 
 pub use agenda::Tally;
 pub use cleanup::{cleanup, cleanup_loaded};
-pub use lifecycle::run;
+pub use lifecycle::{run, run_locked};
 pub use preflight::preflight;
 pub use preflight::{PreflightError, Resolved, SourceVolume};
 pub use report::{CopyKind, RunReport, VolumeReport, copy_kind};

@@ -152,32 +152,7 @@ pub async fn preflight(
         ));
     }
 
-    let source_key = match retrying(clock, || cloud.describe_key(&src_loc, &plan.source.kms_key)).await {
-        Ok(k) => {
-            errors.extend(check_key(&k, &plan.source.kms_key, "source"));
-            if k.account != source_identity.account {
-                errors.push(problem(
-                    format!("source key {}", plan.source.kms_key),
-                    format!("belongs to account {}, not the source account {}", k.account, source_identity.account),
-                ));
-            }
-            Some(k)
-        }
-        Err(e) if e.kind == ErrorKind::NotFound => {
-            errors.push(problem(
-                format!("source key {}", plan.source.kms_key),
-                format!(
-                    "does not exist in account {} region {}; create it or fix source.kms_key",
-                    source_identity.account, plan.source.region
-                ),
-            ));
-            None
-        }
-        Err(e) => {
-            errors.push(problem(format!("source key {}", plan.source.kms_key), describe_error(&e)));
-            None
-        }
-    };
+    let source_key = check_source_key(plan, cloud, clock, &src_loc, &source_identity, &mut errors).await;
 
     // Each target: its role assumed (when it has one), its key checked in its account.
     let mut targets: Vec<Option<ResolvedTarget>> = vec![];
@@ -203,51 +178,10 @@ pub async fn preflight(
     };
 
     if let (true, true, Some(first)) = (probe, errors.is_empty(), volumes.first()) {
-        let mut probes = vec![(
-            src_loc.clone(),
-            Probe::CreateSnapshot { volume: first.volume.id.clone() },
-            "the identity running snapferry".to_owned(),
-        )];
-        if plan.options.create_volume {
-            for (i, (t, r)) in plan.targets.iter().zip(&targets).enumerate() {
-                let Some(r) = r else { continue };
-                probes.push((
-                    Loc::new(Side::Target(i as u8), &t.region),
-                    Probe::CreateVolume { availability_zone: t.availability_zone.clone(), kms_key: r.key.arn.clone() },
-                    match &t.role_arn {
-                        Some(role) => format!("the target role {role}"),
-                        None => "the identity running snapferry".to_owned(),
-                    },
-                ));
-            }
-        }
-        for (loc, p, who) in probes {
-            match retrying(clock, || cloud.dry_run(&loc, &p)).await {
-                Ok(()) => {}
-                Err(e) if e.kind == ErrorKind::AccessDenied => errors.push(problem(
-                    format!("permission {}", p.action()),
-                    format!(
-                        "{who} may not call {} in {} ({}); add it to its IAM policy (snapferry run PLAN --dry-run prints the policy)",
-                        p.action(),
-                        loc.region,
-                        e.message
-                    ),
-                )),
-                Err(e) => tracing::debug!(probe = p.action(), error = %e, "permission probe inconclusive"),
-            }
-        }
+        probe_permissions(plan, cloud, clock, &src_loc, &first.volume.id, &targets, &mut errors).await;
     }
 
-    let mut warnings = vec![];
-    if errors.is_empty() {
-        for (i, (t, r)) in plan.targets.iter().zip(&targets).enumerate() {
-            let (Some(_), Some(r)) = (t.lock, r) else { continue };
-            if let Some(w) = check_locked_key(cloud, clock, &Loc::new(Side::Target(i as u8), &t.region), &r.key).await {
-                tracing::warn!(key = %r.key.arn, "{w}");
-                warnings.push(w);
-            }
-        }
-    }
+    let warnings = if errors.is_empty() { locked_key_warnings(plan, cloud, clock, &targets).await } else { vec![] };
 
     let targets: Option<Vec<ResolvedTarget>> = targets.into_iter().collect();
     match (source_key, targets) {
@@ -270,6 +204,111 @@ pub async fn preflight(
         }
         _ => Err(errors),
     }
+}
+
+/// The source key described and checked: customer managed, enabled, symmetric, in
+/// the source account. `None` when it cannot be described; the problems are in
+/// `errors`.
+async fn check_source_key(
+    plan: &Plan,
+    cloud: &dyn Cloud,
+    clock: &dyn Clock,
+    src_loc: &Loc,
+    source_identity: &Identity,
+    errors: &mut Vec<PreflightError>,
+) -> Option<KeyInfo> {
+    let name = || format!("source key {}", plan.source.kms_key);
+    match retrying(clock, || cloud.describe_key(src_loc, &plan.source.kms_key)).await {
+        Ok(k) => {
+            errors.extend(check_key(&k, &plan.source.kms_key, "source"));
+            if k.account != source_identity.account {
+                errors.push(problem(
+                    name(),
+                    format!("belongs to account {}, not the source account {}", k.account, source_identity.account),
+                ));
+            }
+            Some(k)
+        }
+        Err(e) if e.kind == ErrorKind::NotFound => {
+            errors.push(problem(
+                name(),
+                format!(
+                    "does not exist in account {} region {}; create it or fix source.kms_key",
+                    source_identity.account, plan.source.region
+                ),
+            ));
+            None
+        }
+        Err(e) => {
+            errors.push(problem(name(), describe_error(&e)));
+            None
+        }
+    }
+}
+
+/// The calls that change EC2 tried with `DryRun=true`: CreateSnapshot of the first
+/// volume, and CreateVolume in each usable target when the plan makes volumes. A
+/// refusal is a problem in `errors`; any other answer is inconclusive.
+async fn probe_permissions(
+    plan: &Plan,
+    cloud: &dyn Cloud,
+    clock: &dyn Clock,
+    src_loc: &Loc,
+    first: &VolumeId,
+    targets: &[Option<ResolvedTarget>],
+    errors: &mut Vec<PreflightError>,
+) {
+    let mut probes = vec![(
+        src_loc.clone(),
+        Probe::CreateSnapshot { volume: first.clone() },
+        "the identity running snapferry".to_owned(),
+    )];
+    if plan.options.create_volume {
+        for (i, (t, r)) in plan.targets.iter().zip(targets).enumerate() {
+            let Some(r) = r else { continue };
+            probes.push((
+                Loc::new(Side::Target(i as u8), &t.region),
+                Probe::CreateVolume { availability_zone: t.availability_zone.clone(), kms_key: r.key.arn.clone() },
+                match &t.role_arn {
+                    Some(role) => format!("the target role {role}"),
+                    None => "the identity running snapferry".to_owned(),
+                },
+            ));
+        }
+    }
+    for (loc, p, who) in probes {
+        match retrying(clock, || cloud.dry_run(&loc, &p)).await {
+            Ok(()) => {}
+            Err(e) if e.kind == ErrorKind::AccessDenied => errors.push(problem(
+                format!("permission {}", p.action()),
+                format!(
+                    "{who} may not call {} in {} ({}); add it to its IAM policy (snapferry run PLAN --dry-run prints the policy)",
+                    p.action(),
+                    loc.region,
+                    e.message
+                ),
+            )),
+            Err(e) => tracing::debug!(probe = p.action(), error = %e, "permission probe inconclusive"),
+        }
+    }
+}
+
+/// The warnings of the locked targets' keys (see [`check_locked_key`]), each logged.
+async fn locked_key_warnings(
+    plan: &Plan,
+    cloud: &dyn Cloud,
+    clock: &dyn Clock,
+    targets: &[Option<ResolvedTarget>],
+) -> Vec<String> {
+    let mut warnings = vec![];
+    for (i, (t, r)) in plan.targets.iter().zip(targets).enumerate() {
+        let (Some(_), Some(r)) = (t.lock, r) else { continue };
+        if let Some(w) = check_locked_key(cloud, clock, &Loc::new(Side::Target(i as u8), &t.region), &r.key).await {
+            tracing::warn!(key = %r.key.arn, "{w}");
+            warnings.push(w);
+        }
+    }
+    warnings
 }
 
 /// A locked target's key: a warning naming it when its policy does not deny

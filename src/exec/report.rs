@@ -213,8 +213,8 @@ fn volume_reports(r: &RunRecord) -> Vec<VolumeReport> {
                     .map(|(v, st)| {
                         let t = targets.get(usize::from(v.target));
                         CopyReport {
-                            account: t.and_then(|t| t.account.clone()),
-                            region: t.map(|t| t.region.clone()).unwrap_or_default(),
+                            account: t.and_then(|t| t.account.as_ref().map(|a| a.to_string())),
+                            region: t.map(|t| t.region.to_string()).unwrap_or_default(),
                             target_snapshot: v.target_snapshot.as_ref().map(|s| s.to_string()),
                             target_volume: v.target_volume.as_ref().map(|s| s.to_string()),
                             status: (*st).to_owned(),
@@ -240,7 +240,12 @@ fn volume_reports(r: &RunRecord) -> Vec<VolumeReport> {
                 error: failed.and_then(|v| v.failure.as_ref()).map(|f| {
                     match (fan_out, targets.get(usize::from(failed.map(|v| v.target).unwrap_or(0)))) {
                         (true, Some(t)) => {
-                            format!("copy to {} in {}: {}", t.account.as_deref().unwrap_or("?"), t.region, f.message)
+                            format!(
+                                "copy to {} in {}: {}",
+                                t.account.as_ref().map_or("?", |a| a.as_str()),
+                                t.region,
+                                f.message
+                            )
                         }
                         _ => f.message.clone(),
                     }

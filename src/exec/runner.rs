@@ -16,14 +16,15 @@ use tokio::sync::watch;
 
 use crate::checkpoint::{Journal, RunRecord};
 use crate::cloud::{CloudError, ErrorKind, Loc, Side, Volume};
-use crate::engine::{self, Action, Ctx, Outcome, Step, TimeoutsMs, VolumeRun, Which};
+use crate::engine::{self, Action, Ctx, Outcome, Step, VolumeRun, Which};
 use crate::ids::{RunId, SnapshotId, VolumeId};
 use crate::plan::{Plan, TargetVolume};
 
 use super::act::{self, ActCtx};
 use super::agenda::{Agenda, Pick, Places, PollGroup, Polls, Tally};
-use super::preflight::{Resolved, SourceVolume};
+use super::preflight::SourceVolume;
 use super::sched::Decision;
+use super::scope::RunScope;
 use super::{Env, RunError};
 
 /// Outcomes of polls and of ended calls held unsynced at most, when no call that
@@ -118,26 +119,13 @@ impl Runner {
     pub fn new(
         cfg: &RunConfig,
         env: Env,
-        resolved: &Resolved,
+        scope: &RunScope<'_>,
         actx: Arc<ActCtx>,
         mut record: RunRecord,
         journal: Journal,
     ) -> Self {
         let plan: &Plan = &cfg.plan;
-        let ctx = Ctx {
-            cross_account: resolved.cross_account,
-            source_key: resolved.source_key.arn.clone(),
-            create_volume: plan.options.create_volume,
-            cleanup: plan.options.cleanup,
-            keep_source: plan.options.keep_source > 0,
-            timeouts_ms: TimeoutsMs {
-                snapshot: plan.options.timeouts.snapshot.as_millis() as i64,
-                copy: plan.options.timeouts.copy.as_millis() as i64,
-                volume: plan.options.timeouts.volume.as_millis() as i64,
-            },
-            locks: plan.targets.iter().map(|t| t.lock).collect(),
-            verify: plan.options.verify,
-        };
+        let ctx = scope.engine.clone();
         for v in record.volumes.iter_mut() {
             // A copy waiting unlocked on a locked target is locked first.
             if let Some(relocked) = engine::relock(v, &ctx) {
@@ -145,7 +133,7 @@ impl Runner {
             }
         }
         let places = Places {
-            source: (resolved.source_identity.account.to_string(), actx.source_region.to_string()),
+            source: (scope.source_account().to_string(), actx.source_region.to_string()),
             targets: actx.targets.iter().map(|t| (t.account.to_string(), t.region.to_string())).collect(),
         };
         Runner {
@@ -154,7 +142,7 @@ impl Runner {
             ctx,
             actx,
             halt: None,
-            sources: resolved.volumes.iter().map(|s| (s.volume.id.clone(), s.clone())).collect(),
+            sources: scope.resolved.volumes.iter().map(|s| (s.volume.id.clone(), s.clone())).collect(),
             rng: seed(&record.meta.run_id),
             progress: cfg.progress.clone(),
             record,

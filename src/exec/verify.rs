@@ -289,7 +289,6 @@ pub async fn verify_run(
     let pacer = Pacer::default();
     let pacer = paced.then_some(&pacer);
     let targets = run.meta.targets();
-    let source_region = crate::ids::Region::parse(&run.meta.source_region).ok();
     let mut out = vec![];
     for v in &run.volumes {
         let (Some(source), Some(copy)) = (v.shared_snapshot(), v.target_snapshot.as_ref()) else { continue };
@@ -298,28 +297,28 @@ pub async fn verify_run(
             continue;
         }
         let t = targets.get(usize::from(v.target));
-        let copy_region = t.and_then(|t| crate::ids::Region::parse(&t.region).ok());
+        let copy_region = t.map(|t| t.region.clone());
         let mut e = Evidence {
             source_volume: v.source_volume.to_string(),
             source: Place {
                 snapshot: source.to_string(),
-                region: run.meta.source_region.clone(),
-                account: run.meta.source_account.clone(),
+                region: run.meta.source_region.to_string(),
+                account: run.meta.source_account.as_ref().map(|a| a.to_string()),
             },
             copy: Place {
                 snapshot: copy.to_string(),
-                region: t.map(|t| t.region.clone()).unwrap_or_default(),
-                account: t.and_then(|t| t.account.clone()),
+                region: t.map(|t| t.region.to_string()).unwrap_or_default(),
+                account: t.and_then(|t| t.account.as_ref().map(|a| a.to_string())),
             },
             verify: None,
             error: None,
         };
-        let (Some(sr), Some(cr)) = (&source_region, &copy_region) else {
+        let Some(cr) = &copy_region else {
             e.error = Some("the checkpoint names no valid region for this copy".to_owned());
             out.push(e);
             continue;
         };
-        let src = Loc::new(Side::Source, sr);
+        let src = Loc::new(Side::Source, &run.meta.source_region);
         let dst = Loc::new(Side::Target(v.target), cr);
         let result = async {
             let found = cloud.describe_snapshots(&src, std::slice::from_ref(source)).await?;
