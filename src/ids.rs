@@ -309,6 +309,13 @@ impl RunId {
         }
     }
 
+    /// A run id minted for `plan` at `now_ms` with the random `suffix`:
+    /// `<plan>-<UTC yyyymmddThhmmssZ>-<4 hex>`, sortable, readable, unique.
+    pub fn mint(plan: &str, now_ms: i64, suffix: [u8; 2]) -> String {
+        let ts = jiff::Timestamp::from_millisecond(now_ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+        format!("{plan}-{}-{:02x}{:02x}", ts.strftime("%Y%m%dT%H%M%SZ"), suffix[0], suffix[1])
+    }
+
     /// The plan a minted run id names (`<plan>-<yyyymmddThhmmssZ>-<4 hex>`); none for a
     /// name chosen with `--run-id` that has not that shape.
     pub fn minted_plan(s: &str) -> Option<PlanName> {
@@ -334,6 +341,10 @@ mod tests {
 
     #[test]
     fn a_minted_run_id_names_its_plan() {
+        let id = RunId::mint("prod-db-dr", 1_795_000_000_123, [0x0a, 0x9f]);
+        assert_eq!(id, "prod-db-dr-20261118T110640Z-0a9f");
+        assert_eq!(RunId::minted_plan(&id).unwrap().as_str(), "prod-db-dr");
+        assert!(RunId::parse(&id).is_ok());
         assert_eq!(RunId::minted_plan("prod-db-dr-20261201T000000Z-0a9f").unwrap().as_str(), "prod-db-dr");
         assert!(RunId::minted_plan("nightly").is_none());
         assert!(RunId::minted_plan("p-20261201T000000-0a9f").is_none());

@@ -1,6 +1,7 @@
 //! The tags snapferry puts on everything a run creates in AWS (the contract's tag
 //! table), by which a run finds its resources again without its state: the keys, and
-//! the values of `snapferry:step` as [`StepTag`]. Pure: the one home of these strings.
+//! the values of `snapferry:step` as [`StepTag`]. Pure: the one home of the keys and
+//! the step values (the values of `snapferry:verify` are `verify`'s).
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -229,27 +229,20 @@ async fn cleanup(run_id: &str, plan_path: Option<&Path>, common: &Common) -> Res
         region: plan.as_ref().map(|p| p.source.region.clone()),
     };
     let store = state::open(common, reach).await?.store;
-    // The plan's lock comes before the run is read, so cleanup works on the record
-    // as the lock keeps it: a minted run id names its plan, else --plan does. A run id
-    // chosen with --run-id names none; its record says which lock, and is read again
-    // under it.
-    let named = RunId::minted_plan(run_id).map(|p| p.to_string()).or_else(|| plan.as_ref().map(|p| p.name.to_string()));
-    let early = match &named {
-        Some(name) => Some(store.lock_plan(name).await?),
-        None => None,
+    // The plan's lock before the run is read: the record is the one the lock keeps.
+    let (lock, record) = match exec::cleanup::lock_and_read(&store, run_id, plan.as_ref().map(|p| &p.name)).await {
+        Ok(held) => held,
+        Err(StoreError::NoSuchRun(_)) => {
+            let why = removed_hint(&store, run_id).await;
+            return Err(Failure::NoSuchRun(format!(
+                "no run {run_id} in {}{why}; to clean it up from its tags in AWS, name its plan: snapferry cleanup --plan PLAN {run_id}",
+                store.location()
+            )));
+        }
+        Err(e) => return Err(e.into()),
     };
-    // The state's record of the run, or (with --plan) nothing: the run is then
-    // found by its tags.
-    let mut record = load_for_cleanup(&store, run_id, plan.is_some()).await?;
     let plan_name = record.as_ref().map(|r| r.meta.plan.clone()).or_else(|| plan.as_ref().map(|p| p.name.to_string()));
     let plan_name = plan_name.unwrap_or_default();
-    let lock = if named.as_deref() == Some(plan_name.as_str()) {
-        None
-    } else {
-        let lock = store.lock_plan(&plan_name).await?;
-        record = load_for_cleanup(&store, run_id, plan.is_some()).await?;
-        Some(lock)
-    };
     let source_region = record
         .as_ref()
         .map(|r| r.meta.source_region.clone())
@@ -282,29 +275,12 @@ async fn cleanup(run_id: &str, plan_path: Option<&Path>, common: &Common) -> Res
     .await?;
     let (cloud, clock) = (connected.cloud.as_ref(), connected.clock.as_ref());
     let result = exec::cleanup_loaded(&store, cloud, clock, run_id, record, plan.as_ref()).await;
-    drop((lock, early));
+    drop(lock);
     state::close(&store).await;
     connected.save()?;
     let summary = result?;
     emit(common.format, &summary, render::cleanup_text);
     Ok(Done::CleanedUp { complete: summary.errors.is_empty() })
-}
-
-/// The record `cleanup RUN_ID` works on: none when the state lost it and `--plan` lets
-/// the run be found by its tags.
-async fn load_for_cleanup(store: &Store, run_id: &str, by_tags: bool) -> Result<Option<RunRecord>, Failure> {
-    match store.load(run_id).await {
-        Ok(r) => Ok(Some(r)),
-        Err(StoreError::NoSuchRun(_)) if by_tags => Ok(None),
-        Err(StoreError::NoSuchRun(_)) => {
-            let why = removed_hint(store, run_id).await;
-            Err(Failure::NoSuchRun(format!(
-                "no run {run_id} in {}{why}; to clean it up from its tags in AWS, name its plan: snapferry cleanup --plan PLAN {run_id}",
-                store.location()
-            )))
-        }
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// `verify RUN_ID`: every completed copy of a finished run whose source snapshot still

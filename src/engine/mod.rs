@@ -1033,19 +1033,29 @@ pub fn refused(v: &VolumeRun) -> VolumeRun {
 }
 
 /// `snapferry cleanup` stopped `v`: an unfinished volume run ends failed, and since
-/// cleanup listed and deleted what its calls made, nothing is left in flight.
-pub fn stopped_by_cleanup(v: &VolumeRun, now_ms: i64) -> VolumeRun {
-    if v.step.is_terminal() {
-        return v.clone();
+/// cleanup listed and deleted what its calls made, nothing is left in flight; of its
+/// source-side snapshots it names only those in `kept`.
+pub fn stopped_by_cleanup(v: &VolumeRun, kept: &[SnapshotId], now_ms: i64) -> VolumeRun {
+    let mut n = if v.step.is_terminal() {
+        v.clone()
+    } else {
+        let mut n = fail(
+            v,
+            FailureKind::Call,
+            "stopped by snapferry cleanup".into(),
+            Some("start a new run of the plan".into()),
+            now_ms,
+        );
+        n.in_flight = false;
+        n
+    };
+    // Only what cleanup kept is left to name; a run with no source side left shares
+    // nothing.
+    n.source_snapshot = v.source_snapshot.clone().filter(|s| kept.contains(s));
+    n.reencrypted_snapshot = v.reencrypted_snapshot.clone().filter(|s| kept.contains(s));
+    if n.source_snapshot.is_none() && n.reencrypted_snapshot.is_none() {
+        n.shared = false;
     }
-    let mut n = fail(
-        v,
-        FailureKind::Call,
-        "stopped by snapferry cleanup".into(),
-        Some("start a new run of the plan".into()),
-        now_ms,
-    );
-    n.in_flight = false;
     n
 }
 

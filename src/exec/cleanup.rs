@@ -18,11 +18,11 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use crate::checkpoint::{Journal, RunMeta, RunRecord, RunStatus, Store, StoreError, TargetMeta};
+use crate::checkpoint::{Journal, PlanLock, RunMeta, RunRecord, RunStatus, Store, StoreError, TargetMeta};
 use crate::clock::Clock;
 use crate::cloud::{Cloud, ErrorKind, Loc, Side, Snapshot, SnapshotState};
 use crate::engine::{self, Step, VolumeRun};
-use crate::ids::{AccountId, KeyArn, PlanName, Region, SnapshotId, VolumeId};
+use crate::ids::{AccountId, KeyArn, PlanName, Region, RunId, SnapshotId, VolumeId};
 use crate::plan::Plan;
 use crate::policy;
 use crate::tags::{StepTag, TAG_RUN, TAG_SOURCE_VOLUME};
@@ -56,9 +56,9 @@ pub struct CarriedChain {
     pub carried_by: String,
 }
 
-/// Cleans up `run_id`, loading it from the state. `plan`, when given, supplies
-/// regions, accounts and the role for a run the state does not know (it is then found
-/// by its tags).
+/// Cleans up `run_id`, read from the state under its plan's lock (`lock_and_read`).
+/// `plan`, when given, supplies regions, accounts and the role for a run the state does
+/// not know (it is then found by its tags).
 pub async fn cleanup(
     store: &Store,
     cloud: &dyn Cloud,
@@ -66,12 +66,50 @@ pub async fn cleanup(
     run_id: &str,
     plan: Option<&Plan>,
 ) -> Result<CleanupSummary, RunError> {
-    let known = match store.load(run_id).await {
-        Ok(r) => Some(r),
-        Err(StoreError::NoSuchRun(_)) => None,
+    let (lock, known) = match lock_and_read(store, run_id, plan.map(|p| &p.name)).await {
+        Ok(held) => held,
+        Err(StoreError::NoSuchRun(_)) if plan.is_none() => (None, None),
         Err(e) => return Err(e.into()),
     };
-    cleanup_loaded(store, cloud, clock, run_id, known, plan).await
+    let result = cleanup_loaded(store, cloud, clock, run_id, known, plan).await;
+    drop(lock);
+    result
+}
+
+/// The plan's lock, then the run's record under it, so cleanup works on the record as
+/// the lock keeps it. The plan is the one a minted run id names, else `plan` (the
+/// `--plan` of a run the state may have lost); a run id chosen with `--run-id` names
+/// none, so its record is read once to learn its plan and again under that plan's
+/// lock. The record is `None` when the state lost the run and `plan` is given;
+/// without `plan` that is `StoreError::NoSuchRun`.
+pub async fn lock_and_read(
+    store: &Store,
+    run_id: &str,
+    plan: Option<&PlanName>,
+) -> Result<(Option<PlanLock>, Option<RunRecord>), StoreError> {
+    let named = RunId::minted_plan(run_id).or_else(|| plan.cloned());
+    let early = match &named {
+        Some(name) => Some(store.lock_plan(name.as_str()).await?),
+        None => None,
+    };
+    let read = || async {
+        match store.load(run_id).await {
+            Ok(r) => Ok(Some(r)),
+            Err(StoreError::NoSuchRun(_)) if plan.is_some() => Ok(None),
+            Err(e) => Err(e),
+        }
+    };
+    let record = read().await?;
+    let owner = record.as_ref().map(|r| r.meta.plan.clone()).or_else(|| plan.map(|p| p.to_string()));
+    let owner = owner.unwrap_or_default();
+    if named.as_ref().map(|n| n.as_str()) == Some(owner.as_str()) {
+        return Ok((early, record));
+    }
+    // The lock taken was another plan's (a chosen run id shaped like a minted one), or
+    // none: let it go, and read the run again under its own.
+    drop(early);
+    let lock = store.lock_plan(&owner).await?;
+    Ok((Some(lock), read().await?))
 }
 
 /// Cleans up `run_id` as the caller loaded it from the state (`known`; `None`: the
@@ -285,12 +323,7 @@ impl<'a> Sweep<'a> {
 
         for i in units {
             let v = record.volumes[i].clone();
-            let mut n = engine::stopped_by_cleanup(&v, self.io.clock.now_ms());
-            n.source_snapshot = v.source_snapshot.clone().filter(|s| kept.contains(s));
-            n.reencrypted_snapshot = v.reencrypted_snapshot.clone().filter(|s| kept.contains(s));
-            if n.source_snapshot.is_none() && n.reencrypted_snapshot.is_none() {
-                n.shared = false;
-            }
+            let n = engine::stopped_by_cleanup(&v, &kept, self.io.clock.now_ms());
             if n != v {
                 record.volumes[i] = n;
                 journal.volume(i, &record.volumes[i])?;
@@ -480,7 +513,7 @@ async fn from_tags(
     caller: &AccountId,
 ) -> Result<RunRecord, RunError> {
     let src = Loc::new(Side::Source, &plan.source.region);
-    let dsts = super::lifecycle::target_locs(plan);
+    let dsts = super::scope::target_locs(plan);
     let survey = adopt::survey(cloud, clock, plan.name.as_str(), &src, &dsts)
         .await
         .map_err(|e| RunError::Cloud { what: format!("listing the resources of run {run_id}"), source: e })?;
@@ -546,4 +579,52 @@ async fn revoke(
                 .to_owned()
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store holding one run of plan `prod` named `run_id`.
+    async fn store_with(dir: &std::path::Path, run_id: &str) -> Store {
+        let store = Store::new(dir);
+        let meta = RunMeta::new(run_id.into(), "prod".into(), Region::parse("us-east-1").unwrap(), vec![], 1);
+        let record = RunRecord { meta, volumes: vec![] };
+        drop(store.create_or_reopen(&record).await.unwrap());
+        store
+    }
+
+    #[tokio::test]
+    async fn the_run_is_read_under_its_own_plans_lock() {
+        for run_id in ["prod-20261201T000000Z-0a9f", "nightly", "nightly-20261201T000000Z-beef"] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = store_with(dir.path(), run_id).await;
+            let (lock, record) = lock_and_read(&store, run_id, None).await.unwrap();
+            assert_eq!(record.unwrap().meta.run_id, run_id);
+            assert!(lock.is_some());
+            // The run's plan is held; the plan a chosen id merely looks like is not.
+            assert!(store.lock_plan("prod").await.is_err(), "{run_id}: prod not locked");
+            assert!(store.lock_plan("nightly").await.is_ok(), "{run_id}: another plan's lock kept");
+            drop(lock);
+            assert!(store.lock_plan("prod").await.is_ok());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_minted_run_id_waits_for_its_plans_lock_before_the_state_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let held = store.lock_plan("prod").await.unwrap();
+        // No record exists: the held lock is what refuses, not the missing run.
+        let e = lock_and_read(&store, "prod-20261201T000000Z-0a9f", None).await.unwrap_err();
+        assert!(matches!(e, StoreError::Locked { .. }), "{e}");
+        drop(held);
+        let e = lock_and_read(&store, "prod-20261201T000000Z-0a9f", None).await.unwrap_err();
+        assert!(matches!(e, StoreError::NoSuchRun(_)), "{e}");
+        // With --plan, a run the state lost is found by its tags, under that plan's lock.
+        let name = PlanName::parse("prod").unwrap();
+        let (lock, record) = lock_and_read(&store, "chosen", Some(&name)).await.unwrap();
+        assert!(record.is_none() && lock.is_some());
+        assert!(store.lock_plan("prod").await.is_err());
+    }
 }

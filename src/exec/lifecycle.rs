@@ -27,7 +27,6 @@ use super::retry::retrying;
 use super::runner::{Ended, RunConfig, Runner};
 use super::sched::LOOKUP_SPACING_MS;
 use super::scope::RunScope;
-pub(crate) use super::scope::target_locs;
 use super::{Env, RunError, RunReport};
 
 /// Listings of the plan's tags when adopting a run whose resources are recent: a
@@ -699,12 +698,11 @@ async fn discard_errored(
     }
 }
 
-/// `<plan>-<UTC yyyymmddThhmmssZ>-<4 hex>`: sortable, readable, unique.
+/// A new run id for `plan` (`RunId::mint`), with a random suffix.
 pub fn new_run_id(plan: &str, now_ms: i64) -> String {
-    let ts = jiff::Timestamp::from_millisecond(now_ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
     let mut r = [0u8; 2];
     let _ = aws_lc_rs::rand::fill(&mut r);
-    format!("{plan}-{}-{:02x}{:02x}", ts.strftime("%Y%m%dT%H%M%SZ"), r[0], r[1])
+    crate::ids::RunId::mint(plan, now_ms, r)
 }
 
 /// Adds each cross-account target's statement to the source key policy, once per

@@ -1,12 +1,12 @@
 //! What a user meets at the edges of the binary, on the simulated AWS unless said
 //! otherwise: log lines without colour codes in files, `status` of a run whose process
-//! was killed, a retention failure in the text report, a run id of another plan, a
+//! was killed, cleanup waiting for the plan's lock, a retention failure in the text report, a run id of another plan, a
 //! metrics file that cannot be written, missing credentials, and an invalid plan.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::support::bin::{bin, code, edit_world, json, root, run, same_account_plan, spawn_hanging};
+use crate::support::bin::{bin, code, edit_world, json, root, run, same_account_plan, spawn_hanging, world_path};
 
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -69,6 +69,53 @@ fn status_of_a_killed_run_is_not_running() {
     let text = String::from_utf8_lossy(&o.stdout);
     let line = text.lines().find(|l| l.starts_with("killed-run")).unwrap();
     assert!(line.contains("interrupted") && !line.contains("running"), "{text}");
+}
+
+/// The number of calls the simulated AWS in `dir` has answered.
+fn calls_answered(dir: &Path) -> u64 {
+    let text = std::fs::read_to_string(world_path(dir)).unwrap();
+    serde_json::from_str::<serde_json::Value>(&text).unwrap()["total_calls"].as_u64().unwrap()
+}
+
+#[test]
+fn cleanup_waits_for_the_plans_lock_before_it_reads_the_run_or_calls_aws() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = same_account_plan(dir.path(), |t| format!("{t}options:\n  cleanup: false\n"));
+    let o = run(&["run", plan.to_str().unwrap(), "--simulate", "--format", "json"], dir.path());
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let first = json(&o)["run_id"].as_str().unwrap().to_owned();
+    assert!(first.starts_with("build-cache-move-"), "{first}");
+
+    // Another run of the plan holds its lock: cleanup of the first run (a minted id,
+    // which names the plan) is refused before it reads the state or calls AWS.
+    let mut child = spawn_hanging(&plan, dir.path(), "held-run");
+    let started = Instant::now();
+    while !dir.path().join(".snapferry/runs/held-run/checkpoint.json").exists() {
+        assert!(started.elapsed() < Duration::from_secs(60), "the run never checkpointed");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended instead of hanging");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = calls_answered(dir.path());
+    let o = run(&["cleanup", &first, "--simulate"], dir.path());
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(stderr(&o).contains("holds the lock on plan build-cache-move"), "{}", stderr(&o));
+    assert_eq!(calls_answered(dir.path()), before, "cleanup called AWS while the plan was locked");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    edit_world(dir.path(), |w| w["faults"]["halt_after_calls"] = serde_json::Value::Null);
+
+    // Once the lock is free: the minted id, and a chosen id shaped like a minted one
+    // of another plan (whose lock cleanup lets go of for the run's own).
+    let o = run(&["cleanup", &first, "--simulate", "--format", "json"], dir.path());
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let chosen = "nightly-20261201T000000Z-beef";
+    let o = run(&["run", plan.to_str().unwrap(), "--simulate", "--run-id", chosen], dir.path());
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = run(&["cleanup", chosen, "--simulate", "--format", "json"], dir.path());
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(json(&o)["run_id"], chosen);
+    let o = run(&["cleanup", "held-run", "--simulate", "--format", "json"], dir.path());
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
 }
 
 #[test]

@@ -612,10 +612,14 @@ fn exit_code_choices(path: &str, text: &str) -> Vec<String> {
         !name.is_empty() && name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
     };
     for (n, line) in code.lines().enumerate() {
-        let picks = line.match_indices("exit::").any(|(at, _)| constant(&line[at + "exit::".len()..]))
-            || line.match_indices("ExitCode::from(").any(|(at, _)| {
-                line[at + "ExitCode::from(".len()..].trim_start().starts_with(|c: char| c.is_ascii_digit())
-            })
+        let picks = line.match_indices("exit::").any(|(at, _)| {
+            let rest = &line[at + "exit::".len()..];
+            // `exit::USAGE`, or the constants imported by name: `use super::exit::{USAGE, ..}`.
+            constant(rest)
+                || rest.strip_prefix('{').is_some_and(|names| names.split([',', '}']).map(str::trim).any(constant))
+        }) || line
+            .match_indices("ExitCode::from(")
+            .any(|(at, _)| line[at + "ExitCode::from(".len()..].trim_start().starts_with(|c: char| c.is_ascii_digit()))
             || mentions(line, "process::exit")
             || line.contains("ExitCode::SUCCESS")
             || line.contains("ExitCode::FAILURE");
@@ -655,6 +659,7 @@ fn exit_codes_are_chosen_only_in_cli_exit() {
 fn the_exit_code_check_finds_a_choice() {
     assert_eq!(exit_code_choices("x.rs", "Err(Failure::new(exit::USAGE, m))").len(), 1);
     assert_eq!(exit_code_choices("x.rs", "return ExitCode::from(2);").len(), 1);
+    assert_eq!(exit_code_choices("x.rs", "use super::exit::{Done, USAGE};").len(), 1);
     assert_eq!(exit_code_choices("x.rs", "std::process::exit(1);").len(), 1);
     assert_eq!(exit_code_choices("x.rs", "json!({\"status\": \"error\", \"exit_code\": 2})").len(), 1);
     assert_eq!(exit_code_choices("x.rs", "tracing::error!(exit_code = 1, \"x\");").len(), 1);
@@ -674,12 +679,14 @@ fn format_matches(path: &str, text: &str) -> Vec<String> {
     for (n, line) in code.lines().enumerate() {
         for variant in ["Format::Json", "Format::Text"] {
             for (at, _) in line.match_indices(variant) {
-                if line[..at].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
-                    continue; // LogFormat::Json, args::Format::Json is the same, below
+                if line[..at].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+                    continue; // LogFormat::Json; a path to it (args::Format::Json) is the same
                 }
                 let before = line[..at].trim_end();
                 let after = line[at + variant.len()..].trim_start();
                 let pattern_after = after.starts_with("=>")
+                    || after.starts_with("==")
+                    || after.starts_with("!=")
                     || (after.starts_with('|') && !after.starts_with("||"))
                     || (after.starts_with('=') && !after.starts_with("=="));
                 let pattern_before = before.ends_with("==")
@@ -721,6 +728,8 @@ fn the_format_check_finds_a_match() {
     assert_eq!(format_matches("x.rs", "if let Format::Json = format {}").len(), 1);
     assert_eq!(format_matches("x.rs", "let j = matches!(format, Format::Json);").len(), 1);
     assert_eq!(format_matches("x.rs", "Format::Json | Format::Text => {}").len(), 2);
+    assert_eq!(format_matches("x.rs", "args::Format::Json => a(),").len(), 1);
+    assert_eq!(format_matches("x.rs", "if Format::Json != format {}").len(), 1);
     // Values are not matches; neither is the log format.
     assert!(
         format_matches("x.rs", "#[arg(default_value_t = Format::Text)]\nCommand::Schema => Format::Json,").is_empty()

@@ -60,7 +60,7 @@ pub fn same_account_plan(dir: &Path, edit: impl Fn(String) -> String) -> PathBuf
 }
 
 /// The simulated world the same-account plan's `--simulate` runs in `dir` keep.
-fn world_path(dir: &Path) -> PathBuf {
+pub fn world_path(dir: &Path) -> PathBuf {
     dir.join(".snapferry/simulated-aws/build-cache-move.json")
 }
 
