@@ -537,9 +537,20 @@ fn state_assignments(path: &str, text: &str) -> Vec<String> {
                 let rest = line[at + field.len()..].trim_start();
                 let ident_goes_on =
                     line[at + field.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_');
-                if !ident_goes_on && rest.starts_with('=') && !rest.starts_with("==") {
+                let assigned = (rest.starts_with('=') && !rest.starts_with("=="))
+                    || ["|=", "&=", "^=", ".take()", ".replace(", ".insert(", ".get_or_insert"]
+                        .iter()
+                        .any(|op| rest.starts_with(op));
+                if !ident_goes_on && assigned {
                     out.push(format!("{path}:{}: {}", n + 1, line.trim()));
                 }
+            }
+        }
+        // A run written whole (`VolumeRun { step: .., ..v }`), not a signature.
+        for (at, _) in line.match_indices("VolumeRun {") {
+            let before = line[..at].trim_end();
+            if !(before.ends_with("->") || before.ends_with("struct") || before.ends_with("impl")) {
+                out.push(format!("{path}:{}: {}", n + 1, line.trim()));
             }
         }
     }
@@ -595,6 +606,9 @@ fn the_state_check_finds_an_assignment() {
     assert_eq!(state_assignments("x.rs", "fn f(v: &mut V) {\n    v.step = Step::Done;\n}").len(), 1);
     assert_eq!(state_assignments("x.rs", "v.in_flight = false; v.failure = None;").len(), 2);
     assert!(state_assignments("x.rs", "if v.step == Step::Done { v.steps = 1; }").is_empty());
+    assert_eq!(state_assignments("x.rs", "v.in_flight |= true; let f = v.failure.take();").len(), 2);
+    assert_eq!(state_assignments("x.rs", "let n = VolumeRun { step: Step::Done, ..v.clone() };").len(), 1);
+    assert!(state_assignments("x.rs", "fn f(v: &VolumeRun) -> VolumeRun {\n    engine::fail(v)\n}").is_empty());
     assert!(
         state_assignments("x.rs", "// v.step = Step::Done\n#[cfg(test)]\nmod t { fn f() { v.step = S; } }").is_empty()
     );
