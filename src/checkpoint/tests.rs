@@ -57,7 +57,7 @@ async fn journal_replays_over_checkpoint() {
     for (store, _dir, _) in stores() {
         let mut r = record("r1", 2);
         let mut j = store.create_or_reopen(&r).await.unwrap();
-        r.volumes[1].step = crate::engine::Step::WaitSnapshot;
+        r.volumes[1] = crate::engine::begin(&r.volumes[1], 5);
         j.volume(1, &r.volumes[1]).unwrap();
         r.meta.status = RunStatus::Failed;
         j.meta(&r.meta).unwrap();
@@ -72,7 +72,7 @@ async fn a_torn_last_line_is_ignored() {
     let store = Store::new(dir.path());
     let mut r = record("r1", 2);
     let mut j = store.create_or_reopen(&r).await.unwrap();
-    r.volumes[1].step = crate::engine::Step::WaitSnapshot;
+    r.volumes[1] = crate::engine::begin(&r.volumes[1], 5);
     j.volume(1, &r.volumes[1]).unwrap();
     j.sync().await.unwrap();
     // A crash mid-write leaves part of a line where the zeros ahead of the records
@@ -115,7 +115,7 @@ async fn unsynced_records_are_not_durable() {
         let mut r = record("r1", 1);
         let mut j = store.create_or_reopen(&r).await.unwrap();
         let before = r.clone();
-        r.volumes[0].in_flight = true;
+        r.volumes[0] = crate::engine::begin(&r.volumes[0], 5);
         j.volume(0, &r.volumes[0]).unwrap();
         assert_eq!(store.load("r1").await.unwrap(), before, "{}", store.location());
     }
@@ -127,7 +127,7 @@ async fn compaction_keeps_the_same_run() {
         let mut r = record("r2", 3);
         let mut j = store.create_or_reopen(&r).await.unwrap();
         for i in 0..3 {
-            r.volumes[i].in_flight = true;
+            r.volumes[i] = crate::engine::begin(&r.volumes[i], 5);
             j.volume(i, &r.volumes[i]).unwrap();
             j.sync().await.unwrap();
         }
@@ -138,7 +138,7 @@ async fn compaction_keeps_the_same_run() {
         } else {
             assert_eq!(fs::metadata(dir.path().join("runs/r2/journal.jsonl")).unwrap().len(), 0);
         }
-        r.volumes[2].in_flight = false;
+        r.volumes[2].progress = Some(50);
         j.volume(2, &r.volumes[2]).unwrap();
         j.sync().await.unwrap();
         assert_eq!(store.load("r2").await.unwrap(), r);
@@ -263,7 +263,7 @@ async fn metas_are_read_without_volumes_and_agree_with_whole_runs() {
         }
         // The newest run's meta and a volume change only in its journal.
         let mut j = store.create_or_reopen(&new).await.unwrap();
-        new.volumes[2].step = crate::engine::Step::WaitCopy;
+        new.volumes[2] = crate::engine::begin(&new.volumes[2], 5);
         j.volume(2, &new.volumes[2]).unwrap();
         new.meta.status = RunStatus::Failed;
         new.meta.updated_ms = 77;
@@ -284,7 +284,7 @@ async fn a_removed_run_is_gone_and_the_plan_counts_it() {
         a.meta.created_ms = 5;
         let b = record("b", 1);
         let mut j = store.create_or_reopen(&a).await.unwrap();
-        a.volumes[0].in_flight = true;
+        a.volumes[0] = crate::engine::begin(&a.volumes[0], 5);
         j.volume(0, &a.volumes[0]).unwrap();
         j.sync().await.unwrap();
         store.create_or_reopen(&b).await.unwrap();
@@ -392,7 +392,7 @@ async fn a_dead_holders_lease_is_taken_over_once_it_ends_and_the_holder_is_fence
     let lock = first.lock_plan("p").await.unwrap();
     let mut r = record("run", 2);
     let mut stale = first.create_or_reopen(&r).await.unwrap();
-    r.volumes[0].in_flight = true;
+    r.volumes[0] = crate::engine::begin(&r.volumes[0], 5);
     stale.volume(0, &r.volumes[0]).unwrap();
     stale.sync().await.unwrap();
     // The holder stops renewing (a suspended laptop) but its journal lives on.
