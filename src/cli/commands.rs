@@ -186,6 +186,13 @@ async fn removed_hint(store: &Store, run_id: &str) -> String {
     }
 }
 
+/// The state has no run `run_id`: where it looked, why (a run its plan's history
+/// removed), and `then`, what to do.
+async fn no_such_run(store: &Store, run_id: &str, then: &str) -> Failure {
+    let why = removed_hint(store, run_id).await;
+    Failure::NoSuchRun(format!("no run {run_id} in {}{why}; {then}", store.location()))
+}
+
 async fn status(run_id: Option<&str>, common: &Common) -> Result<Done, Failure> {
     let store = state::open(common, StateReach::default()).await?.store;
     match run_id {
@@ -193,11 +200,7 @@ async fn status(run_id: Option<&str>, common: &Common) -> Result<Done, Failure> 
             let r = match store.load(id).await {
                 Ok(r) => r,
                 Err(StoreError::NoSuchRun(_)) => {
-                    let why = removed_hint(&store, id).await;
-                    return Err(Failure::NoSuchRun(format!(
-                        "no run {id} in {}{why}; `snapferry status` lists the runs",
-                        store.location()
-                    )));
+                    return Err(no_such_run(&store, id, "`snapferry status` lists the runs").await);
                 }
                 Err(e) => return Err(e.into()),
             };
@@ -230,19 +233,21 @@ async fn cleanup(run_id: &str, plan_path: Option<&Path>, common: &Common) -> Res
     };
     let store = state::open(common, reach).await?.store;
     // The plan's lock before the run is read: the record is the one the lock keeps.
-    let (lock, record) = match exec::cleanup::lock_and_read(&store, run_id, plan.as_ref().map(|p| &p.name)).await {
-        Ok(held) => held,
-        Err(StoreError::NoSuchRun(_)) => {
-            let why = removed_hint(&store, run_id).await;
-            return Err(Failure::NoSuchRun(format!(
-                "no run {run_id} in {}{why}; to clean it up from its tags in AWS, name its plan: snapferry cleanup --plan PLAN {run_id}",
-                store.location()
-            )));
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let plan_name = record.as_ref().map(|r| r.meta.plan.clone()).or_else(|| plan.as_ref().map(|p| p.name.to_string()));
-    let plan_name = plan_name.unwrap_or_default();
+    let exec::cleanup::Held { lock, record, plan: plan_name } =
+        match exec::cleanup::lock_and_read(&store, run_id, plan.as_ref().map(|p| &p.name)).await {
+            Ok(held) => held,
+            Err(StoreError::NoSuchRun(_)) => {
+                return Err(no_such_run(
+                    &store,
+                    run_id,
+                    &format!(
+                        "to clean it up from its tags in AWS, name its plan: snapferry cleanup --plan PLAN {run_id}"
+                    ),
+                )
+                .await);
+            }
+            Err(e) => return Err(e.into()),
+        };
     let source_region = record
         .as_ref()
         .map(|r| r.meta.source_region.clone())
@@ -288,14 +293,13 @@ async fn cleanup(run_id: &str, plan_path: Option<&Path>, common: &Common) -> Res
 async fn verify(args: &VerifyArgs) -> Result<Done, Failure> {
     let common = &args.common;
     let store = state::open(common, StateReach::default()).await?.store;
-    let record = store.load(&args.run_id).await.map_err(|e| match e {
-        StoreError::NoSuchRun(_) => Failure::NoSuchRun(format!(
-            "no run {} in {}; `snapferry status` lists the runs",
-            args.run_id,
-            store.location()
-        )),
-        e => e.into(),
-    })?;
+    let record = match store.load(&args.run_id).await {
+        Ok(r) => r,
+        Err(StoreError::NoSuchRun(_)) => {
+            return Err(no_such_run(&store, &args.run_id, "`snapferry status` lists the runs").await);
+        }
+        Err(e) => return Err(e.into()),
+    };
     if record.meta.status == RunStatus::Running {
         let lock = store.lock_plan(&record.meta.plan).await?;
         drop(lock);

@@ -66,13 +66,16 @@ pub async fn cleanup(
     run_id: &str,
     plan: Option<&Plan>,
 ) -> Result<CleanupSummary, RunError> {
-    let (lock, known) = match lock_and_read(store, run_id, plan.map(|p| &p.name)).await {
+    let held = match lock_and_read(store, run_id, plan.map(|p| &p.name)).await {
         Ok(held) => held,
-        Err(StoreError::NoSuchRun(_)) if plan.is_none() => (None, None),
+        // No run to lock for: cleanup says so, naming what to do.
+        Err(StoreError::NoSuchRun(_)) if plan.is_none() => {
+            return cleanup_loaded(store, cloud, clock, run_id, None, plan).await;
+        }
         Err(e) => return Err(e.into()),
     };
-    let result = cleanup_loaded(store, cloud, clock, run_id, known, plan).await;
-    drop(lock);
+    let result = cleanup_loaded(store, cloud, clock, run_id, held.record, plan).await;
+    drop(held.lock);
     result
 }
 
@@ -82,11 +85,7 @@ pub async fn cleanup(
 /// none, so its record is read once to learn its plan and again under that plan's
 /// lock. The record is `None` when the state lost the run and `plan` is given;
 /// without `plan` that is `StoreError::NoSuchRun`.
-pub async fn lock_and_read(
-    store: &Store,
-    run_id: &str,
-    plan: Option<&PlanName>,
-) -> Result<(Option<PlanLock>, Option<RunRecord>), StoreError> {
+pub async fn lock_and_read(store: &Store, run_id: &str, plan: Option<&PlanName>) -> Result<Held, StoreError> {
     let named = RunId::minted_plan(run_id).or_else(|| plan.cloned());
     let early = match &named {
         Some(name) => Some(store.lock_plan(name.as_str()).await?),
@@ -102,14 +101,21 @@ pub async fn lock_and_read(
     let record = read().await?;
     let owner = record.as_ref().map(|r| r.meta.plan.clone()).or_else(|| plan.map(|p| p.to_string()));
     let owner = owner.unwrap_or_default();
-    if named.as_ref().map(|n| n.as_str()) == Some(owner.as_str()) {
-        return Ok((early, record));
+    if let Some(lock) = early.filter(|_| named.as_ref().map(|n| n.as_str()) == Some(owner.as_str())) {
+        return Ok(Held { lock, record, plan: owner });
     }
     // The lock taken was another plan's (a chosen run id shaped like a minted one), or
-    // none: let it go, and read the run again under its own.
-    drop(early);
+    // none (it was dropped just above): read the run again under its own.
     let lock = store.lock_plan(&owner).await?;
-    Ok((Some(lock), read().await?))
+    Ok(Held { lock, record: read().await?, plan: owner })
+}
+
+/// A run as `lock_and_read` found it: the lock of its plan, held while cleanup works,
+/// its record (none when the state lost it and the plan was named) and that plan.
+pub struct Held {
+    pub lock: PlanLock,
+    pub record: Option<RunRecord>,
+    pub plan: String,
 }
 
 /// Cleans up `run_id` as the caller loaded it from the state (`known`; `None`: the
@@ -599,9 +605,9 @@ mod tests {
         for run_id in ["prod-20261201T000000Z-0a9f", "nightly", "nightly-20261201T000000Z-beef"] {
             let dir = tempfile::tempdir().unwrap();
             let store = store_with(dir.path(), run_id).await;
-            let (lock, record) = lock_and_read(&store, run_id, None).await.unwrap();
+            let Held { lock, record, plan } = lock_and_read(&store, run_id, None).await.unwrap();
             assert_eq!(record.unwrap().meta.run_id, run_id);
-            assert!(lock.is_some());
+            assert_eq!(plan, "prod");
             // The run's plan is held; the plan a chosen id merely looks like is not.
             assert!(store.lock_plan("prod").await.is_err(), "{run_id}: prod not locked");
             assert!(store.lock_plan("nightly").await.is_ok(), "{run_id}: another plan's lock kept");
@@ -616,15 +622,15 @@ mod tests {
         let store = Store::new(dir.path());
         let held = store.lock_plan("prod").await.unwrap();
         // No record exists: the held lock is what refuses, not the missing run.
-        let e = lock_and_read(&store, "prod-20261201T000000Z-0a9f", None).await.unwrap_err();
+        let Err(e) = lock_and_read(&store, "prod-20261201T000000Z-0a9f", None).await else { panic!("read unlocked") };
         assert!(matches!(e, StoreError::Locked { .. }), "{e}");
         drop(held);
-        let e = lock_and_read(&store, "prod-20261201T000000Z-0a9f", None).await.unwrap_err();
+        let Err(e) = lock_and_read(&store, "prod-20261201T000000Z-0a9f", None).await else { panic!("read unlocked") };
         assert!(matches!(e, StoreError::NoSuchRun(_)), "{e}");
         // With --plan, a run the state lost is found by its tags, under that plan's lock.
         let name = PlanName::parse("prod").unwrap();
-        let (lock, record) = lock_and_read(&store, "chosen", Some(&name)).await.unwrap();
-        assert!(record.is_none() && lock.is_some());
+        let held = lock_and_read(&store, "chosen", Some(&name)).await.unwrap();
+        assert!(held.record.is_none() && held.plan == "prod");
         assert!(store.lock_plan("prod").await.is_err());
     }
 }
